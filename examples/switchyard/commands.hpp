@@ -1,0 +1,15 @@
+#pragma once
+// The subcommands of the switchyard driver. Each registers itself on the app and sets `run` to
+// the function that executes it; that function returns the process exit code.
+
+#include <CLI/CLI.hpp>
+
+#include <functional>
+
+namespace switchyard::cli {
+
+using runner = std::function<int()>;
+
+void add_plan_command(CLI::App& app, runner& run);
+
+}  // namespace switchyard::cli

@@ -1,0 +1,86 @@
+#pragma once
+/// \file Expert capacity for each training stack's formula (REFERENCE §4), plus the
+/// recommended device count of torsh.
+
+#include <cmath>
+#include <cstdint>
+#include <optional>
+
+#include "switchyard/config/config_types.hpp"
+
+namespace switchyard {
+
+/// Capacity for `tokens` tokens on one rank with the given formula. std::nullopt when the formula
+/// makes the capacity depend on the routing (tutel with capacity_factor <= 0: dropless, the
+/// capacity is the largest count, bounded by tutel_dynamic_bound() when capacity_factor < 0).
+/// min_capacity is applied to every formula (C = max(C, min_capacity)).
+inline std::optional<std::int64_t> capacity_for(CapacityFormula formula, std::int64_t tokens,
+                                                std::int64_t experts, std::int64_t k, double cf,
+                                                std::int64_t ep, std::int64_t min_capacity) {
+  std::int64_t c = 0;
+  switch (formula) {
+    case CapacityFormula::megatron:
+      // Megatron-Core get_capacity(num_tokens * topk, E, cf): ceil((T·k / E) · cf) in float64.
+      c = static_cast<std::int64_t>(
+          std::ceil((static_cast<double>(tokens * k) / static_cast<double>(experts)) * cf));
+      break;
+    case CapacityFormula::deepspeed: {
+      // DeepSpeed _capacity: ceil(f32(T/E) · f32(cf·k)), the product rounded to float32.
+      const float per_expert = static_cast<float>(static_cast<double>(tokens) /
+                                                  static_cast<double>(experts));
+      const float factor = static_cast<float>(cf * static_cast<double>(k));
+      const float product = per_expert * factor;
+      c = static_cast<std::int64_t>(std::ceil(product));
+      break;
+    }
+    case CapacityFormula::tutel: {
+      if (cf <= 0) return std::nullopt;
+      const std::int64_t per_expert = (tokens + experts - 1) / experts;
+      c = k * static_cast<std::int64_t>(cf * static_cast<double>(per_expert));
+      break;
+    }
+    case CapacityFormula::megablocks:
+      c = static_cast<std::int64_t>(cf * static_cast<double>(k) * static_cast<double>(tokens) *
+                                    static_cast<double>(ep) / static_cast<double>(experts));
+      break;
+    case CapacityFormula::torsh: {
+      // torsh calculate_expert_capacity: ceil(f32(floor(T·k/E)) · cf) in float32.
+      const float per_expert = static_cast<float>((tokens * k) / experts);
+      c = static_cast<std::int64_t>(std::ceil(per_expert * static_cast<float>(cf)));
+      break;
+    }
+  }
+  return c < min_capacity ? min_capacity : c;
+}
+
+/// Upper bound of tutel's dynamic capacity when capacity_factor < 0: k·int(−cf·ceil(T/E)).
+inline std::int64_t tutel_dynamic_bound(std::int64_t tokens, std::int64_t experts, std::int64_t k,
+                                        double cf) {
+  const std::int64_t per_expert = (tokens + experts - 1) / experts;
+  return k * static_cast<std::int64_t>(-cf * static_cast<double>(per_expert));
+}
+
+/// The config's capacity for `tokens` tokens on one rank, or std::nullopt when dispatch is
+/// dropless (or tutel-dynamic).
+inline std::optional<std::int64_t> capacity(const Config& c, std::int64_t tokens) {
+  if (c.token_dispatch == TokenDispatch::dropless) return std::nullopt;
+  return capacity_for(c.capacity_formula, tokens, c.num_experts, c.num_experts_per_token,
+                      c.capacity_factor, c.expert_parallel_size, c.min_capacity);
+}
+
+/// torsh's recommended_num_devices(): 1 for DataParallel, min(E, 64) for ModelParallel,
+/// clamp(E/4, 2, 16) for Hybrid and clamp(E/2, 4, 32) for Dynamic.
+constexpr std::int64_t recommended_num_devices(const Config& c) {
+  const auto clamp = [](std::int64_t v, std::int64_t lo, std::int64_t hi) {
+    return v < lo ? lo : (v > hi ? hi : v);
+  };
+  switch (c.sharding_strategy) {
+    case ShardingStrategy::DataParallel: return 1;
+    case ShardingStrategy::ModelParallel: return c.num_experts < 64 ? c.num_experts : 64;
+    case ShardingStrategy::Hybrid: return clamp(c.num_experts / 4, 2, 16);
+    case ShardingStrategy::Dynamic: return clamp(c.num_experts / 2, 4, 32);
+  }
+  return 1;
+}
+
+}  // namespace switchyard

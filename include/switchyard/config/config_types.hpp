@@ -1,0 +1,134 @@
+#pragma once
+/// \file The runtime configuration: one plain aggregate with every field (the torsh
+/// ExpertParallelismConfig fields, Megatron's routing and dispatch flags, model, parallel, token
+/// and training sizes). It is a literal type: a Config can be built and validated at compile time
+/// (see config/static_check.hpp). docs/config.md describes every field.
+
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#include "switchyard/config/enums.hpp"
+
+namespace switchyard {
+
+/// A nested torsh object (gate_network, load_balancing, migration) whose behaviour Switchyard
+/// does not build: only its absence (JSON null) is valid; `present` records that one was given.
+struct unbuilt_object {
+  bool present = false;
+  friend constexpr bool operator==(const unbuilt_object&, const unbuilt_object&) = default;
+};
+
+using opt_int = std::optional<std::int64_t>;
+using opt_double = std::optional<double>;
+
+// X(type, name, default value, section) for every field, in the order of docs/config.md.
+// section names the group a field belongs to in the nested dialects (config/json.hpp).
+#define SY_CONFIG_FIELDS(X)                                                               \
+  /* torsh ExpertParallelismConfig (seed 000), same names and defaults */                  \
+  X(std::int64_t, num_experts, 8, moe)                                                    \
+  X(std::int64_t, num_experts_per_token, 2, moe)                                          \
+  X(double, capacity_factor, 1.25, balance)                                               \
+  X(double, load_balance_loss_coeff, 0.01, balance)                                       \
+  X(double, router_z_loss_coeff, 0.001, balance)                                          \
+  X(double, expert_dropout, 0.0, moe)                                                     \
+  X(bool, enable_load_balancing, true, balance)                                           \
+  X(::switchyard::ShardingStrategy, sharding_strategy,                                    \
+    ::switchyard::ShardingStrategy::ModelParallel, distributed)                           \
+  X(::switchyard::opt_int, max_expert_batch_size, std::nullopt, moe)                      \
+  X(bool, enable_gradient_accumulation, false, training)                                  \
+  X(std::int64_t, gradient_accumulation_steps, 1, training)                               \
+  X(::switchyard::InitStrategy, initialization_strategy, ::switchyard::InitStrategy::Xavier, \
+    moe)                                                                                  \
+  X(bool, enable_expert_sync, false, distributed)                                         \
+  X(std::int64_t, sync_frequency, 100, distributed)                                       \
+  X(::switchyard::unbuilt_object, gate_network, {}, moe)                                  \
+  X(::switchyard::unbuilt_object, load_balancing, {}, balance)                            \
+  X(::switchyard::unbuilt_object, migration, {}, balance)                                 \
+  X(bool, enable_expert_migration, false, balance)                                        \
+  X(double, migration_threshold, 0.3, balance)                                            \
+  X(std::int64_t, memory_per_expert_mb, 512, balance)                                     \
+  X(bool, communication_overlap, true, distributed)                                       \
+  X(bool, gradient_compression, false, distributed)                                       \
+  /* routing (REFERENCE §1-3, §5) */                                                      \
+  X(::switchyard::ScoreFunction, score_function, ::switchyard::ScoreFunction::softmax, moe) \
+  X(bool, pre_softmax, false, moe)                                                        \
+  X(::switchyard::opt_double, topk_scaling_factor, std::nullopt, moe)                     \
+  X(::switchyard::opt_int, num_groups, std::nullopt, moe)                                 \
+  X(::switchyard::opt_int, group_topk, std::nullopt, moe)                                 \
+  X(bool, enable_expert_bias, false, moe)                                                 \
+  X(std::vector<double>, expert_bias, {}, moe)                                            \
+  X(double, expert_bias_update_rate, 1e-3, moe)                                           \
+  X(::switchyard::LoadBalancingType, load_balancing_type,                                 \
+    ::switchyard::LoadBalancingType::aux_loss, balance)                                   \
+  X(::switchyard::opt_double, input_jitter_eps, std::nullopt, moe)                        \
+  X(::switchyard::TokenLayout, token_layout, ::switchyard::TokenLayout::seq_batch, training) \
+  /* dispatch (REFERENCE §4) */                                                           \
+  X(::switchyard::TokenDispatch, token_dispatch, ::switchyard::TokenDispatch::dropless, moe) \
+  X(::switchyard::DropPolicy, drop_policy, ::switchyard::DropPolicy::probs, moe)           \
+  X(bool, pad_to_capacity, false, moe)                                                    \
+  X(::switchyard::CapacityFormula, capacity_formula, ::switchyard::CapacityFormula::megatron, \
+    balance)                                                                              \
+  X(std::int64_t, min_capacity, 0, balance)                                               \
+  /* model sizes */                                                                       \
+  X(std::int64_t, hidden_size, 1024, model)                                               \
+  X(std::int64_t, ffn_hidden_size, 4096, model)                                           \
+  X(std::int64_t, num_layers, 1, model)                                                   \
+  X(std::int64_t, moe_layer_frequency, 1, model)                                          \
+  X(::switchyard::Activation, activation, ::switchyard::Activation::gelu, model)          \
+  X(bool, gated, false, model)                                                            \
+  X(bool, add_bias_linear, false, model)                                                  \
+  X(::switchyard::opt_int, num_attention_heads, std::nullopt, model)                      \
+  /* parallel sizes */                                                                    \
+  X(::switchyard::opt_int, world_size, std::nullopt, distributed)                         \
+  X(::switchyard::opt_int, data_parallel_size, std::nullopt, distributed)                 \
+  X(std::int64_t, expert_parallel_size, 1, distributed)                                   \
+  X(std::int64_t, tensor_parallel_size, 1, distributed)                                   \
+  X(std::int64_t, pipeline_parallel_size, 1, distributed)                                 \
+  X(::switchyard::ExpertPlacement, expert_placement,                                      \
+    ::switchyard::ExpertPlacement::contiguous, distributed)                               \
+  X(::switchyard::DistributedBackend, distributed_backend,                                \
+    ::switchyard::DistributedBackend::automatic, distributed)                             \
+  /* tokens and training */                                                               \
+  X(std::int64_t, batch_size_per_gpu, 1, training)                                        \
+  X(std::int64_t, sequence_length, 1024, training)                                        \
+  X(::switchyard::Optimizer, optimizer, ::switchyard::Optimizer::adamw, training)         \
+  X(double, learning_rate, 1e-4, training)                                                \
+  X(::switchyard::Precision, precision, ::switchyard::Precision::float32, training)
+
+/// Every runtime setting of a Switchyard MoE model. Plain aggregate; defaults are torsh's for its
+/// fields and Megatron-Core's for the routing fields. Validate with switchyard::validate().
+struct Config {
+#define SY_DETAIL_DECLARE_FIELD(type, name, def, section) type name = def;
+  SY_CONFIG_FIELDS(SY_DETAIL_DECLARE_FIELD)
+#undef SY_DETAIL_DECLARE_FIELD
+
+  friend constexpr bool operator==(const Config&, const Config&) = default;
+
+  /// data_parallel_size as given, or derived from world_size / (ep·tp·pp), or 1.
+  constexpr std::int64_t dp() const {
+    if (data_parallel_size) return *data_parallel_size;
+    const std::int64_t inner = expert_parallel_size * tensor_parallel_size * pipeline_parallel_size;
+    if (world_size && inner > 0) return *world_size / inner;
+    return 1;
+  }
+  /// world_size as given, or dp·ep·tp·pp.
+  constexpr std::int64_t world() const {
+    if (world_size) return *world_size;
+    return dp() * expert_parallel_size * tensor_parallel_size * pipeline_parallel_size;
+  }
+  /// Tokens on one rank in one micro-batch: batch_size_per_gpu × sequence_length.
+  constexpr std::int64_t tokens_per_rank() const { return batch_size_per_gpu * sequence_length; }
+  /// Experts each EP rank holds (all of them under DataParallel sharding).
+  constexpr std::int64_t local_experts() const {
+    return expert_parallel_size > 0 ? num_experts / expert_parallel_size : 0;
+  }
+  /// True when load_balancing_type is one of the aux losses (REFERENCE §5).
+  constexpr bool has_aux_loss() const {
+    return load_balancing_type == LoadBalancingType::aux_loss ||
+           load_balancing_type == LoadBalancingType::seq_aux_loss ||
+           load_balancing_type == LoadBalancingType::global_aux_loss;
+  }
+};
+
+}  // namespace switchyard

@@ -1,0 +1,47 @@
+#pragma once
+/// \file Text form of config field values, shared by validation messages and the CLI.
+
+#include <charconv>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "switchyard/config/config_types.hpp"
+
+namespace switchyard::detail {
+
+inline std::string to_text(std::int64_t v) { return std::to_string(v); }
+inline std::string to_text(double v) {
+  char buf[32];
+  const auto res = std::to_chars(buf, buf + sizeof buf, v);  // shortest round-trip form
+  return std::string(buf, res.ptr);
+}
+inline std::string to_text(bool v) { return v ? "true" : "false"; }
+inline std::string to_text(const unbuilt_object& v) { return v.present ? "{...}" : "null"; }
+template <class E>
+  requires std::is_enum_v<E>
+std::string to_text(E e) {
+  return std::string(enum_name(e));
+}
+template <class T>
+std::string to_text(const std::optional<T>& v) {
+  return v ? to_text(*v) : std::string("null");
+}
+inline std::string to_text(const std::vector<double>& v) {
+  std::string s = "[";
+  for (std::size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + to_text(v[i]);
+  return s + "]";
+}
+
+/// The value of the field named `field` as text; empty when there is no such field.
+inline std::string field_text(const Config& c, std::string_view field) {
+#define SY_DETAIL_FIELD_TEXT(type, name, def, section) \
+  if (field == #name) return to_text(c.name);
+  SY_CONFIG_FIELDS(SY_DETAIL_FIELD_TEXT)
+#undef SY_DETAIL_FIELD_TEXT
+  return {};
+}
+
+}  // namespace switchyard::detail

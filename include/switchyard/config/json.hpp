@@ -1,0 +1,411 @@
+#pragma once
+/// \file Config to and from JSON (Boost.JSON), in three dialects mapped onto the same Config:
+///   flat         every field at the top level by its name (the torsh form);
+///   nested       seed 003: model / model.moe / training / distributed / moe_optimization;
+///   model_config seed 001: model_config / moe_layer_config / distributed_config / training_config.
+/// Link target switchyard::json. docs/config.md lists where each field lives in each dialect.
+
+#include <boost/json.hpp>
+
+#include <algorithm>
+#include <cstdint>
+#include <fstream>
+#include <map>
+#include <optional>
+#include <set>
+#include <sstream>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "switchyard/config/config_types.hpp"
+#include "switchyard/config/detail/did_you_mean.hpp"
+#include "switchyard/config/format.hpp"
+#include "switchyard/config/validate.hpp"
+#include "switchyard/core/error.hpp"
+
+namespace switchyard {
+
+/// The JSON shapes a config can be written in.
+enum class Dialect { flat, nested, model_config };
+template <>
+struct enum_info<Dialect> {
+  static constexpr std::string_view type_name = "Dialect";
+  static constexpr std::array<std::string_view, 3> names = {"flat", "nested", "model_config"};
+};
+
+/// A config read from JSON, with where each field lives and what was wrong.
+struct ParsedConfig {
+  Config config;
+  Dialect dialect = Dialect::flat;
+  FieldPaths paths;               ///< field -> JSON path in this dialect
+  std::vector<problem> problems;  ///< syntax, unknown keys, wrong types (not rule checks)
+};
+
+namespace detail {
+
+/// One leaf of a dialect: a config field, or a constant the dialect requires (e.g. seed 001's
+/// "master_addr": "env://") that Switchyard does not store.
+struct dialect_entry {
+  std::string path;
+  std::string field;     ///< empty for a constant
+  std::string constant;  ///< the only accepted value of a constant
+};
+
+inline std::string dialect_path(Dialect d, std::string_view field, std::string_view section) {
+  const std::string f(field);
+  switch (d) {
+    case Dialect::flat: return f;
+    case Dialect::nested:
+      if (field == "num_experts_per_token") return "model.moe.num_experts_per_tok";
+      if (section == "model") return "model." + f;
+      if (section == "moe") return "model.moe." + f;
+      if (section == "balance") return "moe_optimization." + f;
+      if (section == "distributed") return "distributed." + f;
+      return "training." + f;
+    case Dialect::model_config:
+      if (field == "num_experts_per_token") return "model_config.moe_layer_config.top_k";
+      if (field == "moe_layer_frequency") return "model_config.moe_layer_config.moe_every_k_layers";
+      if (field == "load_balance_loss_coeff") return "model_config.moe_layer_config.aux_loss_factor";
+      if (field == "communication_overlap")
+        return "distributed_config.comm_optimization.all_to_all_overlap";
+      if (section == "model") return "model_config." + f;
+      if (section == "moe" || section == "balance") return "model_config.moe_layer_config." + f;
+      if (section == "distributed") return "distributed_config." + f;
+      return "training_config." + f;
+  }
+  return f;
+}
+
+inline std::vector<dialect_entry> dialect_entries(Dialect d) {
+  std::vector<dialect_entry> v;
+#define SY_DETAIL_DIALECT_ENTRY(type, name, def, section) \
+  v.push_back(dialect_entry{dialect_path(d, #name, #section), #name, {}});
+  SY_CONFIG_FIELDS(SY_DETAIL_DIALECT_ENTRY)
+#undef SY_DETAIL_DIALECT_ENTRY
+  if (d == Dialect::model_config) {
+    v.push_back(dialect_entry{"model_config.model_type", {}, "transformer_moe"});
+    v.push_back(dialect_entry{"distributed_config.master_addr", {}, "env://"});
+    v.push_back(dialect_entry{"distributed_config.master_port", {}, "env://"});
+  }
+  return v;
+}
+
+inline std::string kind_of(const boost::json::value& v) {
+  switch (v.kind()) {
+    case boost::json::kind::null: return "null";
+    case boost::json::kind::bool_: return "a boolean";
+    case boost::json::kind::int64:
+    case boost::json::kind::uint64: return "an integer";
+    case boost::json::kind::double_: return "a number";
+    case boost::json::kind::string: return "a string";
+    case boost::json::kind::array: return "an array";
+    case boost::json::kind::object: return "an object";
+  }
+  return "a value";
+}
+
+// ---- reading one value; each returns an error text, empty when it worked --------------------
+
+inline std::string read_value(const boost::json::value& v, std::int64_t& out) {
+  if (v.is_int64()) {
+    out = v.get_int64();
+    return {};
+  }
+  if (v.is_uint64()) {
+    if (v.get_uint64() > static_cast<std::uint64_t>(INT64_MAX)) return "integer too large";
+    out = static_cast<std::int64_t>(v.get_uint64());
+    return {};
+  }
+  if (v.is_double()) {
+    const double d = v.get_double();
+    if (d == static_cast<double>(static_cast<std::int64_t>(d)) && d > -9.2e18 && d < 9.2e18) {
+      out = static_cast<std::int64_t>(d);
+      return {};
+    }
+    return "expected an integer, got " + to_text(d);
+  }
+  return "expected an integer, got " + kind_of(v);
+}
+inline std::string read_value(const boost::json::value& v, double& out) {
+  if (!v.is_number()) return "expected a number, got " + kind_of(v);
+  out = v.to_number<double>();
+  return {};
+}
+inline std::string read_value(const boost::json::value& v, bool& out) {
+  if (!v.is_bool()) return "expected true or false, got " + kind_of(v);
+  out = v.get_bool();
+  return {};
+}
+inline std::string read_value(const boost::json::value& v, unbuilt_object& out) {
+  if (v.is_null()) {
+    out.present = false;
+    return {};
+  }
+  if (v.is_object()) {
+    out.present = true;
+    return {};
+  }
+  return "expected an object or null, got " + kind_of(v);
+}
+inline std::string read_value(const boost::json::value& v, std::vector<double>& out) {
+  if (!v.is_array()) return "expected an array of numbers, got " + kind_of(v);
+  out.clear();
+  for (std::size_t i = 0; i < v.get_array().size(); ++i) {
+    const auto& e = v.get_array()[i];
+    if (!e.is_number()) return concat("entry ", i, ": expected a number, got ", kind_of(e));
+    out.push_back(e.to_number<double>());
+  }
+  return {};
+}
+template <class E>
+  requires std::is_enum_v<E>
+std::string read_value(const boost::json::value& v, E& out) {
+  std::string options;
+  for (auto n : enum_info<E>::names) options += (options.empty() ? "\"" : ", \"") + std::string(n) + "\"";
+  if (!v.is_string()) return "expected one of " + options + ", got " + kind_of(v);
+  const std::string_view s = v.get_string();
+  if (auto e = enum_from_name<E>(s)) {
+    out = *e;
+    return {};
+  }
+  std::string msg = concat("\"", s, "\" is not one of ", options);
+  if (auto near = closest(s, enum_info<E>::names); !near.empty())
+    msg += concat("; did you mean \"", near, "\"?");
+  return msg;
+}
+template <class T>
+std::string read_value(const boost::json::value& v, std::optional<T>& out) {
+  if (v.is_null()) {
+    out.reset();
+    return {};
+  }
+  T t{};
+  std::string err = read_value(v, t);
+  if (err.empty()) out = t;
+  return err;
+}
+
+inline std::string read_field(Config& c, std::string_view field, const boost::json::value& v) {
+#define SY_DETAIL_READ_FIELD(type, name, def, section) \
+  if (field == #name) return read_value(v, c.name);
+  SY_CONFIG_FIELDS(SY_DETAIL_READ_FIELD)
+#undef SY_DETAIL_READ_FIELD
+  return "unknown field";
+}
+
+// ---- writing ---------------------------------------------------------------------------------
+
+inline boost::json::value write_value(std::int64_t v) { return v; }
+inline boost::json::value write_value(double v) { return v; }
+inline boost::json::value write_value(bool v) { return v; }
+inline boost::json::value write_value(const unbuilt_object& v) {
+  return v.present ? boost::json::value(boost::json::object{}) : boost::json::value(nullptr);
+}
+inline boost::json::value write_value(const std::vector<double>& v) {
+  boost::json::array a;
+  for (double d : v) a.push_back(d);
+  return a;
+}
+template <class E>
+  requires std::is_enum_v<E>
+boost::json::value write_value(E e) {
+  return boost::json::string(enum_name(e));
+}
+template <class T>
+boost::json::value write_value(const std::optional<T>& v) {
+  return v ? write_value(*v) : boost::json::value(nullptr);
+}
+
+inline void put_path(boost::json::object& root, std::string_view path, boost::json::value v) {
+  boost::json::object* obj = &root;
+  std::size_t start = 0;
+  for (std::size_t dot = path.find('.'); dot != std::string_view::npos;
+       start = dot + 1, dot = path.find('.', start)) {
+    auto& child = (*obj)[path.substr(start, dot - start)];
+    if (!child.is_object()) child = boost::json::object{};
+    obj = &child.get_object();
+  }
+  (*obj)[path.substr(start)] = std::move(v);
+}
+
+inline Dialect detect_dialect(const boost::json::object& o) {
+  for (const char* k : {"model_config", "distributed_config", "training_config"})
+    if (o.contains(k)) return Dialect::model_config;
+  for (const char* k : {"model", "training", "distributed", "moe_optimization"})
+    if (o.contains(k)) return Dialect::nested;
+  return Dialect::flat;
+}
+
+struct dialect_reader {
+  std::map<std::string, const dialect_entry*, std::less<>> leaves;
+  std::set<std::string, std::less<>> sections;
+  ParsedConfig* out;
+
+  void walk(const boost::json::object& obj, const std::string& prefix) {
+    for (const auto& kv : obj) {
+      const std::string key(kv.key());
+      const std::string path = prefix.empty() ? key : prefix + "." + key;
+      if (auto it = leaves.find(path); it != leaves.end()) {
+        read_leaf(*it->second, kv.value());
+      } else if (sections.count(path)) {
+        if (kv.value().is_object())
+          walk(kv.value().get_object(), path);
+        else
+          add(path, "expected an object, got " + kind_of(kv.value()));
+      } else {
+        add(path, unknown_message(key, prefix));
+      }
+    }
+  }
+  void read_leaf(const dialect_entry& e, const boost::json::value& v) {
+    if (e.field.empty()) {
+      if (!v.is_string() || v.get_string() != e.constant)
+        add(e.path, concat("the only supported value is \"", e.constant, "\", got ",
+                           v.is_string() ? "\"" + std::string(v.get_string()) + "\"" : kind_of(v)));
+      return;
+    }
+    if (std::string err = read_field(out->config, e.field, v); !err.empty()) add(e.path, err);
+  }
+  std::string unknown_message(const std::string& key, const std::string& prefix) const {
+    std::vector<std::string> siblings;
+    const std::string p = prefix.empty() ? "" : prefix + ".";
+    auto consider = [&](const std::string& full) {
+      if (full.size() > p.size() && full.compare(0, p.size(), p) == 0) {
+        const std::string rest = full.substr(p.size());
+        if (rest.find('.') == std::string::npos) siblings.push_back(rest);
+      }
+    };
+    for (const auto& [path, e] : leaves) consider(path);
+    for (const auto& s : sections) consider(s);
+    std::string msg = "unknown key";
+    if (auto near = closest(key, siblings); !near.empty()) msg += "; did you mean \"" + near + "\"?";
+    return msg;
+  }
+  void add(const std::string& path, const std::string& what) {
+    out->problems.push_back(problem{path, path + ": " + what});
+  }
+};
+
+}  // namespace detail
+
+/// Where each field lives in dialect `d`.
+inline FieldPaths field_paths(Dialect d) {
+  FieldPaths paths;
+  for (const auto& e : detail::dialect_entries(d))
+    if (!e.field.empty()) paths[e.field] = e.path;
+  return paths;
+}
+
+/// Reads a config from a parsed JSON document, detecting its dialect. Never throws on bad
+/// content: every problem (unknown key with a did-you-mean, wrong type, bad enum) is listed.
+inline ParsedConfig parse_config(const boost::json::value& doc) {
+  ParsedConfig out;
+  if (!doc.is_object()) {
+    out.problems.push_back(problem{"$", "$: a config must be a JSON object, got " +
+                                            detail::kind_of(doc)});
+    return out;
+  }
+  const auto& root = doc.get_object();
+  out.dialect = detail::detect_dialect(root);
+  out.paths = field_paths(out.dialect);
+  const auto entries = detail::dialect_entries(out.dialect);
+  detail::dialect_reader reader;
+  reader.out = &out;
+  for (const auto& e : entries) {
+    reader.leaves[e.path] = &e;
+    for (std::size_t dot = e.path.find('.'); dot != std::string::npos;
+         dot = e.path.find('.', dot + 1))
+      reader.sections.insert(e.path.substr(0, dot));
+  }
+  reader.walk(root, "");
+  return out;
+}
+
+/// Parses JSON text; a syntax error becomes a problem naming the line and column.
+inline boost::json::value parse_json_text(std::string_view text, std::vector<problem>& problems,
+                                          std::string_view what = "document") {
+  boost::json::parse_options opts;
+  opts.max_depth = 64;
+  boost::json::stream_parser p({}, opts);
+  boost::system::error_code ec;
+  const std::size_t used = p.write(text.data(), text.size(), ec);
+  if (!ec) p.finish(ec);
+  if (ec) {
+    std::size_t line = 1, col = 1;
+    for (std::size_t i = 0; i < used && i < text.size(); ++i) {
+      if (text[i] == '\n') {
+        ++line;
+        col = 1;
+      } else {
+        ++col;
+      }
+    }
+    problems.push_back(problem{"$", detail::concat(what, ": invalid JSON at line ", line,
+                                                   ", column ", col, ": ", ec.message())});
+    return nullptr;
+  }
+  return p.release();
+}
+
+/// Reads the text of a file; throws config_error when it cannot.
+inline std::string read_text_file(const std::string& file) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) throw config_error("cannot open " + file);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+/// Parses and validates config JSON text: parse problems and broken rules together.
+inline ParsedConfig parse_and_validate(std::string_view text, std::string_view what = "config") {
+  std::vector<problem> syntax;
+  const boost::json::value doc = parse_json_text(text, syntax, what);
+  if (!syntax.empty()) {
+    ParsedConfig out;
+    out.problems = std::move(syntax);
+    return out;
+  }
+  ParsedConfig out = parse_config(doc);
+  for (auto& p : validate(out.config, &out.paths)) out.problems.push_back(std::move(p));
+  return out;
+}
+
+/// Loads a config file and validates it; throws config_error listing every problem.
+inline ParsedConfig load_config_file(const std::string& file) {
+  ParsedConfig out = parse_and_validate(read_text_file(file), file);
+  if (!out.problems.empty()) throw config_error(join_problems(out.problems));
+  return out;
+}
+
+/// Writes every field of `c` in dialect `d`.
+inline boost::json::object to_json(const Config& c, Dialect d = Dialect::flat) {
+  boost::json::object root;
+  for (const auto& e : detail::dialect_entries(d)) {
+    if (e.field.empty()) {
+      detail::put_path(root, e.path, boost::json::string(e.constant));
+      continue;
+    }
+#define SY_DETAIL_WRITE_FIELD(type, name, def, section) \
+  if (e.field == #name) detail::put_path(root, e.path, detail::write_value(c.name));
+    SY_CONFIG_FIELDS(SY_DETAIL_WRITE_FIELD)
+#undef SY_DETAIL_WRITE_FIELD
+  }
+  return root;
+}
+
+/// Boost.JSON customisation: boost::json::value_from(config) writes the flat dialect.
+inline void tag_invoke(const boost::json::value_from_tag&, boost::json::value& v, const Config& c) {
+  v = to_json(c);
+}
+
+/// boost::json::value_to<Config>(v) reads any dialect; throws config_error on any problem
+/// (parse or rule).
+inline Config tag_invoke(const boost::json::value_to_tag<Config>&, const boost::json::value& v) {
+  ParsedConfig p = parse_config(v);
+  for (auto& pr : validate(p.config, &p.paths)) p.problems.push_back(std::move(pr));
+  if (!p.problems.empty()) throw config_error(join_problems(p.problems));
+  return p.config;
+}
+
+}  // namespace switchyard

@@ -1,0 +1,239 @@
+#pragma once
+/// \file Validation rules of Config as constexpr predicates. The same rules run at compile time
+/// (config/static_check.hpp) and at run time (config/validate.hpp), with the same sentence.
+
+#include <cstdint>
+
+#include "switchyard/config/config_types.hpp"
+
+namespace switchyard {
+
+// X(id, field, sentence): `field` is the field whose JSON path a problem is reported at.
+#define SY_CONFIG_RULES(X)                                                                      \
+  X(num_experts_positive, num_experts, "num_experts must be at least 1")                        \
+  X(topk_range, num_experts_per_token, "num_experts_per_token must be between 1 and num_experts") \
+  X(ep_positive, expert_parallel_size, "expert_parallel_size must be at least 1")               \
+  X(tp_positive, tensor_parallel_size, "tensor_parallel_size must be at least 1")               \
+  X(pp_positive, pipeline_parallel_size, "pipeline_parallel_size must be at least 1")           \
+  X(dp_positive, data_parallel_size, "data_parallel_size must be at least 1")                   \
+  X(world_product, world_size,                                                                  \
+    "world_size must equal data_parallel_size x expert_parallel_size x tensor_parallel_size x " \
+    "pipeline_parallel_size")                                                                   \
+  X(experts_divisible_by_ep, expert_parallel_size,                                              \
+    "num_experts must be a multiple of expert_parallel_size")                                   \
+  X(data_parallel_sharding_ep1, sharding_strategy,                                              \
+    "DataParallel sharding replicates every expert on every rank: expert_parallel_size must be 1") \
+  X(sharding_not_built, sharding_strategy,                                                      \
+    "Hybrid and Dynamic sharding (hot-expert replication, migration) are not built yet: use "   \
+    "ModelParallel or DataParallel")                                                            \
+  X(capacity_factor_positive, capacity_factor,                                                  \
+    "capacity_factor must be > 0 with capacity dispatch (only the tutel formula reads <= 0 as " \
+    "dropless)")                                                                                \
+  X(aux_coeff_nonneg, load_balance_loss_coeff, "load_balance_loss_coeff must be >= 0")          \
+  X(z_coeff_nonneg, router_z_loss_coeff, "router_z_loss_coeff must be >= 0")                    \
+  X(bias_rate_nonneg, expert_bias_update_rate, "expert_bias_update_rate must be >= 0")          \
+  X(learning_rate_positive, learning_rate, "learning_rate must be > 0")                         \
+  X(expert_dropout_range, expert_dropout, "expert_dropout is a probability: it must be in [0, 1]") \
+  X(migration_threshold_range, migration_threshold,                                             \
+    "migration_threshold is a fraction: it must be in [0, 1]")                                  \
+  X(jitter_range, input_jitter_eps, "input_jitter_eps must be in (0, 1)")                       \
+  X(sinkhorn_no_aux, load_balance_loss_coeff,                                                   \
+    "sinkhorn balances by itself and takes no aux loss: set load_balance_loss_coeff to 0")      \
+  X(sinkhorn_no_capacity, token_dispatch,                                                       \
+    "sinkhorn routing cannot be combined with capacity dispatch")                               \
+  X(sinkhorn_plain, score_function,                                                             \
+    "sinkhorn routing has its own weights (REFERENCE 3): score_function softmax, no "           \
+    "pre_softmax, no groups, no expert bias and no topk_scaling_factor")                        \
+  X(expert_bias_needs_sigmoid, enable_expert_bias,                                              \
+    "expert bias needs score_function sigmoid or sqrtsoftplus (with softmax it would change "   \
+    "the weights)")                                                                             \
+  X(expert_bias_length, expert_bias, "expert_bias must be empty or have num_experts entries")   \
+  X(expert_bias_without_enable, expert_bias,                                                    \
+    "expert_bias is given but enable_expert_bias is false")                                     \
+  X(softmax_k1, num_experts_per_token,                                                          \
+    "k = 1 with softmax top-k-first has a zero gradient: set pre_softmax true or use k >= 2")   \
+  X(pre_softmax_needs_softmax, pre_softmax, "pre_softmax applies only to score_function softmax") \
+  X(scaling_positive, topk_scaling_factor, "topk_scaling_factor must be > 0")                   \
+  X(groups_pair, num_groups, "num_groups and group_topk must be given together")                \
+  X(groups_positive, num_groups, "num_groups and group_topk must be at least 1")                \
+  X(group_topk_le_groups, group_topk, "group_topk must not exceed num_groups")                  \
+  X(experts_divisible_by_groups, num_groups, "num_experts must be a multiple of num_groups")    \
+  X(groups_hold_k, group_topk,                                                                  \
+    "the chosen groups must hold at least k experts: group_topk x num_experts / num_groups >= " \
+    "num_experts_per_token")                                                                    \
+  X(balancing_disabled_conflict, enable_load_balancing,                                         \
+    "enable_load_balancing false turns balancing off: load_balancing_type must be none and "    \
+    "enable_expert_bias false")                                                                 \
+  X(pad_needs_capacity, pad_to_capacity, "pad_to_capacity needs token_dispatch capacity")       \
+  X(min_capacity_nonneg, min_capacity, "min_capacity must be >= 0")                             \
+  X(max_batch_positive, max_expert_batch_size, "max_expert_batch_size must be at least 1")      \
+  X(hidden_positive, hidden_size, "hidden_size must be at least 1")                             \
+  X(ffn_positive, ffn_hidden_size, "ffn_hidden_size must be at least 1")                        \
+  X(layers_positive, num_layers, "num_layers must be at least 1")                               \
+  X(frequency_positive, moe_layer_frequency, "moe_layer_frequency must be at least 1")          \
+  X(heads_divide_hidden, num_attention_heads,                                                   \
+    "num_attention_heads must be at least 1 and divide hidden_size")                            \
+  X(heads_divisible_by_tp, num_attention_heads,                                                 \
+    "num_attention_heads must be a multiple of tensor_parallel_size")                           \
+  X(ffn_divisible_by_tp, tensor_parallel_size,                                                  \
+    "ffn_hidden_size must be a multiple of tensor_parallel_size (experts split F over TP)")     \
+  X(layers_divisible_by_pp, pipeline_parallel_size,                                             \
+    "num_layers must be a multiple of pipeline_parallel_size")                                  \
+  X(batch_positive, batch_size_per_gpu, "batch_size_per_gpu must be at least 1")                \
+  X(sequence_positive, sequence_length, "sequence_length must be at least 1")                   \
+  X(accumulation_steps_positive, gradient_accumulation_steps,                                   \
+    "gradient_accumulation_steps must be at least 1")                                           \
+  X(accumulation_steps_unused, gradient_accumulation_steps,                                     \
+    "gradient_accumulation_steps has no effect unless enable_gradient_accumulation is true")    \
+  X(sync_frequency_positive, sync_frequency, "sync_frequency must be at least 1")               \
+  X(sync_frequency_unused, sync_frequency,                                                      \
+    "sync_frequency has no effect unless enable_expert_sync is true")                           \
+  X(memory_per_expert_positive, memory_per_expert_mb, "memory_per_expert_mb must be at least 1") \
+  /* fields whose behaviour is not built yet: only their default is accepted */                 \
+  X(expert_dropout_not_built, expert_dropout, "expert_dropout is not built yet: leave it at 0") \
+  X(accumulation_not_built, enable_gradient_accumulation,                                       \
+    "enable_gradient_accumulation is not built yet: leave it false")                            \
+  X(expert_sync_not_built, enable_expert_sync, "enable_expert_sync is not built yet: leave it false") \
+  X(gate_network_not_built, gate_network, "gate_network is not built yet: leave it null")        \
+  X(load_balancing_object_not_built, load_balancing,                                            \
+    "the load_balancing object (device rebalancing) is not built yet: leave it null; "          \
+    "load_balancing_type chooses the loss")                                                     \
+  X(migration_not_built, migration, "migration is not built yet: leave it null")                \
+  X(expert_migration_not_built, enable_expert_migration,                                        \
+    "enable_expert_migration is not built yet: leave it false")                                 \
+  X(migration_threshold_not_built, migration_threshold,                                         \
+    "migration_threshold has no effect: expert migration is not built yet (leave it at 0.3)")   \
+  X(gradient_compression_not_built, gradient_compression,                                       \
+    "gradient_compression is not built yet: leave it false")                                    \
+  X(init_not_built, initialization_strategy,                                                    \
+    "initialization strategies other than Xavier are not built yet")                            \
+  X(max_batch_not_built, max_expert_batch_size,                                                 \
+    "max_expert_batch_size is not built yet: leave it null")                                    \
+  X(bias_linear_not_built, add_bias_linear, "add_bias_linear is not built yet: leave it false")
+
+/// Identifies one validation rule.
+enum class rule_id {
+#define SY_DETAIL_RULE_ENUM(id, field, text) id,
+  SY_CONFIG_RULES(SY_DETAIL_RULE_ENUM)
+#undef SY_DETAIL_RULE_ENUM
+};
+
+/// Whether Config `c` satisfies rule `r`. constexpr: usable in static_assert.
+constexpr bool rule_ok(const Config& c, rule_id r) {
+  const std::int64_t E = c.num_experts;
+  const std::int64_t k = c.num_experts_per_token;
+  const bool sinkhorn = c.load_balancing_type == LoadBalancingType::sinkhorn;
+  const bool capacity = c.token_dispatch == TokenDispatch::capacity;
+  switch (r) {
+    case rule_id::num_experts_positive: return E >= 1;
+    case rule_id::topk_range: return k >= 1 && k <= E;
+    case rule_id::ep_positive: return c.expert_parallel_size >= 1;
+    case rule_id::tp_positive: return c.tensor_parallel_size >= 1;
+    case rule_id::pp_positive: return c.pipeline_parallel_size >= 1;
+    case rule_id::dp_positive: return c.dp() >= 1;
+    case rule_id::world_product:
+      return !c.world_size || (c.dp() >= 1 && c.expert_parallel_size >= 1 &&
+                               *c.world_size == c.dp() * c.expert_parallel_size *
+                                                    c.tensor_parallel_size *
+                                                    c.pipeline_parallel_size);
+    case rule_id::experts_divisible_by_ep:
+      return c.expert_parallel_size < 1 || E % c.expert_parallel_size == 0;
+    case rule_id::data_parallel_sharding_ep1:
+      return c.sharding_strategy != ShardingStrategy::DataParallel || c.expert_parallel_size == 1;
+    case rule_id::sharding_not_built:
+      return c.sharding_strategy == ShardingStrategy::ModelParallel ||
+             c.sharding_strategy == ShardingStrategy::DataParallel;
+    case rule_id::capacity_factor_positive:
+      return !capacity || c.capacity_factor > 0 || c.capacity_formula == CapacityFormula::tutel;
+    case rule_id::aux_coeff_nonneg: return c.load_balance_loss_coeff >= 0;
+    case rule_id::z_coeff_nonneg: return c.router_z_loss_coeff >= 0;
+    case rule_id::bias_rate_nonneg: return c.expert_bias_update_rate >= 0;
+    case rule_id::learning_rate_positive: return c.learning_rate > 0;
+    case rule_id::expert_dropout_range: return c.expert_dropout >= 0 && c.expert_dropout <= 1;
+    case rule_id::migration_threshold_range:
+      return c.migration_threshold >= 0 && c.migration_threshold <= 1;
+    case rule_id::jitter_range:
+      return !c.input_jitter_eps || (*c.input_jitter_eps > 0 && *c.input_jitter_eps < 1);
+    case rule_id::sinkhorn_no_aux: return !sinkhorn || c.load_balance_loss_coeff == 0;
+    case rule_id::sinkhorn_no_capacity: return !sinkhorn || !capacity;
+    case rule_id::sinkhorn_plain:
+      return !sinkhorn || (c.score_function == ScoreFunction::softmax && !c.pre_softmax &&
+                           !c.num_groups && !c.group_topk && !c.enable_expert_bias &&
+                           !c.topk_scaling_factor);
+    case rule_id::expert_bias_needs_sigmoid:
+      return !c.enable_expert_bias || c.score_function != ScoreFunction::softmax;
+    case rule_id::expert_bias_length:
+      return c.expert_bias.empty() || static_cast<std::int64_t>(c.expert_bias.size()) == E;
+    case rule_id::expert_bias_without_enable:
+      return c.expert_bias.empty() || c.enable_expert_bias;
+    case rule_id::softmax_k1:
+      return !(k == 1 && c.score_function == ScoreFunction::softmax && !c.pre_softmax &&
+               !sinkhorn);
+    case rule_id::pre_softmax_needs_softmax:
+      return !c.pre_softmax || c.score_function == ScoreFunction::softmax;
+    case rule_id::scaling_positive: return !c.topk_scaling_factor || *c.topk_scaling_factor > 0;
+    case rule_id::groups_pair: return c.num_groups.has_value() == c.group_topk.has_value();
+    case rule_id::groups_positive:
+      return (!c.num_groups || *c.num_groups >= 1) && (!c.group_topk || *c.group_topk >= 1);
+    case rule_id::group_topk_le_groups:
+      return !c.num_groups || !c.group_topk || *c.group_topk <= *c.num_groups;
+    case rule_id::experts_divisible_by_groups:
+      return !c.num_groups || *c.num_groups < 1 || E % *c.num_groups == 0;
+    case rule_id::groups_hold_k:
+      return !c.num_groups || !c.group_topk || *c.num_groups < 1 ||
+             *c.group_topk * (E / *c.num_groups) >= k;
+    case rule_id::balancing_disabled_conflict:
+      return c.enable_load_balancing ||
+             (c.load_balancing_type == LoadBalancingType::none && !c.enable_expert_bias);
+    case rule_id::pad_needs_capacity: return !c.pad_to_capacity || capacity;
+    case rule_id::min_capacity_nonneg: return c.min_capacity >= 0;
+    case rule_id::max_batch_positive:
+      return !c.max_expert_batch_size || *c.max_expert_batch_size >= 1;
+    case rule_id::hidden_positive: return c.hidden_size >= 1;
+    case rule_id::ffn_positive: return c.ffn_hidden_size >= 1;
+    case rule_id::layers_positive: return c.num_layers >= 1;
+    case rule_id::frequency_positive: return c.moe_layer_frequency >= 1;
+    case rule_id::heads_divide_hidden:
+      return !c.num_attention_heads ||
+             (*c.num_attention_heads >= 1 && c.hidden_size % *c.num_attention_heads == 0);
+    case rule_id::heads_divisible_by_tp:
+      return !c.num_attention_heads || c.tensor_parallel_size < 1 ||
+             *c.num_attention_heads % c.tensor_parallel_size == 0;
+    case rule_id::ffn_divisible_by_tp:
+      return c.tensor_parallel_size < 1 || c.ffn_hidden_size % c.tensor_parallel_size == 0;
+    case rule_id::layers_divisible_by_pp:
+      return c.pipeline_parallel_size < 1 || c.num_layers % c.pipeline_parallel_size == 0;
+    case rule_id::batch_positive: return c.batch_size_per_gpu >= 1;
+    case rule_id::sequence_positive: return c.sequence_length >= 1;
+    case rule_id::accumulation_steps_positive: return c.gradient_accumulation_steps >= 1;
+    case rule_id::accumulation_steps_unused:
+      return c.enable_gradient_accumulation || c.gradient_accumulation_steps == 1;
+    case rule_id::sync_frequency_positive: return c.sync_frequency >= 1;
+    case rule_id::sync_frequency_unused: return c.enable_expert_sync || c.sync_frequency == 100;
+    case rule_id::memory_per_expert_positive: return c.memory_per_expert_mb >= 1;
+    case rule_id::expert_dropout_not_built: return c.expert_dropout == 0;
+    case rule_id::accumulation_not_built: return !c.enable_gradient_accumulation;
+    case rule_id::expert_sync_not_built: return !c.enable_expert_sync;
+    case rule_id::gate_network_not_built: return !c.gate_network.present;
+    case rule_id::load_balancing_object_not_built: return !c.load_balancing.present;
+    case rule_id::migration_not_built: return !c.migration.present;
+    case rule_id::expert_migration_not_built: return !c.enable_expert_migration;
+    case rule_id::migration_threshold_not_built: return c.migration_threshold == 0.3;
+    case rule_id::gradient_compression_not_built: return !c.gradient_compression;
+    case rule_id::init_not_built: return c.initialization_strategy == InitStrategy::Xavier;
+    case rule_id::max_batch_not_built: return !c.max_expert_batch_size;
+    case rule_id::bias_linear_not_built: return !c.add_bias_linear;
+  }
+  return false;
+}
+
+/// True when every rule holds.
+constexpr bool is_valid(const Config& c) {
+#define SY_DETAIL_RULE_ALL(id, field, text) \
+  if (!rule_ok(c, rule_id::id)) return false;
+  SY_CONFIG_RULES(SY_DETAIL_RULE_ALL)
+#undef SY_DETAIL_RULE_ALL
+  return true;
+}
+
+}  // namespace switchyard

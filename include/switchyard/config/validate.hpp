@@ -1,0 +1,127 @@
+#pragma once
+/// \file Run-time validation: every broken rule of config/rules.hpp, each reported at the JSON
+/// path where the user wrote the field (or would write it), with the values involved.
+
+#include <map>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "switchyard/config/config_types.hpp"
+#include "switchyard/config/format.hpp"
+#include "switchyard/config/rules.hpp"
+#include "switchyard/core/error.hpp"
+
+namespace switchyard {
+
+/// Maps a field name to the JSON path the user wrote it at (e.g. "expert_parallel_size" ->
+/// "distributed.expert_parallel_size"). Fields not in the map are reported by their name.
+using FieldPaths = std::map<std::string, std::string, std::less<>>;
+
+/// One broken rule.
+struct problem {
+  std::string path;     ///< JSON path, as the user wrote it
+  std::string message;  ///< "<path>: <what is wrong, with values> (<rule>)"
+};
+
+/// The sentence of a rule (the same text static_config prints).
+constexpr std::string_view rule_text(rule_id r) {
+  switch (r) {
+#define SY_DETAIL_RULE_TEXT(id, field, text) \
+  case rule_id::id: return text;
+    SY_CONFIG_RULES(SY_DETAIL_RULE_TEXT)
+#undef SY_DETAIL_RULE_TEXT
+  }
+  return {};
+}
+
+/// The field a rule is reported at.
+constexpr std::string_view rule_field(rule_id r) {
+  switch (r) {
+#define SY_DETAIL_RULE_FIELD(id, field, text) \
+  case rule_id::id: return #field;
+    SY_CONFIG_RULES(SY_DETAIL_RULE_FIELD)
+#undef SY_DETAIL_RULE_FIELD
+  }
+  return {};
+}
+
+namespace detail {
+
+/// What is wrong, with the values involved, for rules whose sentence alone would not say.
+inline std::string rule_detail(const Config& c, rule_id r) {
+  using detail::concat;
+  switch (r) {
+    case rule_id::experts_divisible_by_ep:
+      return concat(c.num_experts, " experts cannot be split over ", c.expert_parallel_size,
+                    " ranks");
+    case rule_id::world_product:
+      if (!c.data_parallel_size)
+        return concat("world_size ", *c.world_size,
+                      " is not a positive multiple of expert_parallel_size x tensor_parallel_size "
+                      "x pipeline_parallel_size = ",
+                      c.expert_parallel_size * c.tensor_parallel_size * c.pipeline_parallel_size);
+      return concat("world_size ", *c.world_size, " but ", c.dp(), " x ", c.expert_parallel_size,
+                    " x ", c.tensor_parallel_size, " x ", c.pipeline_parallel_size, " = ",
+                    c.dp() * c.expert_parallel_size * c.tensor_parallel_size *
+                        c.pipeline_parallel_size);
+    case rule_id::topk_range:
+      return concat("k = ", c.num_experts_per_token, " with ", c.num_experts, " experts");
+    case rule_id::experts_divisible_by_groups:
+      return concat(c.num_experts, " experts cannot form ", *c.num_groups, " equal groups");
+    case rule_id::groups_hold_k:
+      return concat(*c.group_topk, " of ", *c.num_groups, " groups hold ",
+                    *c.group_topk * (c.num_experts / *c.num_groups), " experts, fewer than k = ",
+                    c.num_experts_per_token);
+    case rule_id::expert_bias_length:
+      return concat("expert_bias has ", c.expert_bias.size(), " entries for ", c.num_experts,
+                    " experts");
+    case rule_id::heads_divide_hidden:
+      return concat("hidden_size ", c.hidden_size, " over ", to_text(c.num_attention_heads),
+                    " heads");
+    case rule_id::ffn_divisible_by_tp:
+      return concat("ffn_hidden_size ", c.ffn_hidden_size, " over ", c.tensor_parallel_size,
+                    " ranks");
+    case rule_id::layers_divisible_by_pp:
+      return concat(c.num_layers, " layers over ", c.pipeline_parallel_size, " stages");
+    case rule_id::dp_positive:
+      if (!c.data_parallel_size && c.world_size)
+        return concat("world_size ", *c.world_size, " leaves no room for data parallelism");
+      return concat("got ", to_text(c.data_parallel_size));
+    default: return concat("got ", field_text(c, rule_field(r)));
+  }
+}
+
+}  // namespace detail
+
+/// Every rule `c` breaks, in rule order. `paths` gives the JSON path of each field as written.
+inline std::vector<problem> validate(const Config& c, const FieldPaths* paths = nullptr) {
+  std::vector<problem> out;
+#define SY_DETAIL_RULE_CHECK(id, field, text)                                         \
+  if (!rule_ok(c, rule_id::id)) {                                                     \
+    std::string path = #field;                                                        \
+    if (paths) {                                                                      \
+      if (auto it = paths->find(path); it != paths->end()) path = it->second;         \
+    }                                                                                 \
+    std::string msg = path + ": " + detail::rule_detail(c, rule_id::id) + " (" + text + ")"; \
+    out.push_back(problem{std::move(path), std::move(msg)});                          \
+  }
+  SY_CONFIG_RULES(SY_DETAIL_RULE_CHECK)
+#undef SY_DETAIL_RULE_CHECK
+  return out;
+}
+
+/// Joins problems into one message, one per line.
+inline std::string join_problems(const std::vector<problem>& problems) {
+  std::string s;
+  for (const auto& p : problems) s += (s.empty() ? "" : "\n") + p.message;
+  return s;
+}
+
+/// Throws config_error listing every problem when `c` is invalid.
+inline void require_valid(const Config& c, const FieldPaths* paths = nullptr) {
+  const auto problems = validate(c, paths);
+  if (!problems.empty()) throw config_error(join_problems(problems));
+}
+
+}  // namespace switchyard

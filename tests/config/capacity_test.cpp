@@ -1,0 +1,73 @@
+#include <boost/test/unit_test.hpp>
+
+#include "switchyard/config.hpp"
+
+namespace sy = switchyard;
+using F = sy::CapacityFormula;
+
+BOOST_AUTO_TEST_CASE(torsh_formula_matches_its_own_test) {
+  // torsh: T=1000, E=8, k=2, cf=1.25 -> floor(250) * 1.25 = 312.5 -> 313.
+  BOOST_TEST(sy::capacity_for(F::torsh, 1000, 8, 2, 1.25, 1, 0).value() == 313);
+  // floor before the factor: T=7, E=4, k=1 -> floor(1.75)=1 -> ceil(1.25) = 2 (megatron: 3).
+  BOOST_TEST(sy::capacity_for(F::torsh, 7, 4, 1, 1.25, 1, 0).value() == 2);
+}
+
+BOOST_AUTO_TEST_CASE(deepspeed_rounds_in_float32) {
+  // f32(25/2) * f32(1.2) = 15.0000006 in float32 -> 16, where exact math gives 15.
+  BOOST_TEST(sy::capacity_for(F::deepspeed, 25, 2, 1, 1.2, 1, 0).value() == 16);
+  BOOST_TEST(sy::capacity_for(F::megatron, 25, 2, 1, 1.2, 1, 0).value() == 15);
+  // The factor is cf·k: T=64, E=8, k=2, cf=1.0 -> 8 · 2 = 16; min_capacity raises it.
+  BOOST_TEST(sy::capacity_for(F::deepspeed, 64, 8, 2, 1.0, 1, 0).value() == 16);
+  BOOST_TEST(sy::capacity_for(F::deepspeed, 64, 8, 2, 1.0, 1, 20).value() == 20);
+}
+
+BOOST_AUTO_TEST_CASE(megatron_is_ceil_of_tokens_times_k_over_experts_times_factor) {
+  // REFERENCE §7: T=6, E=4, k=2, cf=1.0 -> C = 3.
+  BOOST_TEST(sy::capacity_for(F::megatron, 6, 4, 2, 1.0, 1, 0).value() == 3);
+  BOOST_TEST(sy::capacity_for(F::megatron, 4096, 8, 2, 1.25, 1, 0).value() == 1280);
+  BOOST_TEST(sy::capacity_for(F::megatron, 10, 4, 2, 1.1, 1, 0).value() == 6);  // ceil(5.5)
+  BOOST_TEST(sy::capacity_for(F::megatron, 10, 4, 2, 1.1, 1, 8).value() == 8);
+}
+
+BOOST_AUTO_TEST_CASE(tutel_and_megablocks) {
+  // tutel: k · int(cf · ceil(T/E)) = 2 · int(1.25 · 13) = 2 · 16 = 32.
+  BOOST_TEST(sy::capacity_for(F::tutel, 100, 8, 2, 1.25, 1, 0).value() == 32);
+  BOOST_TEST(!sy::capacity_for(F::tutel, 100, 8, 2, 0.0, 1, 0).has_value());
+  BOOST_TEST(!sy::capacity_for(F::tutel, 100, 8, 2, -1.5, 1, 0).has_value());
+  BOOST_TEST(sy::tutel_dynamic_bound(100, 8, 2, -1.5) == 38);  // 2 · int(19.5)
+  // megablocks: int(cf · k · T · ep / E) = int(1.25 · 2 · 100 · 2 / 8) = 62.
+  BOOST_TEST(sy::capacity_for(F::megablocks, 100, 8, 2, 1.25, 2, 0).value() == 62);
+}
+
+BOOST_AUTO_TEST_CASE(config_capacity_uses_its_formula_and_is_null_when_dropless) {
+  sy::Config c;
+  BOOST_TEST(!sy::capacity(c, 1000).has_value());
+  c.token_dispatch = sy::TokenDispatch::capacity;
+  BOOST_TEST(sy::capacity(c, 1000).value() == 313);  // megatron: ceil(250 · 1.25)
+  c.capacity_formula = F::torsh;
+  BOOST_TEST(sy::capacity(c, 1000).value() == 313);
+  c.capacity_formula = F::deepspeed;
+  c.num_experts = 2;
+  c.num_experts_per_token = 1;
+  c.pre_softmax = true;
+  c.capacity_factor = 1.2;
+  BOOST_TEST(sy::capacity(c, 25).value() == 16);
+}
+
+BOOST_AUTO_TEST_CASE(recommended_devices_per_sharding_strategy) {
+  sy::Config c;
+  c.num_experts = 32;
+  BOOST_TEST(sy::recommended_num_devices(c) == 32);
+  c.num_experts = 256;
+  BOOST_TEST(sy::recommended_num_devices(c) == 64);
+  c.sharding_strategy = sy::ShardingStrategy::DataParallel;
+  BOOST_TEST(sy::recommended_num_devices(c) == 1);
+  c.sharding_strategy = sy::ShardingStrategy::Hybrid;
+  BOOST_TEST(sy::recommended_num_devices(c) == 16);
+  c.num_experts = 4;
+  BOOST_TEST(sy::recommended_num_devices(c) == 2);
+  c.sharding_strategy = sy::ShardingStrategy::Dynamic;
+  BOOST_TEST(sy::recommended_num_devices(c) == 4);
+  c.num_experts = 40;
+  BOOST_TEST(sy::recommended_num_devices(c) == 20);
+}

@@ -1,0 +1,222 @@
+#include <boost/test/unit_test.hpp>
+
+#include <string>
+
+#include "switchyard/config.hpp"
+#include "switchyard/config/json.hpp"
+
+namespace sy = switchyard;
+
+namespace {
+
+std::string data(const std::string& name) { return std::string(SY_TEST_DATA_DIR) + "/" + name; }
+
+bool mentions(const std::vector<sy::problem>& ps, const std::string& text) {
+  for (const auto& p : ps)
+    if (p.message.find(text) != std::string::npos) return true;
+  return false;
+}
+
+// A config with every field away from its default (valid or not: round trips do not validate).
+sy::Config unusual_config() {
+  sy::Config c;
+  c.num_experts = 64;
+  c.num_experts_per_token = 6;
+  c.capacity_factor = 1.0625;
+  c.load_balance_loss_coeff = 0.02;
+  c.router_z_loss_coeff = 0.0005;
+  c.expert_dropout = 0.125;
+  c.enable_load_balancing = false;
+  c.sharding_strategy = sy::ShardingStrategy::Dynamic;
+  c.max_expert_batch_size = 4096;
+  c.enable_gradient_accumulation = true;
+  c.gradient_accumulation_steps = 8;
+  c.initialization_strategy = sy::InitStrategy::TruncatedNormal;
+  c.enable_expert_sync = true;
+  c.sync_frequency = 7;
+  c.gate_network.present = true;
+  c.load_balancing.present = true;
+  c.migration.present = true;
+  c.enable_expert_migration = true;
+  c.migration_threshold = 0.45;
+  c.memory_per_expert_mb = 1024;
+  c.communication_overlap = false;
+  c.gradient_compression = true;
+  c.score_function = sy::ScoreFunction::sqrtsoftplus;
+  c.pre_softmax = true;
+  c.topk_scaling_factor = 2.5;
+  c.num_groups = 8;
+  c.group_topk = 3;
+  c.enable_expert_bias = true;
+  c.expert_bias.assign(64, 0.0);
+  c.expert_bias[5] = -0.001;
+  c.expert_bias_update_rate = 0.01;
+  c.load_balancing_type = sy::LoadBalancingType::seq_aux_loss;
+  c.input_jitter_eps = 0.01;
+  c.token_layout = sy::TokenLayout::batch_seq;
+  c.token_dispatch = sy::TokenDispatch::capacity;
+  c.drop_policy = sy::DropPolicy::position;
+  c.pad_to_capacity = true;
+  c.capacity_formula = sy::CapacityFormula::deepspeed;
+  c.min_capacity = 4;
+  c.hidden_size = 7168;
+  c.ffn_hidden_size = 2048;
+  c.num_layers = 61;
+  c.moe_layer_frequency = 3;
+  c.activation = sy::Activation::gelu_tanh;
+  c.gated = true;
+  c.add_bias_linear = true;
+  c.num_attention_heads = 128;
+  c.world_size = 256;
+  c.data_parallel_size = 4;
+  c.expert_parallel_size = 64;
+  c.tensor_parallel_size = 1;
+  c.pipeline_parallel_size = 1;
+  c.expert_placement = sy::ExpertPlacement::round_robin;
+  c.distributed_backend = sy::DistributedBackend::nccl;
+  c.batch_size_per_gpu = 3;
+  c.sequence_length = 4096;
+  c.optimizer = sy::Optimizer::sgd;
+  c.learning_rate = 3e-5;
+  c.precision = sy::Precision::float16;
+  return c;
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(nested_dialect_loads_seed_003) {
+  const auto p = sy::load_config_file(data("seed003_nested.json"));
+  BOOST_TEST((p.dialect == sy::Dialect::nested));
+  const auto& c = p.config;
+  BOOST_TEST(c.num_layers == 32);
+  BOOST_TEST(c.hidden_size == 4096);
+  BOOST_TEST(c.num_attention_heads.value() == 32);
+  BOOST_TEST(c.moe_layer_frequency == 2);
+  BOOST_TEST(c.num_experts == 64);
+  BOOST_TEST(c.num_experts_per_token == 2);
+  BOOST_TEST(c.batch_size_per_gpu == 4);
+  BOOST_TEST(c.sequence_length == 2048);
+  BOOST_TEST((c.optimizer == sy::Optimizer::adamw));
+  BOOST_TEST(c.learning_rate == 1e-4);
+  BOOST_TEST((c.precision == sy::Precision::bfloat16));
+  BOOST_TEST(c.dp() == 2);
+  BOOST_TEST(c.expert_parallel_size == 8);
+  BOOST_TEST(c.world() == 16);
+  BOOST_TEST(c.capacity_factor == 1.25);
+  BOOST_TEST(c.load_balance_loss_coeff == 0.01);
+  BOOST_TEST(c.router_z_loss_coeff == 0.001);
+}
+
+BOOST_AUTO_TEST_CASE(model_config_dialect_loads_seed_001) {
+  const auto p = sy::load_config_file(data("seed001_model_config.json"));
+  BOOST_TEST((p.dialect == sy::Dialect::model_config));
+  const auto& c = p.config;
+  BOOST_TEST(c.hidden_size == 4096);
+  BOOST_TEST(c.num_layers == 32);
+  BOOST_TEST(c.num_experts == 64);
+  BOOST_TEST(c.num_experts_per_token == 2);
+  BOOST_TEST(c.moe_layer_frequency == 2);
+  BOOST_TEST(c.load_balance_loss_coeff == 0.01);
+  BOOST_TEST(c.world() == 16);
+  BOOST_TEST(c.dp() == 8);
+  BOOST_TEST(c.expert_parallel_size == 2);
+  BOOST_TEST(c.communication_overlap);
+  BOOST_TEST((c.distributed_backend == sy::DistributedBackend::nccl));
+}
+
+BOOST_AUTO_TEST_CASE(flat_dialect_loads_the_torsh_example) {
+  const auto p = sy::load_config_file(data("seed000_flat.json"));
+  BOOST_TEST((p.dialect == sy::Dialect::flat));
+  BOOST_TEST(p.config.num_experts == 16);
+  BOOST_TEST(p.config.capacity_factor == 1.5);
+  BOOST_TEST((p.config.sharding_strategy == sy::ShardingStrategy::ModelParallel));
+}
+
+BOOST_AUTO_TEST_CASE(write_then_read_gives_the_same_config_in_every_dialect) {
+  for (auto d : {sy::Dialect::flat, sy::Dialect::nested, sy::Dialect::model_config}) {
+    for (const sy::Config& c : {sy::Config{}, sy::presets::large_scale(), unusual_config()}) {
+      BOOST_TEST_CONTEXT("dialect " << sy::enum_name(d)) {
+        const std::string text = boost::json::serialize(sy::to_json(c, d));
+        const auto back = sy::parse_config(boost::json::parse(text));
+        BOOST_TEST(back.problems.empty(), sy::join_problems(back.problems));
+        BOOST_TEST((back.dialect == d));
+        BOOST_TEST((back.config == c), text);
+      }
+    }
+  }
+}
+
+BOOST_AUTO_TEST_CASE(boost_json_value_from_and_value_to) {
+  sy::Config c;
+  c.num_experts = 32;
+  c.expert_parallel_size = 4;
+  const boost::json::value v = boost::json::value_from(c);
+  BOOST_TEST(v.at("num_experts").as_int64() == 32);
+  BOOST_TEST((boost::json::value_to<sy::Config>(v) == c));
+  boost::json::value bad = v;
+  bad.as_object()["expert_parallel_size"] = 3;
+  BOOST_CHECK_THROW(boost::json::value_to<sy::Config>(bad), sy::config_error);
+}
+
+BOOST_AUTO_TEST_CASE(unknown_keys_are_errors_with_did_you_mean) {
+  auto p = sy::parse_and_validate(R"({"num_expert": 8})");
+  BOOST_TEST(mentions(p.problems, R"(num_expert: unknown key; did you mean "num_experts"?)"));
+  p = sy::parse_and_validate(R"({"model": {"moe": {"num_experts_per_token": 2}}})");
+  BOOST_TEST(mentions(p.problems, R"(model.moe.num_experts_per_token: unknown key; did you mean "num_experts_per_tok"?)"));
+  p = sy::parse_and_validate(R"({"totally_unrelated": 1})");
+  BOOST_TEST(mentions(p.problems, "totally_unrelated: unknown key"));
+  BOOST_TEST(!mentions(p.problems, "did you mean"));
+  p = sy::parse_and_validate(R"({"model": {"moe": 3}})");
+  BOOST_TEST(mentions(p.problems, "model.moe: expected an object, got an integer"));
+}
+
+BOOST_AUTO_TEST_CASE(wrong_types_and_bad_enum_names_are_reported) {
+  auto p = sy::parse_and_validate(R"({"num_experts": "eight", "capacity_factor": true,
+      "score_function": "softmx", "expert_bias": [1, "x"], "pre_softmax": 1})");
+  BOOST_TEST(mentions(p.problems, "num_experts: expected an integer, got a string"));
+  BOOST_TEST(mentions(p.problems, "capacity_factor: expected a number, got a boolean"));
+  BOOST_TEST(mentions(p.problems, R"(score_function: "softmx" is not one of "softmax", "sigmoid", "sqrtsoftplus"; did you mean "softmax"?)"));
+  BOOST_TEST(mentions(p.problems, "expert_bias: entry 1: expected a number, got a string"));
+  BOOST_TEST(mentions(p.problems, "pre_softmax: expected true or false, got an integer"));
+  p = sy::parse_and_validate(R"({"num_experts": 2.5})");
+  BOOST_TEST(mentions(p.problems, "num_experts: expected an integer, got 2.5"));
+  p = sy::parse_and_validate(R"({"num_experts": 16.0})");
+  BOOST_TEST(p.problems.empty());
+  BOOST_TEST(p.config.num_experts == 16);
+}
+
+BOOST_AUTO_TEST_CASE(syntax_errors_and_wrong_roots_are_reported) {
+  auto p = sy::parse_and_validate("{\n  \"num_experts\": 8,\n  oops\n}");
+  BOOST_TEST(p.problems.size() == 1u);
+  BOOST_TEST(mentions(p.problems, "invalid JSON at line 3"));
+  p = sy::parse_and_validate("[1, 2]");
+  BOOST_TEST(mentions(p.problems, "$: a config must be a JSON object, got an array"));
+  p = sy::parse_and_validate(std::string(200, '[') + std::string(200, ']'));
+  BOOST_TEST(mentions(p.problems, "invalid JSON"));
+  BOOST_CHECK_THROW(sy::load_config_file(data("does_not_exist.json")), sy::config_error);
+}
+
+BOOST_AUTO_TEST_CASE(model_config_constants_accept_only_their_value) {
+  auto p = sy::parse_and_validate(
+      R"({"distributed_config": {"master_addr": "10.0.0.1", "master_port": "env://"}})");
+  BOOST_TEST(mentions(
+      p.problems,
+      R"(distributed_config.master_addr: the only supported value is "env://", got "10.0.0.1")"));
+  p = sy::parse_and_validate(R"({"model_config": {"model_type": "dense"}})");
+  BOOST_TEST(mentions(p.problems, "model_config.model_type"));
+}
+
+BOOST_AUTO_TEST_CASE(unbuilt_torsh_objects_are_rejected_not_ignored) {
+  auto p = sy::parse_and_validate(R"({"gate_network": {"num_gate_layers": 2}})");
+  BOOST_TEST(mentions(p.problems, "gate_network: got {...} (gate_network is not built yet"));
+  p = sy::parse_and_validate(R"({"gate_network": null, "migration": null, "load_balancing": null})");
+  BOOST_TEST(p.problems.empty());
+}
+
+BOOST_AUTO_TEST_CASE(shipped_example_configs_are_valid) {
+  for (const char* name : {"quickstart.json", "mixtral_8x7b_ep8.json", "deepseek_v3_like.json"}) {
+    BOOST_TEST_CONTEXT(name) {
+      BOOST_CHECK_NO_THROW(sy::load_config_file(std::string(SY_EXAMPLE_CONFIG_DIR) + "/" + name));
+    }
+  }
+}

@@ -1,0 +1,61 @@
+#include <boost/test/unit_test.hpp>
+
+#include "switchyard/config.hpp"
+
+namespace sy = switchyard;
+
+BOOST_AUTO_TEST_CASE(memory_estimate_counts_local_experts_and_activations) {
+  sy::Config c;
+  c.num_experts = 8;
+  c.num_experts_per_token = 2;
+  c.expert_parallel_size = 4;
+  c.hidden_size = 16;
+  c.ffn_hidden_size = 32;
+  c.gated = true;
+  c.num_layers = 4;
+  c.moe_layer_frequency = 2;  // layers 0 and 2
+  c.batch_size_per_gpu = 2;
+  c.sequence_length = 5;  // T = 10
+  BOOST_REQUIRE(sy::validate(c).empty());
+  const auto m = sy::estimate_memory(c, 0);
+  BOOST_TEST(m.moe_layers == 2);
+  BOOST_TEST(m.local_experts == 2);
+  const std::int64_t per_expert = 2 * 32 * 16 + 16 * 32;  // W1 (gated) + W2 = 1536
+  BOOST_TEST(sy::expert_parameter_count(c) == per_expert);
+  BOOST_TEST(m.expert_parameters == 2 * 2 * per_expert * 4);
+  BOOST_TEST(m.expert_gradients == m.expert_parameters);
+  BOOST_TEST(m.optimizer_state == 2 * 2 * per_expert * 8);  // AdamW fp32: two moments
+  BOOST_TEST(m.router == 2 * 8 * 16 * (4 + 4 + 8));
+  BOOST_TEST(m.per_expert == per_expert * 16);
+  // Dropless: rows = T·k = 20.
+  BOOST_TEST(m.rows_per_layer == 20);
+  const std::int64_t T = 10, H = 16, E = 8, k = 2, F = 32, R = 20;
+  const std::int64_t per_layer =
+      T * H * 4 + 2 * T * E * 4 + T * k * 8 + R * H * 4 + R * F * 2 * 4 + R * F * 4 + T * k * H * 4;
+  BOOST_TEST(m.activations == 2 * per_layer);
+  BOOST_TEST(m.total() == m.expert_parameters + m.expert_gradients + m.optimizer_state + m.router +
+                              m.activations);
+  BOOST_TEST(m.fits_memory_per_expert(c));
+}
+
+BOOST_AUTO_TEST_CASE(memory_estimate_with_capacity_bf16_and_pipeline_stages) {
+  sy::Config c;
+  c.num_experts = 8;
+  c.expert_parallel_size = 2;
+  c.pipeline_parallel_size = 2;
+  c.num_layers = 4;
+  c.moe_layer_frequency = 3;  // layers 0 and 3: one per stage
+  c.token_dispatch = sy::TokenDispatch::capacity;
+  c.capacity_factor = 1.0;
+  c.batch_size_per_gpu = 1;
+  c.sequence_length = 16;  // C = ceil(16·2/8 · 1.0) = 4
+  c.precision = sy::Precision::bfloat16;
+  BOOST_REQUIRE(sy::validate(c).empty());
+  const auto m0 = sy::estimate_memory(c, 0);
+  const auto m_last = sy::estimate_memory(c, 2);  // rank 2 = pp stage 1
+  BOOST_TEST(m0.moe_layers == 1);
+  BOOST_TEST(m_last.moe_layers == 1);
+  BOOST_TEST(m0.rows_per_layer == 8 * 4);
+  // bf16 AdamW: 2 bytes weights, 2 bytes grads, 8 bytes moments + 4 bytes master copy.
+  BOOST_TEST(m0.optimizer_state == m0.expert_parameters / 2 * 12);
+}

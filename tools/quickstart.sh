@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The main job on a fresh machine: installs what is missing, builds the switchyard driver and
+# runs it on the quick-start config.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash tools/setup.sh
+cmake --preset default >/dev/null
+cmake --build --preset default --target switchyard_cli
+./build/default/bin/switchyard plan examples/configs/quickstart.json
