@@ -1,0 +1,82 @@
+#pragma once
+/// \file Dispatch policies (Dropless, Capacity<DropByProbs>, Capacity<DropByPosition>), their
+/// concept, and the runtime options a plan is built with (REFERENCE §4).
+
+#include <concepts>
+#include <cstdint>
+#include <optional>
+
+#include "switchyard/config/capacity.hpp"
+#include "switchyard/config/config_types.hpp"
+#include "switchyard/core/mdspan.hpp"
+
+namespace switchyard {
+
+struct dispatch_tag {};
+
+/// Drop policy: an over-full expert keeps the routes with the largest weights; ties go to the
+/// lower token index.
+struct DropByProbs {
+  static constexpr DropPolicy value = DropPolicy::probs;
+};
+/// Drop policy: an over-full expert keeps its first routed tokens in token order.
+struct DropByPosition {
+  static constexpr DropPolicy value = DropPolicy::position;
+};
+
+template <class D>
+concept DropPolicyType = requires {
+  { D::value } -> std::convertible_to<DropPolicy>;
+};
+
+/// Every route is kept; expert e gets exactly the tokens routed to it.
+struct Dropless {
+  using policy_kind = dispatch_tag;
+  static constexpr TokenDispatch dispatch = TokenDispatch::dropless;
+  static constexpr bool has_capacity = false;
+};
+
+/// Each expert keeps at most C routes (C from the config's capacity formula); the rest are
+/// dropped per the drop policy, before any communication.
+template <DropPolicyType Drop>
+struct Capacity {
+  using policy_kind = dispatch_tag;
+  using drop_policy = Drop;
+  static constexpr TokenDispatch dispatch = TokenDispatch::capacity;
+  static constexpr bool has_capacity = true;
+};
+
+/// A dispatch policy: tagged, and says whether it has a capacity.
+template <class P>
+concept DispatchPolicy = std::same_as<typename P::policy_kind, dispatch_tag> && requires {
+  { P::dispatch } -> std::convertible_to<TokenDispatch>;
+  { P::has_capacity } -> std::convertible_to<bool>;
+};
+
+static_assert(DispatchPolicy<Dropless>);
+static_assert(DispatchPolicy<Capacity<DropByProbs>>);
+static_assert(DispatchPolicy<Capacity<DropByPosition>>);
+
+/// The numbers a dispatch plan is built with, for one rank's tokens.
+struct DispatchOptions {
+  std::int64_t num_experts = 0;
+  std::optional<std::int64_t> capacity;  ///< rows per expert at most; none = unbounded
+  DropPolicy drop_policy = DropPolicy::probs;
+  bool pad_to_capacity = false;  ///< every expert gets exactly `capacity` rows
+};
+
+/// Options from a validated config for `tokens` tokens on this rank: the capacity formula's C
+/// (capacity dispatch), bounded by max_expert_batch_size when set.
+inline DispatchOptions dispatch_options(const Config& c, std::int64_t tokens) {
+  DispatchOptions o;
+  o.num_experts = c.num_experts;
+  o.capacity = capacity(c, tokens);
+  if (c.max_expert_batch_size)
+    o.capacity = o.capacity ? std::min(*o.capacity, *c.max_expert_batch_size)
+                            : *c.max_expert_batch_size;
+  o.drop_policy = c.drop_policy;
+  o.pad_to_capacity = c.pad_to_capacity && o.capacity.has_value();
+  return o;
+}
+
+}  // namespace switchyard

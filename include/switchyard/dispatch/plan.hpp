@@ -1,0 +1,140 @@
+#pragma once
+/// \file The dispatch plan: from the routes (expert [T,k], prob [T,k]) to expert-grouped rows.
+/// Host reference implementation; the CUDA one is plan.cuh. Deterministic: inside an expert,
+/// rows keep token order; drops break ties by the lower token index.
+
+#include <algorithm>
+#include <cstdint>
+#include <numeric>
+#include <optional>
+#include <vector>
+
+#include "switchyard/core/error.hpp"
+#include "switchyard/core/mdspan.hpp"
+#include "switchyard/dispatch/dispatch_types.hpp"
+#include "switchyard/exec/host.hpp"
+
+namespace switchyard {
+
+/// Where each kept route goes. Route id = t·k + slot. Rows are grouped by expert: expert e owns
+/// rows [expert_offsets[e], expert_offsets[e+1]).
+struct DispatchPlan {
+  std::int64_t num_tokens = 0, top_k = 0, num_experts = 0;
+  std::optional<std::int64_t> capacity;  ///< none when dropless
+  bool padded = false;                   ///< pad_to_capacity: every expert has capacity rows
+  std::vector<std::int64_t> routed_per_expert;  ///< [E] routes before dropping
+  std::vector<std::int64_t> kept_per_expert;    ///< [E] routes after dropping
+  std::vector<std::int64_t> expert_offsets;     ///< [E+1] row offsets (exclusive scan)
+  std::vector<std::int64_t> row_route;  ///< [rows] route id of each row, -1 for padding rows
+  std::vector<std::int64_t> route_row;  ///< [T·k] row of each route, -1 when dropped
+  std::int64_t dropped = 0;             ///< routes dropped by the capacity
+
+  std::int64_t rows() const { return expert_offsets.empty() ? 0 : expert_offsets.back(); }
+  std::int64_t rows_of(std::int64_t e) const {
+    return expert_offsets[static_cast<std::size_t>(e) + 1] -
+           expert_offsets[static_cast<std::size_t>(e)];
+  }
+  std::int64_t kept_routes() const { return num_tokens * top_k - dropped; }
+};
+
+namespace detail {
+inline void check_routes_shape(std::int64_t T, std::int64_t k, std::int64_t pk_rows,
+                               std::int64_t pk_cols) {
+  SY_EXPECTS(pk_rows == T && pk_cols == k,
+             concat("expert indices are [", T, ", ", k, "] but probabilities are [", pk_rows,
+                    ", ", pk_cols, "]"));
+}
+}  // namespace detail
+
+/// Builds the plan on the host. `expert` [T,k] holds expert ids in [0, E); `prob` [T,k] the
+/// routing weights (used by the probs drop policy only).
+template <class Real>
+DispatchPlan build_plan(exec::Host, const DispatchOptions& opt,
+                        matrix_view<const std::int32_t> expert, matrix_view<const Real> prob) {
+  const std::int64_t T = expert.extent(0), k = expert.extent(1), E = opt.num_experts;
+  detail::check_routes_shape(T, k, prob.extent(0), prob.extent(1));
+  SY_EXPECTS(E >= 1, detail::concat("num_experts must be >= 1, got ", E));
+  SY_EXPECTS(!opt.capacity || *opt.capacity >= 0,
+             detail::concat("capacity must be >= 0, got ", *opt.capacity));
+
+  DispatchPlan plan;
+  plan.num_tokens = T;
+  plan.top_k = k;
+  plan.num_experts = E;
+  plan.capacity = opt.capacity;
+  plan.padded = opt.pad_to_capacity && opt.capacity.has_value();
+  plan.routed_per_expert.assign(static_cast<std::size_t>(E), 0);
+
+  // Routes of each expert in token order (a counting sort: stable, no comparison sort).
+  for (std::int64_t t = 0; t < T; ++t)
+    for (std::int64_t j = 0; j < k; ++j) {
+      const std::int32_t e = expert(t, j);
+      SY_EXPECTS(e >= 0 && e < E, detail::concat("token ", t, " slot ", j, " routes to expert ", e,
+                                                 ", outside 0..", E - 1));
+      ++plan.routed_per_expert[static_cast<std::size_t>(e)];
+    }
+  std::vector<std::int64_t> start(static_cast<std::size_t>(E) + 1, 0);
+  std::partial_sum(plan.routed_per_expert.begin(), plan.routed_per_expert.end(),
+                   start.begin() + 1);
+  std::vector<std::int64_t> by_expert(static_cast<std::size_t>(T * k));
+  {
+    std::vector<std::int64_t> fill(start.begin(), start.end() - 1);
+    for (std::int64_t t = 0; t < T; ++t)
+      for (std::int64_t j = 0; j < k; ++j)
+        by_expert[static_cast<std::size_t>(fill[static_cast<std::size_t>(expert(t, j))]++)] =
+            t * k + j;
+  }
+
+  // Which routes survive the capacity.
+  std::vector<char> keep(static_cast<std::size_t>(T * k), 1);
+  if (opt.capacity) {
+    const std::int64_t C = *opt.capacity;
+    for (std::int64_t e = 0; e < E; ++e) {
+      auto first = by_expert.begin() + start[static_cast<std::size_t>(e)];
+      auto last = by_expert.begin() + start[static_cast<std::size_t>(e) + 1];
+      if (last - first <= C) continue;
+      if (opt.drop_policy == DropPolicy::probs) {
+        // Largest weight first; the stable sort keeps token order among equal weights, so the
+        // lower token index wins a tie.
+        std::vector<std::int64_t> order(first, last);
+        std::stable_sort(order.begin(), order.end(), [&](std::int64_t a, std::int64_t b) {
+          return prob(a / k, a % k) > prob(b / k, b % k);
+        });
+        for (auto it = order.begin() + C; it != order.end(); ++it)
+          keep[static_cast<std::size_t>(*it)] = 0;
+      } else {
+        for (auto it = first + C; it != last; ++it) keep[static_cast<std::size_t>(*it)] = 0;
+      }
+    }
+  }
+
+  plan.kept_per_expert.assign(static_cast<std::size_t>(E), 0);
+  for (std::int64_t r = 0; r < T * k; ++r)
+    if (keep[static_cast<std::size_t>(r)])
+      ++plan.kept_per_expert[static_cast<std::size_t>(expert(r / k, r % k))];
+  plan.dropped = T * k - std::accumulate(plan.kept_per_expert.begin(),
+                                         plan.kept_per_expert.end(), std::int64_t{0});
+
+  plan.expert_offsets.assign(static_cast<std::size_t>(E) + 1, 0);
+  for (std::int64_t e = 0; e < E; ++e)
+    plan.expert_offsets[static_cast<std::size_t>(e) + 1] =
+        plan.expert_offsets[static_cast<std::size_t>(e)] +
+        (plan.padded ? *opt.capacity : plan.kept_per_expert[static_cast<std::size_t>(e)]);
+
+  plan.row_route.assign(static_cast<std::size_t>(plan.rows()), -1);
+  plan.route_row.assign(static_cast<std::size_t>(T * k), -1);
+  for (std::int64_t e = 0; e < E; ++e) {
+    std::int64_t row = plan.expert_offsets[static_cast<std::size_t>(e)];
+    for (std::int64_t i = start[static_cast<std::size_t>(e)];
+         i < start[static_cast<std::size_t>(e) + 1]; ++i) {
+      const std::int64_t route = by_expert[static_cast<std::size_t>(i)];
+      if (!keep[static_cast<std::size_t>(route)]) continue;
+      plan.row_route[static_cast<std::size_t>(row)] = route;
+      plan.route_row[static_cast<std::size_t>(route)] = row;
+      ++row;
+    }
+  }
+  return plan;
+}
+
+}  // namespace switchyard

@@ -1,0 +1,230 @@
+#define BOOST_TEST_MODULE dispatch
+#include <boost/test/unit_test.hpp>
+
+#include <algorithm>
+#include <numeric>
+#include <random>
+#include <set>
+#include <vector>
+
+#include "switchyard/config.hpp"
+#include "switchyard/dispatch/plan.hpp"
+#include "switchyard/dispatch/telemetry.hpp"
+
+namespace sy = switchyard;
+
+namespace {
+
+struct routes {
+  std::int64_t T, k;
+  std::vector<std::int32_t> expert;
+  std::vector<double> prob;
+  sy::matrix_view<const std::int32_t> e() const {
+    return sy::matrix_view<const std::int32_t>(expert.data(), T, k);
+  }
+  sy::matrix_view<const double> p() const { return sy::matrix_view<const double>(prob.data(), T, k); }
+};
+
+// Distinct experts per token, uniform-ish probabilities; skew > 0 favours low expert ids.
+routes random_routes(std::uint32_t seed, std::int64_t T, std::int64_t E, std::int64_t k,
+                     double skew = 0.0) {
+  std::mt19937 gen(seed);
+  std::uniform_real_distribution<double> u(0.0, 1.0);
+  routes r{T, k, {}, {}};
+  std::vector<double> w(static_cast<std::size_t>(E));
+  for (std::int64_t t = 0; t < T; ++t) {
+    for (std::int64_t e = 0; e < E; ++e)
+      w[static_cast<std::size_t>(e)] = u(gen) + skew * static_cast<double>(E - e) / E;
+    std::vector<std::int32_t> idx(static_cast<std::size_t>(E));
+    std::iota(idx.begin(), idx.end(), 0);
+    std::stable_sort(idx.begin(), idx.end(), [&](int a, int b) { return w[a] > w[b]; });
+    double sum = 0;
+    for (std::int64_t j = 0; j < k; ++j) sum += w[static_cast<std::size_t>(idx[j])];
+    for (std::int64_t j = 0; j < k; ++j) {
+      r.expert.push_back(idx[static_cast<std::size_t>(j)]);
+      r.prob.push_back(w[static_cast<std::size_t>(idx[j])] / sum);
+    }
+  }
+  return r;
+}
+
+sy::DispatchOptions options(std::int64_t E, std::optional<std::int64_t> C,
+                            sy::DropPolicy drop = sy::DropPolicy::probs, bool pad = false) {
+  sy::DispatchOptions o;
+  o.num_experts = E;
+  o.capacity = C;
+  o.drop_policy = drop;
+  o.pad_to_capacity = pad;
+  return o;
+}
+
+}  // namespace
+
+// REFERENCE §7: softmax top-k-first routes of the golden logits, cf = 1.0 -> C = 3; expert 3 has
+// 4 routes (tokens 0, 2, 3, 4), so token 3's 0.24974 is dropped (probs policy).
+BOOST_AUTO_TEST_CASE(reference_capacity_example_drops_token_3_on_expert_3) {
+  routes r{6, 2,
+           {3, 0, 1, 2, 2, 3, 0, 3, 3, 2, 0, 1},
+           {.731059, .268941, .689974, .310026, .622459, .377541, .75026, .24974, .574443,
+            .425557, .524979, .475021}};
+  sy::Config c;
+  c.num_experts = 4;
+  c.token_dispatch = sy::TokenDispatch::capacity;
+  c.capacity_factor = 1.0;
+  const auto opt = sy::dispatch_options(c, 6);
+  BOOST_TEST(opt.capacity.value() == 3);
+  const auto plan = sy::build_plan(sy::exec::Host{}, opt, r.e(), r.p());
+  BOOST_TEST(plan.dropped == 1);
+  BOOST_TEST(plan.route_row[3 * 2 + 1] == -1);  // token 3, slot 1 (expert 3, 0.24974)
+  BOOST_TEST(plan.route_row[3 * 2 + 0] >= 0);   // token 3 keeps 0.75026 on expert 0
+  BOOST_TEST((plan.routed_per_expert == std::vector<std::int64_t>{3, 2, 3, 4}));
+  BOOST_TEST((plan.kept_per_expert == std::vector<std::int64_t>{3, 2, 3, 3}));
+  BOOST_TEST((plan.expert_offsets == std::vector<std::int64_t>{0, 3, 5, 8, 11}));
+  // Expert 3 keeps tokens 0, 2, 4 in token order.
+  BOOST_TEST(plan.row_route[8] == 0 * 2 + 0);
+  BOOST_TEST(plan.row_route[9] == 2 * 2 + 1);
+  BOOST_TEST(plan.row_route[10] == 4 * 2 + 0);
+  // The position policy keeps the first three routed tokens instead: 0, 2, 3 (token 4 dropped).
+  const auto pos = sy::build_plan(sy::exec::Host{}, options(4, 3, sy::DropPolicy::position),
+                                  r.e(), r.p());
+  BOOST_TEST(pos.route_row[3 * 2 + 1] >= 0);
+  BOOST_TEST(pos.route_row[4 * 2 + 0] == -1);
+}
+
+BOOST_AUTO_TEST_CASE(probs_policy_breaks_ties_by_lower_token_index) {
+  // Five tokens on expert 0 with equal weight; C = 2 keeps tokens 0 and 1.
+  routes r{5, 1, {0, 0, 0, 0, 0}, {0.5, 0.5, 0.5, 0.5, 0.5}};
+  const auto plan = sy::build_plan(sy::exec::Host{}, options(2, 2), r.e(), r.p());
+  BOOST_TEST((plan.row_route == std::vector<std::int64_t>{0, 1}));
+  // Larger weights win regardless of position: tokens 3 and 4, kept in token order.
+  routes s{5, 1, {0, 0, 0, 0, 0}, {0.1, 0.2, 0.3, 0.9, 0.8}};
+  const auto p2 = sy::build_plan(sy::exec::Host{}, options(2, 2), s.e(), s.p());
+  BOOST_TEST((p2.row_route == std::vector<std::int64_t>{3, 4}));
+  const auto p3 =
+      sy::build_plan(sy::exec::Host{}, options(2, 2, sy::DropPolicy::position), s.e(), s.p());
+  BOOST_TEST((p3.row_route == std::vector<std::int64_t>{0, 1}));
+}
+
+BOOST_AUTO_TEST_CASE(pad_to_capacity_gives_exactly_c_rows_per_expert) {
+  const auto r = random_routes(3, 40, 8, 2, 1.0);
+  const auto plan =
+      sy::build_plan(sy::exec::Host{}, options(8, 9, sy::DropPolicy::probs, true), r.e(), r.p());
+  BOOST_TEST(plan.rows() == 8 * 9);
+  for (std::int64_t e = 0; e < 8; ++e) {
+    BOOST_TEST(plan.rows_of(e) == 9);
+    BOOST_TEST(plan.expert_offsets[static_cast<std::size_t>(e)] == e * 9);
+    const auto kept = plan.kept_per_expert[static_cast<std::size_t>(e)];
+    for (std::int64_t i = 0; i < 9; ++i)
+      BOOST_TEST((plan.row_route[static_cast<std::size_t>(e * 9 + i)] < 0) == (i >= kept));
+  }
+}
+
+BOOST_AUTO_TEST_CASE(a_token_whose_routes_are_all_dropped_has_no_rows) {
+  // Token 2's two experts are full with tokens 0 and 1 (position policy, C = 2).
+  routes r{3, 2, {0, 1, 0, 1, 0, 1}, {.5, .5, .5, .5, .5, .5}};
+  const auto plan =
+      sy::build_plan(sy::exec::Host{}, options(2, 2, sy::DropPolicy::position), r.e(), r.p());
+  BOOST_TEST(plan.route_row[4] == -1);
+  BOOST_TEST(plan.route_row[5] == -1);
+  BOOST_TEST(plan.dropped == 2);
+}
+
+BOOST_AUTO_TEST_CASE(max_expert_batch_size_bounds_the_rows_per_expert) {
+  sy::Config c;
+  c.max_expert_batch_size = 5;
+  auto o = sy::dispatch_options(c, 100);  // dropless, bounded at 5 rows
+  BOOST_TEST(o.capacity.value() == 5);
+  c.token_dispatch = sy::TokenDispatch::capacity;
+  o = sy::dispatch_options(c, 100);  // megatron C = ceil(25 · 1.25) = 32, bounded at 5
+  BOOST_TEST(o.capacity.value() == 5);
+  c.max_expert_batch_size = 100;
+  BOOST_TEST(sy::dispatch_options(c, 100).capacity.value() == 32);
+}
+
+BOOST_AUTO_TEST_CASE(bad_routes_are_rejected_with_the_token) {
+  routes r{2, 1, {0, 7}, {1.0, 1.0}};
+  BOOST_CHECK_EXCEPTION(sy::build_plan(sy::exec::Host{}, options(4, std::nullopt), r.e(), r.p()),
+                        sy::precondition_error, [](const sy::precondition_error& e) {
+                          return std::string(e.what()).find("token 1 slot 0 routes to expert 7") !=
+                                 std::string::npos;
+                        });
+}
+
+BOOST_AUTO_TEST_CASE(zero_tokens_give_an_empty_plan) {
+  routes r{0, 2, {}, {}};
+  const auto plan = sy::build_plan(sy::exec::Host{}, options(4, 3), r.e(), r.p());
+  BOOST_TEST(plan.rows() == 0);
+  BOOST_TEST(plan.dropped == 0);
+  const auto padded =
+      sy::build_plan(sy::exec::Host{}, options(4, 3, sy::DropPolicy::probs, true), r.e(), r.p());
+  BOOST_TEST(padded.rows() == 12);
+}
+
+// Property tests over random seeds, sizes and policies.
+BOOST_AUTO_TEST_CASE(plan_is_a_bijection_between_kept_routes_and_rows) {
+  for (std::uint32_t seed = 0; seed < 40; ++seed) {
+    const std::int64_t E = std::int64_t{1} << (seed % 6 + 1), k = std::min<std::int64_t>(E, 1 + seed % 4);
+    const std::int64_t T = 1 + (seed * 37) % 200;
+    const auto r = random_routes(seed, T, E, k, seed % 3);
+    for (int mode = 0; mode < 5; ++mode) {
+      std::optional<std::int64_t> C;
+      if (mode > 0) C = (T * k / E) + (seed % 3);
+      const auto opt = options(E, C, mode % 2 ? sy::DropPolicy::probs : sy::DropPolicy::position,
+                               mode >= 3);
+      BOOST_TEST_CONTEXT("seed " << seed << " mode " << mode) {
+        const auto plan = sy::build_plan(sy::exec::Host{}, opt, r.e(), r.p());
+        std::int64_t kept = 0;
+        for (std::int64_t route = 0; route < T * k; ++route) {
+          const auto row = plan.route_row[static_cast<std::size_t>(route)];
+          if (row < 0) continue;
+          ++kept;
+          BOOST_REQUIRE(plan.row_route[static_cast<std::size_t>(row)] == route);
+          const auto e = r.expert[static_cast<std::size_t>(route)];
+          BOOST_REQUIRE(row >= plan.expert_offsets[static_cast<std::size_t>(e)]);
+          BOOST_REQUIRE(row < plan.expert_offsets[static_cast<std::size_t>(e) + 1]);
+        }
+        std::int64_t real_rows = 0;
+        for (auto rr : plan.row_route)
+          if (rr >= 0) ++real_rows;
+        BOOST_TEST(real_rows == kept);
+        BOOST_TEST(kept == plan.kept_routes());
+        BOOST_TEST(std::accumulate(plan.kept_per_expert.begin(), plan.kept_per_expert.end(),
+                                   std::int64_t{0}) == kept);
+        BOOST_TEST(std::accumulate(plan.routed_per_expert.begin(), plan.routed_per_expert.end(),
+                                   std::int64_t{0}) == T * k);
+        for (std::int64_t e = 0; e < E; ++e) {
+          if (C) BOOST_TEST(plan.kept_per_expert[static_cast<std::size_t>(e)] <= *C);
+          // Rows of an expert keep token order.
+          std::int64_t prev = -1;
+          for (auto row = plan.expert_offsets[static_cast<std::size_t>(e)];
+               row < plan.expert_offsets[static_cast<std::size_t>(e) + 1]; ++row) {
+            const auto route = plan.row_route[static_cast<std::size_t>(row)];
+            if (route < 0) continue;
+            BOOST_REQUIRE(route > prev);
+            prev = route;
+          }
+        }
+        // Deterministic: a second build is identical.
+        const auto again = sy::build_plan(sy::exec::Host{}, opt, r.e(), r.p());
+        BOOST_TEST((again.row_route == plan.row_route));
+        BOOST_TEST((again.route_row == plan.route_row));
+        BOOST_TEST((again.expert_offsets == plan.expert_offsets));
+      }
+    }
+  }
+}
+
+BOOST_AUTO_TEST_CASE(telemetry_counts_drops_and_imbalance) {
+  const auto s = sy::dispatch_stats({4, 2, 2, 0}, {3, 2, 2, 0});
+  BOOST_TEST(s.routes == 8);
+  BOOST_TEST(s.dropped == 1);
+  BOOST_TEST(s.dropped_fraction == 0.125);
+  // mean 2, population std sqrt((4+0+0+4)/4) = sqrt(2).
+  BOOST_TEST(std::abs(s.load_cv - std::sqrt(2.0) / 2.0) < 1e-15);
+  BOOST_TEST(s.max_over_mean == 2.0);
+  const auto balanced = sy::dispatch_stats({5, 5, 5, 5}, {5, 5, 5, 5});
+  BOOST_TEST(balanced.load_cv == 0.0);
+  BOOST_TEST(balanced.max_over_mean == 1.0);
+  const auto empty = sy::dispatch_stats({0, 0}, {0, 0});
+  BOOST_TEST(empty.dropped_fraction == 0.0);
+}
