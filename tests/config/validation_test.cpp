@@ -180,8 +180,6 @@ std::vector<rule_case> rule_cases() {
        R::sync_frequency_unused, "got 50"},
       {"memory per expert zero", [](sy::Config& c) { c.memory_per_expert_mb = 0; },
        R::memory_per_expert_positive, "got 0"},
-      {"dropout not built", [](sy::Config& c) { c.expert_dropout = 0.1; },
-       R::expert_dropout_not_built, "got 0.1"},
       {"accumulation not built", [](sy::Config& c) { c.enable_gradient_accumulation = true; },
        R::accumulation_not_built, "got true"},
       {"expert sync not built", [](sy::Config& c) { c.enable_expert_sync = true; },
@@ -198,12 +196,6 @@ std::vector<rule_case> rule_cases() {
        R::migration_threshold_not_built, "got 0.5"},
       {"gradient compression", [](sy::Config& c) { c.gradient_compression = true; },
        R::gradient_compression_not_built, "got true"},
-      {"init", [](sy::Config& c) { c.initialization_strategy = sy::InitStrategy::Kaiming; },
-       R::init_not_built, "got Kaiming"},
-      {"max batch", [](sy::Config& c) { c.max_expert_batch_size = 64; }, R::max_batch_not_built,
-       "got 64"},
-      {"bias linear", [](sy::Config& c) { c.add_bias_linear = true; }, R::bias_linear_not_built,
-       "got true"},
   };
 }
 

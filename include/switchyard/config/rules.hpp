@@ -90,7 +90,6 @@ namespace switchyard {
     "sync_frequency has no effect unless enable_expert_sync is true")                           \
   X(memory_per_expert_positive, memory_per_expert_mb, "memory_per_expert_mb must be at least 1") \
   /* fields whose behaviour is not built yet: only their default is accepted */                 \
-  X(expert_dropout_not_built, expert_dropout, "expert_dropout is not built yet: leave it at 0") \
   X(accumulation_not_built, enable_gradient_accumulation,                                       \
     "enable_gradient_accumulation is not built yet: leave it false")                            \
   X(expert_sync_not_built, enable_expert_sync, "enable_expert_sync is not built yet: leave it false") \
@@ -104,12 +103,7 @@ namespace switchyard {
   X(migration_threshold_not_built, migration_threshold,                                         \
     "migration_threshold has no effect: expert migration is not built yet (leave it at 0.3)")   \
   X(gradient_compression_not_built, gradient_compression,                                       \
-    "gradient_compression is not built yet: leave it false")                                    \
-  X(init_not_built, initialization_strategy,                                                    \
-    "initialization strategies other than Xavier are not built yet")                            \
-  X(max_batch_not_built, max_expert_batch_size,                                                 \
-    "max_expert_batch_size is not built yet: leave it null")                                    \
-  X(bias_linear_not_built, add_bias_linear, "add_bias_linear is not built yet: leave it false")
+    "gradient_compression is not built yet: leave it false")
 
 /// Identifies one validation rule.
 enum class rule_id {
@@ -211,7 +205,6 @@ constexpr bool rule_ok(const Config& c, rule_id r) {
     case rule_id::sync_frequency_positive: return c.sync_frequency >= 1;
     case rule_id::sync_frequency_unused: return c.enable_expert_sync || c.sync_frequency == 100;
     case rule_id::memory_per_expert_positive: return c.memory_per_expert_mb >= 1;
-    case rule_id::expert_dropout_not_built: return c.expert_dropout == 0;
     case rule_id::accumulation_not_built: return !c.enable_gradient_accumulation;
     case rule_id::expert_sync_not_built: return !c.enable_expert_sync;
     case rule_id::gate_network_not_built: return !c.gate_network.present;
@@ -220,9 +213,6 @@ constexpr bool rule_ok(const Config& c, rule_id r) {
     case rule_id::expert_migration_not_built: return !c.enable_expert_migration;
     case rule_id::migration_threshold_not_built: return c.migration_threshold == 0.3;
     case rule_id::gradient_compression_not_built: return !c.gradient_compression;
-    case rule_id::init_not_built: return c.initialization_strategy == InitStrategy::Xavier;
-    case rule_id::max_batch_not_built: return !c.max_expert_batch_size;
-    case rule_id::bias_linear_not_built: return !c.add_bias_linear;
   }
   return false;
 }

@@ -1,0 +1,106 @@
+#pragma once
+/// \file The Communicator concept: what an MoE layer needs from a process group (ARCHITECTURE.md,
+/// "Communication"), and the single-rank LocalComm.
+///
+/// Every collective is called by every rank of the group, in the same order, even by a rank with
+/// zero tokens. Counts and displacements are in elements.
+
+#include <algorithm>
+#include <concepts>
+#include <cstdint>
+#include <cstring>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "switchyard/core/error.hpp"
+
+namespace switchyard {
+
+/// Reduction operators of all_reduce.
+enum class ReduceOp { sum, max };
+
+/// A process group a layer can exchange tokens and reduce gradients over. `all_to_all_v` sends
+/// send_counts[p] elements to peer p (taken consecutively from `send`) and receives
+/// recv_counts[p] elements from peer p (stored consecutively in `recv`).
+template <class C>
+concept Communicator = requires(C& c, const C& cc, const double* src, double* dst,
+                                std::span<const std::int64_t> counts, std::int64_t n) {
+  { cc.rank() } -> std::convertible_to<int>;
+  { cc.size() } -> std::convertible_to<int>;
+  c.all_to_all_v(src, counts, dst, counts);
+  c.all_reduce(dst, n, ReduceOp::sum);
+  c.all_gather(src, n, dst);
+  c.barrier();
+};
+
+/// One rank, no other process: every collective is a local copy. The default communicator.
+class LocalComm {
+ public:
+  int rank() const { return 0; }
+  int size() const { return 1; }
+
+  template <class T>
+  void all_to_all_v(const T* send, std::span<const std::int64_t> send_counts, T* recv,
+                    std::span<const std::int64_t> recv_counts) {
+    SY_EXPECTS(send_counts.size() == 1 && recv_counts.size() == 1 &&
+                   send_counts[0] == recv_counts[0],
+               detail::concat("a one-rank all_to_all_v must send what it receives, got ",
+                              send_counts.size() ? send_counts[0] : -1, " and ",
+                              recv_counts.size() ? recv_counts[0] : -1));
+    if (send_counts[0] > 0 && send != recv)
+      std::memmove(recv, send, sizeof(T) * static_cast<std::size_t>(send_counts[0]));
+  }
+  template <class T>
+  void all_reduce(T*, std::int64_t, ReduceOp) {}
+  template <class T>
+  void all_gather(const T* send, std::int64_t n, T* recv) {
+    if (n > 0 && send != recv) std::memmove(recv, send, sizeof(T) * static_cast<std::size_t>(n));
+  }
+  void barrier() {}
+};
+
+static_assert(Communicator<LocalComm>);
+
+/// Exchanges per-peer counts: recv_counts[p] = what peer p sends to this rank (an all-to-all of
+/// one integer per peer). This is the count exchange that precedes a variable all_to_all_v.
+template <Communicator Comm>
+std::vector<std::int64_t> exchange_counts(Comm& comm, std::span<const std::int64_t> send_counts) {
+  SY_EXPECTS(static_cast<int>(send_counts.size()) == comm.size(),
+             detail::concat("one count per peer: got ", send_counts.size(), " for ", comm.size(),
+                            " ranks"));
+  std::vector<std::int64_t> ones(static_cast<std::size_t>(comm.size()), 1);
+  std::vector<std::int64_t> recv(static_cast<std::size_t>(comm.size()));
+  comm.all_to_all_v(send_counts.data(), ones, recv.data(), ones);
+  return recv;
+}
+
+/// 64-bit FNV-1a of a byte string (config agreement checks).
+inline std::uint64_t fnv1a64(const std::string& bytes) {
+  std::uint64_t h = 14695981039346656037ull;
+  for (unsigned char ch : bytes) {
+    h ^= ch;
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
+/// Checks that every rank of `comm` holds the same `fingerprint` (e.g. the hash of its config)
+/// before the first exchange. Collective; on a mismatch every rank throws comm_error naming the
+/// ranks that differ from rank 0, so no rank goes on to an exchange the others will not join.
+template <Communicator Comm>
+void require_agreement(Comm& comm, std::uint64_t fingerprint, const std::string& what) {
+  std::vector<std::uint64_t> all(static_cast<std::size_t>(comm.size()));
+  if constexpr (requires { comm.all_gather_host(&fingerprint, 1, all.data()); })
+    comm.all_gather_host(&fingerprint, 1, all.data());  // device communicators stage host data
+  else
+    comm.all_gather(&fingerprint, 1, all.data());
+  std::string differ;
+  for (std::size_t r = 1; r < all.size(); ++r)
+    if (all[r] != all[0]) differ += (differ.empty() ? "" : ", ") + std::to_string(r);
+  if (!differ.empty())
+    throw comm_error(detail::concat("ranks disagree on the ", what, ": rank(s) ", differ,
+                                    " differ from rank 0 (this is rank ", comm.rank(), ")"));
+}
+
+}  // namespace switchyard
