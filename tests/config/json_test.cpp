@@ -166,6 +166,12 @@ BOOST_AUTO_TEST_CASE(unknown_keys_are_errors_with_did_you_mean) {
   p = sy::parse_and_validate(R"({"totally_unrelated": 1})");
   BOOST_TEST(mentions(p.problems, "totally_unrelated: unknown key"));
   BOOST_TEST(!mentions(p.problems, "did you mean"));
+  // Found by the config fuzzer: an empty key used to give a problem with an empty path.
+  p = sy::parse_and_validate(R"({"num_experts": 16, "": 1.5})");
+  BOOST_TEST(mentions(p.problems, R"("": unknown key)"));
+  BOOST_TEST(!p.problems.at(0).path.empty());
+  p = sy::parse_and_validate(R"({"model": {"": {}}})");
+  BOOST_TEST(mentions(p.problems, R"(model."": unknown key)"));
   p = sy::parse_and_validate(R"({"model": {"moe": 3}})");
   BOOST_TEST(mentions(p.problems, "model.moe: expected an object, got an integer"));
 }
@@ -180,6 +186,9 @@ BOOST_AUTO_TEST_CASE(wrong_types_and_bad_enum_names_are_reported) {
   BOOST_TEST(mentions(p.problems, "pre_softmax: expected true or false, got an integer"));
   p = sy::parse_and_validate(R"({"num_experts": 2.5})");
   BOOST_TEST(mentions(p.problems, "num_experts: expected an integer, got 2.5"));
+  // Found by the config fuzzer (UBSan): a huge double used to be cast to an integer first.
+  p = sy::parse_and_validate(R"({"num_experts": 2.2e22})");
+  BOOST_TEST(mentions(p.problems, "num_experts: expected an integer, got 2.2e+22"));
   p = sy::parse_and_validate(R"({"num_experts": 16.0})");
   BOOST_TEST(p.problems.empty());
   BOOST_TEST(p.config.num_experts == 16);

@@ -119,7 +119,8 @@ inline std::string read_value(const boost::json::value& v, std::int64_t& out) {
   }
   if (v.is_double()) {
     const double d = v.get_double();
-    if (d == static_cast<double>(static_cast<std::int64_t>(d)) && d > -9.2e18 && d < 9.2e18) {
+    // Range first: converting an out-of-range double to an integer is undefined behaviour.
+    if (d > -9.2e18 && d < 9.2e18 && d == static_cast<double>(static_cast<std::int64_t>(d))) {
       out = static_cast<std::int64_t>(d);
       return {};
     }
@@ -245,7 +246,9 @@ struct dialect_reader {
   void walk(const boost::json::object& obj, const std::string& prefix) {
     for (const auto& kv : obj) {
       const std::string key(kv.key());
-      const std::string path = prefix.empty() ? key : prefix + "." + key;
+      // An empty key is shown as "" so that the problem still names where it is.
+      const std::string shown = key.empty() ? std::string("\"\"") : key;
+      const std::string path = prefix.empty() ? shown : prefix + "." + shown;
       if (auto it = leaves.find(path); it != leaves.end()) {
         read_leaf(*it->second, kv.value());
       } else if (sections.count(path)) {
