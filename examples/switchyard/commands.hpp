@@ -11,5 +11,6 @@ namespace switchyard::cli {
 using runner = std::function<int()>;
 
 void add_plan_command(CLI::App& app, runner& run);
+void add_route_command(CLI::App& app, runner& run);
 
 }  // namespace switchyard::cli

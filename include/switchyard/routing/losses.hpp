@@ -1,0 +1,157 @@
+#pragma once
+/// \file Load-balancing losses and z-loss on the host (REFERENCE §5, gradients §8): Switch aux
+/// loss, sequence aux loss, global aux loss and z-loss, any of them at once with their own
+/// coefficients. Routers call these from forward (values) and backward (gradients).
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "switchyard/core/error.hpp"
+#include "switchyard/core/mdspan.hpp"
+#include "switchyard/routing/detail/token_math.hpp"
+#include "switchyard/routing/routing_types.hpp"
+#include "switchyard/routing/score.hpp"
+
+namespace switchyard {
+
+namespace detail {
+
+/// Sequence of token t (REFERENCE §5): seq_batch t = s·B + b, batch_seq t = b·S + s.
+inline index_t sequence_of(index_t t, const balance_state& b) {
+  return sequence_index(t, b.num_sequences, b.sequence_length, b.token_layout);
+}
+
+}  // namespace detail
+
+/// Throws numeric_error naming the first token whose logits hold NaN or Inf.
+template <class T>
+void check_logits_finite(matrix_view<const T> z) {
+  for (index_t t = 0; t < z.extent(0); ++t)
+    for (index_t e = 0; e < z.extent(1); ++e)
+      if (!math::isfinite(z(t, e)))
+        throw numeric_error(detail::concat("router logits of token ", t, " are not finite (expert ",
+                                           e, " is ", z(t, e), ")"));
+}
+
+/// Computes every loss of `p` for logits z [T][E] of a K-expert router with score `Score` and
+/// stores values and backward state in `out` (aux_loss, balance_losses, z_loss, balance).
+template <int K, ScoreTag Score, class T>
+void compute_losses(matrix_view<const T> z, const LossParams& p, const RouteContext& ctx,
+                    Routing<T>& out) {
+  const index_t Tn = z.extent(0), E = z.extent(1);
+  out.balance.clear();
+  out.balance_losses.clear();
+  out.aux_loss.reset();
+  out.z_loss.reset();
+  if (!p.balance.empty() && Tn > 0) {
+    // The count map and Σ_t q[t,e] per sequence are shared by every balance loss.
+    std::vector<double> q_row(static_cast<std::size_t>(E));
+    std::vector<std::int64_t> counts(static_cast<std::size_t>(E), 0);
+    double total = 0.0;
+    for (const BalanceLoss& bl : p.balance) {
+      SY_EXPECTS(bl.type == LoadBalancingType::aux_loss ||
+                     bl.type == LoadBalancingType::seq_aux_loss ||
+                     bl.type == LoadBalancingType::global_aux_loss,
+                 detail::concat("balance loss type ", enum_name(bl.type),
+                                " is not aux_loss, seq_aux_loss or global_aux_loss"));
+      detail::balance_state st;
+      index_t tokens_per_seq = Tn;
+      if (bl.type == LoadBalancingType::seq_aux_loss) {
+        SY_EXPECTS(p.sequence_length > 0 && Tn % p.sequence_length == 0,
+                   detail::concat("seq_aux_loss: ", Tn, " tokens are not a whole number of "
+                                  "sequences of length ", p.sequence_length));
+        st.num_sequences = Tn / p.sequence_length;
+        st.sequence_length = p.sequence_length;
+        st.token_layout = p.token_layout;
+        tokens_per_seq = p.sequence_length;
+      }
+      const auto B = static_cast<std::size_t>(st.num_sequences);
+      std::vector<double> c(B * static_cast<std::size_t>(E), 0.0);
+      std::vector<double> qsum(B * static_cast<std::size_t>(E), 0.0);
+      std::fill(counts.begin(), counts.end(), 0);
+      for (index_t t = 0; t < Tn; ++t) {
+        const T* zr = &z(t, 0);
+        const auto r = detail::aux_row_stats<Score>(zr, E);
+        std::int32_t idx[K];
+        detail::aux_count_topk<K, Score>(zr, E, r, idx);
+        const auto b = static_cast<std::size_t>(detail::sequence_of(t, st));
+        for (int j = 0; j < K; ++j) {
+          c[b * E + idx[j]] += 1.0;
+          ++counts[idx[j]];
+        }
+        for (index_t e = 0; e < E; ++e) qsum[b * E + e] += detail::aux_q<Score>(zr, e, r);
+      }
+      double group_tokens = static_cast<double>(tokens_per_seq);
+      if (ctx.group_sum) {
+        // Counts and tokens per sequence summed over the reduction group; Σ_t q stays local.
+        c.push_back(group_tokens);
+        ctx.group_sum(std::span<double>(c));
+        group_tokens = c.back();
+        c.pop_back();
+        for (std::size_t e = 0; e < counts.size(); ++e) {
+          double total_e = 0.0;
+          for (std::size_t b = 0; b < B; ++b) total_e += c[b * E + e];
+          counts[e] = static_cast<std::int64_t>(std::llround(total_e));
+        }
+      }
+      if (bl.type == LoadBalancingType::global_aux_loss) {
+        SY_EXPECTS(ctx.global_aux != nullptr,
+                   "global_aux_loss needs a GlobalAuxLoss accumulator in RouteContext");
+        ctx.global_aux->accumulate(counts);
+        const std::vector<double> mean = ctx.global_aux->mean_counts();
+        std::copy(mean.begin(), mean.end(), c.begin());
+      }
+      // w[b][e] = α·E·c_be / (k·S²·B), S the tokens per sequence (of the group when summed);
+      // the loss is Σ_b Σ_e qsum_be·w_be (REFERENCE §5, §8).
+      const double scale = bl.coeff * static_cast<double>(E) /
+                           (static_cast<double>(K) * group_tokens * group_tokens *
+                            static_cast<double>(B));
+      st.weights.resize(c.size());
+      double value = 0.0;
+      for (std::size_t i = 0; i < c.size(); ++i) {
+        st.weights[i] = scale * c[i];
+        value += qsum[i] * st.weights[i];
+      }
+      out.balance_losses.push_back(value);
+      out.balance.push_back(std::move(st));
+      total += value;
+    }
+    out.aux_loss = total;
+  }
+  if (p.z_loss_coeff > 0 && Tn > 0) {
+    // L_z = c_z · mean_t lse_t² (REFERENCE §5), accumulated in double.
+    double sum = 0.0;
+    for (index_t t = 0; t < Tn; ++t) {
+      const double lse = static_cast<double>(detail::logsumexp(&z(t, 0), E));
+      sum += lse * lse;
+    }
+    out.z_loss = p.z_loss_coeff * sum / static_cast<double>(Tn);
+  }
+}
+
+/// Adds the gradients of the losses of `r` (computed by compute_losses) to dz [T][E].
+template <ScoreTag Score, class T>
+void add_loss_gradients(const Routing<T>& r, const LossParams& p, matrix_view<T> dz) {
+  const index_t Tn = r.num_tokens, E = r.num_experts;
+  SY_EXPECTS(dz.extent(0) == Tn && dz.extent(1) == E,
+             detail::concat("dlogits is [", dz.extent(0), "][", dz.extent(1), "], expected [", Tn,
+                            "][", E, "]"));
+  std::vector<T> w(static_cast<std::size_t>(E));
+  for (const detail::balance_state& st : r.balance) {
+    for (index_t t = 0; t < Tn; ++t) {
+      const auto b = detail::sequence_of(t, st);
+      for (index_t e = 0; e < E; ++e) w[e] = static_cast<T>(st.weights[b * E + e]);
+      detail::aux_token_gradient<Score>(&r.logits[t * E], E, w.data(), &dz(t, 0));
+    }
+  }
+  if (r.z_loss) {
+    const T c = static_cast<T>(p.z_loss_coeff * 2.0 / static_cast<double>(Tn));
+    for (index_t t = 0; t < Tn; ++t) detail::z_loss_token_gradient(&r.logits[t * E], E, c, &dz(t, 0));
+  }
+}
+
+}  // namespace switchyard
