@@ -11,8 +11,10 @@
 #include "switchyard/core/mdspan.hpp"
 #include "switchyard/core/philox.hpp"
 #include "switchyard/exec/host.hpp"
+#include "switchyard/routing.hpp"
 #include "switchyard/version.hpp"
 
 #if defined(__CUDACC__)
 #include "switchyard/exec/cuda.cuh"
+#include "switchyard/routing.cuh"
 #endif
