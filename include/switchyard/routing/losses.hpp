@@ -47,7 +47,8 @@ void compute_losses(matrix_view<const T> z, const LossParams& p, const RouteCont
   out.balance_losses.clear();
   out.aux_loss.reset();
   out.z_loss.reset();
-  if (!p.balance.empty() && Tn > 0) {
+  // With a group, every rank joins each group_sum in the same order, even with no tokens.
+  if (!p.balance.empty() && (Tn > 0 || ctx.group_sum)) {
     // The count map and Σ_t q[t,e] per sequence are shared by every balance loss.
     std::vector<double> q_row(static_cast<std::size_t>(E));
     std::vector<std::int64_t> counts(static_cast<std::size_t>(E), 0);
@@ -86,7 +87,14 @@ void compute_losses(matrix_view<const T> z, const LossParams& p, const RouteCont
         for (index_t e = 0; e < E; ++e) qsum[b * E + e] += detail::aux_q<Score>(zr, e, r);
       }
       double group_tokens = static_cast<double>(tokens_per_seq);
-      if (ctx.group_sum) {
+      double sequences = static_cast<double>(B);
+      if (ctx.group_sum && bl.type == LoadBalancingType::seq_aux_loss) {
+        // Each rank holds whole sequences of its own: the counts stay per sequence and the mean
+        // is over the group's sequences (the same vector length on every rank).
+        double g[1] = {sequences};
+        ctx.group_sum(std::span<double>(g));
+        sequences = g[0];
+      } else if (ctx.group_sum) {
         // Counts and tokens per sequence summed over the reduction group; Σ_t q stays local.
         c.push_back(group_tokens);
         ctx.group_sum(std::span<double>(c));
@@ -107,9 +115,8 @@ void compute_losses(matrix_view<const T> z, const LossParams& p, const RouteCont
       }
       // w[b][e] = α·E·c_be / (k·S²·B), S the tokens per sequence (of the group when summed);
       // the loss is Σ_b Σ_e qsum_be·w_be (REFERENCE §5, §8).
-      const double scale = bl.coeff * static_cast<double>(E) /
-                           (static_cast<double>(K) * group_tokens * group_tokens *
-                            static_cast<double>(B));
+      const double denom = static_cast<double>(K) * group_tokens * group_tokens * sequences;
+      const double scale = denom > 0 ? bl.coeff * static_cast<double>(E) / denom : 0.0;
       st.weights.resize(c.size());
       double value = 0.0;
       for (std::size_t i = 0; i < c.size(); ++i) {
@@ -122,14 +129,18 @@ void compute_losses(matrix_view<const T> z, const LossParams& p, const RouteCont
     }
     out.aux_loss = total;
   }
-  if (p.z_loss_coeff > 0 && Tn > 0) {
-    // L_z = c_z · mean_t lse_t² (REFERENCE §5), accumulated in double.
+  if (p.z_loss_coeff > 0 && (Tn > 0 || ctx.group_sum)) {
+    // L_z = c_z · mean_t lse_t² (REFERENCE §5), accumulated in double; with a group the mean is
+    // over the group's tokens, so the per-rank terms add up to the group's z-loss.
     double sum = 0.0;
     for (index_t t = 0; t < Tn; ++t) {
       const double lse = static_cast<double>(detail::logsumexp(&z(t, 0), E));
       sum += lse * lse;
     }
-    out.z_loss = p.z_loss_coeff * sum / static_cast<double>(Tn);
+    double tokens[1] = {static_cast<double>(Tn)};
+    if (ctx.group_sum) ctx.group_sum(std::span<double>(tokens));
+    out.loss_tokens = tokens[0];
+    out.z_loss = tokens[0] > 0 ? p.z_loss_coeff * sum / tokens[0] : 0.0;
   }
 }
 
@@ -149,7 +160,7 @@ void add_loss_gradients(const Routing<T>& r, const LossParams& p, matrix_view<T>
     }
   }
   if (r.z_loss) {
-    const T c = static_cast<T>(p.z_loss_coeff * 2.0 / static_cast<double>(Tn));
+    const T c = static_cast<T>(p.z_loss_coeff * 2.0 / r.loss_tokens);
     for (index_t t = 0; t < Tn; ++t) detail::z_loss_token_gradient(&r.logits[t * E], E, c, &dz(t, 0));
   }
 }

@@ -109,6 +109,7 @@ struct Routing {
   std::optional<double> z_loss;                 ///< c_z included
   std::vector<double> balance_losses;           ///< each balance loss, in LossParams order
   int sinkhorn_iterations = 0;                  ///< Sinkhorn only
+  double loss_tokens = 0;                       ///< T of the z-loss mean (the group's tokens)
   std::vector<detail::balance_state> balance;   ///< backward state of each balance loss
 
   matrix_view<const std::int32_t> indices() const {

@@ -1,0 +1,106 @@
+#pragma once
+/// \file The two places where a layer depends on its policies: the router and the experts. The
+/// layer body (moe_layer_core) calls them through these small interfaces, so each router and each
+/// expert policy is compiled once, and a runtime config can reach any combination of them
+/// (layer/make_layer.hpp) without compiling every router × dispatcher × expert product.
+
+#include <cstddef>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "switchyard/core/mdspan.hpp"
+#include "switchyard/exec/host.hpp"
+#include "switchyard/experts/experts.hpp"
+#include "switchyard/experts/init.hpp"
+#include "switchyard/routing/router_policy.hpp"
+#include "switchyard/routing/sinkhorn.hpp"
+#include "switchyard/routing/top_k.hpp"
+
+namespace switchyard::detail {
+
+template <class R>
+inline constexpr bool is_sinkhorn_router = false;
+template <int K>
+inline constexpr bool is_sinkhorn_router<Sinkhorn<K>> = true;
+
+template <class T>
+struct router_hooks {
+  virtual ~router_hooks() = default;
+  virtual int k() const = 0;
+  virtual Routing<T> forward(matrix_view<const T> logits, const RouteContext& ctx) const = 0;
+  virtual void backward(const Routing<T>& r, matrix_view<const T> dprob,
+                        matrix_view<T> dlogits) const = 0;
+  /// Aux-loss-free balancing: β update from the dispatched counts of a global batch.
+  virtual void update_expert_bias(std::span<const std::int64_t> counts) = 0;
+  virtual std::vector<double> expert_bias() const = 0;
+};
+
+template <RouterPolicy R, class T>
+struct router_hooks_impl final : router_hooks<T> {
+  explicit router_hooks_impl(R r) : router(std::move(r)) {}
+  int k() const override { return R::k; }
+  Routing<T> forward(matrix_view<const T> logits, const RouteContext& ctx) const override {
+    return router.forward(exec::Host{}, logits, ctx);
+  }
+  void backward(const Routing<T>& r, matrix_view<const T> dprob,
+                matrix_view<T> dlogits) const override {
+    router.backward(exec::Host{}, r, dprob, dlogits);
+  }
+  void update_expert_bias(std::span<const std::int64_t> counts) override {
+    if constexpr (requires { router.update_expert_bias(counts); })
+      router.update_expert_bias(counts);
+    else
+      throw config_error("this router has no expert bias (aux-loss-free balancing needs TopK "
+                         "with a sigmoid or sqrtsoftplus score)");
+  }
+  std::vector<double> expert_bias() const override {
+    if constexpr (requires { router.expert_bias(); })
+      return router.expert_bias();
+    else
+      return {};
+  }
+  R router;
+};
+
+template <class T>
+struct expert_hooks {
+  virtual ~expert_hooks() = default;
+  virtual int fc1_multiplier() const = 0;
+  virtual std::size_t workspace_bytes(const expert_shape& s, index_t rows) const = 0;
+  virtual void forward(const expert_shape& s, const expert_weights<T>& w, matrix_view<const T> x,
+                       std::span<const index_t> offsets, matrix_view<T> y,
+                       std::span<std::byte> ws, const expert_options& opt) const = 0;
+  virtual void backward(const expert_shape& s, const expert_weights<T>& w, matrix_view<const T> x,
+                        std::span<const index_t> offsets, matrix_view<const T> dy,
+                        matrix_view<T> dx, const expert_grads<T>& g, std::span<std::byte> ws,
+                        const expert_options& opt) const = 0;
+  virtual void initialize(const expert_shape& s, const expert_init& init,
+                          const expert_tensors<T>& w) const = 0;
+};
+
+template <ExpertPolicy X, class T>
+struct expert_hooks_impl final : expert_hooks<T> {
+  int fc1_multiplier() const override { return X::fc1_multiplier; }
+  std::size_t workspace_bytes(const expert_shape& s, index_t rows) const override {
+    return expert_workspace_bytes<T>(X{}, s, rows);
+  }
+  void forward(const expert_shape& s, const expert_weights<T>& w, matrix_view<const T> x,
+               std::span<const index_t> offsets, matrix_view<T> y, std::span<std::byte> ws,
+               const expert_options& opt) const override {
+    expert_forward(X{}, exec::Host{}, s, w, x, offsets, y, ws, opt);
+  }
+  void backward(const expert_shape& s, const expert_weights<T>& w, matrix_view<const T> x,
+                std::span<const index_t> offsets, matrix_view<const T> dy, matrix_view<T> dx,
+                const expert_grads<T>& g, std::span<std::byte> ws,
+                const expert_options& opt) const override {
+    expert_backward(X{}, exec::Host{}, s, w, x, offsets, dy, dx, g, ws, opt);
+  }
+  void initialize(const expert_shape& s, const expert_init& init,
+                  const expert_tensors<T>& w) const override {
+    initialize_expert_weights(X{}, s, init, w);
+  }
+};
+
+}  // namespace switchyard::detail

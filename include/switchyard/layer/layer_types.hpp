@@ -1,0 +1,113 @@
+#pragma once
+/// \file Plain types of the MoE layer: parameters and gradients (owning, host memory), the
+/// communicators it runs on, per-forward options and metrics.
+
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#include "switchyard/config/config_types.hpp"
+#include "switchyard/core/error.hpp"
+#include "switchyard/core/mdspan.hpp"
+#include "switchyard/experts/expert_types.hpp"
+#include "switchyard/routing/routing_types.hpp"
+
+namespace switchyard {
+
+/// The weights of one MoE layer on one rank: the router W_r [E][H] (replicated) and the local
+/// experts in the layout of experts/expert_types.hpp. MoEGrads has the same shapes.
+template <class T>
+struct MoEParams {
+  index_t num_experts = 0, local_experts = 0, hidden = 0, ffn_hidden = 0;
+  int fc1_multiplier = 1;  ///< 2 for GLU experts
+  bool bias = false;
+  std::vector<T> router_weight;  ///< [E][H]
+  std::vector<T> fc1, fc2;       ///< [E_local][F1][H], [E_local][H][F]
+  std::vector<T> fc1_bias, fc2_bias;
+
+  MoEParams() = default;
+  MoEParams(index_t E, index_t E_local, index_t H, index_t F, int fc1_mult, bool with_bias)
+      : num_experts(E),
+        local_experts(E_local),
+        hidden(H),
+        ffn_hidden(F),
+        fc1_multiplier(fc1_mult),
+        bias(with_bias),
+        router_weight(static_cast<std::size_t>(E * H)),
+        fc1(static_cast<std::size_t>(E_local * fc1_mult * F * H)),
+        fc2(static_cast<std::size_t>(E_local * H * F)),
+        fc1_bias(with_bias ? static_cast<std::size_t>(E_local * fc1_mult * F) : 0),
+        fc2_bias(with_bias ? static_cast<std::size_t>(E_local * H) : 0) {}
+
+  /// Same shapes, every value zero (gradients).
+  MoEParams zeros_like() const {
+    return MoEParams(num_experts, local_experts, hidden, ffn_hidden, fc1_multiplier, bias);
+  }
+  matrix_view<T> router() { return matrix_view<T>(router_weight.data(), num_experts, hidden); }
+  matrix_view<const T> router() const {
+    return matrix_view<const T>(router_weight.data(), num_experts, hidden);
+  }
+  expert_tensors<T> experts() {
+    const index_t F1 = fc1_multiplier * ffn_hidden;
+    return {tensor3_view<T>(fc1.data(), local_experts, F1, hidden),
+            tensor3_view<T>(fc2.data(), local_experts, hidden, ffn_hidden),
+            bias ? matrix_view<T>(fc1_bias.data(), local_experts, F1) : matrix_view<T>(),
+            bias ? matrix_view<T>(fc2_bias.data(), local_experts, hidden) : matrix_view<T>()};
+  }
+  expert_weights<T> experts() const {
+    return as_const(const_cast<MoEParams*>(this)->experts());
+  }
+  /// Every tensor, for element-wise loops (optimizers, reductions): pointer and size.
+  template <class F>
+  void for_each_tensor(F&& f) {
+    f(router_weight);
+    f(fc1);
+    f(fc2);
+    f(fc1_bias);
+    f(fc2_bias);
+  }
+  void set_zero() {
+    for_each_tensor([](std::vector<T>& v) { std::fill(v.begin(), v.end(), T(0)); });
+  }
+};
+
+template <class T>
+using MoEGrads = MoEParams<T>;
+
+/// The process groups a layer runs on (ARCHITECTURE.md, config/layout.hpp): the token
+/// all-to-all over the expert-parallel group, router gradients, global counts and losses over the
+/// dense data-parallel group, expert gradients over the expert-data-parallel group.
+template <class Comm>
+struct MoEComms {
+  Comm* expert_parallel;
+  Comm* dense_data_parallel;
+  Comm* expert_data_parallel;
+};
+
+/// Per-call options of a forward.
+struct ForwardOptions {
+  bool training = true;          ///< jitter and expert dropout apply; Sinkhorn selects by P
+  std::uint64_t seed = 0;        ///< run seed of jitter and dropout draws
+  std::uint32_t step = 0;        ///< step (or micro-batch counter) of the draws
+  GlobalAuxLoss* global_aux = nullptr;  ///< accumulator of global_aux_loss
+};
+
+/// What one forward measured. Counts and losses are global: summed over the dense data-parallel
+/// group (the same on every rank of it).
+struct MoEMetrics {
+  std::int64_t tokens = 0;                         ///< tokens of the group in this forward
+  std::vector<std::int64_t> tokens_per_expert;     ///< [E] routed, before dropping
+  std::vector<std::int64_t> kept_per_expert;       ///< [E] after dropping
+  std::int64_t dropped = 0;                        ///< dropped routes
+  double dropped_fraction = 0;                     ///< dropped / routes
+  double load_cv = 0;                              ///< std/mean of tokens_per_expert
+  double max_over_mean = 0;                        ///< max/mean of tokens_per_expert
+  std::optional<double> aux_loss;                  ///< coefficient included; none when off
+  std::optional<double> z_loss;                    ///< coefficient included; none when off
+  int sinkhorn_iterations = 0;                     ///< Sinkhorn routers
+  std::int64_t bytes_sent = 0;                     ///< this rank, token all-to-all, forward
+  std::int64_t bytes_received = 0;
+  std::optional<std::int64_t> capacity;            ///< C per expert on this rank; none: dropless
+};
+
+}  // namespace switchyard

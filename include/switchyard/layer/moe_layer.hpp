@@ -1,0 +1,487 @@
+#pragma once
+/// \file MoELayer<Router, Dispatcher, Expert>: one MoE layer with expert parallelism on the host
+/// backend (ARCHITECTURE.md, "One layer forward, as data flows"):
+///
+///   x [T,H] -> router linear -> logits -> router -> routes -> dispatch plan -> permute
+///     -> (count exchange) all_to_all_v over the EP group -> grouped experts
+///     -> reverse all_to_all_v -> unpermute (prob-weighted, fp32/double) -> y [T,H]
+///
+/// forward() returns y, the metrics and everything backward() needs (no hidden state);
+/// backward() returns dx and ACCUMULATES the router and local expert gradients;
+/// reduce_gradients() sums them over their data-parallel groups once per optimizer step.
+///
+/// Losses and counts in a multi-rank layer are those of the dense data-parallel group: the count
+/// map is summed over it and T is its token count (REFERENCE §5), so the per-rank loss terms sum
+/// to the loss of the group's whole batch and the summed gradients equal one rank's gradients on
+/// that batch (tested under mpirun). Capacity dispatch over more than one EP rank exchanges
+/// fixed blocks of C rows per expert (padding rows are zero and weigh 0): no count exchange.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <numeric>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "switchyard/comm/communicator.hpp"
+#include "switchyard/config/format.hpp"
+#include "switchyard/config/validate.hpp"
+#include "switchyard/core/philox.hpp"
+#include "switchyard/dispatch/dispatch_types.hpp"
+#include "switchyard/dispatch/permute.hpp"
+#include "switchyard/dispatch/plan.hpp"
+#include "switchyard/dispatch/telemetry.hpp"
+#include "switchyard/layer/detail/hooks.hpp"
+#include "switchyard/layer/layer_types.hpp"
+#include "switchyard/routing/from_config.hpp"
+#include "switchyard/routing/router_linear.hpp"
+#include "switchyard/sharding/placement.hpp"
+
+namespace switchyard {
+
+/// Everything forward keeps for backward.
+template <class T>
+struct MoESaved {
+  index_t tokens = 0;
+  std::vector<T> x;         ///< layer input [T][H]
+  std::vector<T> x_router;  ///< router input (x with jitter) [T][H]
+  Routing<T> routing;
+  std::vector<std::int32_t> slots;  ///< routes relabelled to placement slots [T][k]
+  DispatchPlan plan;                ///< over slots
+  std::vector<std::int64_t> send_rows, recv_rows;  ///< [ep][E_local] rows per block
+  std::vector<T> expert_in;         ///< rows at the local experts, expert-major [R_in][H]
+  std::vector<index_t> expert_offsets;  ///< [E_local + 1] over expert_in
+  std::vector<std::byte> expert_workspace;
+  std::vector<T> rows_out;          ///< expert outputs back in plan order [R][H]
+  expert_options expert_opts;
+  bool used = false;                ///< backward consumes the expert workspace once
+};
+
+/// What forward returns.
+template <class T>
+struct MoEForward {
+  std::vector<T> y;  ///< [T][H]
+  MoEMetrics metrics;
+  MoESaved<T> saved;
+};
+
+/// The layer body, independent of the policy types (they come in through the hooks). Use it
+/// through MoELayer<Router, Dispatcher, Expert> (compile-time policies) or make_layer() (a
+/// runtime config).
+template <class T, Communicator Comm>
+class MoELayerCore {
+ public:
+  MoELayerCore(const Config& cfg, MoEComms<Comm> comms,
+               std::unique_ptr<detail::router_hooks<T>> router,
+               std::unique_ptr<detail::expert_hooks<T>> experts)
+      : cfg_(cfg),
+        comms_(comms),
+        placement_(cfg),
+        router_(std::move(router)),
+        experts_(std::move(experts)) {
+    require_valid(cfg_);
+    SY_EXPECTS(comms.expert_parallel && comms.dense_data_parallel && comms.expert_data_parallel,
+               "MoELayer needs its three communicators (use the same LocalComm for one rank)");
+    if (cfg_.tensor_parallel_size != 1)
+      throw config_error(detail::concat(
+          "tensor_parallel_size: ", cfg_.tensor_parallel_size,
+          " (the MoE layer does not split experts over tensor-parallel ranks yet: use 1)"));
+    const std::int64_t ep = placement_.ep();
+    const std::int64_t dense = cfg_.dp() * cfg_.expert_parallel_size;
+    check_size(*comms.expert_parallel, ep, "expert-parallel");
+    check_size(*comms.dense_data_parallel, dense, "dense data-parallel");
+    check_size(*comms.expert_data_parallel, dense / ep, "expert-data-parallel");
+    if (router_->k() != cfg_.num_experts_per_token)
+      throw config_error(detail::concat("num_experts_per_token: the config has k = ",
+                                        cfg_.num_experts_per_token, " but the router has k = ",
+                                        router_->k()));
+    const index_t El = placement_.local_experts();
+    params_ = MoEParams<T>(cfg_.num_experts, El, cfg_.hidden_size, cfg_.ffn_hidden_size,
+                           experts_->fc1_multiplier(), cfg_.add_bias_linear);
+    // Collective safety: every rank agrees on the config before any exchange.
+    require_agreement(*comms_.dense_data_parallel, config_fingerprint(cfg_), "layer config");
+  }
+
+  const Config& config() const { return cfg_; }
+  MoEParams<T>& params() { return params_; }
+  const MoEParams<T>& params() const { return params_; }
+  const ExpertPlacementMap& placement() const { return placement_; }
+  int ep_rank() const { return comms_.expert_parallel->rank(); }
+  /// Gradients with this layer's shapes, zero.
+  MoEGrads<T> make_grads() const { return params_.zeros_like(); }
+
+  /// Seeded initialisation: router N(0, σ²) with σ = 0.02 (Megatron's init_method_std) drawn by
+  /// Philox keyed by (seed, element); experts by the config's initialization_strategy, keyed by
+  /// their global id, so every layout gets the same weights.
+  void initialize(std::uint64_t seed) {
+    const index_t E = cfg_.num_experts, H = cfg_.hidden_size;
+    for (index_t i = 0; i < E * H; ++i) {
+      const auto u1 = static_cast<double>(
+          philox_uniform(seed, 0x526f7574u, static_cast<std::uint32_t>(i), 0));
+      const auto u2 = static_cast<double>(
+          philox_uniform(seed, 0x526f7574u, static_cast<std::uint32_t>(i), 1));
+      params_.router_weight[static_cast<std::size_t>(i)] =
+          static_cast<T>(0.02 * std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2));
+    }
+    const index_t El = params_.local_experts, F = params_.ffn_hidden;
+    const index_t F1 = params_.fc1_multiplier * F;
+    expert_tensors<T> all = params_.experts();
+    for (index_t le = 0; le < El; ++le) {
+      expert_init init;
+      init.strategy = cfg_.initialization_strategy;
+      init.seed = seed;
+      init.first_expert = placement_.expert(ep_rank(), le);
+      const expert_shape one{1, H, F, params_.bias};
+      expert_tensors<T> w{
+          tensor3_view<T>(&all.fc1(le, 0, 0), 1, F1, H),
+          tensor3_view<T>(&all.fc2(le, 0, 0), 1, H, F),
+          params_.bias ? matrix_view<T>(&all.fc1_bias(le, 0), 1, F1) : matrix_view<T>(),
+          params_.bias ? matrix_view<T>(&all.fc2_bias(le, 0), 1, H) : matrix_view<T>()};
+      experts_->initialize(one, init, w);
+    }
+  }
+
+  /// y = MoE(x) for x [T][H] (T may be 0 on some ranks: every rank joins every collective).
+  MoEForward<T> forward(matrix_view<const T> x, const ForwardOptions& opt = {}) {
+    const index_t Tn = x.extent(0), H = cfg_.hidden_size, E = cfg_.num_experts;
+    const int k = router_->k();
+    SY_EXPECTS(x.extent(1) == H, detail::concat("MoELayer::forward: x has ", x.extent(1),
+                                                " columns, hidden_size is ", H));
+    MoEForward<T> out;
+    MoESaved<T>& s = out.saved;
+    s.tokens = Tn;
+    s.x.assign(x.data_handle(), x.data_handle() + Tn * H);
+    s.x_router = s.x;
+    if (opt.training && cfg_.input_jitter_eps) {
+      JitterParams j{*cfg_.input_jitter_eps, opt.seed, opt.step,
+                     static_cast<std::uint32_t>(comms_.dense_data_parallel->rank() * Tn)};
+      apply_input_jitter(exec::Host{}, matrix_view<T>(s.x_router.data(), Tn, H), j);
+    }
+    std::vector<T> logits(static_cast<std::size_t>(Tn * E));
+    router_linear_forward(exec::Host{}, matrix_view<const T>(s.x_router.data(), Tn, H),
+                          std::as_const(params_).router(), vector_view<const T>(),
+                          matrix_view<T>(logits.data(), Tn, E));
+
+    // Group statistics for the losses (REFERENCE §5): counts and T over the dense DP group.
+    RouteContext ctx;
+    ctx.training = opt.training;
+    ctx.global_aux = opt.global_aux;
+    Comm* dense = comms_.dense_data_parallel;
+    ctx.group_sum = [dense](std::span<double> v) {
+      dense->all_reduce(v.data(), static_cast<std::int64_t>(v.size()), ReduceOp::sum);
+    };
+    s.routing = router_->forward(matrix_view<const T>(logits.data(), Tn, E), ctx);
+
+    // Dispatch over placement slots, so the rows of each EP rank are contiguous.
+    const std::int64_t ep = placement_.ep(), El = placement_.local_experts();
+    s.slots.resize(s.routing.topk_indices.size());
+    for (std::size_t i = 0; i < s.slots.size(); ++i)
+      s.slots[i] = static_cast<std::int32_t>(placement_.slot(s.routing.topk_indices[i]));
+    DispatchOptions dopt = dispatch_options(cfg_, Tn);
+    if (dopt.capacity && ep > 1) dopt.pad_to_capacity = true;  // fixed-size exchange blocks
+    s.plan = build_plan(exec::Host{}, dopt, matrix_view<const std::int32_t>(s.slots.data(), Tn, k),
+                        s.routing.probs());
+    const index_t R = s.plan.rows();
+    std::vector<T> rows(static_cast<std::size_t>(R * H));
+    permute(exec::Host{}, s.plan, x, matrix_view<T>(rows.data(), R, H));
+
+    // Rows per (peer, local expert) both ways.
+    s.send_rows.assign(static_cast<std::size_t>(ep * El), 0);
+    for (std::int64_t slot = 0; slot < ep * El; ++slot)
+      s.send_rows[static_cast<std::size_t>(slot)] = s.plan.rows_of(slot);
+    if (ep == 1) {
+      s.recv_rows = s.send_rows;
+    } else if (dopt.capacity) {
+      s.recv_rows.assign(static_cast<std::size_t>(ep * El), *dopt.capacity);
+    } else {
+      s.recv_rows.assign(static_cast<std::size_t>(ep * El), 0);
+      const std::vector<std::int64_t> per_peer(static_cast<std::size_t>(ep), El);
+      comms_.expert_parallel->all_to_all_v(s.send_rows.data(), per_peer, s.recv_rows.data(),
+                                           per_peer);
+    }
+    s.expert_in = exchange_to_experts(rows, s, H, out.metrics);
+
+    // The local experts over their rows, expert-major.
+    s.expert_offsets.assign(static_cast<std::size_t>(El) + 1, 0);
+    for (std::int64_t le = 0; le < El; ++le) {
+      std::int64_t n = 0;
+      for (std::int64_t p = 0; p < ep; ++p) n += s.recv_rows[static_cast<std::size_t>(p * El + le)];
+      s.expert_offsets[static_cast<std::size_t>(le) + 1] =
+          s.expert_offsets[static_cast<std::size_t>(le)] + n;
+    }
+    const index_t R_in = s.expert_offsets.back();
+    const expert_shape shape{El, H, cfg_.ffn_hidden_size, params_.bias};
+    s.expert_workspace.resize(experts_->workspace_bytes(shape, R_in));
+    s.expert_opts.dropout = expert_dropout{cfg_.expert_dropout, opt.seed, opt.step, opt.training};
+    std::vector<T> expert_out(static_cast<std::size_t>(R_in * H));
+    experts_->forward(shape, std::as_const(params_).experts(), matrix_view<const T>(s.expert_in.data(), R_in, H),
+                      s.expert_offsets, matrix_view<T>(expert_out.data(), R_in, H),
+                      s.expert_workspace, s.expert_opts);
+    s.rows_out = exchange_from_experts(expert_out, s, H, R);
+
+    out.y.assign(static_cast<std::size_t>(Tn * H), T(0));
+    unpermute(exec::Host{}, s.plan, matrix_view<const T>(s.rows_out.data(), R, H),
+              s.routing.probs(), matrix_view<T>(out.y.data(), Tn, H));
+    fill_metrics(s, dopt, out.metrics);
+    return out;
+  }
+
+  /// dx [T][H] for dy [T][H]; adds the router and local expert gradients into `grads`.
+  std::vector<T> backward(MoESaved<T>& s, matrix_view<const T> dy, MoEGrads<T>& grads) {
+    SY_EXPECTS(!s.used, "MoELayer::backward: this forward's saved state was already consumed");
+    s.used = true;
+    const index_t Tn = s.tokens, H = cfg_.hidden_size, E = cfg_.num_experts;
+    const int k = router_->k();
+    SY_EXPECTS(dy.extent(0) == Tn && dy.extent(1) == H,
+               detail::concat("MoELayer::backward: dy is [", dy.extent(0), "][", dy.extent(1),
+                              "], the forward had [", Tn, "][", H, "]"));
+    const index_t R = s.plan.rows(), R_in = s.expert_offsets.back();
+    std::vector<T> d_rows(static_cast<std::size_t>(R * H));
+    std::vector<T> d_prob(static_cast<std::size_t>(Tn * k));
+    unpermute_backward(exec::Host{}, s.plan, matrix_view<const T>(s.rows_out.data(), R, H),
+                       s.routing.probs(), dy, matrix_view<T>(d_rows.data(), R, H),
+                       matrix_view<T>(d_prob.data(), Tn, k));
+    MoEMetrics unused;
+    const std::vector<T> d_expert_out = exchange_to_experts(d_rows, s, H, unused);
+    std::vector<T> d_expert_in(static_cast<std::size_t>(R_in * H));
+    const expert_shape shape{placement_.local_experts(), H, cfg_.ffn_hidden_size, params_.bias};
+    experts_->backward(shape, std::as_const(params_).experts(), matrix_view<const T>(s.expert_in.data(), R_in, H),
+                       s.expert_offsets, matrix_view<const T>(d_expert_out.data(), R_in, H),
+                       matrix_view<T>(d_expert_in.data(), R_in, H), grads.experts(),
+                       s.expert_workspace, s.expert_opts);
+    const std::vector<T> d_rows_in = exchange_from_experts(d_expert_in, s, H, R);
+    std::vector<T> dx(static_cast<std::size_t>(Tn * H));
+    permute_backward(exec::Host{}, s.plan, matrix_view<const T>(d_rows_in.data(), R, H),
+                     matrix_view<T>(dx.data(), Tn, H));
+
+    // Router: d prob (0 for dropped routes) -> d logits (with the losses) -> dx, dW_r.
+    std::vector<T> dlogits(static_cast<std::size_t>(Tn * E));
+    router_->backward(s.routing, matrix_view<const T>(d_prob.data(), Tn, k),
+                      matrix_view<T>(dlogits.data(), Tn, E));
+    std::vector<T> dx_router(static_cast<std::size_t>(Tn * H)), dw(static_cast<std::size_t>(E * H));
+    router_linear_backward(exec::Host{}, matrix_view<const T>(s.x_router.data(), Tn, H),
+                           std::as_const(params_).router(), matrix_view<const T>(dlogits.data(), Tn, E),
+                           matrix_view<T>(dx_router.data(), Tn, H), matrix_view<T>(dw.data(), E, H),
+                           vector_view<T>());
+    const bool jitter = !s.x_router.empty() && s.x_router != s.x;
+    for (index_t i = 0; i < Tn * H; ++i) {
+      T g = dx_router[static_cast<std::size_t>(i)];
+      if (jitter && s.x[static_cast<std::size_t>(i)] != T(0))  // d(x·u)/dx = u = x_router / x
+        g = g * (s.x_router[static_cast<std::size_t>(i)] / s.x[static_cast<std::size_t>(i)]);
+      dx[static_cast<std::size_t>(i)] += g;
+    }
+    for (std::size_t i = 0; i < dw.size(); ++i) grads.router_weight[i] += dw[i];
+    return dx;
+  }
+
+  /// Sums gradients over their groups (once per optimizer step, after the last micro-batch):
+  /// the router's over the dense data-parallel group, the experts' over the expert-data-parallel
+  /// group. Collective.
+  void reduce_gradients(MoEGrads<T>& g) {
+    comms_.dense_data_parallel->all_reduce(g.router_weight.data(),
+                                           static_cast<std::int64_t>(g.router_weight.size()),
+                                           ReduceOp::sum);
+    for (std::vector<T>* v : {&g.fc1, &g.fc2, &g.fc1_bias, &g.fc2_bias})
+      if (!v->empty())
+        comms_.expert_data_parallel->all_reduce(v->data(), static_cast<std::int64_t>(v->size()),
+                                                ReduceOp::sum);
+  }
+
+  /// Aux-loss-free balancing (REFERENCE §5): β update from the dispatched (post-drop) tokens per
+  /// expert of a global batch, e.g. the kept_per_expert metric summed over its micro-batches.
+  void update_expert_bias(std::span<const std::int64_t> dispatched_counts) {
+    router_->update_expert_bias(dispatched_counts);
+  }
+  std::vector<double> expert_bias() const { return router_->expert_bias(); }
+
+ private:
+  static void check_size(const Comm& c, std::int64_t expected, const char* what) {
+    if (c.size() != expected)
+      throw config_error(detail::concat("the ", what, " communicator has ", c.size(),
+                                        " ranks but the config needs ", expected));
+  }
+
+  static std::uint64_t config_fingerprint(const Config& c) {
+    std::string text;
+#define SY_DETAIL_FINGERPRINT(type, name, def, section) \
+  text += #name "=" + detail::field_text(c, #name) + ";";
+    SY_CONFIG_FIELDS(SY_DETAIL_FINGERPRINT)
+#undef SY_DETAIL_FINGERPRINT
+    return fnv1a64(text);
+  }
+
+  // Plan-ordered rows (grouped by destination rank, then local expert) -> rows at this rank's
+  // experts, expert-major. One rank: the rows are already expert-major.
+  std::vector<T> exchange_to_experts(const std::vector<T>& rows, const MoESaved<T>& s, index_t H,
+                                     MoEMetrics& m) {
+    const std::int64_t ep = placement_.ep(), El = placement_.local_experts();
+    if (ep == 1) return rows;
+    std::vector<std::int64_t> send(static_cast<std::size_t>(ep)), recv(send.size());
+    for (std::int64_t p = 0; p < ep; ++p)
+      for (std::int64_t le = 0; le < El; ++le) {
+        send[static_cast<std::size_t>(p)] += s.send_rows[static_cast<std::size_t>(p * El + le)] * H;
+        recv[static_cast<std::size_t>(p)] += s.recv_rows[static_cast<std::size_t>(p * El + le)] * H;
+      }
+    const std::int64_t total_recv = std::accumulate(recv.begin(), recv.end(), std::int64_t{0});
+    std::vector<T> by_source(static_cast<std::size_t>(total_recv));
+    comms_.expert_parallel->all_to_all_v(rows.data(), send, by_source.data(), recv);
+    m.bytes_sent += static_cast<std::int64_t>(sizeof(T)) *
+                    std::accumulate(send.begin(), send.end(), std::int64_t{0});
+    m.bytes_received += static_cast<std::int64_t>(sizeof(T)) * total_recv;
+    return reorder_blocks(by_source, s.recv_rows, ep, El, H, true);
+  }
+
+  // The inverse: expert-major rows -> back to the ranks they came from, in plan order.
+  std::vector<T> exchange_from_experts(const std::vector<T>& rows, const MoESaved<T>& s,
+                                       index_t H, index_t R) {
+    const std::int64_t ep = placement_.ep(), El = placement_.local_experts();
+    if (ep == 1) return rows;
+    const std::vector<T> by_source = reorder_blocks(rows, s.recv_rows, ep, El, H, false);
+    std::vector<std::int64_t> send(static_cast<std::size_t>(ep)), recv(send.size());
+    for (std::int64_t p = 0; p < ep; ++p)
+      for (std::int64_t le = 0; le < El; ++le) {
+        send[static_cast<std::size_t>(p)] += s.recv_rows[static_cast<std::size_t>(p * El + le)] * H;
+        recv[static_cast<std::size_t>(p)] += s.send_rows[static_cast<std::size_t>(p * El + le)] * H;
+      }
+    std::vector<T> back(static_cast<std::size_t>(R * H));
+    comms_.expert_parallel->all_to_all_v(by_source.data(), send, back.data(), recv);
+    return back;
+  }
+
+  // Blocks of `block_rows[p][le]` rows: source-major [p][le] <-> expert-major [le][p].
+  static std::vector<T> reorder_blocks(const std::vector<T>& in,
+                                       const std::vector<std::int64_t>& block_rows,
+                                       std::int64_t ep, std::int64_t El, index_t H,
+                                       bool to_expert_major) {
+    std::vector<std::int64_t> src_off(static_cast<std::size_t>(ep * El)), exp_off(src_off.size());
+    std::int64_t o = 0;
+    for (std::int64_t p = 0; p < ep; ++p)
+      for (std::int64_t le = 0; le < El; ++le) {
+        src_off[static_cast<std::size_t>(p * El + le)] = o;
+        o += block_rows[static_cast<std::size_t>(p * El + le)];
+      }
+    o = 0;
+    for (std::int64_t le = 0; le < El; ++le)
+      for (std::int64_t p = 0; p < ep; ++p) {
+        exp_off[static_cast<std::size_t>(p * El + le)] = o;
+        o += block_rows[static_cast<std::size_t>(p * El + le)];
+      }
+    std::vector<T> out(in.size());
+    for (std::size_t b = 0; b < src_off.size(); ++b) {
+      const std::int64_t from = to_expert_major ? src_off[b] : exp_off[b];
+      const std::int64_t to = to_expert_major ? exp_off[b] : src_off[b];
+      std::copy_n(in.begin() + from * H, block_rows[b] * H, out.begin() + to * H);
+    }
+    return out;
+  }
+
+  void fill_metrics(const MoESaved<T>& s, const DispatchOptions& dopt, MoEMetrics& m) {
+    const std::int64_t E = cfg_.num_experts;
+    // Per global expert (the plan counts slots), then summed over the group, with the tokens,
+    // the loss terms and the Sinkhorn iterations (max) in one reduction each.
+    std::vector<double> v(static_cast<std::size_t>(2 * E + 3), 0.0);
+    for (std::int64_t slot = 0; slot < E; ++slot) {
+      const auto e = static_cast<std::size_t>(placement_.expert_of_slot(slot));
+      v[e] = static_cast<double>(s.plan.routed_per_expert[static_cast<std::size_t>(slot)]);
+      v[static_cast<std::size_t>(E) + e] =
+          static_cast<double>(s.plan.kept_per_expert[static_cast<std::size_t>(slot)]);
+    }
+    v[static_cast<std::size_t>(2 * E)] = static_cast<double>(s.tokens);
+    v[static_cast<std::size_t>(2 * E + 1)] = s.routing.aux_loss.value_or(0.0);
+    v[static_cast<std::size_t>(2 * E + 2)] = s.routing.z_loss.value_or(0.0);
+    Comm* dense = comms_.dense_data_parallel;
+    dense->all_reduce(v.data(), static_cast<std::int64_t>(v.size()), ReduceOp::sum);
+    std::int64_t iterations = s.routing.sinkhorn_iterations;
+    dense->all_reduce(&iterations, 1, ReduceOp::max);
+    std::vector<std::int64_t> routed(static_cast<std::size_t>(E)), kept(routed.size());
+    for (std::size_t e = 0; e < routed.size(); ++e) {
+      routed[e] = std::llround(v[e]);
+      kept[e] = std::llround(v[static_cast<std::size_t>(E) + e]);
+    }
+    const DispatchStats st = dispatch_stats(routed, kept);
+    m.tokens = std::llround(v[static_cast<std::size_t>(2 * E)]);
+    m.tokens_per_expert = st.routed_per_expert;
+    m.kept_per_expert = st.kept_per_expert;
+    m.dropped = st.dropped;
+    m.dropped_fraction = st.dropped_fraction;
+    m.load_cv = st.load_cv;
+    m.max_over_mean = st.max_over_mean;
+    // The same config on every rank, so every rank has the same losses on (a rank with no
+    // tokens contributes 0).
+    const LossParams lp = loss_params(cfg_);
+    if (!lp.balance.empty()) m.aux_loss = v[static_cast<std::size_t>(2 * E + 1)];
+    if (lp.z_loss_coeff > 0) m.z_loss = v[static_cast<std::size_t>(2 * E + 2)];
+    m.sinkhorn_iterations = static_cast<int>(iterations);
+    m.capacity = dopt.capacity;
+  }
+
+  Config cfg_;
+  MoEComms<Comm> comms_;
+  ExpertPlacementMap placement_;
+  std::unique_ptr<detail::router_hooks<T>> router_;
+  std::unique_ptr<detail::expert_hooks<T>> experts_;
+  MoEParams<T> params_;
+};
+
+namespace detail {
+/// Throws config_error unless the config selects exactly the compile-time policies.
+template <RouterPolicy R, DispatchPolicy D, ExpertPolicy X>
+void check_policies_match(const Config& c) {
+  if (c.num_experts_per_token != R::k)
+    throw config_error(concat("num_experts_per_token: the config has k = ",
+                              c.num_experts_per_token, " but the layer is compiled for k = ", R::k));
+  if (is_sinkhorn_router<R> != (c.load_balancing_type == LoadBalancingType::sinkhorn))
+    throw config_error(concat("load_balancing_type: the config has ",
+                              enum_name(c.load_balancing_type), " but the layer's router is ",
+                              is_sinkhorn_router<R> ? "Sinkhorn" : "TopK"));
+  if (c.token_dispatch != D::dispatch)
+    throw config_error(concat("token_dispatch: the config has ", enum_name(c.token_dispatch),
+                              " but the layer is compiled for ", enum_name(D::dispatch)));
+  if constexpr (D::has_capacity) {
+    if (c.drop_policy != D::drop_policy::value)
+      throw config_error(concat("drop_policy: the config has ", enum_name(c.drop_policy),
+                                " but the layer is compiled for ",
+                                enum_name(D::drop_policy::value)));
+  }
+  const bool same_expert =
+      visit_expert_policy(c, [](auto p) { return std::is_same_v<decltype(p), X>; });
+  if (!same_expert)
+    throw config_error(concat("activation, gated: the config has ", enum_name(c.activation),
+                              c.gated ? " gated (GLU)" : " (FFN)",
+                              " but the layer is compiled for another expert policy"));
+}
+}  // namespace detail
+
+/// One MoE layer with its policies fixed at compile time:
+///
+///     using Layer = sy::MoELayer<sy::TopK<2, sy::Softmax>, sy::Capacity<sy::DropByProbs>,
+///                                sy::GLU<sy::SiLU>, float>;
+///     sy::LocalComm one;
+///     Layer layer(config, {&one, &one, &one}, router);
+///
+/// The config must select the same policies (checked: a config_error names the field).
+template <RouterPolicy Router, DispatchPolicy Dispatcher, ExpertPolicy Expert, class T = float,
+          Communicator Comm = LocalComm>
+class MoELayer : public MoELayerCore<T, Comm> {
+  static_assert(!(detail::is_sinkhorn_router<Router> && Dispatcher::has_capacity),
+                "MoELayer: Sinkhorn routing cannot be combined with a Capacity dispatcher "
+                "(REFERENCE 3): use Dropless");
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
+                "MoELayer: the host backend computes in float or double");
+
+ public:
+  using router_type = Router;
+  using dispatcher_type = Dispatcher;
+  using expert_type = Expert;
+
+  MoELayer(const Config& cfg, MoEComms<Comm> comms, Router router)
+      : MoELayerCore<T, Comm>(
+            (detail::check_policies_match<Router, Dispatcher, Expert>(cfg), cfg), comms,
+            std::make_unique<detail::router_hooks_impl<Router, T>>(std::move(router)),
+            std::make_unique<detail::expert_hooks_impl<Expert, T>>()) {}
+};
+
+}  // namespace switchyard

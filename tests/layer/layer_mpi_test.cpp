@@ -1,0 +1,169 @@
+// Under mpirun with 2 and 4 processes (CTest label mpi): a distributed layer gives the outputs and
+// gradients of one rank on the same global batch.
+#define BOOST_TEST_MODULE layer_mpi
+#include <boost/test/unit_test.hpp>
+
+#include <chrono>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "layer_fixture.hpp"
+#include "switchyard/comm/mpi.hpp"
+#include "switchyard/layer.hpp"
+#include "switchyard/sharding/mpi_groups.hpp"
+
+namespace sy = switchyard;
+using sy_test::random_vector;
+
+struct mpi_environment {
+  mpi_environment() { MPI_Init(nullptr, nullptr); }
+  ~mpi_environment() { MPI_Finalize(); }
+};
+BOOST_TEST_GLOBAL_FIXTURE(mpi_environment);
+
+namespace {
+
+// Sums are reordered across ranks (expert rows arrive in another order, reductions add rank
+// partials): 1e-12 relative in double, as CONVENTIONS states for reordering.
+bool close(double a, double b) { return std::abs(a - b) <= 1e-12 * std::max(1.0, std::abs(b)); }
+
+struct split {
+  std::int64_t first, count;
+};
+
+// Dense data-parallel rank r of n gets a contiguous slice; `empty_rank` (if >= 0) gets none.
+split slice_of(std::int64_t T, int r, int n, int empty_rank) {
+  const int takers = empty_rank >= 0 ? n - 1 : n;
+  const int idx = empty_rank >= 0 && r > empty_rank ? r - 1 : r;
+  if (r == empty_rank) return {0, 0};
+  const std::int64_t base = T / takers, extra = T % takers;
+  const std::int64_t first = idx * base + std::min<std::int64_t>(idx, extra);
+  return {first, base + (idx < extra ? 1 : 0)};
+}
+
+void run_and_compare(sy::Config dist, int empty_rank) {
+  sy::MpiComm world(MPI_COMM_WORLD, std::chrono::seconds(60));
+  const std::int64_t T = 24, H = dist.hidden_size;
+  const auto x = random_vector(5, static_cast<std::size_t>(T * H));
+  const auto dy = random_vector(6, static_cast<std::size_t>(T * H));
+
+  // One rank on the whole batch.
+  sy::Config single = dist;
+  single.expert_parallel_size = 1;
+  single.data_parallel_size = 1;
+  single.world_size.reset();
+  sy::LocalComm one;
+  auto ref = sy::make_layer<double>(single, sy::MoEComms<sy::LocalComm>{&one, &one, &one});
+  ref->initialize(21);
+  auto rf = ref->forward(sy::matrix_view<const double>(x.data(), T, H));
+  auto rg = ref->make_grads();
+  const auto rdx = ref->backward(rf.saved, sy::matrix_view<const double>(dy.data(), T, H), rg);
+
+  // The distributed layer.
+  const sy::Layout layout(dist);
+  auto groups = sy::make_mpi_groups(world, layout);
+  auto layer = sy::make_layer<double>(
+      dist, sy::MoEComms<sy::MpiComm>{&groups.expert_parallel, &groups.dense_data_parallel,
+                                      &groups.expert_data_parallel});
+  layer->initialize(21);
+  const auto sl = slice_of(T, groups.dense_data_parallel.rank(), groups.dense_data_parallel.size(),
+                           empty_rank);
+  auto fwd = layer->forward(sy::matrix_view<const double>(x.data() + sl.first * H, sl.count, H));
+  auto g = layer->make_grads();
+  const auto dx = layer->backward(
+      fwd.saved, sy::matrix_view<const double>(dy.data() + sl.first * H, sl.count, H), g);
+  layer->reduce_gradients(g);
+
+  for (std::int64_t i = 0; i < sl.count * H; ++i) {
+    BOOST_REQUIRE_MESSAGE(close(fwd.y[i], rf.y[sl.first * H + i]), "y[" << i << "]");
+    BOOST_REQUIRE_MESSAGE(close(dx[i], rdx[sl.first * H + i]), "dx[" << i << "]");
+  }
+  BOOST_TEST(fwd.metrics.tokens == T);
+  BOOST_TEST(fwd.metrics.tokens_per_expert == rf.metrics.tokens_per_expert,
+             boost::test_tools::per_element());
+  BOOST_TEST(close(fwd.metrics.aux_loss.value(), rf.metrics.aux_loss.value()));
+  BOOST_TEST(close(fwd.metrics.z_loss.value(), rf.metrics.z_loss.value()));
+  for (std::size_t i = 0; i < g.router_weight.size(); ++i)
+    BOOST_REQUIRE_MESSAGE(close(g.router_weight[i], rg.router_weight[i]), "router grad " << i);
+  const auto El = layer->placement().local_experts();
+  const auto fc1_size = static_cast<std::int64_t>(g.fc1.size()) / El;
+  const auto fc2_size = static_cast<std::int64_t>(g.fc2.size()) / El;
+  for (std::int64_t le = 0; le < El; ++le) {
+    const auto e = layer->placement().expert(layer->ep_rank(), le);
+    for (std::int64_t i = 0; i < fc1_size; ++i)
+      BOOST_REQUIRE_MESSAGE(close(g.fc1[le * fc1_size + i], rg.fc1[e * fc1_size + i]),
+                            "fc1 grad of expert " << e);
+    for (std::int64_t i = 0; i < fc2_size; ++i)
+      BOOST_REQUIRE_MESSAGE(close(g.fc2[le * fc2_size + i], rg.fc2[e * fc2_size + i]),
+                            "fc2 grad of expert " << e);
+    // The weights themselves are those of the same global expert.
+    BOOST_REQUIRE(layer->params().fc1[le * fc1_size] == ref->params().fc1[e * fc1_size]);
+  }
+  BOOST_TEST(fwd.metrics.bytes_sent + fwd.metrics.bytes_received >= 0);
+}
+
+sy::Config base_config() {
+  auto c = sy_test::small_config(8, 2, true, sy::Activation::silu, false);
+  c.hidden_size = 8;
+  return c;
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(expert_parallel_over_every_rank_matches_one_rank) {
+  sy::MpiComm world(MPI_COMM_WORLD, std::chrono::seconds(60));
+  auto c = base_config();
+  c.expert_parallel_size = world.size();  // EP 2 or EP 4
+  run_and_compare(c, -1);
+}
+
+BOOST_AUTO_TEST_CASE(round_robin_placement_matches_one_rank) {
+  sy::MpiComm world(MPI_COMM_WORLD, std::chrono::seconds(60));
+  auto c = base_config();
+  c.expert_parallel_size = world.size();
+  c.expert_placement = sy::ExpertPlacement::round_robin;
+  c.activation = sy::Activation::gelu;
+  c.gated = false;
+  run_and_compare(c, -1);
+}
+
+BOOST_AUTO_TEST_CASE(data_parallel_times_expert_parallel_matches_one_rank) {
+  sy::MpiComm world(MPI_COMM_WORLD, std::chrono::seconds(60));
+  if (world.size() < 4) return;  // DP 2 x EP 2 needs four ranks (the np4 run)
+  auto c = base_config();
+  c.expert_parallel_size = 2;
+  c.data_parallel_size = world.size() / 2;
+  run_and_compare(c, -1);
+}
+
+BOOST_AUTO_TEST_CASE(a_rank_with_zero_tokens_takes_part) {
+  sy::MpiComm world(MPI_COMM_WORLD, std::chrono::seconds(60));
+  auto c = base_config();
+  c.expert_parallel_size = world.size();
+  run_and_compare(c, 1);
+}
+
+BOOST_AUTO_TEST_CASE(capacity_dispatch_exchanges_fixed_blocks) {
+  sy::MpiComm world(MPI_COMM_WORLD, std::chrono::seconds(60));
+  auto c = base_config();
+  c.expert_parallel_size = world.size();
+  c.token_dispatch = sy::TokenDispatch::capacity;
+  c.capacity_factor = 8.0;  // nothing dropped: equal to the dropless single rank
+  run_and_compare(c, -1);
+}
+
+BOOST_AUTO_TEST_CASE(a_config_mismatch_is_an_error_on_every_rank_not_a_hang) {
+  sy::MpiComm world(MPI_COMM_WORLD, std::chrono::seconds(60));
+  auto c = base_config();
+  c.expert_parallel_size = world.size();
+  if (world.rank() == world.size() - 1) c.router_z_loss_coeff = 0.002;
+  auto groups = sy::make_mpi_groups(world, sy::Layout(c));
+  BOOST_CHECK_EXCEPTION(
+      sy::make_layer<double>(c, sy::MoEComms<sy::MpiComm>{&groups.expert_parallel,
+                                                          &groups.dense_data_parallel,
+                                                          &groups.expert_data_parallel}),
+      sy::comm_error, [](const sy::comm_error& e) {
+        return std::string(e.what()).find("ranks disagree on the layer config") != std::string::npos;
+      });
+}

@@ -1,0 +1,204 @@
+#define BOOST_TEST_MODULE layer
+#include <boost/test/unit_test.hpp>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "layer_fixture.hpp"
+#include "switchyard/layer.hpp"
+
+namespace sy = switchyard;
+using sy_test::random_vector;
+using sy_test::small_config;
+
+namespace {
+
+struct layer_case {
+  std::string name;
+  sy::Config config;
+};
+
+std::vector<layer_case> cases() {
+  std::vector<layer_case> v;
+  v.push_back({"topk softmax dropless GLU silu", small_config(4, 2, true, sy::Activation::silu, false)});
+  v.push_back({"topk softmax capacity FFN gelu", small_config(4, 2, false, sy::Activation::gelu, true)});
+  auto sig = small_config(8, 3, false, sy::Activation::relu, false);
+  sig.score_function = sy::ScoreFunction::sigmoid;
+  sig.topk_scaling_factor = 2.0;
+  sig.num_groups = 4;
+  sig.group_topk = 2;
+  v.push_back({"topk sigmoid groups FFN relu", sig});
+  auto sh = small_config(4, 1, true, sy::Activation::gelu_tanh, false);
+  sh.load_balancing_type = sy::LoadBalancingType::sinkhorn;
+  sh.load_balance_loss_coeff = 0;
+  v.push_back({"sinkhorn k1 dropless GLU gelu_tanh", sh});
+  auto sh2 = sh;
+  sh2.num_experts_per_token = 2;
+  sh2.gated = false;
+  v.push_back({"sinkhorn k2 dropless FFN gelu_tanh", sh2});
+  auto pre = small_config(4, 1, false, sy::Activation::silu, true);
+  pre.pre_softmax = true;
+  pre.drop_policy = sy::DropPolicy::position;
+  pre.pad_to_capacity = true;
+  v.push_back({"pre-softmax k1 capacity position padded FFN silu", pre});
+  return v;
+}
+
+// f = Σ dy·y + aux + z, the objective whose gradient backward computes.
+double objective(sy::MoELayerCore<double, sy::LocalComm>& layer, const std::vector<double>& x,
+                 std::int64_t T, const std::vector<double>& dy) {
+  auto fwd = layer.forward(sy::matrix_view<const double>(x.data(), T, layer.config().hidden_size),
+                           {.training = true, .seed = 3, .step = 0});
+  double f = fwd.metrics.aux_loss.value_or(0) + fwd.metrics.z_loss.value_or(0);
+  for (std::size_t i = 0; i < dy.size(); ++i) f += dy[i] * fwd.y[i];
+  return f;
+}
+
+}  // namespace
+
+// Central differences in double with step 1e-6: the layer is smooth away from routing ties, so
+// the relative error of a correct gradient is ~1e-9; 1e-6 is the bound CONVENTIONS sets.
+BOOST_AUTO_TEST_CASE(whole_layer_finite_difference_gradients) {
+  for (const auto& lc : cases()) {
+    BOOST_TEST_CONTEXT(lc.name) {
+      sy::LocalComm one;
+      auto layer = sy::make_layer<double>(lc.config, sy::MoEComms<sy::LocalComm>{&one, &one, &one});
+      layer->initialize(11);
+      const std::int64_t T = 10, H = lc.config.hidden_size;
+      for (auto& w : layer->params().router_weight) w *= 40;  // logits of order 1
+      const auto x = random_vector(1, static_cast<std::size_t>(T * H));
+      const auto dy = random_vector(2, static_cast<std::size_t>(T * H));
+      auto fwd = layer->forward(sy::matrix_view<const double>(x.data(), T, H), {.training = true, .seed = 3});
+      auto grads = layer->make_grads();
+      const auto dx = layer->backward(fwd.saved, sy::matrix_view<const double>(dy.data(), T, H), grads);
+      const double eps = 1e-6;
+      auto check = [&](std::vector<double>& param, const std::vector<double>& analytic, const char* what,
+                       std::size_t stride) {
+        for (std::size_t i = 0; i < param.size(); i += stride) {
+          const double keep = param[i];
+          param[i] = keep + eps;
+          const double fp = objective(*layer, x, T, dy);
+          param[i] = keep - eps;
+          const double fm = objective(*layer, x, T, dy);
+          param[i] = keep;
+          const double fd = (fp - fm) / (2 * eps);
+          BOOST_TEST(std::abs(fd - analytic[i]) <= 1e-6 * std::max(1.0, std::abs(fd)),
+                     what << "[" << i << "]: finite difference " << fd << ", backward " << analytic[i]);
+        }
+      };
+      auto xs = x;
+      for (std::size_t i = 0; i < xs.size(); i += 7) {
+        const double keep = xs[i];
+        xs[i] = keep + eps;
+        const double fp = objective(*layer, xs, T, dy);
+        xs[i] = keep - eps;
+        const double fm = objective(*layer, xs, T, dy);
+        xs[i] = keep;
+        const double fd = (fp - fm) / (2 * eps);
+        BOOST_TEST(std::abs(fd - dx[i]) <= 1e-6 * std::max(1.0, std::abs(fd)),
+                   "x[" << i << "]: finite difference " << fd << ", backward " << dx[i]);
+      }
+      check(layer->params().router_weight, grads.router_weight, "router_weight", 5);
+      check(layer->params().fc1, grads.fc1, "fc1", 11);
+      check(layer->params().fc2, grads.fc2, "fc2", 11);
+    }
+  }
+}
+
+BOOST_AUTO_TEST_CASE(compile_time_layer_equals_the_runtime_bridge) {
+  const auto c = small_config(4, 2, true, sy::Activation::silu, true);
+  sy::LocalComm one;
+  using Layer = sy::MoELayer<sy::TopK<2, sy::Softmax>, sy::Capacity<sy::DropByProbs>,
+                             sy::GLU<sy::SiLU>, double>;
+  Layer fixed(c, {&one, &one, &one}, sy::TopK<2, sy::Softmax>(sy::router_params(c)));
+  auto runtime = sy::make_layer<double>(c, sy::MoEComms<sy::LocalComm>{&one, &one, &one});
+  fixed.initialize(5);
+  runtime->initialize(5);
+  const auto x = random_vector(9, 20 * 6);
+  auto a = fixed.forward(sy::matrix_view<const double>(x.data(), 20, 6));
+  auto b = runtime->forward(sy::matrix_view<const double>(x.data(), 20, 6));
+  BOOST_TEST(a.y == b.y, boost::test_tools::per_element());
+  BOOST_TEST(a.metrics.dropped == b.metrics.dropped);
+  BOOST_TEST(a.metrics.dropped > 0);  // cf = 1.0 on random routes drops some
+}
+
+BOOST_AUTO_TEST_CASE(a_config_that_names_other_policies_is_rejected) {
+  sy::LocalComm one;
+  auto c = small_config(4, 2, true, sy::Activation::silu, false);
+  using Layer = sy::MoELayer<sy::TopK<2, sy::Softmax>, sy::Capacity<sy::DropByProbs>,
+                             sy::GLU<sy::SiLU>, double>;
+  BOOST_CHECK_EXCEPTION(Layer(c, {&one, &one, &one}, sy::TopK<2, sy::Softmax>(sy::router_params(c))),
+                        sy::config_error, [](const sy::config_error& e) {
+                          return std::string(e.what()).find("token_dispatch: the config has dropless") !=
+                                 std::string::npos;
+                        });
+  c.token_dispatch = sy::TokenDispatch::capacity;
+  c.gated = false;
+  BOOST_CHECK_EXCEPTION(Layer(c, {&one, &one, &one}, sy::TopK<2, sy::Softmax>(sy::router_params(c))),
+                        sy::config_error, [](const sy::config_error& e) {
+                          return std::string(e.what()).find("activation, gated") != std::string::npos;
+                        });
+  auto ep = small_config(4, 2, true, sy::Activation::silu, false);
+  ep.expert_parallel_size = 2;
+  BOOST_CHECK_EXCEPTION(sy::make_layer<double>(ep, sy::MoEComms<sy::LocalComm>{&one, &one, &one}),
+                        sy::config_error, [](const sy::config_error& e) {
+                          return std::string(e.what()).find(
+                                     "the expert-parallel communicator has 1 ranks but the config needs 2") !=
+                                 std::string::npos;
+                        });
+  auto k9 = small_config(16, 9, true, sy::Activation::silu, false);
+  BOOST_CHECK_EXCEPTION(sy::make_layer<double>(k9, sy::MoEComms<sy::LocalComm>{&one, &one, &one}),
+                        sy::config_error, [](const sy::config_error& e) {
+                          return std::string(e.what()).find("k = 1..8") != std::string::npos;
+                        });
+}
+
+BOOST_AUTO_TEST_CASE(zero_tokens_forward_and_backward) {
+  sy::LocalComm one;
+  const auto c = small_config(4, 2, false, sy::Activation::gelu, true);
+  auto layer = sy::make_layer<double>(c, sy::MoEComms<sy::LocalComm>{&one, &one, &one});
+  layer->initialize(1);
+  std::vector<double> none;
+  auto fwd = layer->forward(sy::matrix_view<const double>(none.data(), 0, 6));
+  BOOST_TEST(fwd.y.empty());
+  BOOST_TEST(fwd.metrics.tokens == 0);
+  auto g = layer->make_grads();
+  const auto dx = layer->backward(fwd.saved, sy::matrix_view<const double>(none.data(), 0, 6), g);
+  BOOST_TEST(dx.empty());
+  for (double v : g.router_weight) BOOST_TEST(v == 0.0);
+}
+
+BOOST_AUTO_TEST_CASE(metrics_count_routes_and_drops) {
+  sy::LocalComm one;
+  auto c = small_config(4, 2, false, sy::Activation::relu, true);
+  c.capacity_factor = 0.5;
+  auto layer = sy::make_layer<double>(c, sy::MoEComms<sy::LocalComm>{&one, &one, &one});
+  layer->initialize(2);
+  const auto x = random_vector(3, 40 * 6);
+  auto fwd = layer->forward(sy::matrix_view<const double>(x.data(), 40, 6));
+  std::int64_t routed = 0, kept = 0;
+  for (auto v : fwd.metrics.tokens_per_expert) routed += v;
+  for (auto v : fwd.metrics.kept_per_expert) kept += v;
+  BOOST_TEST(routed == 80);
+  BOOST_TEST(fwd.metrics.capacity.value() == 10);  // ceil(40·2/4 · 0.5)
+  BOOST_TEST(kept <= 40);
+  BOOST_TEST(fwd.metrics.dropped == routed - kept);
+  BOOST_TEST(fwd.metrics.dropped_fraction == static_cast<double>(routed - kept) / 80.0);
+  BOOST_TEST(fwd.metrics.aux_loss.has_value());
+  BOOST_TEST(fwd.metrics.z_loss.has_value());
+  BOOST_TEST(fwd.metrics.bytes_sent == 0);  // one rank: no exchange
+}
+
+BOOST_AUTO_TEST_CASE(saved_state_is_consumed_once) {
+  sy::LocalComm one;
+  const auto c = small_config(4, 2, false, sy::Activation::relu, false);
+  auto layer = sy::make_layer<double>(c, sy::MoEComms<sy::LocalComm>{&one, &one, &one});
+  layer->initialize(2);
+  const auto x = random_vector(3, 4 * 6);
+  auto fwd = layer->forward(sy::matrix_view<const double>(x.data(), 4, 6));
+  auto g = layer->make_grads();
+  layer->backward(fwd.saved, sy::matrix_view<const double>(x.data(), 4, 6), g);
+  BOOST_CHECK_THROW(layer->backward(fwd.saved, sy::matrix_view<const double>(x.data(), 4, 6), g),
+                    sy::precondition_error);
+}
