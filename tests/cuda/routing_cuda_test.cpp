@@ -30,13 +30,17 @@ std::vector<float> random_vec(std::uint64_t seed, index_t n, double scale = 2.0)
   return v;
 }
 
+// A token whose device selection differs from the host's passes only when the two choices are
+// equally good within float rounding: by default the same multiset of weights (top-k scores);
+// Sinkhorn passes the host plan, whose values at both choices must agree instead.
 template <class Router>
 void compare(const Router& host_router, const sy::test::device_routes& dev,
              const std::vector<float>& z, const std::vector<float>& g, index_t T,
-             const std::string& what) {
+             const std::string& what, sy::RouteContext ctx = {},
+             const std::vector<float>* plan = nullptr) {
   const index_t E = host_router.num_experts();
   constexpr int K = Router::k;
-  const auto host = host_router.forward(sy::exec::Host{}, sy::matrix_view<const float>(z.data(), T, E));
+  const auto host = host_router.forward(sy::exec::Host{}, sy::matrix_view<const float>(z.data(), T, E), ctx);
   std::vector<float> dz(static_cast<std::size_t>(T * E));
   host_router.backward(sy::exec::Host{}, host, sy::matrix_view<const float>(g.data(), T, K),
                        sy::matrix_view<float>(dz.data(), T, E));
@@ -47,6 +51,14 @@ void compare(const Router& host_router, const sy::test::device_routes& dev,
     if (!same) {
       // Accept only a tie-equivalent choice: the same multiset of weights.
       ++mismatched_tokens;
+      if (plan) {
+        for (int j = 0; j < K; ++j) {
+          const float ph = (*plan)[t * E + host.topk_indices[t * K + j]];
+          const float pd = (*plan)[t * E + dev.topk_indices[t * K + j]];
+          BOOST_TEST(std::abs(ph - pd) <= 1e-5f * ph, what << " token " << t << ": not a tie");
+        }
+        continue;
+      }
       std::vector<float> a(host.topk_probs.begin() + t * K, host.topk_probs.begin() + t * K + K);
       std::vector<float> b(dev.topk_probs.begin() + t * K, dev.topk_probs.begin() + t * K + K);
       std::sort(a.begin(), a.end());
@@ -203,9 +215,16 @@ BOOST_AUTO_TEST_CASE(sinkhorn_matches_host_without_host_round_trips) {
           // Each thread sums in the host's order; only the stopping test's mean is reordered.
           BOOST_TEST(std::abs(dev.sinkhorn_iterations - host.sinkhorn_iterations) <= 1);
         }
+        std::vector<float> plan;
+        if (training) {
+          plan.resize(static_cast<std::size_t>(T * E));
+          sy::sinkhorn(sy::exec::Host{}, sy::matrix_view<const float>(z.data(), T, E),
+                       sy::matrix_view<float>(plan.data(), T, E));
+        }
         compare(router, dev, z, g, T,
                 "sinkhorn T=" + std::to_string(T) + " E=" + std::to_string(E) +
-                    (training ? " train" : " eval"));
+                    (training ? " train" : " eval"),
+                ctx, training ? &plan : nullptr);
       }
 }
 
@@ -252,14 +271,17 @@ BOOST_AUTO_TEST_CASE(router_linear_matches_host_in_fp32_and_bf16) {
   }
 }
 
-BOOST_AUTO_TEST_CASE(jitter_draws_the_same_numbers_as_the_host) {
+BOOST_AUTO_TEST_CASE(jitter_matches_the_host) {
   const index_t T = 33, H = 70;
   const auto x = random_vec(5, T * H, 1.0);
   const sy::JitterParams j{0.05, 1234, 9, 77};
   auto host = x;
   sy::apply_input_jitter(sy::exec::Host{}, sy::matrix_view<float>(host.data(), T, H), j);
   const auto dev = sy::test::device_jitter(x, T, H, j);
-  for (std::size_t i = 0; i < x.size(); ++i) BOOST_TEST(dev[i] == host[i]);  // bit-identical
+  // The draws are bit-identical (integer Philox); nvcc may fuse (1 - eps) + 2·eps·u into an FMA,
+  // so the factor may differ in the last bit: 2 ulps relative.
+  for (std::size_t i = 0; i < x.size(); ++i)
+    BOOST_TEST(std::abs(dev[i] - host[i]) <= 2.4e-7f * std::abs(host[i]), "element " << i);
 }
 
 BOOST_AUTO_TEST_SUITE_END()
