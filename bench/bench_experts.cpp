@@ -79,9 +79,12 @@ void swiglu_forward_backward(benchmark::State& state) {
   std::vector<std::byte> ws(sy::expert_workspace_bytes<float>(sy::SwiGLU{}, s, R));
   const sy::expert_weights<float> w{sy::tensor3_view<const float>(fc1.data(), E, 2 * F, H),
                                     sy::tensor3_view<const float>(fc2.data(), E, H, F),
-                                    {}, {}};
+                                    {},
+                                    {}};
   const sy::expert_grads<float> g{sy::tensor3_view<float>(g1.data(), E, 2 * F, H),
-                                  sy::tensor3_view<float>(g2.data(), E, H, F), {}, {}};
+                                  sy::tensor3_view<float>(g2.data(), E, H, F),
+                                  {},
+                                  {}};
   for (auto _ : state) {
     sy::expert_forward(sy::SwiGLU{}, sy::exec::Host{}, s, w,
                        sy::matrix_view<const float>(x.data(), R, H), off,
@@ -99,11 +102,20 @@ void swiglu_forward_backward(benchmark::State& state) {
 }  // namespace
 
 // Mixtral-like experts (scaled down) and many small experts (fine-grained MoE).
-BENCHMARK(grouped_gemm)->Args({8, 1024, 3584, 4096})->Args({64, 1024, 256, 4096})
-    ->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(single_gemm)->Args({8, 1024, 3584, 4096})->Args({64, 1024, 256, 4096})
-    ->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(swiglu_forward_backward)->Args({8, 512, 1024, 2048})->Args({64, 512, 128, 2048})
-    ->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(grouped_gemm)
+    ->Args({8, 1024, 3584, 4096})
+    ->Args({64, 1024, 256, 4096})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK(single_gemm)
+    ->Args({8, 1024, 3584, 4096})
+    ->Args({64, 1024, 256, 4096})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK(swiglu_forward_backward)
+    ->Args({8, 512, 1024, 2048})
+    ->Args({64, 512, 128, 2048})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 
 BENCHMARK_MAIN();

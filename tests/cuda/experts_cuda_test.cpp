@@ -43,7 +43,9 @@ sy::test::device_expert_io make_io(sy::Activation act, bool gated, bool bias,
   return io;
 }
 
-std::vector<double> to_d(const std::vector<float>& v) { return {v.begin(), v.end()}; }
+std::vector<double> to_d(const std::vector<float>& v) {
+  return {v.begin(), v.end()};
+}
 
 /// The host backend in double on the io's inputs.
 sy::test::device_expert_out host_run(const sy::test::device_expert_io& io) {

@@ -14,15 +14,21 @@ namespace {
 
 template <class T>
 T from_f(float v) {
-  if constexpr (std::is_same_v<T, float>) return v;
-  else if constexpr (std::is_same_v<T, __nv_bfloat16>) return __float2bfloat16_rn(v);
-  else return __float2half_rn(v);
+  if constexpr (std::is_same_v<T, float>)
+    return v;
+  else if constexpr (std::is_same_v<T, __nv_bfloat16>)
+    return __float2bfloat16_rn(v);
+  else
+    return __float2half_rn(v);
 }
 template <class T>
 float to_f(T v) {
-  if constexpr (std::is_same_v<T, float>) return v;
-  else if constexpr (std::is_same_v<T, __nv_bfloat16>) return __bfloat162float(v);
-  else return __half2float(v);
+  if constexpr (std::is_same_v<T, float>)
+    return v;
+  else if constexpr (std::is_same_v<T, __nv_bfloat16>)
+    return __bfloat162float(v);
+  else
+    return __half2float(v);
 }
 
 /// Device buffer of n elements (RAII), filled from host floats.
@@ -64,10 +70,10 @@ device_expert_out run(P p, const device_expert_io& io, int streams) {
   dev_buf<G> gb1(s.bias ? static_cast<std::size_t>(E * F1) : 0),
       gb2(s.bias ? static_cast<std::size_t>(E * H) : 0);
   dev_buf<std::byte> ws(expert_workspace_bytes<T>(p, s, R));
-  const expert_weights<T> w{
-      tensor3_view<const T>(fc1.p, E, F1, H), tensor3_view<const T>(fc2.p, E, H, F),
-      s.bias ? matrix_view<const T>(b1.p, E, F1) : matrix_view<const T>(),
-      s.bias ? matrix_view<const T>(b2.p, E, H) : matrix_view<const T>()};
+  const expert_weights<T> w{tensor3_view<const T>(fc1.p, E, F1, H),
+                            tensor3_view<const T>(fc2.p, E, H, F),
+                            s.bias ? matrix_view<const T>(b1.p, E, F1) : matrix_view<const T>(),
+                            s.bias ? matrix_view<const T>(b2.p, E, H) : matrix_view<const T>()};
   const expert_grads<G> g{tensor3_view<G>(g1.p, E, F1, H), tensor3_view<G>(g2.p, E, H, F),
                           s.bias ? matrix_view<G>(gb1.p, E, F1) : matrix_view<G>(),
                           s.bias ? matrix_view<G>(gb2.p, E, H) : matrix_view<G>()};
@@ -107,7 +113,7 @@ device_expert_out device_expert_run(const device_expert_io& io, storage st, bool
 std::vector<float> round_to_storage(const std::vector<float>& v, storage st) {
   std::vector<float> r(v.size());
   for (std::size_t i = 0; i < v.size(); ++i)
-    r[i] = st == storage::bf16 ? to_f(from_f<__nv_bfloat16>(v[i]))
+    r[i] = st == storage::bf16  ? to_f(from_f<__nv_bfloat16>(v[i]))
            : st == storage::f16 ? to_f(from_f<__half>(v[i]))
                                 : v[i];
   return r;

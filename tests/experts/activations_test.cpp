@@ -15,7 +15,8 @@ BOOST_AUTO_TEST_CASE(activation_values_match_torch) {
   BOOST_TEST(sy::GeLU::value(1.0) == 0.8413447460685429, boost::test_tools::tolerance(1e-15));
   BOOST_TEST(sy::GeLU::value(-2.0) == -0.04550026389635842, boost::test_tools::tolerance(1e-14));
   BOOST_TEST(sy::GeLUTanh::value(1.0) == 0.8411919906082768, boost::test_tools::tolerance(1e-15));
-  BOOST_TEST(sy::GeLUTanh::value(-2.0) == -0.04540230591222494, boost::test_tools::tolerance(1e-14));
+  BOOST_TEST(sy::GeLUTanh::value(-2.0) == -0.04540230591222494,
+             boost::test_tools::tolerance(1e-14));
   BOOST_TEST(sy::SiLU::value(1.0) == 0.7310585786300049, boost::test_tools::tolerance(1e-15));
   BOOST_TEST(sy::SiLU::value(-2.0) == -0.2384058440442351, boost::test_tools::tolerance(1e-15));
   BOOST_TEST(sy::ReLU::value(-2.0) == 0.0);
@@ -58,9 +59,8 @@ BOOST_AUTO_TEST_CASE(config_activation_and_gated_select_the_policy) {
   sy::Config c;
   c.activation = sy::Activation::silu;
   c.gated = true;
-  BOOST_TEST(sy::visit_expert_policy(c, [](auto p) {
-    return std::is_same_v<decltype(p), sy::SwiGLU>;
-  }));
+  BOOST_TEST(
+      sy::visit_expert_policy(c, [](auto p) { return std::is_same_v<decltype(p), sy::SwiGLU>; }));
 }
 
 struct NotAnExpert {

@@ -46,8 +46,8 @@ BOOST_AUTO_TEST_CASE(eval_is_the_identity_and_training_keeps_the_expectation) {
   expert_problem<double> p(P{}, 2, 6, 4, true, {3, 2}, 4);
   std::vector<std::byte> ws;
   const auto plain = run_forward<P>(p, ws);
-  const auto eval = run_forward<P>(p, ws, {.dropout = {.p = 0.4, .seed = 1, .step = 0,
-                                                       .training = false}});
+  const auto eval =
+      run_forward<P>(p, ws, {.dropout = {.p = 0.4, .seed = 1, .step = 0, .training = false}});
   BOOST_TEST(max_rel_diff(eval, plain) == 0.0);
   // The mean over many steps of the inverted-dropout output tends to the plain output: 4000
   // steps, each element a sum of F = 4 terms of variance ≤ p/(1−p)·|w a|²: the std of the mean is

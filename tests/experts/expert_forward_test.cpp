@@ -63,13 +63,14 @@ BOOST_AUTO_TEST_CASE_TEMPLATE(gemm_loops_match_a_naive_product_for_every_transpo
       for (auto impl : {sy::host_gemm::automatic, sy::host_gemm::loops}) {
         std::vector<T> c(m * n, T(1));
         // op(A)[i][p] and op(B)[p][j] read from row-major storage of A [m][k] or [k][m], etc.
-        sy::detail::gemm<T>(impl, ta, tb, m, n, k, T(2), a.data(), ta ? m : k, b.data(),
-                            tb ? k : n, T(0.5), c.data(), n);
+        sy::detail::gemm<T>(impl, ta, tb, m, n, k, T(2), a.data(), ta ? m : k, b.data(), tb ? k : n,
+                            T(0.5), c.data(), n);
         for (index_t i = 0; i < m; ++i)
           for (index_t j = 0; j < n; ++j) {
             double s = 0;
             for (index_t q = 0; q < k; ++q)
-              s += double(ta ? a[q * m + i] : a[i * k + q]) * double(tb ? b[j * k + q] : b[q * n + j]);
+              s += double(ta ? a[q * m + i] : a[i * k + q]) *
+                   double(tb ? b[j * k + q] : b[q * n + j]);
             BOOST_TEST(double(c[i * n + j]) == 2 * s + 0.5, boost::test_tools::tolerance(1e-5));
           }
       }
@@ -124,13 +125,28 @@ BOOST_AUTO_TEST_CASE(bad_offsets_shapes_and_workspace_are_rejected) {
                        std::span<std::byte>(ws.data(), ws_bytes));
   };
   BOOST_CHECK_NO_THROW(run(p.offsets, ws.size()));
-  BOOST_CHECK_THROW(run({0, 2, 2, 4}, ws.size()), sy::precondition_error);     // ends short
-  BOOST_CHECK_THROW(run({0, 3, 2, 5}, ws.size()), sy::precondition_error);     // decreasing
-  BOOST_CHECK_THROW(run({0, 2, 5}, ws.size()), sy::precondition_error);        // E entries
-  BOOST_CHECK_THROW(run(p.offsets, ws.size() - 1), sy::precondition_error);    // workspace
+  BOOST_CHECK_THROW(run({0, 2, 2, 4}, ws.size()), sy::precondition_error);   // ends short
+  BOOST_CHECK_THROW(run({0, 3, 2, 5}, ws.size()), sy::precondition_error);   // decreasing
+  BOOST_CHECK_THROW(run({0, 2, 5}, ws.size()), sy::precondition_error);      // E entries
+  BOOST_CHECK_THROW(run(p.offsets, ws.size() - 1), sy::precondition_error);  // workspace
   sy::expert_shape with_bias = p.shape;
   with_bias.bias = true;  // the weights carry no bias views
-  BOOST_CHECK_THROW(sy::expert_forward(P{}, sy::exec::Host{}, with_bias, p.weights(), p.xv(),
-                                       p.offsets, yv, ws),
-                    sy::precondition_error);
+  BOOST_CHECK_THROW(
+      sy::expert_forward(P{}, sy::exec::Host{}, with_bias, p.weights(), p.xv(), p.offsets, yv, ws),
+      sy::precondition_error);
+}
+
+BOOST_AUTO_TEST_CASE(mutable_row_views_convert_to_the_const_inputs) {
+  using P = sy::FFN<sy::ReLU>;
+  expert_problem<double> p(P{}, 2, 4, 3, false, {2, 1}, 6);
+  std::vector<double> x = p.x, y(x.size()), dx(x.size()), dy = p.dy;
+  std::vector<std::byte> ws(sy::expert_workspace_bytes<double>(P{}, p.shape, p.rows));
+  const sy::matrix_view<double> xv(x.data(), p.rows, 4), dyv(dy.data(), p.rows, 4);
+  expert_grad_buffers<double> g(p.shape, p.f1);
+  // x and dy are passed as mutable views: they are not deduction contexts, so they convert.
+  sy::expert_forward(P{}, sy::exec::Host{}, p.shape, p.weights(), xv, p.offsets,
+                     sy::matrix_view<double>(y.data(), p.rows, 4), ws);
+  sy::expert_backward(P{}, sy::exec::Host{}, p.shape, p.weights(), xv, p.offsets, dyv,
+                      sy::matrix_view<double>(dx.data(), p.rows, 4), g.views(), ws);
+  BOOST_TEST(max_rel_diff(y, reference_forward<P>(p)) < 1e-12);
 }

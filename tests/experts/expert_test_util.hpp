@@ -50,8 +50,12 @@ struct expert_problem {
             shape.bias ? sy::matrix_view<const T>(b1.data(), E, f1) : sy::matrix_view<const T>(),
             shape.bias ? sy::matrix_view<const T>(b2.data(), E, H) : sy::matrix_view<const T>()};
   }
-  sy::matrix_view<const T> xv() const { return sy::matrix_view<const T>(x.data(), rows, shape.hidden); }
-  sy::matrix_view<const T> dyv() const { return sy::matrix_view<const T>(dy.data(), rows, shape.hidden); }
+  sy::matrix_view<const T> xv() const {
+    return sy::matrix_view<const T>(x.data(), rows, shape.hidden);
+  }
+  sy::matrix_view<const T> dyv() const {
+    return sy::matrix_view<const T>(dy.data(), rows, shape.hidden);
+  }
 };
 
 /// Gradient buffers of a problem's shape, zero.
@@ -78,7 +82,8 @@ struct expert_grad_buffers {
 /// Naive reference in double: for every row, find its expert and apply the formula of
 /// REFERENCE §6 with explicit loops (no GEMM, no workspace), dropout included.
 template <sy::ExpertPolicy P, class T>
-std::vector<double> reference_forward(const expert_problem<T>& p, const sy::expert_dropout& d = {}) {
+std::vector<double> reference_forward(const expert_problem<T>& p,
+                                      const sy::expert_dropout& d = {}) {
   using A = typename P::activation;
   const index_t H = p.shape.hidden, F = p.shape.ffn_hidden, f1 = p.f1;
   std::vector<double> y(static_cast<std::size_t>(p.rows * H));
@@ -87,7 +92,8 @@ std::vector<double> reference_forward(const expert_problem<T>& p, const sy::expe
     for (index_t r = p.offsets[e]; r < p.offsets[e + 1]; ++r) {
       auto pre = [&](index_t j) {
         double s = p.shape.bias ? double(p.b1[e * f1 + j]) : 0.0;
-        for (index_t c = 0; c < H; ++c) s += double(p.fc1[(e * f1 + j) * H + c]) * double(p.x[r * H + c]);
+        for (index_t c = 0; c < H; ++c)
+          s += double(p.fc1[(e * f1 + j) * H + c]) * double(p.x[r * H + c]);
         return s;
       };
       for (index_t j = 0; j < F; ++j) {

@@ -71,9 +71,9 @@ expectation expected(sy::InitStrategy s, double fan_in, double fan_out, double s
 BOOST_AUTO_TEST_CASE(every_strategy_has_its_stated_statistics) {
   const sy::expert_shape s{2, 256, 192, true};
   const std::size_t half = std::size_t(192 * 256);  // one [F][H] matrix of one expert
-  for (auto strategy : {sy::InitStrategy::Xavier, sy::InitStrategy::Kaiming,
-                        sy::InitStrategy::Normal, sy::InitStrategy::Uniform,
-                        sy::InitStrategy::TruncatedNormal}) {
+  for (auto strategy :
+       {sy::InitStrategy::Xavier, sy::InitStrategy::Kaiming, sy::InitStrategy::Normal,
+        sy::InitStrategy::Uniform, sy::InitStrategy::TruncatedNormal}) {
     BOOST_TEST_CONTEXT("strategy " << static_cast<int>(strategy)) {
       const initialised w(s, {.strategy = strategy, .seed = 17, .std = 0.02, .first_expert = 0});
       // Each logical matrix of expert 1: gate and linear halves of fc1 (fans H, F), fc2 (F, H).
@@ -97,8 +97,8 @@ BOOST_AUTO_TEST_CASE(every_strategy_has_its_stated_statistics) {
 
 BOOST_AUTO_TEST_CASE(initialisation_is_seeded_and_independent_of_the_expert_parallel_split) {
   const sy::expert_shape all{4, 16, 12, false}, half{2, 16, 12, false};
-  const sy::expert_init init{.strategy = sy::InitStrategy::Normal, .seed = 3, .std = 0.02,
-                             .first_expert = 0};
+  const sy::expert_init init{
+      .strategy = sy::InitStrategy::Normal, .seed = 3, .std = 0.02, .first_expert = 0};
   const initialised a(all, init), b(all, init);
   BOOST_TEST(a.fc1 == b.fc1);
   BOOST_TEST(a.fc2 == b.fc2);

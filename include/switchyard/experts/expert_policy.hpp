@@ -41,10 +41,10 @@ struct GLU {
 /// fc1 row multiplier that matches it. Every policy runs on the host backend (experts.hpp).
 template <class P>
 concept ExpertPolicy = std::is_empty_v<P> && std::same_as<typename P::policy_kind, expert_tag> &&
-                       ActivationFunction<typename P::activation> && requires {
-                         { P::gated } -> std::convertible_to<bool>;
-                         { P::fc1_multiplier } -> std::convertible_to<index_t>;
-                       } && (P::fc1_multiplier == (P::gated ? 2 : 1));
+    ActivationFunction<typename P::activation> && requires {
+  { P::gated } -> std::convertible_to<bool>;
+  { P::fc1_multiplier } -> std::convertible_to<index_t>;
+} &&(P::fc1_multiplier == (P::gated ? 2 : 1));
 
 static_assert(ExpertPolicy<FFN<GeLU>>);
 static_assert(ExpertPolicy<FFN<GeLUTanh>>);
@@ -60,7 +60,8 @@ using SwiGLU = GLU<SiLU>;
 
 /// Calls f(Policy{}) with the expert policy a runtime (activation, gated) pair names, so a layer
 /// configured at run time reaches the compile-time policy:
-///     visit_expert_policy(cfg.activation, cfg.gated, [&](auto policy) { expert_forward(policy, ...); });
+///     visit_expert_policy(cfg.activation, cfg.gated, [&](auto policy) { expert_forward(policy,
+///     ...); });
 template <class F>
 decltype(auto) visit_expert_policy(Activation act, bool gated, F&& f) {
   auto with = [&](auto a) -> decltype(auto) {
@@ -74,8 +75,8 @@ decltype(auto) visit_expert_policy(Activation act, bool gated, F&& f) {
     case Activation::relu: return with(ReLU{});
     case Activation::silu: return with(SiLU{});
   }
-  throw config_error(detail::concat("visit_expert_policy: unknown activation value ",
-                                    static_cast<int>(act)));
+  throw config_error(
+      detail::concat("visit_expert_policy: unknown activation value ", static_cast<int>(act)));
 }
 
 /// The policy a Config selects (its activation and gated fields).

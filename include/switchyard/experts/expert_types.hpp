@@ -25,10 +25,10 @@ struct expert_shape {
 /// to initialise). The bias views are empty (null, extent 0) when the shape has no bias.
 template <class T>
 struct expert_tensors {
-  tensor3_view<T> fc1;       ///< [E_local][F1][H]
-  tensor3_view<T> fc2;       ///< [E_local][H][F]
-  matrix_view<T> fc1_bias;   ///< [E_local][F1] or empty
-  matrix_view<T> fc2_bias;   ///< [E_local][H] or empty
+  tensor3_view<T> fc1;      ///< [E_local][F1][H]
+  tensor3_view<T> fc2;      ///< [E_local][H][F]
+  matrix_view<T> fc1_bias;  ///< [E_local][F1] or empty
+  matrix_view<T> fc2_bias;  ///< [E_local][H] or empty
 };
 
 /// Read-only weights.

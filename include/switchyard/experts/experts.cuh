@@ -9,6 +9,7 @@
 
 #include <cstddef>
 #include <span>
+#include <type_traits>
 
 #include "switchyard/exec/cuda.cuh"
 #include "switchyard/experts/cuda_resources.cuh"
@@ -20,7 +21,8 @@ namespace switchyard {
 /// c[rows of e] = a[rows of e]·b[e]ᵀ + beta·c[rows of e]; shapes as the host overload.
 template <class T>
 void grouped_gemm(exec::Cuda cu, cuda_expert_resources& res, std::span<const index_t> offsets,
-                  matrix_view<const T> a, tensor3_view<const T> b, matrix_view<T> c,
+                  std::type_identity_t<matrix_view<const T>> a,
+                  std::type_identity_t<tensor3_view<const T>> b, matrix_view<T> c,
                   float beta = 0.0f) {
   const index_t E = b.extent(0), N = b.extent(1), K = b.extent(2);
   check_expert_offsets(offsets, E, a.extent(0));
@@ -33,7 +35,7 @@ void grouped_gemm(exec::Cuda cu, cuda_expert_resources& res, std::span<const ind
 /// Expert forward on the device; same contract as the host overload (experts.hpp).
 template <ExpertPolicy P, class T>
 void expert_forward(P p, exec::Cuda cu, cuda_expert_resources& res, const expert_shape& s,
-                    const expert_weights<T>& w, matrix_view<const T> x,
+                    const expert_weights<T>& w, std::type_identity_t<matrix_view<const T>> x,
                     std::span<const index_t> offsets, matrix_view<T> y,
                     std::span<std::byte> workspace, const expert_options& opt = {}) {
   detail::expert_forward_cuda(p, cu.stream, res, s, w, x, offsets, y, workspace, opt);
@@ -43,12 +45,12 @@ void expert_forward(P p, exec::Cuda cu, cuda_expert_resources& res, const expert
 /// storage, is T or float (an fp32 main_grad beside bf16/fp16 weights).
 template <ExpertPolicy P, class T, class G>
 void expert_backward(P p, exec::Cuda cu, cuda_expert_resources& res, const expert_shape& s,
-                     const expert_weights<T>& w, matrix_view<const T> x,
-                     std::span<const index_t> offsets, matrix_view<const T> dy, matrix_view<T> dx,
+                     const expert_weights<T>& w, std::type_identity_t<matrix_view<const T>> x,
+                     std::span<const index_t> offsets,
+                     std::type_identity_t<matrix_view<const T>> dy, matrix_view<T> dx,
                      const expert_grads<G>& grads, std::span<std::byte> workspace,
                      const expert_options& opt = {}) {
-  detail::expert_backward_cuda(p, cu.stream, res, s, w, x, offsets, dy, dx, grads, workspace,
-                               opt);
+  detail::expert_backward_cuda(p, cu.stream, res, s, w, x, offsets, dy, dx, grads, workspace, opt);
 }
 
 }  // namespace switchyard

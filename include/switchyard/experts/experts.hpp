@@ -6,10 +6,12 @@
 ///     sy::expert_shape s{E_local, H, F, /*bias=*/false};
 ///     std::vector<std::byte> ws(sy::expert_workspace_bytes<float>(sy::SwiGLU{}, s, R));
 ///     sy::expert_forward(sy::SwiGLU{}, sy::exec::Host{}, s, weights, x, offsets, y, ws);
-///     sy::expert_backward(sy::SwiGLU{}, sy::exec::Host{}, s, weights, x, offsets, dy, dx, grads, ws);
+///     sy::expert_backward(sy::SwiGLU{}, sy::exec::Host{}, s, weights, x, offsets, dy, dx, grads,
+///     ws);
 
 #include <cstddef>
 #include <span>
+#include <type_traits>
 
 #include "switchyard/core/mdspan.hpp"
 #include "switchyard/exec/host.hpp"
@@ -26,8 +28,9 @@ namespace switchyard {
 /// bytes, kept unchanged for expert_backward. T is float or double.
 template <ExpertPolicy P, class T>
 void expert_forward(P p, exec::Host, const expert_shape& s, const expert_weights<T>& w,
-                    matrix_view<const T> x, std::span<const index_t> offsets, matrix_view<T> y,
-                    std::span<std::byte> workspace, const expert_options& opt = {}) {
+                    std::type_identity_t<matrix_view<const T>> x, std::span<const index_t> offsets,
+                    matrix_view<T> y, std::span<std::byte> workspace,
+                    const expert_options& opt = {}) {
   detail::expert_forward_host(p, s, w, x, offsets, y, workspace, opt);
 }
 
@@ -36,9 +39,10 @@ void expert_forward(P p, exec::Host, const expert_shape& s, const expert_weights
 /// workspace as the forward; the workspace's saved activations are consumed.
 template <ExpertPolicy P, class T>
 void expert_backward(P p, exec::Host, const expert_shape& s, const expert_weights<T>& w,
-                     matrix_view<const T> x, std::span<const index_t> offsets,
-                     matrix_view<const T> dy, matrix_view<T> dx, const expert_grads<T>& grads,
-                     std::span<std::byte> workspace, const expert_options& opt = {}) {
+                     std::type_identity_t<matrix_view<const T>> x, std::span<const index_t> offsets,
+                     std::type_identity_t<matrix_view<const T>> dy, matrix_view<T> dx,
+                     const expert_grads<T>& grads, std::span<std::byte> workspace,
+                     const expert_options& opt = {}) {
   detail::expert_backward_host(p, s, w, x, offsets, dy, dx, grads, workspace, opt);
 }
 

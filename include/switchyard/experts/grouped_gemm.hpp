@@ -3,6 +3,7 @@
 /// Rows of expert e are [offsets[e], offsets[e+1]); experts with zero rows are skipped.
 
 #include <span>
+#include <type_traits>
 
 #include "switchyard/core/error.hpp"
 #include "switchyard/core/mdspan.hpp"
@@ -16,8 +17,8 @@ namespace switchyard {
 inline void check_expert_offsets(std::span<const index_t> offsets, index_t num_experts,
                                  index_t rows) {
   SY_EXPECTS(static_cast<index_t>(offsets.size()) == num_experts + 1,
-             detail::concat("offsets must hold E_local + 1 = ", num_experts + 1,
-                            " entries; got ", offsets.size()));
+             detail::concat("offsets must hold E_local + 1 = ", num_experts + 1, " entries; got ",
+                            offsets.size()));
   SY_EXPECTS(offsets[0] == 0, detail::concat("offsets[0] must be 0; got ", offsets[0]));
   for (index_t e = 0; e < num_experts; ++e)
     SY_EXPECTS(offsets[e + 1] >= offsets[e],
@@ -31,14 +32,15 @@ inline void check_expert_offsets(std::span<const index_t> offsets, index_t num_e
 /// c[rows of e] = a[rows of e] · b[e]ᵀ + beta · c[rows of e] for every expert e.
 /// a [R][K], b [E][N][K] (a weight in the fc1/fc2 layout), c [R][N], offsets [E+1].
 template <class T>
-void grouped_gemm(exec::Host, std::span<const index_t> offsets, matrix_view<const T> a,
-                  tensor3_view<const T> b, matrix_view<T> c, T beta = T(0),
+void grouped_gemm(exec::Host, std::span<const index_t> offsets,
+                  std::type_identity_t<matrix_view<const T>> a,
+                  std::type_identity_t<tensor3_view<const T>> b, matrix_view<T> c, T beta = T(0),
                   host_gemm impl = host_gemm::automatic) {
   const index_t E = b.extent(0), N = b.extent(1), K = b.extent(2);
   check_expert_offsets(offsets, E, a.extent(0));
   SY_EXPECTS(a.extent(1) == K && c.extent(0) == a.extent(0) && c.extent(1) == N,
-             detail::concat("grouped_gemm: a is [", a.extent(0), "][", a.extent(1), "], b is [",
-                            E, "][", N, "][", K, "], c is [", c.extent(0), "][", c.extent(1),
+             detail::concat("grouped_gemm: a is [", a.extent(0), "][", a.extent(1), "], b is [", E,
+                            "][", N, "][", K, "], c is [", c.extent(0), "][", c.extent(1),
                             "]; want a [R][K], c [R][N]"));
   for (index_t e = 0; e < E; ++e) {
     const index_t r0 = offsets[e], n = offsets[e + 1] - r0;

@@ -7,8 +7,8 @@
 /// Fans, per logical matrix: fc1 (and each half of a GLU fc1) fan_in = H, fan_out = F; fc2
 /// fan_in = F, fan_out = H.
 ///   Xavier           U(−a, a), a = √(6 / (fan_in + fan_out))     (Glorot & Bengio 2010)
-///   Kaiming          N(0, σ²), σ = √(2 / fan_in)                 (He et al. 2015, fan_in, ReLU gain)
-///   Normal           N(0, σ²), σ = expert_init::std (0.02: Megatron's init_method_std)
+///   Kaiming          N(0, σ²), σ = √(2 / fan_in)                 (He et al. 2015, fan_in, ReLU
+///   gain) Normal           N(0, σ²), σ = expert_init::std (0.02: Megatron's init_method_std)
 ///   Uniform          U(−b, b), b = 1 / √fan_in                   (torch.nn.Linear's bound)
 ///   TruncatedNormal  N(0, σ²) restricted to [−2σ, 2σ] by redrawing; σ = expert_init::std
 /// Biases start at zero (as in Megatron).
@@ -31,8 +31,8 @@ namespace switchyard {
 struct expert_init {
   InitStrategy strategy = InitStrategy::Xavier;
   std::uint64_t seed = 0;
-  double std = 0.02;          ///< σ of Normal and TruncatedNormal
-  index_t first_expert = 0;   ///< global index of local expert 0 (EP rank · E_local)
+  double std = 0.02;         ///< σ of Normal and TruncatedNormal
+  index_t first_expert = 0;  ///< global index of local expert 0 (EP rank · E_local)
 };
 
 /// Which logical matrix an element belongs to (part of the Philox counter).

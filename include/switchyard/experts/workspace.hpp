@@ -23,7 +23,9 @@ struct expert_workspace_layout {
 };
 
 namespace detail {
-constexpr std::size_t align_up(std::size_t n, std::size_t a) { return (n + a - 1) / a * a; }
+constexpr std::size_t align_up(std::size_t n, std::size_t a) {
+  return (n + a - 1) / a * a;
+}
 inline constexpr std::size_t workspace_alignment = 256;  // cudaMalloc's alignment
 }  // namespace detail
 
@@ -32,8 +34,8 @@ template <class T, ExpertPolicy P>
 constexpr expert_workspace_layout expert_workspace_plan(P, const expert_shape& s, index_t rows) {
   const auto r = static_cast<std::size_t>(rows);
   const auto f = static_cast<std::size_t>(s.ffn_hidden);
-  const std::size_t pre = detail::align_up(r * f * P::fc1_multiplier * sizeof(T),
-                                           detail::workspace_alignment);
+  const std::size_t pre =
+      detail::align_up(r * f * P::fc1_multiplier * sizeof(T), detail::workspace_alignment);
   const std::size_t act = detail::align_up(r * f * sizeof(T), detail::workspace_alignment);
   return {0, pre, pre + act};
 }

@@ -47,14 +47,16 @@ void for_each_expert(cuda_expert_resources& res, cudaStream_t caller,
   res.join(caller);
 }
 
-inline void check_launch() { SY_CUDA_TRY(cudaGetLastError()); }
+inline void check_launch() {
+  SY_CUDA_TRY(cudaGetLastError());
+}
 
 /// out[rows of e] = in[rows of e]·W_eᵀ + (bias_e broadcast, or beta·out): in [R][K],
 /// W [E][N][K], out [R][N], bias [E][N] or null.
 template <class T>
 void grouped_linear(cuda_expert_resources& res, cudaStream_t caller,
-                    std::span<const index_t> offsets, const T* in, index_t K, const T* w,
-                    index_t N, const T* bias, float beta, T* out) {
+                    std::span<const index_t> offsets, const T* in, index_t K, const T* w, index_t N,
+                    const T* bias, float beta, T* out) {
   constexpr cudaDataType_t dt = cuda_data_type<T>();
   const index_t E = static_cast<index_t>(offsets.size()) - 1, R = offsets.back();
   if (R == 0) return;
@@ -65,8 +67,8 @@ void grouped_linear(cuda_expert_resources& res, cudaStream_t caller,
       kernels::fill_bias_rows<<<kernels::grid_for(R * N), 256, 0, caller>>>(out, R, N, bias, nu);
       check_launch();
     }
-    gemm_rm(res.main_handle(caller), false, true, nu, N, K, {in, dt, K, nu * K},
-            {w, dt, K, N * K}, b, out, dt, N, nu * N, E);
+    gemm_rm(res.main_handle(caller), false, true, nu, N, K, {in, dt, K, nu * K}, {w, dt, K, N * K},
+            b, out, dt, N, nu * N, E);
     return;
   }
   for_each_expert(res, caller, offsets,
@@ -83,10 +85,9 @@ void grouped_linear(cuda_expert_resources& res, cudaStream_t caller,
 
 template <ExpertPolicy P, class T>
 void expert_forward_cuda(P p, cudaStream_t stream, cuda_expert_resources& res,
-                         const expert_shape& s, const expert_weights<T>& w,
-                         matrix_view<const T> x, std::span<const index_t> offsets,
-                         matrix_view<T> y, std::span<std::byte> workspace,
-                         const expert_options& opt) {
+                         const expert_shape& s, const expert_weights<T>& w, matrix_view<const T> x,
+                         std::span<const index_t> offsets, matrix_view<T> y,
+                         std::span<std::byte> workspace, const expert_options& opt) {
   const index_t H = s.hidden, F = s.ffn_hidden, F1 = P::fc1_multiplier * F, R = x.extent(0);
   const auto layout = check_call<T>(p, s, offsets, R, workspace);
   check_expert_tensors(s, F1, w, "weights");
@@ -106,9 +107,9 @@ void expert_forward_cuda(P p, cudaStream_t stream, cuda_expert_resources& res,
 
 template <ExpertPolicy P, class T, class G>
 void expert_backward_cuda(P p, cudaStream_t stream, cuda_expert_resources& res,
-                          const expert_shape& s, const expert_weights<T>& w,
-                          matrix_view<const T> x, std::span<const index_t> offsets,
-                          matrix_view<const T> dy, matrix_view<T> dx, const expert_grads<G>& g,
+                          const expert_shape& s, const expert_weights<T>& w, matrix_view<const T> x,
+                          std::span<const index_t> offsets, matrix_view<const T> dy,
+                          matrix_view<T> dx, const expert_grads<G>& g,
                           std::span<std::byte> workspace, const expert_options& opt) {
   static_assert(std::is_same_v<G, T> || std::is_same_v<G, float>,
                 "weight gradients are stored in the weights' type or in float (fp32 main_grad)");
@@ -142,8 +143,8 @@ void expert_backward_cuda(P p, cudaStream_t stream, cuda_expert_resources& res,
     gemm_rm(h, true, false, H, F, nu, {dyp, dt, H, nu * H}, {act, dt, F, nu * F}, 1.0f, g2, gt, F,
             H * F, E);
     if (gb2) {
-      kernels::add_column_sums<T, G><<<kernels::grid_for(E * H), 256, 0, stream>>>(gb2, dyp, E,
-                                                                                   nu, H);
+      kernels::add_column_sums<T, G>
+          <<<kernels::grid_for(E * H), 256, 0, stream>>>(gb2, dyp, E, nu, H);
       check_launch();
     }
     gemm_rm(h, false, false, nu, F, H, {dyp, dt, H, nu * H}, {w2, dt, F, H * F}, 0.0f, act, dt, F,
@@ -168,11 +169,11 @@ void expert_backward_cuda(P p, cudaStream_t stream, cuda_expert_resources& res,
   // fc1: dW1_e += dh_eᵀ·x_e, db1_e += Σ dh_e, dx_e = dh_e·W1_e.
   if (nu > 0) {
     cublasHandle_t h = res.main_handle(stream);
-    gemm_rm(h, true, false, F1, H, nu, {pre, dt, F1, nu * F1}, {xp, dt, H, nu * H}, 1.0f, g1, gt,
-            H, F1 * H, E);
+    gemm_rm(h, true, false, F1, H, nu, {pre, dt, F1, nu * F1}, {xp, dt, H, nu * H}, 1.0f, g1, gt, H,
+            F1 * H, E);
     if (gb1) {
-      kernels::add_column_sums<T, G><<<kernels::grid_for(E * F1), 256, 0, stream>>>(gb1, pre, E,
-                                                                                    nu, F1);
+      kernels::add_column_sums<T, G>
+          <<<kernels::grid_for(E * F1), 256, 0, stream>>>(gb1, pre, E, nu, F1);
       check_launch();
     }
     gemm_rm(h, false, false, nu, H, F1, {pre, dt, F1, nu * F1}, {w1, dt, H, F1 * H}, 0.0f,

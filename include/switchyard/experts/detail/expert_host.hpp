@@ -22,11 +22,11 @@ void check_expert_tensors(const expert_shape& s, index_t f1, const expert_tensor
                           const char* what) {
   const index_t E = s.num_experts, H = s.hidden, F = s.ffn_hidden;
   SY_EXPECTS(t.fc1.extent(0) == E && t.fc1.extent(1) == f1 && t.fc1.extent(2) == H,
-             concat(what, ".fc1 must be [", E, "][", f1, "][", H, "]; got [", t.fc1.extent(0),
-                    "][", t.fc1.extent(1), "][", t.fc1.extent(2), "]"));
+             concat(what, ".fc1 must be [", E, "][", f1, "][", H, "]; got [", t.fc1.extent(0), "][",
+                    t.fc1.extent(1), "][", t.fc1.extent(2), "]"));
   SY_EXPECTS(t.fc2.extent(0) == E && t.fc2.extent(1) == H && t.fc2.extent(2) == F,
-             concat(what, ".fc2 must be [", E, "][", H, "][", F, "]; got [", t.fc2.extent(0),
-                    "][", t.fc2.extent(1), "][", t.fc2.extent(2), "]"));
+             concat(what, ".fc2 must be [", E, "][", H, "][", F, "]; got [", t.fc2.extent(0), "][",
+                    t.fc2.extent(1), "][", t.fc2.extent(2), "]"));
   if (s.bias) {
     SY_EXPECTS(t.fc1_bias.extent(0) == E && t.fc1_bias.extent(1) == f1 &&
                    t.fc2_bias.extent(0) == E && t.fc2_bias.extent(1) == H,
@@ -43,8 +43,7 @@ template <class T, ExpertPolicy P>
 expert_workspace_layout check_call(P p, const expert_shape& s, std::span<const index_t> offsets,
                                    index_t rows, std::span<std::byte> workspace) {
   SY_EXPECTS(s.num_experts >= 0 && s.hidden >= 1 && s.ffn_hidden >= 1,
-             concat("expert_shape needs H >= 1 and F >= 1; got H=", s.hidden,
-                    " F=", s.ffn_hidden));
+             concat("expert_shape needs H >= 1 and F >= 1; got H=", s.hidden, " F=", s.ffn_hidden));
   check_expert_offsets(offsets, s.num_experts, rows);
   const auto layout = expert_workspace_plan<T>(p, s, rows);
   SY_EXPECTS(workspace.size() >= layout.bytes,
@@ -76,9 +75,8 @@ void add_column_sums(T* g, const T* m, index_t n, index_t n_cols) {
 
 template <ExpertPolicy P, class T>
 void expert_forward_host(P p, const expert_shape& s, const expert_weights<T>& w,
-                         matrix_view<const T> x, std::span<const index_t> offsets,
-                         matrix_view<T> y, std::span<std::byte> workspace,
-                         const expert_options& opt) {
+                         matrix_view<const T> x, std::span<const index_t> offsets, matrix_view<T> y,
+                         std::span<std::byte> workspace, const expert_options& opt) {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
                 "the host backend computes in float or double");
   const index_t E = s.num_experts, H = s.hidden, F = s.ffn_hidden, F1 = P::fc1_multiplier * F;
@@ -105,16 +103,16 @@ void expert_forward_host(P p, const expert_shape& s, const expert_weights<T>& w,
     for (index_t j = 0; j < F; ++j) {
       const T g = pre[r * F1 + j];
       const T l = P::gated ? pre[r * F1 + F + j] : T(0);
-      act[r * F + j] = hidden_value<P>(g, l) *
-                       dropout_factor<T>(drop, d.p, d.seed, d.step, static_cast<std::uint64_t>(r),
-                                         static_cast<std::uint64_t>(j));
+      act[r * F + j] = hidden_value<P>(g, l) * dropout_factor<T>(drop, d.p, d.seed, d.step,
+                                                                 static_cast<std::uint64_t>(r),
+                                                                 static_cast<std::uint64_t>(j));
     }
   for (index_t e = 0; e < E; ++e) {
     const index_t r0 = offsets[e], n = offsets[e + 1] - r0;
     if (n == 0) continue;
     if (s.bias) fill_rows(y.data_handle() + r0 * H, n, H, &w.fc2_bias(e, 0));
-    gemm<T>(impl, false, true, n, H, F, T(1), act + r0 * F, F, w.fc2.data_handle() + e * H * F,
-            F, s.bias ? T(1) : T(0), y.data_handle() + r0 * H, H);
+    gemm<T>(impl, false, true, n, H, F, T(1), act + r0 * F, F, w.fc2.data_handle() + e * H * F, F,
+            s.bias ? T(1) : T(0), y.data_handle() + r0 * H, H);
   }
 }
 
@@ -143,8 +141,8 @@ void expert_backward_host(P p, const expert_shape& s, const expert_weights<T>& w
     gemm<T>(impl, true, false, H, F, n, T(1), dyp + r0 * H, H, act + r0 * F, F, T(1),
             g.fc2.data_handle() + e * H * F, F);
     if (s.bias) add_column_sums(&g.fc2_bias(e, 0), dyp + r0 * H, n, H);
-    gemm<T>(impl, false, false, n, F, H, T(1), dyp + r0 * H, H, w.fc2.data_handle() + e * H * F,
-            F, T(0), act + r0 * F, F);
+    gemm<T>(impl, false, false, n, F, H, T(1), dyp + r0 * H, H, w.fc2.data_handle() + e * H * F, F,
+            T(0), act + r0 * F, F);
   }
   // Through dropout and the activation: d h overwrites h (each element reads only its own g, l).
   const auto& d = opt.dropout;
@@ -163,11 +161,11 @@ void expert_backward_host(P p, const expert_shape& s, const expert_weights<T>& w
   for (index_t e = 0; e < E; ++e) {
     const index_t r0 = offsets[e], n = offsets[e + 1] - r0;
     if (n == 0) continue;
-    gemm<T>(impl, true, false, F1, H, n, T(1), pre + r0 * F1, F1, x.data_handle() + r0 * H, H,
-            T(1), g.fc1.data_handle() + e * F1 * H, H);
+    gemm<T>(impl, true, false, F1, H, n, T(1), pre + r0 * F1, F1, x.data_handle() + r0 * H, H, T(1),
+            g.fc1.data_handle() + e * F1 * H, H);
     if (s.bias) add_column_sums(&g.fc1_bias(e, 0), pre + r0 * F1, n, F1);
-    gemm<T>(impl, false, false, n, H, F1, T(1), pre + r0 * F1, F1,
-            w.fc1.data_handle() + e * F1 * H, H, T(0), dx.data_handle() + r0 * H, H);
+    gemm<T>(impl, false, false, n, H, F1, T(1), pre + r0 * F1, F1, w.fc1.data_handle() + e * F1 * H,
+            H, T(0), dx.data_handle() + r0 * H, H);
   }
 }
 

@@ -41,8 +41,7 @@ __global__ void add_column_sums(G* g, const T* m, index_t experts, index_t rows_
 
 /// a[r][j] = hidden_value(h[r][j], h[r][F + j]) · dropout factor (experts.hpp).
 template <ExpertPolicy P, class T>
-__global__ void hidden_forward(const T* pre, T* act, index_t rows, index_t F,
-                               expert_dropout d) {
+__global__ void hidden_forward(const T* pre, T* act, index_t rows, index_t F, expert_dropout d) {
   const index_t F1 = P::fc1_multiplier * F, total = rows * F;
   const bool drop = d.training && d.p > 0.0;  // expert_dropout::active(), host-only constexpr
   for (index_t i = blockIdx.x * index_t(blockDim.x) + threadIdx.x; i < total;
@@ -50,17 +49,16 @@ __global__ void hidden_forward(const T* pre, T* act, index_t rows, index_t F,
     const index_t r = i / F, j = i % F;
     const float g = detail::to_float(pre[r * F1 + j]);
     const float l = P::gated ? detail::to_float(pre[r * F1 + F + j]) : 0.0f;
-    act[i] = detail::from_float<T>(
-        detail::hidden_value<P>(g, l) *
-        detail::dropout_factor<float>(drop, d.p, d.seed, d.step, std::uint64_t(r),
-                                      std::uint64_t(j)));
+    act[i] =
+        detail::from_float<T>(detail::hidden_value<P>(g, l) *
+                              detail::dropout_factor<float>(drop, d.p, d.seed, d.step,
+                                                            std::uint64_t(r), std::uint64_t(j)));
   }
 }
 
 /// In place: h[r][j] (and h[r][F + j] for GLU) become d h from d a (in `act`) and h.
 template <ExpertPolicy P, class T>
-__global__ void hidden_backward(T* pre, const T* dact, index_t rows, index_t F,
-                                expert_dropout d) {
+__global__ void hidden_backward(T* pre, const T* dact, index_t rows, index_t F, expert_dropout d) {
   const index_t F1 = P::fc1_multiplier * F, total = rows * F;
   const bool drop = d.training && d.p > 0.0;  // expert_dropout::active(), host-only constexpr
   for (index_t i = blockIdx.x * index_t(blockDim.x) + threadIdx.x; i < total;
