@@ -78,6 +78,7 @@ sy::Config unusual_config() {
   c.sequence_length = 4096;
   c.optimizer = sy::Optimizer::sgd;
   c.learning_rate = 3e-5;
+  c.weight_decay = 0.05;
   c.precision = sy::Precision::float16;
   return c;
 }

@@ -73,6 +73,8 @@ std::vector<rule_case> rule_cases() {
        R::bias_rate_nonneg, "got -0.001"},
       {"learning rate zero", [](sy::Config& c) { c.learning_rate = 0; },
        R::learning_rate_positive, "got 0"},
+      {"weight decay negative", [](sy::Config& c) { c.weight_decay = -0.1; },
+       R::weight_decay_nonneg, "got -0.1"},
       {"dropout above one", [](sy::Config& c) { c.expert_dropout = 1.5; },
        R::expert_dropout_range, "got 1.5"},
       {"migration threshold", [](sy::Config& c) { c.migration_threshold = -0.5; },

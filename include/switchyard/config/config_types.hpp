@@ -94,6 +94,7 @@ using opt_double = std::optional<double>;
   X(std::int64_t, sequence_length, 1024, training)                                        \
   X(::switchyard::Optimizer, optimizer, ::switchyard::Optimizer::adamw, training)         \
   X(double, learning_rate, 1e-4, training)                                                \
+  X(double, weight_decay, 0.0, training)                                                  \
   X(::switchyard::Precision, precision, ::switchyard::Precision::float32, training)
 
 /// Every runtime setting of a Switchyard MoE model. Plain aggregate; defaults are torsh's for its

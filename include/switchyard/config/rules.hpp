@@ -33,6 +33,7 @@ namespace switchyard {
   X(z_coeff_nonneg, router_z_loss_coeff, "router_z_loss_coeff must be >= 0")                    \
   X(bias_rate_nonneg, expert_bias_update_rate, "expert_bias_update_rate must be >= 0")          \
   X(learning_rate_positive, learning_rate, "learning_rate must be > 0")                         \
+  X(weight_decay_nonneg, weight_decay, "weight_decay must be >= 0")                             \
   X(expert_dropout_range, expert_dropout, "expert_dropout is a probability: it must be in [0, 1]") \
   X(migration_threshold_range, migration_threshold,                                             \
     "migration_threshold is a fraction: it must be in [0, 1]")                                  \
@@ -143,6 +144,7 @@ constexpr bool rule_ok(const Config& c, rule_id r) {
     case rule_id::z_coeff_nonneg: return c.router_z_loss_coeff >= 0;
     case rule_id::bias_rate_nonneg: return c.expert_bias_update_rate >= 0;
     case rule_id::learning_rate_positive: return c.learning_rate > 0;
+    case rule_id::weight_decay_nonneg: return c.weight_decay >= 0;
     case rule_id::expert_dropout_range: return c.expert_dropout >= 0 && c.expert_dropout <= 1;
     case rule_id::migration_threshold_range:
       return c.migration_threshold >= 0 && c.migration_threshold <= 1;

@@ -1,0 +1,176 @@
+// `switchyard train CONFIG.json [--steps N] [--backend host|cuda] [--seed S] [--metrics FILE]`.
+#include <boost/json.hpp>
+#include <fmt/core.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <memory>
+#include <string>
+
+#include "commands.hpp"
+#include "switchyard/config/json.hpp"
+#include "train_model.hpp"
+#if defined(SWITCHYARD_HAS_MPI)
+#include "switchyard/comm/mpi.hpp"
+#include "switchyard/sharding/mpi_groups.hpp"
+#endif
+
+namespace switchyard::cli {
+namespace {
+
+struct train_options {
+  std::string file;
+  std::int64_t steps = 100;
+  std::string backend = "host";
+  std::uint64_t seed = 1234;
+  std::string metrics;
+};
+
+boost::json::value nested_counts(const std::vector<std::vector<std::int64_t>>& v) {
+  boost::json::array out;
+  for (const auto& layer : v) {
+    boost::json::array a;
+    for (auto c : layer) a.push_back(c);
+    out.push_back(std::move(a));
+  }
+  return out;
+}
+
+std::string metrics_line(const train::StepMetrics& m) {
+  boost::json::object o;
+  o["step"] = m.step;
+  o["loss"] = m.loss;
+  o["aux_loss"] = m.has_aux ? boost::json::value(m.aux_loss) : boost::json::value(nullptr);
+  o["z_loss"] = m.has_z ? boost::json::value(m.z_loss) : boost::json::value(nullptr);
+  o["dropped_fraction"] = m.dropped_fraction;
+  o["load_cv"] = m.load_cv;
+  o["tokens_per_second"] = m.tokens_per_second;
+  o["tokens"] = m.tokens;
+  o["seconds"] = m.seconds;
+  o["tokens_per_expert"] = nested_counts(m.tokens_per_expert);
+  o["kept_per_expert"] = nested_counts(m.kept_per_expert);
+  return boost::json::serialize(o);
+}
+
+// Trains on communicator type Comm; only the rank that `prints` writes output.
+template <class Comm>
+int train_loop(const Config& cfg, MoEComms<Comm> comms, const train_options& o, bool prints) {
+  train::Model<Comm> model(cfg, comms, o.seed);
+  std::ofstream jsonl;
+  if (prints && !o.metrics.empty()) {
+    jsonl.open(o.metrics);
+    if (!jsonl) throw config_error("--metrics: cannot write " + o.metrics);
+  }
+  const bool tty = prints && isatty(fileno(stdout));
+  if (prints)
+    fmt::print("training {} MoE-or-dense blocks (H {}, F {}, E {}, k {}) on {} rank(s), {} tokens "
+               "per rank per step\n",
+               cfg.num_layers, cfg.hidden_size, cfg.ffn_hidden_size, cfg.num_experts,
+               cfg.num_experts_per_token, cfg.world(), cfg.tokens_per_rank());
+  for (std::int64_t step = 1; step <= o.steps; ++step) {
+    const train::StepMetrics m = model.step(step);
+    if (!prints) continue;
+    if (tty) fmt::print("\r\033[K");
+    fmt::print("step {:>5}  loss {:.6f}  aux {}  z {}  dropped {:5.2f}%  load_cv {:.4f}  "
+               "tokens/s {:.0f}\n",
+               step, m.loss, m.has_aux ? fmt::format("{:.6f}", m.aux_loss) : std::string("-"),
+               m.has_z ? fmt::format("{:.6f}", m.z_loss) : std::string("-"),
+               100.0 * m.dropped_fraction, m.load_cv, m.tokens_per_second);
+    if (tty) {
+      constexpr int width = 40;
+      const int done = static_cast<int>(width * step / o.steps);
+      fmt::print("[{}{}] {}/{}", std::string(static_cast<std::size_t>(done), '#'),
+                 std::string(static_cast<std::size_t>(width - done), '.'), step, o.steps);
+      std::fflush(stdout);
+    }
+    if (jsonl) jsonl << metrics_line(m) << '\n';
+  }
+  if (tty) fmt::print("\n");
+  return 0;
+}
+
+bool launched_by_mpirun() {
+  for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS"})
+    if (std::getenv(v)) return true;
+  return false;
+}
+
+int run_train(const train_options& o) {
+  if (o.backend == "cuda")
+    throw config_error("--backend cuda: the CUDA MoE layer is not built yet (the CUDA kernels "
+                       "of routing, dispatch and experts are); run with --backend host");
+  if (o.backend != "host")
+    throw config_error("--backend must be host or cuda, got " + o.backend);
+  if (o.steps < 1) throw config_error("--steps must be at least 1");
+  ParsedConfig parsed = parse_and_validate(read_text_file(o.file), o.file);
+  if (!parsed.problems.empty()) throw config_error(join_problems(parsed.problems));
+  Config cfg = parsed.config;
+  if (cfg.precision != Precision::float32)
+    throw config_error(fmt::format("{}: {}: the host backend trains in float32",
+                                   parsed.paths.at("precision"), enum_name(cfg.precision)));
+
+  if (!launched_by_mpirun()) {
+    if (cfg.world() != 1)
+      throw config_error(fmt::format("the config describes {} ranks: launch with mpirun -np {}",
+                                     cfg.world(), cfg.world()));
+    LocalComm one;
+    return train_loop<LocalComm>(cfg, {&one, &one, &one}, o, true);
+  }
+#if defined(SWITCHYARD_HAS_MPI)
+  MPI_Init(nullptr, nullptr);
+  int rc = 1;
+  try {
+    MpiComm world;
+    // DP fills the processes when the config leaves world_size and data_parallel_size out.
+    if (!cfg.world_size && !cfg.data_parallel_size) {
+      const std::int64_t inner =
+          cfg.expert_parallel_size * cfg.tensor_parallel_size * cfg.pipeline_parallel_size;
+      if (world.size() % inner != 0)
+        throw config_error(fmt::format("mpirun started {} processes, not a multiple of "
+                                       "expert_parallel_size x tp x pp = {}",
+                                       world.size(), inner));
+      cfg.data_parallel_size = world.size() / inner;
+    }
+    require_valid(cfg, &parsed.paths);
+    if (cfg.world() != world.size())
+      throw config_error(fmt::format("the config describes {} ranks but mpirun started {}",
+                                     cfg.world(), world.size()));
+    const Layout layout(cfg);
+    MpiGroups groups = make_mpi_groups(world, layout);
+    rc = train_loop<MpiComm>(cfg,
+                             {&groups.expert_parallel, &groups.dense_data_parallel,
+                              &groups.expert_data_parallel},
+                             o, world.rank() == 0);
+  } catch (const std::exception& e) {
+    // One rank's error must not leave the others waiting: report it and abort the job.
+    int rank = 0;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    fmt::print(stderr, "switchyard: rank {}: {}\n", rank, e.what());
+    std::fflush(stderr);
+    MPI_Abort(MPI_COMM_WORLD, 1);
+  }
+  MPI_Finalize();
+  return rc;
+#else
+  throw config_error("launched by mpirun, but this switchyard was built without MPI");
+#endif
+}
+
+}  // namespace
+
+void add_train_command(CLI::App& app, runner& run) {
+  auto opts = std::make_shared<train_options>();
+  CLI::App* cmd = app.add_subcommand(
+      "train", "Train residual MoE blocks on a synthetic teacher task (CPU; DP x EP under mpirun)");
+  cmd->add_option("config", opts->file, "config JSON (flat, nested or model_config dialect)")
+      ->required();
+  cmd->add_option("--steps", opts->steps, "optimizer steps (default 100)");
+  cmd->add_option("--backend", opts->backend, "host (default) or cuda");
+  cmd->add_option("--seed", opts->seed, "seed of weights, data and teacher (default 1234)");
+  cmd->add_option("--metrics", opts->metrics, "write one JSON object per step to this file");
+  cmd->callback([opts, &run] { run = [opts] { return run_train(*opts); }; });
+}
+
+}  // namespace switchyard::cli

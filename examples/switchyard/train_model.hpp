@@ -1,0 +1,311 @@
+#pragma once
+// The model `switchyard train` trains: num_layers residual blocks h ← h + Block(h), every
+// moe_layer_frequency-th block (Megatron's pattern: block i is MoE when i % frequency == 0) an
+// MoE layer, the others a dense FFN of the same expert kind; a synthetic regression task whose
+// targets come from a fixed random teacher, y* = x + B·tanh(A·x) (A, B of their own seed); loss =
+// mean squared error over the group's tokens and the hidden size, plus the MoE layers' aux and
+// z-losses. AdamW (β 0.9, 0.999, ε 1e-8, weight_decay from the config) or SGD.
+
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "switchyard/core/philox.hpp"
+#include "switchyard/experts/experts.hpp"
+#include "switchyard/layer.hpp"
+
+namespace switchyard::train {
+
+/// A standard normal keyed by (seed, stream, a, b) (Box–Muller over two Philox uniforms).
+inline float normal(std::uint64_t seed, std::uint32_t stream, std::uint32_t a, std::uint32_t b) {
+  const double u1 = philox_uniform(seed, stream, a, 2 * b);
+  const double u2 = philox_uniform(seed, stream, a, 2 * b + 1);
+  return static_cast<float>(std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2));
+}
+
+/// A dense FFN block: the experts' code with one expert holding every row.
+class DenseBlock {
+ public:
+  DenseBlock(const Config& c, std::uint64_t seed, std::uint32_t index)
+      : shape_{1, c.hidden_size, c.ffn_hidden_size, c.add_bias_linear}, cfg_(c) {
+    visit_expert_policy(c, [&](auto p) {
+      using P = decltype(p);
+      params_ = MoEParams<float>(1, 1, c.hidden_size, c.ffn_hidden_size, P::fc1_multiplier,
+                                 c.add_bias_linear);
+      expert_init init;
+      init.strategy = c.initialization_strategy;
+      init.seed = seed ^ (0x44656e73ull << 32);
+      init.first_expert = index;
+      initialize_expert_weights(p, shape_, init, params_.experts());
+    });
+    grads_ = params_.zeros_like();
+  }
+  std::vector<float> forward(const std::vector<float>& h, index_t T) {
+    offsets_ = {0, T};
+    input_ = h;
+    std::vector<float> y(h.size());
+    visit_expert_policy(cfg_, [&](auto p) {
+      workspace_.resize(expert_workspace_bytes<float>(p, shape_, T));
+      expert_forward(p, exec::Host{}, shape_, std::as_const(params_).experts(),
+                     matrix_view<const float>(input_.data(), T, shape_.hidden), offsets_,
+                     matrix_view<float>(y.data(), T, shape_.hidden), workspace_);
+    });
+    return y;
+  }
+  std::vector<float> backward(const std::vector<float>& dy, index_t T) {
+    std::vector<float> dx(dy.size());
+    visit_expert_policy(cfg_, [&](auto p) {
+      expert_backward(p, exec::Host{}, shape_, std::as_const(params_).experts(),
+                      matrix_view<const float>(input_.data(), T, shape_.hidden), offsets_,
+                      matrix_view<const float>(dy.data(), T, shape_.hidden),
+                      matrix_view<float>(dx.data(), T, shape_.hidden), grads_.experts(),
+                      workspace_);
+    });
+    return dx;
+  }
+  MoEParams<float>& params() { return params_; }
+  MoEParams<float>& grads() { return grads_; }
+
+ private:
+  expert_shape shape_;
+  Config cfg_;
+  MoEParams<float> params_, grads_;
+  std::vector<float> input_;
+  std::vector<index_t> offsets_;
+  std::vector<std::byte> workspace_;
+};
+
+/// AdamW or SGD over a list of (parameter, gradient) tensors.
+class Optimizer {
+ public:
+  Optimizer(const Config& c) : cfg_(c) {}
+  void add(std::vector<float>* param, std::vector<float>* grad) {
+    if (param->empty()) return;
+    slots_.push_back({param, grad, std::vector<float>(param->size(), 0.f),
+                      std::vector<float>(param->size(), 0.f)});
+  }
+  void step() {
+    ++t_;
+    const double lr = cfg_.learning_rate, wd = cfg_.weight_decay;
+    const double b1 = 0.9, b2 = 0.999, eps = 1e-8;
+    const double c1 = 1.0 - std::pow(b1, static_cast<double>(t_));
+    const double c2 = 1.0 - std::pow(b2, static_cast<double>(t_));
+    for (auto& s : slots_) {
+      std::vector<float>& w = *s.param;
+      const std::vector<float>& g = *s.grad;
+      for (std::size_t i = 0; i < w.size(); ++i) {
+        if (cfg_.optimizer == switchyard::Optimizer::adamw) {
+          s.m[i] = static_cast<float>(b1 * s.m[i] + (1 - b1) * g[i]);
+          s.v[i] = static_cast<float>(b2 * s.v[i] + (1 - b2) * g[i] * g[i]);
+          const double update = (s.m[i] / c1) / (std::sqrt(s.v[i] / c2) + eps);
+          w[i] = static_cast<float>(w[i] - lr * (update + wd * w[i]));  // decoupled decay
+        } else {
+          w[i] = static_cast<float>(w[i] - lr * (g[i] + wd * w[i]));
+        }
+      }
+    }
+  }
+
+ private:
+  struct slot {
+    std::vector<float>* param;
+    std::vector<float>* grad;
+    std::vector<float> m, v;
+  };
+  Config cfg_;
+  std::vector<slot> slots_;
+  std::int64_t t_ = 0;
+};
+
+/// What one training step measured (global over the dense data-parallel group).
+struct StepMetrics {
+  std::int64_t step = 0;
+  double loss = 0, aux_loss = 0, z_loss = 0, dropped_fraction = 0, load_cv = 0;
+  double tokens_per_second = 0, seconds = 0;
+  std::int64_t tokens = 0;
+  bool has_aux = false, has_z = false;
+  std::vector<std::vector<std::int64_t>> tokens_per_expert;  ///< per MoE layer
+  std::vector<std::vector<std::int64_t>> kept_per_expert;    ///< per MoE layer
+};
+
+/// The model over communicator type Comm (LocalComm, or MpiComm under mpirun).
+template <class Comm>
+class Model {
+ public:
+  Model(const Config& c, MoEComms<Comm> comms, std::uint64_t seed)
+      : cfg_(c), comms_(comms), seed_(seed), opt_(c) {
+    for (std::int64_t i = 0; i < c.num_layers; ++i) {
+      block b;
+      if (i % c.moe_layer_frequency == 0) {
+        b.moe = make_layer<float>(c, comms);
+        b.moe->initialize(seed + static_cast<std::uint64_t>(i) * 7919u);
+        b.moe_grads = b.moe->make_grads();
+      } else {
+        b.dense = std::make_unique<DenseBlock>(c, seed, static_cast<std::uint32_t>(i));
+      }
+      blocks_.push_back(std::move(b));
+    }
+    for (auto& b : blocks_) {
+      MoEParams<float>& p = b.moe ? b.moe->params() : b.dense->params();
+      MoEParams<float>& g = b.moe ? b.moe_grads : b.dense->grads();
+      opt_.add(&p.router_weight, &g.router_weight);
+      opt_.add(&p.fc1, &g.fc1);
+      opt_.add(&p.fc2, &g.fc2);
+      opt_.add(&p.fc1_bias, &g.fc1_bias);
+      opt_.add(&p.fc2_bias, &g.fc2_bias);
+    }
+  }
+
+  /// One optimizer step on this rank's batch of the step.
+  StepMetrics step(std::int64_t step_index) {
+    const auto start = std::chrono::steady_clock::now();
+    const index_t T = cfg_.tokens_per_rank(), H = cfg_.hidden_size;
+    const auto rank = static_cast<std::uint32_t>(comms_.dense_data_parallel->rank());
+    // Inputs differ per step and rank; the teacher is fixed.
+    std::vector<float> x(static_cast<std::size_t>(T * H)), target(x.size());
+    for (index_t t = 0; t < T; ++t)
+      for (index_t h = 0; h < H; ++h)
+        x[static_cast<std::size_t>(t * H + h)] =
+            normal(seed_, static_cast<std::uint32_t>(step_index),
+                   rank * static_cast<std::uint32_t>(T) + static_cast<std::uint32_t>(t),
+                   static_cast<std::uint32_t>(h));
+    teacher(x, target, T);
+
+    StepMetrics m;
+    m.step = step_index;
+    std::vector<float> h = x;
+    std::vector<MoEForward<float>> saved(blocks_.size());
+    GlobalAuxLoss global_aux;
+    std::int64_t routes = 0, dropped = 0;
+    int moe_layers = 0;
+    for (std::size_t i = 0; i < blocks_.size(); ++i) {
+      std::vector<float> out;
+      if (blocks_[i].moe) {
+        saved[i] = blocks_[i].moe->forward(matrix_view<const float>(h.data(), T, H),
+                                           {.training = true,
+                                            .seed = seed_,
+                                            .step = static_cast<std::uint32_t>(step_index),
+                                            .global_aux = &global_aux});
+        const MoEMetrics& mm = saved[i].metrics;
+        out = saved[i].y;
+        m.aux_loss += mm.aux_loss.value_or(0);
+        m.z_loss += mm.z_loss.value_or(0);
+        m.has_aux = m.has_aux || mm.aux_loss.has_value();
+        m.has_z = m.has_z || mm.z_loss.has_value();
+        routes += mm.tokens * cfg_.num_experts_per_token;
+        dropped += mm.dropped;
+        m.load_cv += mm.load_cv;
+        m.tokens = mm.tokens;
+        m.tokens_per_expert.push_back(mm.tokens_per_expert);
+        m.kept_per_expert.push_back(mm.kept_per_expert);
+        ++moe_layers;
+      } else {
+        out = blocks_[i].dense->forward(h, T);
+      }
+      for (std::size_t j = 0; j < h.size(); ++j) h[j] += out[j];
+    }
+    // MSE over the group's tokens: the per-rank sums add up.
+    double sq[2] = {0.0, static_cast<double>(T)};
+    for (std::size_t j = 0; j < h.size(); ++j) {
+      const double d = h[j] - target[j];
+      sq[0] += d * d;
+    }
+    comms_.dense_data_parallel->all_reduce(sq, 2, ReduceOp::sum);
+    const double denom = sq[1] * static_cast<double>(H);
+    m.loss = denom > 0 ? sq[0] / denom : 0.0;
+    if (m.tokens == 0) m.tokens = static_cast<std::int64_t>(sq[1]);
+    std::vector<float> dh(h.size());
+    for (std::size_t j = 0; j < h.size(); ++j)
+      dh[j] = static_cast<float>(2.0 * (h[j] - target[j]) / denom);
+
+    for (std::size_t i = blocks_.size(); i-- > 0;) {
+      std::vector<float> dblock;
+      if (blocks_[i].moe)
+        dblock = blocks_[i].moe->backward(saved[i].saved,
+                                          matrix_view<const float>(dh.data(), T, H),
+                                          blocks_[i].moe_grads);
+      else
+        dblock = blocks_[i].dense->backward(dh, T);
+      for (std::size_t j = 0; j < dh.size(); ++j) dh[j] += dblock[j];
+    }
+    for (auto& b : blocks_) {
+      if (b.moe) {
+        b.moe->reduce_gradients(b.moe_grads);
+      } else {
+        // Dense weights are replicated on every rank of the dense group: sum their gradients.
+        for (std::vector<float>* v : {&b.dense->grads().fc1, &b.dense->grads().fc2,
+                                      &b.dense->grads().fc1_bias, &b.dense->grads().fc2_bias})
+          if (!v->empty())
+            comms_.dense_data_parallel->all_reduce(v->data(),
+                                                   static_cast<std::int64_t>(v->size()),
+                                                   ReduceOp::sum);
+      }
+    }
+    opt_.step();
+    for (std::size_t i = 0; i < blocks_.size(); ++i) {
+      auto& b = blocks_[i];
+      if (b.moe) {
+        if (cfg_.enable_expert_bias)  // aux-loss-free balancing after each global batch
+          b.moe->update_expert_bias(saved[i].metrics.kept_per_expert);
+        b.moe_grads.set_zero();
+      } else {
+        b.dense->grads().set_zero();
+      }
+    }
+    if (moe_layers > 0) m.load_cv /= moe_layers;
+    m.dropped_fraction = routes > 0 ? static_cast<double>(dropped) / static_cast<double>(routes) : 0;
+    m.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    m.tokens_per_second = m.seconds > 0 ? static_cast<double>(m.tokens) / m.seconds : 0;
+    return m;
+  }
+
+ private:
+  // y* = x + B·tanh(A·x), A of N(0, 4/H) and B of N(0, 1/H) from the teacher's own seed.
+  void teacher(const std::vector<float>& x, std::vector<float>& y, index_t T) const {
+    const index_t H = cfg_.hidden_size;
+    if (teacher_a_.empty()) {
+      teacher_a_.resize(static_cast<std::size_t>(H * H));
+      teacher_b_.resize(teacher_a_.size());
+      const float s = 1.0f / std::sqrt(static_cast<float>(H));
+      for (index_t i = 0; i < H * H; ++i) {
+        teacher_a_[static_cast<std::size_t>(i)] =
+            2.0f * s * normal(seed_ ^ 0x7465616368ull, 1, static_cast<std::uint32_t>(i), 0);
+        teacher_b_[static_cast<std::size_t>(i)] =
+            s * normal(seed_ ^ 0x7465616368ull, 2, static_cast<std::uint32_t>(i), 0);
+      }
+    }
+    std::vector<float> a(static_cast<std::size_t>(H));
+    for (index_t t = 0; t < T; ++t) {
+      for (index_t i = 0; i < H; ++i) {
+        float acc = 0;
+        for (index_t j = 0; j < H; ++j)
+          acc += teacher_a_[static_cast<std::size_t>(i * H + j)] * x[static_cast<std::size_t>(t * H + j)];
+        a[static_cast<std::size_t>(i)] = std::tanh(acc);
+      }
+      for (index_t i = 0; i < H; ++i) {
+        float acc = 0;
+        for (index_t j = 0; j < H; ++j)
+          acc += teacher_b_[static_cast<std::size_t>(i * H + j)] * a[static_cast<std::size_t>(j)];
+        y[static_cast<std::size_t>(t * H + i)] = x[static_cast<std::size_t>(t * H + i)] + acc;
+      }
+    }
+  }
+
+  struct block {
+    std::unique_ptr<MoELayerCore<float, Comm>> moe;
+    MoEGrads<float> moe_grads;
+    std::unique_ptr<DenseBlock> dense;
+  };
+  Config cfg_;
+  MoEComms<Comm> comms_;
+  std::uint64_t seed_;
+  Optimizer opt_;
+  std::vector<block> blocks_;
+  mutable std::vector<float> teacher_a_, teacher_b_;
+};
+
+}  // namespace switchyard::train

@@ -1,0 +1,45 @@
+#!/usr/bin/env python3
+"""Runs `switchyard train` on the shipped configs and checks what seed 003 describes:
+the quick start's loss falls below half of its start; a load-balancing coefficient of 0.01
+ends with a lower load CV than 0 on the same seed; a larger capacity factor drops fewer tokens.
+Usage: check_train.py SWITCHYARD CONFIG_DIR WORK_DIR"""
+import json
+import subprocess
+import sys
+
+
+def run(exe, cfg, out, steps):
+    subprocess.run([exe, "train", cfg, "--steps", str(steps), "--seed", "1234", "--metrics", out],
+                   check=True, stdout=subprocess.DEVNULL)
+    rows = [json.loads(line) for line in open(out)]
+    assert len(rows) == steps, f"{out}: {len(rows)} rows for {steps} steps"
+    for key in ("step", "loss", "aux_loss", "z_loss", "dropped_fraction", "load_cv",
+                "tokens_per_second", "tokens_per_expert"):
+        assert key in rows[0], f"{out}: no '{key}' in the metrics"
+    return rows
+
+
+def tail_mean(rows, key, n=20):
+    return sum(r[key] for r in rows[-n:]) / n
+
+
+def main():
+    exe, configs, work = sys.argv[1:4]
+    q = run(exe, f"{configs}/quickstart.json", f"{work}/quickstart.jsonl", 100)
+    print(f"quickstart: loss {q[0]['loss']:.4f} -> {q[-1]['loss']:.4f}")
+    assert q[-1]["loss"] < 0.5 * q[0]["loss"], "the quick start's loss did not fall below half"
+    on = run(exe, f"{configs}/balance_on.json", f"{work}/balance_on.jsonl", 200)
+    off = run(exe, f"{configs}/balance_off.json", f"{work}/balance_off.jsonl", 200)
+    cv_on, cv_off = tail_mean(on, "load_cv"), tail_mean(off, "load_cv")
+    print(f"load CV over the last 20 steps: coefficient 0.01 {cv_on:.4f}, 0 {cv_off:.4f}")
+    assert cv_on < cv_off, "the aux loss did not lower the load CV"
+    c1 = run(exe, f"{configs}/capacity_1.0.json", f"{work}/capacity_1.0.jsonl", 200)
+    c2 = run(exe, f"{configs}/capacity_2.0.json", f"{work}/capacity_2.0.jsonl", 200)
+    d1, d2 = tail_mean(c1, "dropped_fraction"), tail_mean(c2, "dropped_fraction")
+    print(f"dropped fraction over the last 20 steps: capacity factor 1.0 {d1:.4f}, 2.0 {d2:.4f}")
+    assert d1 > d2, "a larger capacity factor did not lower the dropped fraction"
+    print("1 passed, 0 failed")
+
+
+if __name__ == "__main__":
+    main()
