@@ -50,7 +50,6 @@ void compute_losses(matrix_view<const T> z, const LossParams& p, const RouteCont
   // With a group, every rank joins each group_sum in the same order, even with no tokens.
   if (!p.balance.empty() && (Tn > 0 || ctx.group_sum)) {
     // The count map and Σ_t q[t,e] per sequence are shared by every balance loss.
-    std::vector<double> q_row(static_cast<std::size_t>(E));
     std::vector<std::int64_t> counts(static_cast<std::size_t>(E), 0);
     double total = 0.0;
     for (const BalanceLoss& bl : p.balance) {
