@@ -13,5 +13,6 @@ using runner = std::function<int()>;
 void add_plan_command(CLI::App& app, runner& run);
 void add_route_command(CLI::App& app, runner& run);
 void add_train_command(CLI::App& app, runner& run);
+void add_layer_command(CLI::App& app, runner& run);
 
 }  // namespace switchyard::cli

@@ -18,6 +18,7 @@ int main(int argc, char** argv) {
   switchyard::cli::add_plan_command(app, run);
   switchyard::cli::add_route_command(app, run);
   switchyard::cli::add_train_command(app, run);
+  switchyard::cli::add_layer_command(app, run);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
