@@ -13,6 +13,7 @@
 #include "switchyard/core/error.hpp"
 #include "switchyard/core/mdspan.hpp"
 #include "switchyard/exec/cublas.cuh"
+#include "switchyard/experts/detail/colmajor.hpp"
 
 namespace switchyard::detail {
 
@@ -74,18 +75,19 @@ inline void gemm_rm(cublasHandle_t h, bool trans_a, bool trans_b, index_t m, ind
   if (m == 0 || n == 0 || batch == 0) return;
   if (k == 0 && beta == 1.0f) return;  // nothing to add
   const float alpha = 1.0f;
-  const cublasOperation_t op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
-  const cublasOperation_t op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const colmajor_gemm g = to_colmajor(trans_a, trans_b, m, n, k, a.ld, b.ld, ldc);
+  const cublasOperation_t op_1 = g.trans_1 ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const cublasOperation_t op_2 = g.trans_2 ? CUBLAS_OP_T : CUBLAS_OP_N;
   if (batch == 1) {
-    SY_CUBLAS_TRY(cublasGemmEx(h, op_b, op_a, to_int(n, "n"), to_int(m, "m"), to_int(k, "k"),
-                               &alpha, b.ptr, b.type, to_int(b.ld, "ldb"), a.ptr, a.type,
-                               to_int(a.ld, "lda"), &beta, c, c_type, to_int(ldc, "ldc"),
+    SY_CUBLAS_TRY(cublasGemmEx(h, op_1, op_2, to_int(g.m, "n"), to_int(g.n, "m"), to_int(g.k, "k"),
+                               &alpha, b.ptr, b.type, to_int(g.ld_1, "ldb"), a.ptr, a.type,
+                               to_int(g.ld_2, "lda"), &beta, c, c_type, to_int(g.ldc, "ldc"),
                                CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   } else {
     SY_CUBLAS_TRY(cublasGemmStridedBatchedEx(
-        h, op_b, op_a, to_int(n, "n"), to_int(m, "m"), to_int(k, "k"), &alpha, b.ptr, b.type,
-        to_int(b.ld, "ldb"), b.stride, a.ptr, a.type, to_int(a.ld, "lda"), a.stride, &beta, c,
-        c_type, to_int(ldc, "ldc"), c_stride, to_int(batch, "batch"), CUBLAS_COMPUTE_32F,
+        h, op_1, op_2, to_int(g.m, "n"), to_int(g.n, "m"), to_int(g.k, "k"), &alpha, b.ptr, b.type,
+        to_int(g.ld_1, "ldb"), b.stride, a.ptr, a.type, to_int(g.ld_2, "lda"), a.stride, &beta, c,
+        c_type, to_int(g.ldc, "ldc"), c_stride, to_int(batch, "batch"), CUBLAS_COMPUTE_32F,
         CUBLAS_GEMM_DEFAULT));
   }
 }

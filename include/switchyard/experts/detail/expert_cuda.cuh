@@ -11,6 +11,7 @@
 #include "switchyard/core/mdspan.hpp"
 #include "switchyard/exec/cuda.cuh"
 #include "switchyard/experts/cuda_resources.cuh"
+#include "switchyard/experts/detail/colmajor.hpp"
 #include "switchyard/experts/detail/cuda_gemm.cuh"
 #include "switchyard/experts/detail/expert_host.hpp"
 #include "switchyard/experts/detail/expert_kernels.cuh"
@@ -19,17 +20,6 @@
 #include "switchyard/experts/workspace.hpp"
 
 namespace switchyard::detail {
-
-/// The row count every expert shares (pad to capacity), or -1 when they differ. The strided
-/// batched path needs it; E = 0 or all-zero rows give 0.
-inline index_t uniform_rows(std::span<const index_t> offsets) {
-  const index_t E = static_cast<index_t>(offsets.size()) - 1;
-  if (E <= 0) return 0;
-  const index_t n = offsets[1] - offsets[0];
-  for (index_t e = 1; e < E; ++e)
-    if (offsets[e + 1] - offsets[e] != n) return -1;
-  return n;
-}
 
 /// Calls body(e, r0, n, handle, stream) for every expert with rows, round-robin over the side
 /// streams, between a fork from and a join back to the caller's stream.
