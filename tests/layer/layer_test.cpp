@@ -2,6 +2,8 @@
 #include <boost/test/unit_test.hpp>
 
 #include <cmath>
+#include <limits>
+#include <tuple>
 #include <string>
 #include <vector>
 
@@ -201,4 +203,38 @@ BOOST_AUTO_TEST_CASE(saved_state_is_consumed_once) {
   layer->backward(fwd.saved, sy::matrix_view<const double>(x.data(), 4, 6), g);
   BOOST_CHECK_THROW(layer->backward(fwd.saved, sy::matrix_view<const double>(x.data(), 4, 6), g),
                     sy::precondition_error);
+}
+
+// Determinism (ARCHITECTURE.md): the same inputs give bit-identical outputs and gradients.
+BOOST_AUTO_TEST_CASE(same_inputs_give_bit_identical_results) {
+  sy::LocalComm one;
+  auto c = small_config(8, 2, true, sy::Activation::silu, true);
+  c.input_jitter_eps = 0.01;
+  auto run = [&] {
+    auto layer = sy::make_layer<double>(c, sy::MoEComms<sy::LocalComm>{&one, &one, &one});
+    layer->initialize(77);
+    const auto x = random_vector(8, 64 * 6);
+    auto fwd = layer->forward(sy::matrix_view<const double>(x.data(), 64, 6),
+                              {.training = true, .seed = 5, .step = 3});
+    auto g = layer->make_grads();
+    auto dx = layer->backward(fwd.saved, sy::matrix_view<const double>(x.data(), 64, 6), g);
+    return std::make_tuple(fwd.y, dx, g.router_weight, g.fc1, g.fc2);
+  };
+  const auto a = run();
+  const auto b = run();
+  BOOST_TEST((a == b));
+}
+
+// Bad numbers: a NaN in x is an error naming the first bad token, never a silent routing.
+BOOST_AUTO_TEST_CASE(nan_input_is_an_error_naming_the_token) {
+  sy::LocalComm one;
+  const auto c = small_config(4, 2, false, sy::Activation::relu, false);
+  auto layer = sy::make_layer<double>(c, sy::MoEComms<sy::LocalComm>{&one, &one, &one});
+  layer->initialize(1);
+  auto x = random_vector(3, 5 * 6);
+  x[3 * 6 + 2] = std::numeric_limits<double>::quiet_NaN();
+  BOOST_CHECK_EXCEPTION(layer->forward(sy::matrix_view<const double>(x.data(), 5, 6)),
+                        sy::numeric_error, [](const sy::numeric_error& e) {
+                          return std::string(e.what()).find("token 3") != std::string::npos;
+                        });
 }
