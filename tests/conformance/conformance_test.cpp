@@ -1,0 +1,188 @@
+// Conformance with Megatron-Core (docs/conformance.md): every fixture in data/set*/ holds the
+// exact input document of `switchyard route` or `switchyard layer` and the values Megatron-Core's
+// own router functions (and a torch layer built on them) computed for it on the CPU in float64,
+// gradients by torch.autograd (tools/conformance/generate.py). Each fixture is run through
+// route_document / layer_document, the functions the CLI runs, and compared key by key.
+//
+// Tolerance: both sides compute in IEEE double, but in different orders (torch's vectorised
+// reductions and autograd's chain of ops against Switchyard's closed-form gradients of
+// REFERENCE §8), so values agree to rounding, not bit for bit. Each fixture states its
+// tolerance, |got - expected| <= abs + rel·|expected| with abs = rel = 1e-10 as written by the
+// generator: the largest difference observed is ~2e-15 (2e-5 of the tolerance, printed with
+// --log_level=message), so rounding in other orders or seeds has room, while any real
+// disagreement (a wrong route, drop, scale or gradient term changes values by 1e-4 or more) fails.
+// Integers (counts, capacity, dropped) and nulls must match exactly.
+#define BOOST_TEST_MODULE conformance
+#include <boost/test/unit_test.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "documents.hpp"
+
+namespace json = boost::json;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct tolerance {
+  double abs = 0, rel = 0;
+};
+
+/// Largest |got - expected| / (abs + rel·|expected|) over the floating-point values compared so
+/// far: printed per set (--log_level=message) to show the headroom the tolerance leaves.
+double worst_ratio = 0.0;
+
+bool is_number(const json::value& v) { return v.is_double() || v.is_int64() || v.is_uint64(); }
+double as_double(const json::value& v) {
+  if (v.is_double()) return v.get_double();
+  if (v.is_int64()) return static_cast<double>(v.get_int64());
+  return static_cast<double>(v.get_uint64());
+}
+bool is_integer(const json::value& v) { return v.is_int64() || v.is_uint64(); }
+
+/// Appends one line per difference between got and expected under `path`.
+void compare(const json::value& got, const json::value& expected, const tolerance& tol,
+             const std::string& path, std::vector<std::string>& diffs) {
+  if (diffs.size() >= 20) return;  // enough to see what is wrong
+  if (expected.is_null() || got.is_null()) {
+    if (!(expected.is_null() && got.is_null()))
+      diffs.push_back(path + ": got " + json::serialize(got) + ", expected " +
+                      json::serialize(expected));
+    return;
+  }
+  if (is_number(expected)) {
+    if (!is_number(got)) {
+      diffs.push_back(path + ": got " + json::serialize(got) + ", expected a number");
+      return;
+    }
+    if (is_integer(expected)) {
+      // Counts are exact: Switchyard prints them as integers too.
+      if (!is_integer(got) || as_double(got) != as_double(expected))
+        diffs.push_back(path + ": got " + json::serialize(got) + ", expected " +
+                        json::serialize(expected));
+      return;
+    }
+    const double g = as_double(got), e = as_double(expected);
+    worst_ratio = std::max(worst_ratio, std::abs(g - e) / (tol.abs + tol.rel * std::abs(e)));
+    if (!(std::abs(g - e) <= tol.abs + tol.rel * std::abs(e))) {
+      std::ostringstream s;
+      s.precision(17);
+      s << path << ": got " << g << ", expected " << e << " (difference " << std::abs(g - e) << ")";
+      diffs.push_back(s.str());
+    }
+    return;
+  }
+  if (expected.is_array()) {
+    if (!got.is_array() || got.get_array().size() != expected.get_array().size()) {
+      diffs.push_back(path + ": shape differs (got " + json::serialize(got).substr(0, 80) + ")");
+      return;
+    }
+    for (std::size_t i = 0; i < expected.get_array().size(); ++i)
+      compare(got.get_array()[i], expected.get_array()[i], tol, path + "[" + std::to_string(i) + "]",
+              diffs);
+    return;
+  }
+  if (got != expected)
+    diffs.push_back(path + ": got " + json::serialize(got) + ", expected " + json::serialize(expected));
+}
+
+/// Runs one fixture; returns its differences (empty: it conforms).
+std::vector<std::string> check_fixture(const json::object& fx) {
+  const std::string kind = json::value_to<std::string>(fx.at("kind"));
+  const json::object& tol_doc = fx.at("tolerance").as_object();
+  const tolerance tol{as_double(tol_doc.at("abs")), as_double(tol_doc.at("rel"))};
+  const json::object got = kind == "route"   ? switchyard::cli::route_document(fx.at("input"))
+                           : kind == "layer" ? switchyard::cli::layer_document(fx.at("input"))
+                                             : throw std::runtime_error("unknown kind " + kind);
+  std::vector<std::string> diffs;
+  const json::object& expected = fx.at("expected").as_object();
+  if (expected.empty()) diffs.push_back("no expected values");
+  for (const auto& kv : expected) {
+    const std::string key(kv.key());
+    if (!got.contains(key)) {
+      diffs.push_back(key + ": missing from the output");
+      continue;
+    }
+    compare(got.at(key), kv.value(), tol, key, diffs);
+  }
+  return diffs;
+}
+
+json::value read_json(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  BOOST_REQUIRE_MESSAGE(in, "cannot open " << p);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return json::parse(ss.str());
+}
+
+/// Checks every fixture of one set against its manifest (which lists the files and the versions
+/// that generated them, so a lost file is an error, not a silently smaller test).
+void check_set(const std::string& name) {
+  worst_ratio = 0.0;
+  const fs::path dir = fs::path(SY_CONFORMANCE_DATA) / name;
+  const json::object manifest = read_json(dir / "manifest.json").as_object();
+  const json::array& files = manifest.at("fixtures").as_array();
+  BOOST_REQUIRE(!files.empty());
+  std::map<std::string, int> per_kind;
+  for (const auto& f : files) {
+    const std::string file = json::value_to<std::string>(f);
+    BOOST_TEST_CONTEXT(name << "/" << file) {
+      const json::object fx = read_json(dir / file).as_object();
+      ++per_kind[json::value_to<std::string>(fx.at("kind"))];
+      std::vector<std::string> diffs;
+      try {
+        diffs = check_fixture(fx);
+      } catch (const std::exception& e) {
+        diffs.push_back(std::string("threw: ") + e.what());
+      }
+      std::string all;
+      for (const auto& d : diffs) all += "\n  " + d;
+      BOOST_TEST(diffs.empty(), json::value_to<std::string>(fx.at("source")) << all);
+    }
+  }
+  BOOST_TEST_MESSAGE(name << ": " << per_kind["route"] << " route and " << per_kind["layer"]
+                          << " layer fixtures; largest difference " << worst_ratio
+                          << " of the tolerance");
+  // Both kinds are present in every set.
+  BOOST_TEST(per_kind["route"] > 0);
+  BOOST_TEST(per_kind["layer"] > 0);
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(megatron_set1) { check_set("set1"); }
+BOOST_AUTO_TEST_CASE(megatron_set2) { check_set("set2"); }
+
+// The comparison itself catches a disagreement: a perturbed expected value, a changed count and
+// a missing key each fail.
+BOOST_AUTO_TEST_CASE(comparison_detects_differences) {
+  const fs::path dir = fs::path(SY_CONFORMANCE_DATA) / "set1";
+  const json::object manifest = read_json(dir / "manifest.json").as_object();
+  const std::string first = json::value_to<std::string>(manifest.at("fixtures").as_array().at(0));
+  json::object fx = read_json(dir / first).as_object();
+  BOOST_TEST(check_fixture(fx).empty());
+
+  json::object moved = fx;
+  json::object& exp = moved["expected"].as_object();
+  BOOST_REQUIRE(exp.contains("probs") || exp.contains("y"));
+  json::value& m = exp.contains("probs") ? exp["probs"] : exp["y"];
+  json::value& v = m.as_array()[0].as_array()[0];
+  v = as_double(v) + 1e-8;
+  BOOST_TEST(!check_fixture(moved).empty());
+
+  json::object counted = fx;
+  counted["expected"].as_object()["dropped"] = 12345;
+  BOOST_TEST(!check_fixture(counted).empty());
+
+  json::object missing = fx;
+  missing["expected"].as_object()["no_such_key"] = 1.0;
+  BOOST_TEST(!check_fixture(missing).empty());
+}

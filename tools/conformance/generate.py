@@ -1,0 +1,567 @@
+#!/usr/bin/env python3
+"""Writes the Megatron-Core conformance fixtures of tests/conformance/data/ (docs/conformance.md).
+
+Every fixture is the exact input document of `switchyard route` or `switchyard layer`
+(docs/cli.md) and the values Megatron-Core computes for it on the CPU in float64:
+
+- route: Megatron-Core's own TopKRouter.routing() (router.py), run on an instance whose
+  __init__ is bypassed (it needs CUDA and process groups) with a config namespace and process
+  groups of size 1; it calls moe_utils' topk_routing_with_score_function, group_limited_topk,
+  sinkhorn (through TopKRouter.sinkhorn_load_balancing), apply_router_token_dropping,
+  compute_routing_scores_for_aux_loss, switch_load_balancing_loss_func (aux_loss, seq_aux_loss,
+  global_aux_loss) and z_loss_func, and attaches the losses with MoEAuxLossAutoScaler exactly as
+  in training. Gradients come from torch.autograd of sum(grad_probs * probs): the autoscalers add
+  the aux and z-loss gradients (scale 1), as Megatron's backward does.
+- layer: logits = x W_r^T, the same routing, moe_utils.permute / unpermute (probs applied in
+  unpermute) around per-expert FFN / GLU experts written in torch (Megatron's fc1 chunk order:
+  rows 0..F-1 through the activation times rows F..2F-1), forward and backward by autograd.
+
+Run it in a venv with torch, megatron-core and deepspeed (see README.md); CI never runs it.
+"""
+
+import argparse
+import importlib.metadata as md
+import json
+import math
+import os
+import sys
+import types
+import warnings
+
+warnings.filterwarnings("ignore")
+
+import torch  # noqa: E402
+import torch.nn.functional as Fn  # noqa: E402
+
+from megatron.core.transformer.moe import moe_utils as mu  # noqa: E402
+from megatron.core.transformer.moe import router as mrouter  # noqa: E402
+
+torch.set_default_dtype(torch.float64)
+DT = torch.float64
+
+# Both sides compute in double, in different orders (see tests/conformance/conformance_test.cpp).
+TOLERANCE = {"abs": 1e-10, "rel": 1e-10}
+
+
+def versions():
+    out = {"python": sys.version.split()[0]}
+    for pkg in ("torch", "megatron-core", "deepspeed"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Megatron's router, without its constructor
+# ---------------------------------------------------------------------------------------------
+
+
+def _one_rank_group():
+    """torch.distributed on one process (gloo, a temporary file store): Megatron's reductions over
+    a group of size 1 return their input unchanged."""
+    import tempfile
+
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        store = tempfile.NamedTemporaryFile(prefix="sy_conformance_", delete=False)
+        store.close()
+        dist.init_process_group("gloo", init_method=f"file://{store.name}", rank=0, world_size=1)
+    return dist.group.WORLD
+
+
+def megatron_router(cfg):
+    """A TopKRouter whose routing() is Megatron's code, configured from a flat Switchyard config.
+
+    The mapping of Switchyard's fields onto Megatron's (docs/conformance.md):
+    num_experts -> num_moe_experts, num_experts_per_token -> moe_router_topk,
+    score_function -> moe_router_score_function, pre_softmax -> moe_router_pre_softmax,
+    topk_scaling_factor -> moe_router_topk_scaling_factor, num_groups / group_topk ->
+    moe_router_num_groups / moe_router_group_topk, expert_bias -> the expert_bias buffer,
+    load_balancing_type -> moe_router_load_balancing_type, load_balance_loss_coeff ->
+    moe_aux_loss_coeff, router_z_loss_coeff -> moe_z_loss_coeff, token_dispatch "capacity" with
+    capacity_factor -> moe_expert_capacity_factor (None: dropless), drop_policy ->
+    moe_token_drop_policy, pad_to_capacity -> moe_pad_expert_input_to_capacity.
+    """
+    r = mrouter.TopKRouter.__new__(mrouter.TopKRouter)
+    torch.nn.Module.__init__(r)
+    E = cfg["num_experts"]
+    lbt = cfg["load_balancing_type"]
+    capacity = cfg.get("token_dispatch") == "capacity"
+    r.config = types.SimpleNamespace(
+        num_moe_experts=E,
+        moe_router_topk=cfg["num_experts_per_token"],
+        moe_z_loss_coeff=cfg["router_z_loss_coeff"] or None,
+        moe_router_pre_softmax=cfg.get("pre_softmax", False),
+        moe_router_num_groups=cfg.get("num_groups"),
+        moe_router_group_topk=cfg.get("group_topk"),
+        moe_router_topk_scaling_factor=cfg.get("topk_scaling_factor"),
+        moe_router_fusion=False,
+        moe_expert_capacity_factor=cfg["capacity_factor"] if capacity else None,
+        moe_token_drop_policy=cfg.get("drop_policy", "probs"),
+        moe_pad_expert_input_to_capacity=cfg.get("pad_to_capacity", False),
+        moe_aux_loss_coeff=cfg["load_balance_loss_coeff"],
+        num_layers=1,
+        mtp_num_layers=None,
+    )
+    r.num_experts = E
+    r.topk = cfg["num_experts_per_token"]
+    r.routing_type = lbt
+    r.score_function = cfg.get("score_function", "softmax")
+    r.input_jitter = None
+    r.layer_number = 1
+    r.calculate_per_token_loss = False
+    r.tp_cp_group = _one_rank_group()
+    r.tp_dp_cp_group = _one_rank_group()
+    r.router_replay = None
+    r.enable_expert_bias = bool(cfg.get("enable_expert_bias", False))
+    # Megatron keeps the bias in float32 (_maintain_float32_expert_bias): the fixtures use values
+    # that float32 holds exactly, so Switchyard's double bias is the same number.
+    r.expert_bias = (
+        torch.tensor(cfg["expert_bias"], dtype=torch.float32) if r.enable_expert_bias else None
+    )
+    r.local_tokens_per_expert = torch.zeros(E, dtype=torch.float32)
+    if lbt == "global_aux_loss":
+        # One micro-batch of a fresh global batch (the route and layer commands see one).
+        r.global_tokens_per_expert = torch.zeros(E, dtype=torch.float32)
+        r.ga_steps = torch.tensor(0, dtype=torch.float32)
+    else:
+        r.global_tokens_per_expert = None
+        r.ga_steps = None
+    r.training = True
+
+    # Record the loss values Megatron attaches (it only logs them).
+    r.recorded = {}
+    attach = mrouter.TopKRouter.attach_and_log_load_balancing_loss
+
+    def recording_attach(activation, coeff, aux_loss, name, *a, **kw):
+        r.recorded[name] = float(aux_loss.detach())
+        return attach(r, activation, coeff, aux_loss, name, *a, **kw)
+
+    r.attach_and_log_load_balancing_loss = recording_attach
+    return r
+
+
+_z_loss_func = mrouter.z_loss_func
+_z_record = {}
+
+
+def _recording_z_loss(logits, coeff, padding_mask=None):
+    z = _z_loss_func(logits, coeff, padding_mask=padding_mask)
+    _z_record["z"] = float(z.detach())
+    return z
+
+
+mrouter.z_loss_func = _recording_z_loss
+
+
+class float64_router_math:
+    """Megatron computes the router's softmax and sigmoid in float32 even for float64 logits
+    (torch.softmax(..., dtype=torch.float32).type_as(logits), torch.sigmoid(logits.float())), so
+    its outputs carry float32 rounding (~1e-8). Inside this context those two casts keep float64
+    tensors in float64, so the fixtures hold the same math at double precision and can be compared
+    to 1e-10. Nothing else changes: Sinkhorn's selection still runs in float32
+    (logits.to(dtype=torch.float32)) as in Megatron. generate.py checks every route fixture against
+    the unmodified float32 path (same routing map, probs within 1e-6)."""
+
+    def __enter__(self):
+        self.softmax, self.float = torch.softmax, torch.Tensor.float
+        softmax, to_float = self.softmax, self.float
+
+        def softmax64(t, *a, dtype=None, **kw):
+            if t.dtype == torch.float64 and dtype == torch.float32:
+                dtype = None
+            return softmax(t, *a, dtype=dtype, **kw)
+
+        def float64(t, *a, **kw):
+            return t if t.dtype == torch.float64 else to_float(t, *a, **kw)
+
+        torch.softmax = softmax64
+        torch.Tensor.float = float64
+        return self
+
+    def __exit__(self, *exc):
+        torch.softmax = self.softmax
+        torch.Tensor.float = self.float
+        return False
+
+
+def megatron_route(cfg, logits, seq_length, bsz, training=True):
+    """Megatron's TopKRouter.routing on logits [T, E] laid out [seq, batch] (t = s*bsz + b).
+    Returns probs, routing_map (after dropping), routing_map before dropping, aux, z."""
+    r = megatron_router(cfg)
+    r.training = training
+    _z_record.clear()
+    mu.clear_aux_losses_tracker()
+    E = cfg["num_experts"]
+    k = cfg["num_experts_per_token"]
+    # routing() flattens [seq, batch, E]; the map before dropping is the same call without capacity.
+    probs, routing_map = r.routing(logits.view(seq_length, bsz, E))
+    with torch.no_grad():
+        if r.routing_type == "sinkhorn":
+            _, routed = r.sinkhorn_load_balancing(logits.detach())
+        else:
+            _, routed = mu.topk_routing_with_score_function(
+                logits.detach(), k,
+                use_pre_softmax=r.config.moe_router_pre_softmax,
+                num_groups=r.config.moe_router_num_groups,
+                group_topk=r.config.moe_router_group_topk,
+                scaling_factor=r.config.moe_router_topk_scaling_factor,
+                score_function=r.score_function,
+                expert_bias=r.expert_bias)
+    aux = None
+    names = {"aux_loss": "load_balancing_loss", "seq_aux_loss": "seq_load_balancing_loss",
+             "global_aux_loss": "global_load_balancing_loss"}
+    if r.routing_type in names and cfg["load_balance_loss_coeff"] > 0 and training:
+        aux = r.recorded[names[r.routing_type]]
+    z = _z_record.get("z") if training else None
+    return probs, routing_map, routed, aux, z
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixtures
+# ---------------------------------------------------------------------------------------------
+
+
+def rounded(t):
+    return t.detach().tolist()
+
+
+def base_config(E, k, S, B, **kw):
+    c = {
+        "num_experts": E,
+        "num_experts_per_token": k,
+        "score_function": "softmax",
+        "pre_softmax": False,
+        "load_balancing_type": "aux_loss",
+        "load_balance_loss_coeff": 0.01,
+        "router_z_loss_coeff": 0.001,
+        "token_dispatch": "dropless",
+        "capacity_factor": 1.25,
+        "token_layout": "seq_batch",
+        "sequence_length": S,
+        "batch_size_per_gpu": B,
+    }
+    c.update(kw)
+    return c
+
+
+def route_expected(cfg, probs, final_map, routed, aux, z, T):
+    k = cfg["num_experts_per_token"]
+    E = cfg["num_experts"]
+    exp = {"probs": rounded(probs)}
+    kept = routed & final_map  # routes that survive (final_map is the padded map with padding)
+    if cfg.get("token_dispatch") == "capacity":
+        C = mu.get_capacity(num_tokens=T * k, num_experts=E, capacity_factor=cfg["capacity_factor"])
+        exp["capacity"] = C
+        exp["tokens_per_expert"] = [int(v) for v in final_map.sum(0)]
+    else:
+        exp["capacity"] = None
+        exp["tokens_per_expert"] = [int(v) for v in final_map.sum(0)]
+    exp["dropped"] = int(T * k - kept.sum())
+    exp["routed_per_expert"] = [int(v) for v in routed.sum(0)]
+    exp["aux_loss"] = aux
+    exp["z_loss"] = z
+    return exp
+
+
+def check_sinkhorn_margin(cfg, logits):
+    """Megatron selects by Sinkhorn in float32, Switchyard in double: keep only inputs whose
+    selection is the same in both and not decided by a near tie."""
+    k = cfg["num_experts_per_token"]
+    p32 = mu.sinkhorn(logits.detach().to(torch.float32)).to(DT)
+    p64 = mu.sinkhorn(logits.detach())
+    top32 = torch.topk(p32, k + 1, dim=1)
+    top64 = torch.topk(p64, k + 1, dim=1)
+    if not torch.equal(torch.sort(top32.indices[:, :k]).values, torch.sort(top64.indices[:, :k]).values):
+        return False
+    gap = (top64.values[:, k - 1] - top64.values[:, k]) / top64.values[:, k - 1]
+    return bool(gap.min() > 1e-3)
+
+
+def route_fixture(name, cfg, gen, T, S, B, H=None, training=True, source=""):
+    E = cfg["num_experts"]
+    assert S * B == T
+    while True:
+        if H:
+            x = torch.randn(T, H, generator=gen)
+            w = torch.randn(E, H, generator=gen) * (1.0 / math.sqrt(H)) * 1.5
+            logits_in = None
+        else:
+            logits_in = torch.randn(T, E, generator=gen) * 1.5
+        gp = torch.randn(T, E, generator=gen)
+        probe = logits_in if logits_in is not None else x @ w.T
+        if cfg["load_balancing_type"] == "sinkhorn" and training and not check_sinkhorn_margin(cfg, probe):
+            continue
+        break
+    if H:
+        x.requires_grad_(True)
+        w.requires_grad_(True)
+        logits = Fn.linear(x, w)  # Megatron's router_gating_linear in float64 (TE-free path)
+    else:
+        logits = logits_in.clone().requires_grad_(True)
+    p32, map32, _, aux32, _ = megatron_route(cfg, logits.detach().clone().requires_grad_(True), S, B,
+                                             training=training)
+    with float64_router_math():
+        probs, final_map, routed, aux, z = megatron_route(cfg, logits, S, B, training=training)
+    # Megatron's own float32 router math gives the same routes and the same values to float32
+    # rounding: the float64 lift changes nothing else.
+    assert torch.equal(map32, final_map), name
+    assert (p32 - probs).abs().max() < 1e-6, name
+    assert aux is None or abs(aux32 - aux) < 1e-6 * max(1.0, abs(aux)), name
+    doc = {"config": cfg}
+    if H:
+        doc["x"] = rounded(x)
+        doc["router_weight"] = rounded(w)
+    else:
+        doc["logits"] = rounded(logits)
+    if not training:
+        doc["training"] = False
+    exp = route_expected(cfg, probs, final_map, routed, aux, z, T)
+    if training:
+        doc["grad_probs"] = rounded(gp)
+        (probs * gp).sum().backward()
+        if H:
+            exp["logits"] = rounded(logits)
+            exp["grad_x"] = rounded(x.grad)
+            exp["grad_router_weight"] = rounded(w.grad)
+        else:
+            exp["grad_logits"] = rounded(logits.grad)
+    else:
+        # Megatron computes no losses outside training; Switchyard's values there are its own.
+        exp.pop("aux_loss")
+        exp.pop("z_loss")
+    return {"kind": "route", "name": name, "input": doc, "expected": exp,
+            "tolerance": TOLERANCE, "source": source}
+
+
+ACT = {
+    "gelu": lambda v: Fn.gelu(v),
+    "gelu_tanh": lambda v: Fn.gelu(v, approximate="tanh"),
+    "relu": Fn.relu,
+    "silu": Fn.silu,
+}
+
+
+def layer_fixture(name, cfg, gen, T, S, B, source=""):
+    E, H, F = cfg["num_experts"], cfg["hidden_size"], cfg["ffn_hidden_size"]
+    gated = cfg["gated"]
+    F1 = 2 * F if gated else F
+    while True:
+        x = torch.randn(T, H, generator=gen)
+        wr = torch.randn(E, H, generator=gen) * (1.5 / math.sqrt(H))
+        if cfg["load_balancing_type"] != "sinkhorn" or check_sinkhorn_margin(cfg, x @ wr.T):
+            break
+    fc1 = torch.randn(E, F1, H, generator=gen) / math.sqrt(H)
+    fc2 = torch.randn(E, H, F, generator=gen) / math.sqrt(F)
+    dy = torch.randn(T, H, generator=gen)
+    for t in (x, wr, fc1, fc2):
+        t.requires_grad_(True)
+    logits = Fn.linear(x, wr)
+    with float64_router_math():
+        probs, final_map, routed, aux, z = megatron_route(cfg, logits, S, B)
+    act = ACT[cfg["activation"]]
+    pad = cfg.get("pad_to_capacity", False)
+    if pad:
+        C = mu.get_capacity(num_tokens=T * cfg["num_experts_per_token"], num_experts=E,
+                            capacity_factor=cfg["capacity_factor"])
+        permuted, _, sorted_idx = mu.permute(x, final_map, num_out_tokens=C * E, drop_and_pad=True)
+        counts = [C] * E
+    else:
+        permuted, _, sorted_idx = mu.permute(x, final_map)
+        counts = [int(v) for v in final_map.sum(0)]
+    outs = []
+    for e, rows in enumerate(torch.split(permuted, counts)):
+        h = rows @ fc1[e].T
+        if gated:
+            a, b = torch.chunk(h, 2, dim=-1)  # Megatron's glu: act(first half) * second half
+            h = act(a) * b
+        else:
+            h = act(h)
+        outs.append(h @ fc2[e].T)
+    y = mu.unpermute(torch.cat(outs), sorted_idx, x.shape, probs=probs, routing_map=final_map,
+                     drop_and_pad=pad)
+    (y * dy).sum().backward()
+    doc = {"config": cfg, "x": rounded(x), "router_weight": rounded(wr), "fc1_weight": rounded(fc1),
+           "fc2_weight": rounded(fc2), "dy": rounded(dy)}
+    kept = routed & final_map
+    exp = {
+        "y": rounded(y),
+        "capacity": (mu.get_capacity(num_tokens=T * cfg["num_experts_per_token"], num_experts=E,
+                                     capacity_factor=cfg["capacity_factor"])
+                     if cfg.get("token_dispatch") == "capacity" else None),
+        "tokens_per_expert": [int(v) for v in kept.sum(0)],
+        "dropped": int(T * cfg["num_experts_per_token"] - kept.sum()),
+        "routed_per_expert": [int(v) for v in routed.sum(0)],
+        "aux_loss": aux,
+        "z_loss": z,
+        "grad_x": rounded(x.grad),
+        "grad_router_weight": rounded(wr.grad),
+        "grad_fc1_weight": rounded(fc1.grad),
+        "grad_fc2_weight": rounded(fc2.grad),
+    }
+    return {"kind": "layer", "name": name, "input": doc, "expected": exp, "tolerance": TOLERANCE,
+            "source": source}
+
+
+TOPK = "moe_utils.topk_routing_with_score_function via TopKRouter.routing"
+LOSSES = "compute_routing_scores_for_aux_loss + switch_load_balancing_loss_func"
+
+
+def route_cases(E, k, S, B, groups, gtopk, gk):
+    """(name, config, H or None, training, source) of the route fixtures of one set."""
+    bias = [((i * 37) % 11 - 5) / 64.0 for i in range(E)]  # exact in float32
+    c = lambda **kw: base_config(E, k, S, B, **kw)  # noqa: E731
+    cases = [
+        ("softmax_topk", c(), None, True, f"{TOPK}; aux_loss ({LOSSES}); z_loss_func"),
+        ("softmax_pre", c(pre_softmax=True), None, True, f"{TOPK} use_pre_softmax; aux_loss; z_loss"),
+        ("softmax_pre_k1", base_config(E, 1, S, B, pre_softmax=True), None, True,
+         f"{TOPK} use_pre_softmax k=1; aux_loss; z_loss"),
+        ("softmax_scaling", c(topk_scaling_factor=2.5, router_z_loss_coeff=0.0), None, True,
+         f"{TOPK} scaling_factor; aux_loss"),
+        ("sigmoid_topk", c(score_function="sigmoid"), None, True,
+         f"{TOPK} sigmoid; aux_loss over sigmoid scores; z_loss"),
+        ("sigmoid_k1", base_config(E, 1, S, B, score_function="sigmoid"), None, True,
+         f"{TOPK} sigmoid k=1; aux_loss; z_loss"),
+        ("sigmoid_bias_scaling", c(score_function="sigmoid", enable_expert_bias=True, expert_bias=bias,
+                                   topk_scaling_factor=2.5, load_balancing_type="none",
+                                   load_balance_loss_coeff=0.0), None, True,
+         f"{TOPK} sigmoid, expert_bias, scaling_factor; z_loss"),
+        ("group_softmax", base_config(E, gk, S, B, num_groups=groups, group_topk=gtopk), None, True,
+         f"{TOPK} group_limited_topk; aux_loss; z_loss"),
+        ("group_pre_softmax", base_config(E, gk, S, B, num_groups=groups, group_topk=gtopk,
+                                          pre_softmax=True), None, True,
+         f"{TOPK} group_limited_topk use_pre_softmax; aux_loss; z_loss"),
+        ("group_sigmoid_bias", base_config(E, gk, S, B, num_groups=groups, group_topk=gtopk,
+                                           score_function="sigmoid", enable_expert_bias=True,
+                                           expert_bias=bias, topk_scaling_factor=1.5,
+                                           load_balancing_type="seq_aux_loss",
+                                           load_balance_loss_coeff=0.001), None, True,
+         f"{TOPK} group_limited_topk sigmoid expert_bias scaling; seq_aux_loss; z_loss"),
+        ("sinkhorn_k1", base_config(E, 1, S, B, load_balancing_type="sinkhorn",
+                                    load_balance_loss_coeff=0.0), None, True,
+         "TopKRouter.sinkhorn_load_balancing (moe_utils.sinkhorn) k=1; z_loss"),
+        ("sinkhorn_k2", c(load_balancing_type="sinkhorn", load_balance_loss_coeff=0.0,
+                          router_z_loss_coeff=0.0), None, True,
+         "TopKRouter.sinkhorn_load_balancing (moe_utils.sinkhorn) k>1"),
+        ("sinkhorn_eval", c(load_balancing_type="sinkhorn", load_balance_loss_coeff=0.0), None, False,
+         "TopKRouter.sinkhorn_load_balancing, not training (plain top-k of softmax)"),
+        ("capacity_probs", c(token_dispatch="capacity", capacity_factor=1.0), None, True,
+         f"{TOPK}; apply_router_token_dropping probs policy; aux_loss; z_loss"),
+        ("capacity_probs_k1", base_config(E, 1, S, B, pre_softmax=True, token_dispatch="capacity",
+                                          capacity_factor=0.75), None, True,
+         f"{TOPK} use_pre_softmax k=1; apply_router_token_dropping probs; aux_loss; z_loss"),
+        ("capacity_probs_pad", c(token_dispatch="capacity", capacity_factor=1.0, pad_to_capacity=True),
+         None, True, f"{TOPK}; apply_router_token_dropping probs pad_to_capacity; aux_loss; z_loss"),
+        ("capacity_sigmoid_pad", c(score_function="sigmoid", token_dispatch="capacity",
+                                   capacity_factor=0.8, pad_to_capacity=True), None, True,
+         f"{TOPK} sigmoid; apply_router_token_dropping probs pad_to_capacity; aux_loss; z_loss"),
+        ("seq_aux_loss", c(load_balancing_type="seq_aux_loss"), None, True,
+         f"{TOPK}; seq_aux_loss ([seq, batch] order); z_loss"),
+        ("seq_aux_loss_sigmoid", c(score_function="sigmoid", load_balancing_type="seq_aux_loss",
+                                   load_balance_loss_coeff=0.1), None, True,
+         f"{TOPK} sigmoid; seq_aux_loss ([seq, batch] order); z_loss"),
+        ("global_aux_loss", c(load_balancing_type="global_aux_loss", load_balance_loss_coeff=0.05),
+         None, True, f"{TOPK}; global_aux_loss (one micro-batch); z_loss"),
+        ("linear_softmax", c(), 6, True, f"x W^T; {TOPK}; aux_loss; z_loss; autograd to x, W"),
+        ("linear_sigmoid_capacity", c(score_function="sigmoid", token_dispatch="capacity",
+                                      capacity_factor=1.0, load_balancing_type="seq_aux_loss"), 5, True,
+         f"x W^T; {TOPK} sigmoid; apply_router_token_dropping probs; seq_aux_loss; z_loss"),
+    ]
+    return cases
+
+
+def layer_cases(E, k, S, B, H, F, groups, gtopk, gk):
+    bias = [((i * 29) % 7 - 3) / 32.0 for i in range(E)]
+    routings = [
+        ("softmax_aux_z", dict(num_experts_per_token=k)),
+        ("sigmoid_bias_scaling", dict(num_experts_per_token=k, score_function="sigmoid",
+                                      enable_expert_bias=True, expert_bias=bias, topk_scaling_factor=2.0,
+                                      load_balancing_type="none", load_balance_loss_coeff=0.0)),
+        ("pre_softmax_k1", dict(num_experts_per_token=1, pre_softmax=True)),
+        ("capacity_probs", dict(num_experts_per_token=k, token_dispatch="capacity", capacity_factor=1.0)),
+        ("seq_aux_loss", dict(num_experts_per_token=k, load_balancing_type="seq_aux_loss")),
+        ("group_limited", dict(num_experts_per_token=gk, num_groups=groups, group_topk=gtopk)),
+        ("sinkhorn_k2", dict(num_experts_per_token=k, load_balancing_type="sinkhorn",
+                             load_balance_loss_coeff=0.0)),
+        ("capacity_pad_sigmoid", dict(num_experts_per_token=k, score_function="sigmoid",
+                                      token_dispatch="capacity", capacity_factor=1.0,
+                                      pad_to_capacity=True, load_balancing_type="global_aux_loss")),
+    ]
+    out = []
+    i = 0
+    for gated in (False, True):
+        for act in ("gelu", "gelu_tanh", "relu", "silu"):
+            rname, rk = routings[i % len(routings)]
+            i += 1
+            cfg = base_config(E, k, S, B, hidden_size=H, ffn_hidden_size=F, activation=act, gated=gated)
+            cfg.update(rk)
+            name = f"layer_{act}_{'glu' if gated else 'ffn'}_{rname}"
+            src = (f"torch layer: x W_r^T, Megatron TopKRouter.routing ({rname}), moe_utils.permute, "
+                   f"{'GLU' if gated else 'FFN'} experts with {act}, moe_utils.unpermute; autograd")
+            out.append((name, cfg, src))
+    return out
+
+
+SETS = {
+    # seed, experts, k, seq, batch, hidden, ffn, groups, group_topk, k for group routing
+    "set1": dict(seed=1234, E=8, k=2, S=8, B=2, H=6, F=5, groups=4, gtopk=2, gk=4),
+    "set2": dict(seed=98765, E=12, k=3, S=5, B=3, H=4, F=3, groups=4, gtopk=2, gk=3),
+}
+
+
+def write_set(out_dir, name, p):
+    gen = torch.Generator().manual_seed(p["seed"])
+    T = p["S"] * p["B"]
+    d = os.path.join(out_dir, name)
+    os.makedirs(d, exist_ok=True)
+    for f in os.listdir(d):
+        if f.endswith(".json"):
+            os.remove(os.path.join(d, f))
+    files = []
+    fixtures = []
+    for cname, cfg, H, training, src in route_cases(p["E"], p["k"], p["S"], p["B"], p["groups"],
+                                                     p["gtopk"], p["gk"]):
+        fixtures.append(route_fixture(cname, cfg, gen, T, p["S"], p["B"], H=H, training=training,
+                                      source=src))
+    for lname, cfg, src in layer_cases(p["E"], p["k"], p["S"], p["B"], p["H"], p["F"], p["groups"],
+                                       p["gtopk"], p["gk"]):
+        fixtures.append(layer_fixture(lname, cfg, gen, T, p["S"], p["B"], source=src))
+    vers = versions()
+    for fx in fixtures:
+        fx["versions"] = vers
+        fname = f"{fx['kind']}_{fx['name']}.json" if not fx["name"].startswith("layer_") else f"{fx['name']}.json"
+        with open(os.path.join(d, fname), "w") as fh:
+            json.dump(fx, fh, separators=(",", ":"))
+            fh.write("\n")
+        files.append(fname)
+    manifest = {"set": name, "seed": p["seed"], "tokens": T, "sequence_length": p["S"],
+                "batch_size_per_gpu": p["B"], "num_experts": p["E"], "versions": vers,
+                "generator": "tools/conformance/generate.py", "fixtures": files}
+    with open(os.path.join(d, "manifest.json"), "w") as fh:
+        json.dump(manifest, fh, indent=1)
+        fh.write("\n")
+    return files
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                  "..", "..", "tests", "conformance", "data"))
+    ap.add_argument("--sets", nargs="*", default=list(SETS))
+    args = ap.parse_args()
+    total = 0
+    for name in args.sets:
+        files = write_set(args.out, name, SETS[name])
+        size = sum(os.path.getsize(os.path.join(args.out, name, f)) for f in files)
+        total += size
+        print(f"{name}: {len(files)} fixtures, {size / 1024:.0f} KiB")
+    print(f"total {total / 1024:.0f} KiB; versions {versions()}")
+    if total > 2 * 1024 * 1024:
+        sys.exit("fixtures exceed 2 MB")
+
+
+if __name__ == "__main__":
+    main()
