@@ -39,13 +39,17 @@ struct tolerance {
 /// far: printed per set (--log_level=message) to show the headroom the tolerance leaves.
 double worst_ratio = 0.0;
 
-bool is_number(const json::value& v) { return v.is_double() || v.is_int64() || v.is_uint64(); }
+bool is_number(const json::value& v) {
+  return v.is_double() || v.is_int64() || v.is_uint64();
+}
 double as_double(const json::value& v) {
   if (v.is_double()) return v.get_double();
   if (v.is_int64()) return static_cast<double>(v.get_int64());
   return static_cast<double>(v.get_uint64());
 }
-bool is_integer(const json::value& v) { return v.is_int64() || v.is_uint64(); }
+bool is_integer(const json::value& v) {
+  return v.is_int64() || v.is_uint64();
+}
 
 /// Appends one line per difference between got and expected under `path`.
 void compare(const json::value& got, const json::value& expected, const tolerance& tol,
@@ -85,12 +89,13 @@ void compare(const json::value& got, const json::value& expected, const toleranc
       return;
     }
     for (std::size_t i = 0; i < expected.get_array().size(); ++i)
-      compare(got.get_array()[i], expected.get_array()[i], tol, path + "[" + std::to_string(i) + "]",
-              diffs);
+      compare(got.get_array()[i], expected.get_array()[i], tol,
+              path + "[" + std::to_string(i) + "]", diffs);
     return;
   }
   if (got != expected)
-    diffs.push_back(path + ": got " + json::serialize(got) + ", expected " + json::serialize(expected));
+    diffs.push_back(path + ": got " + json::serialize(got) + ", expected " +
+                    json::serialize(expected));
 }
 
 /// Runs one fixture; returns its differences (empty: it conforms).
@@ -158,8 +163,12 @@ void check_set(const std::string& name) {
 
 }  // namespace
 
-BOOST_AUTO_TEST_CASE(megatron_set1) { check_set("set1"); }
-BOOST_AUTO_TEST_CASE(megatron_set2) { check_set("set2"); }
+BOOST_AUTO_TEST_CASE(megatron_set1) {
+  check_set("set1");
+}
+BOOST_AUTO_TEST_CASE(megatron_set2) {
+  check_set("set2");
+}
 
 // The comparison itself catches a disagreement: a perturbed expected value, a changed count and
 // a missing key each fail.
