@@ -167,3 +167,11 @@ BOOST_AUTO_TEST_CASE(a_config_mismatch_is_an_error_on_every_rank_not_a_hang) {
         return std::string(e.what()).find("ranks disagree on the layer config") != std::string::npos;
       });
 }
+
+BOOST_AUTO_TEST_CASE(blocking_exchange_without_overlap_matches_one_rank) {
+  sy::MpiComm world(MPI_COMM_WORLD, std::chrono::seconds(60));
+  auto c = base_config();
+  c.expert_parallel_size = world.size();
+  c.communication_overlap = false;
+  run_and_compare(c, -1);
+}

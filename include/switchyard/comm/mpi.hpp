@@ -106,9 +106,21 @@ class MpiComm {
     return c;
   }
 
+  /// An exchange in flight: the buffers must stay alive until wait().
+  class pending {
+   public:
+    pending(MpiComm* c, MPI_Request r) : comm_(c), req_(r) {}
+    void wait() { comm_->wait(req_, "all_to_all_v"); }
+
+   private:
+    MpiComm* comm_;
+    MPI_Request req_;
+  };
+
+  /// Starts all_to_all_v and returns at once (the layer overlaps it with expert compute).
   template <class T>
-  void all_to_all_v(const T* send, std::span<const std::int64_t> send_counts, T* recv,
-                    std::span<const std::int64_t> recv_counts) {
+  pending all_to_all_v_start(const T* send, std::span<const std::int64_t> send_counts, T* recv,
+                             std::span<const std::int64_t> recv_counts) {
     require_idle();
     SY_EXPECTS(static_cast<int>(send_counts.size()) == size_ &&
                    static_cast<int>(recv_counts.size()) == size_,
@@ -128,7 +140,13 @@ class MpiComm {
     const auto type = detail::mpi_type<T>();
     SY_MPI_TRY(MPI_Ialltoallv(send, sc.data(), sd.data(), type, recv, rc.data(), rd.data(), type,
                               comm_, &req));
-    wait(req, "all_to_all_v");
+    return pending(this, req);
+  }
+
+  template <class T>
+  void all_to_all_v(const T* send, std::span<const std::int64_t> send_counts, T* recv,
+                    std::span<const std::int64_t> recv_counts) {
+    all_to_all_v_start(send, send_counts, recv, recv_counts).wait();
   }
 
   template <class T>

@@ -52,9 +52,15 @@ struct MoESaved {
   std::vector<std::int32_t> slots;  ///< routes relabelled to placement slots [T][k]
   DispatchPlan plan;                ///< over slots
   std::vector<std::int64_t> send_rows, recv_rows;  ///< [ep][E_local] rows per block
-  std::vector<T> expert_in;         ///< rows at the local experts, expert-major [R_in][H]
-  std::vector<index_t> expert_offsets;  ///< [E_local + 1] over expert_in
-  std::vector<std::byte> expert_workspace;
+  /// Rows at this rank's experts, in two segments: [0] this rank's own tokens (never sent),
+  /// [1] the rows received from the other EP ranks. Each is expert-major with its offsets
+  /// [E_local + 1] and keeps its own expert workspace for backward.
+  struct segment {
+    std::vector<T> in;
+    std::vector<index_t> offsets;
+    std::vector<std::byte> workspace;
+  };
+  segment local, remote;
   std::vector<T> rows_out;          ///< expert outputs back in plan order [R][H]
   expert_options expert_opts;
   bool used = false;                ///< backward consumes the expert workspace once
@@ -202,25 +208,19 @@ class MoELayerCore {
       comms_.expert_parallel->all_to_all_v(s.send_rows.data(), per_peer, s.recv_rows.data(),
                                            per_peer);
     }
-    s.expert_in = exchange_to_experts(rows, s, H, out.metrics);
-
-    // The local experts over their rows, expert-major.
-    s.expert_offsets.assign(static_cast<std::size_t>(El) + 1, 0);
-    for (std::int64_t le = 0; le < El; ++le) {
-      std::int64_t n = 0;
-      for (std::int64_t p = 0; p < ep; ++p) n += s.recv_rows[static_cast<std::size_t>(p * El + le)];
-      s.expert_offsets[static_cast<std::size_t>(le) + 1] =
-          s.expert_offsets[static_cast<std::size_t>(le)] + n;
-    }
-    const index_t R_in = s.expert_offsets.back();
-    const expert_shape shape{El, H, cfg_.ffn_hidden_size, params_.bias};
-    s.expert_workspace.resize(experts_->workspace_bytes(shape, R_in));
     s.expert_opts.dropout = expert_dropout{cfg_.expert_dropout, opt.seed, opt.step, opt.training};
-    std::vector<T> expert_out(static_cast<std::size_t>(R_in * H));
-    experts_->forward(shape, std::as_const(params_).experts(), matrix_view<const T>(s.expert_in.data(), R_in, H),
-                      s.expert_offsets, matrix_view<T>(expert_out.data(), R_in, H),
-                      s.expert_workspace, s.expert_opts);
-    s.rows_out = exchange_from_experts(expert_out, s, H, R);
+    const expert_shape shape{El, H, cfg_.ffn_hidden_size, params_.bias};
+    s.rows_out = exchange_apply(rows, s, H, R, &out.metrics, [&](int seg, std::vector<T> in) {
+      typename MoESaved<T>::segment& g = seg == 0 ? s.local : s.remote;
+      g.in = std::move(in);
+      const index_t n = g.offsets.back();
+      g.workspace.resize(experts_->workspace_bytes(shape, n));
+      std::vector<T> y(static_cast<std::size_t>(n * H));
+      experts_->forward(shape, std::as_const(params_).experts(),
+                        matrix_view<const T>(g.in.data(), n, H), g.offsets,
+                        matrix_view<T>(y.data(), n, H), g.workspace, s.expert_opts);
+      return y;
+    });
 
     out.y.assign(static_cast<std::size_t>(Tn * H), T(0));
     unpermute(exec::Host{}, s.plan, matrix_view<const T>(s.rows_out.data(), R, H),
@@ -238,21 +238,25 @@ class MoELayerCore {
     SY_EXPECTS(dy.extent(0) == Tn && dy.extent(1) == H,
                detail::concat("MoELayer::backward: dy is [", dy.extent(0), "][", dy.extent(1),
                               "], the forward had [", Tn, "][", H, "]"));
-    const index_t R = s.plan.rows(), R_in = s.expert_offsets.back();
+    const index_t R = s.plan.rows();
     std::vector<T> d_rows(static_cast<std::size_t>(R * H));
     std::vector<T> d_prob(static_cast<std::size_t>(Tn * k));
     unpermute_backward(exec::Host{}, s.plan, matrix_view<const T>(s.rows_out.data(), R, H),
                        s.routing.probs(), dy, matrix_view<T>(d_rows.data(), R, H),
                        matrix_view<T>(d_prob.data(), Tn, k));
-    MoEMetrics unused;
-    const std::vector<T> d_expert_out = exchange_to_experts(d_rows, s, H, unused);
-    std::vector<T> d_expert_in(static_cast<std::size_t>(R_in * H));
     const expert_shape shape{placement_.local_experts(), H, cfg_.ffn_hidden_size, params_.bias};
-    experts_->backward(shape, std::as_const(params_).experts(), matrix_view<const T>(s.expert_in.data(), R_in, H),
-                       s.expert_offsets, matrix_view<const T>(d_expert_out.data(), R_in, H),
-                       matrix_view<T>(d_expert_in.data(), R_in, H), grads.experts(),
-                       s.expert_workspace, s.expert_opts);
-    const std::vector<T> d_rows_in = exchange_from_experts(d_expert_in, s, H, R);
+    const std::vector<T> d_rows_in =
+        exchange_apply(d_rows, s, H, R, nullptr, [&](int seg, std::vector<T> d_out) {
+          typename MoESaved<T>::segment& g = seg == 0 ? s.local : s.remote;
+          const index_t n = g.offsets.back();
+          std::vector<T> d_in(static_cast<std::size_t>(n * H));
+          experts_->backward(shape, std::as_const(params_).experts(),
+                             matrix_view<const T>(g.in.data(), n, H), g.offsets,
+                             matrix_view<const T>(d_out.data(), n, H),
+                             matrix_view<T>(d_in.data(), n, H), grads.experts(), g.workspace,
+                             s.expert_opts);
+          return d_in;
+        });
     std::vector<T> dx(static_cast<std::size_t>(Tn * H));
     permute_backward(exec::Host{}, s.plan, matrix_view<const T>(d_rows_in.data(), R, H),
                      matrix_view<T>(dx.data(), Tn, H));
@@ -313,42 +317,95 @@ class MoELayerCore {
     return fnv1a64(text);
   }
 
-  // Plan-ordered rows (grouped by destination rank, then local expert) -> rows at this rank's
-  // experts, expert-major. One rank: the rows are already expert-major.
-  std::vector<T> exchange_to_experts(const std::vector<T>& rows, const MoESaved<T>& s, index_t H,
-                                     MoEMetrics& m) {
+  // Runs `op(segment, rows)` on the rows of this rank's experts and brings the results back in
+  // plan order (rows grouped by destination EP rank, then local expert). Segment 0 is this
+  // rank's own block, which never leaves the rank: with communication_overlap the exchange of
+  // the other blocks runs while op works on it, and the return exchange runs while op's local
+  // result is copied back. Segment 1 is what the other ranks sent, expert-major.
+  template <class Op>
+  std::vector<T> exchange_apply(const std::vector<T>& rows, MoESaved<T>& s, index_t H, index_t R,
+                                MoEMetrics* m, Op&& op) {
     const std::int64_t ep = placement_.ep(), El = placement_.local_experts();
-    if (ep == 1) return rows;
-    std::vector<std::int64_t> send(static_cast<std::size_t>(ep)), recv(send.size());
+    const std::int64_t self = ep == 1 ? 0 : comms_.expert_parallel->rank();
+    // This rank's block in plan order, and the per-expert offsets of both segments.
+    std::int64_t self_off = 0, self_rows = 0;
     for (std::int64_t p = 0; p < ep; ++p)
       for (std::int64_t le = 0; le < El; ++le) {
-        send[static_cast<std::size_t>(p)] += s.send_rows[static_cast<std::size_t>(p * El + le)] * H;
-        recv[static_cast<std::size_t>(p)] += s.recv_rows[static_cast<std::size_t>(p * El + le)] * H;
+        const auto n = s.send_rows[static_cast<std::size_t>(p * El + le)];
+        if (p < self) self_off += n;
+        if (p == self) self_rows += n;
       }
+    s.local.offsets.assign(static_cast<std::size_t>(El) + 1, 0);
+    s.remote.offsets.assign(static_cast<std::size_t>(El) + 1, 0);
+    std::vector<std::int64_t> remote_block = s.recv_rows;  // [p][le], 0 for this rank
+    for (std::int64_t le = 0; le < El; ++le) {
+      std::int64_t n = 0;
+      for (std::int64_t p = 0; p < ep; ++p)
+        if (p != self) n += s.recv_rows[static_cast<std::size_t>(p * El + le)];
+      s.local.offsets[static_cast<std::size_t>(le) + 1] =
+          s.local.offsets[static_cast<std::size_t>(le)] +
+          s.send_rows[static_cast<std::size_t>(self * El + le)];
+      s.remote.offsets[static_cast<std::size_t>(le) + 1] =
+          s.remote.offsets[static_cast<std::size_t>(le)] + n;
+      remote_block[static_cast<std::size_t>(self * El + le)] = 0;
+    }
+    std::vector<T> local_in(rows.begin() + self_off * H, rows.begin() + (self_off + self_rows) * H);
+    if (ep == 1) return op(0, std::move(local_in));
+
+    // Elements per peer both ways, this rank excluded, and the rows to send without our block.
+    std::vector<std::int64_t> send(static_cast<std::size_t>(ep)), recv(send.size());
+    for (std::int64_t p = 0; p < ep; ++p)
+      for (std::int64_t le = 0; le < El; ++le)
+        if (p != self) {
+          send[static_cast<std::size_t>(p)] += s.send_rows[static_cast<std::size_t>(p * El + le)] * H;
+          recv[static_cast<std::size_t>(p)] += s.recv_rows[static_cast<std::size_t>(p * El + le)] * H;
+        }
+    std::vector<T> outgoing;
+    outgoing.reserve(rows.size() - local_in.size());
+    outgoing.insert(outgoing.end(), rows.begin(), rows.begin() + self_off * H);
+    outgoing.insert(outgoing.end(), rows.begin() + (self_off + self_rows) * H, rows.end());
     const std::int64_t total_recv = std::accumulate(recv.begin(), recv.end(), std::int64_t{0});
     std::vector<T> by_source(static_cast<std::size_t>(total_recv));
-    comms_.expert_parallel->all_to_all_v(rows.data(), send, by_source.data(), recv);
-    m.bytes_sent += static_cast<std::int64_t>(sizeof(T)) *
-                    std::accumulate(send.begin(), send.end(), std::int64_t{0});
-    m.bytes_received += static_cast<std::int64_t>(sizeof(T)) * total_recv;
-    return reorder_blocks(by_source, s.recv_rows, ep, El, H, true);
+    if (m) {
+      m->bytes_sent += static_cast<std::int64_t>(sizeof(T) * outgoing.size());
+      m->bytes_received += static_cast<std::int64_t>(sizeof(T)) * total_recv;
+    }
+    auto incoming = start_exchange(outgoing.data(), send, by_source.data(), recv);
+    std::vector<T> local_out = op(0, std::move(local_in));
+    incoming.wait();
+    std::vector<T> remote_out =
+        op(1, reorder_blocks(by_source, remote_block, ep, El, H, /*to_expert_major=*/true));
+    const std::vector<T> back_by_source =
+        reorder_blocks(remote_out, remote_block, ep, El, H, /*to_expert_major=*/false);
+    std::vector<T> returned(outgoing.size());
+    auto back = start_exchange(back_by_source.data(), recv, returned.data(), send);
+    std::vector<T> out(static_cast<std::size_t>(R * H));
+    std::copy(local_out.begin(), local_out.end(), out.begin() + self_off * H);
+    back.wait();
+    std::copy(returned.begin(), returned.begin() + self_off * H, out.begin());
+    std::copy(returned.begin() + self_off * H, returned.end(),
+              out.begin() + (self_off + self_rows) * H);
+    return out;
   }
 
-  // The inverse: expert-major rows -> back to the ranks they came from, in plan order.
-  std::vector<T> exchange_from_experts(const std::vector<T>& rows, const MoESaved<T>& s,
-                                       index_t H, index_t R) {
-    const std::int64_t ep = placement_.ep(), El = placement_.local_experts();
-    if (ep == 1) return rows;
-    const std::vector<T> by_source = reorder_blocks(rows, s.recv_rows, ep, El, H, false);
-    std::vector<std::int64_t> send(static_cast<std::size_t>(ep)), recv(send.size());
-    for (std::int64_t p = 0; p < ep; ++p)
-      for (std::int64_t le = 0; le < El; ++le) {
-        send[static_cast<std::size_t>(p)] += s.recv_rows[static_cast<std::size_t>(p * El + le)] * H;
-        recv[static_cast<std::size_t>(p)] += s.send_rows[static_cast<std::size_t>(p * El + le)] * H;
-      }
-    std::vector<T> back(static_cast<std::size_t>(R * H));
-    comms_.expert_parallel->all_to_all_v(by_source.data(), send, back.data(), recv);
-    return back;
+  // A started all_to_all_v: non-blocking when the config asks for overlap and the communicator
+  // can (MpiComm), else done before it returns.
+  struct done_exchange {
+    void wait() {}
+  };
+  template <class U>
+  auto start_exchange(const U* send, const std::vector<std::int64_t>& send_counts, U* recv,
+                      const std::vector<std::int64_t>& recv_counts) {
+    Comm& c = *comms_.expert_parallel;
+    if constexpr (requires { c.all_to_all_v_start(send, std::span<const std::int64_t>(send_counts), recv, std::span<const std::int64_t>(recv_counts)); }) {
+      auto pending = c.all_to_all_v_start(send, std::span<const std::int64_t>(send_counts), recv,
+                                          std::span<const std::int64_t>(recv_counts));
+      if (!cfg_.communication_overlap) pending.wait();  // waiting twice is harmless
+      return pending;
+    } else {
+      c.all_to_all_v(send, send_counts, recv, recv_counts);
+      return done_exchange{};
+    }
   }
 
   // Blocks of `block_rows[p][le]` rows: source-major [p][le] <-> expert-major [le][p].
