@@ -469,6 +469,11 @@ def route_cases(E, k, S, B, groups, gtopk, gk):
         ("linear_sigmoid_capacity", c(score_function="sigmoid", token_dispatch="capacity",
                                       capacity_factor=1.0, load_balancing_type="seq_aux_loss"), 5, True,
          f"x W^T; {TOPK} sigmoid; apply_router_token_dropping probs; seq_aux_loss; z_loss"),
+        # C > T: Megatron's apply_router_token_dropping keeps every token (an all-ones capacity
+        # mask), so the padded map has T rows per expert; Switchyard reports min(C, T).
+        ("capacity_pad_over_tokens", c(token_dispatch="capacity", capacity_factor=5.0,
+                                       pad_to_capacity=True), None, True,
+         f"{TOPK}; apply_router_token_dropping pad_to_capacity with capacity > tokens; aux_loss; z_loss"),
     ]
     return cases
 
