@@ -20,6 +20,7 @@ Run it in a venv with torch, megatron-core and deepspeed (see README.md); CI nev
 """
 
 import argparse
+import atexit
 import importlib.metadata as md
 import json
 import math
@@ -69,6 +70,7 @@ def _one_rank_group():
         store = tempfile.NamedTemporaryFile(prefix="sy_conformance_", delete=False)
         store.close()
         dist.init_process_group("gloo", init_method=f"file://{store.name}", rank=0, world_size=1)
+        atexit.register(lambda: os.path.exists(store.name) and os.remove(store.name))
     return dist.group.WORLD
 
 
