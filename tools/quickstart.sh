@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine: installs what is missing, builds the switchyard driver and
-# runs it on the quick-start config: the plan, then 100 training steps (about 5 s on one core).
+# runs it on the quick-start config: the plan, then 100 training steps (about 1.5 s on one core).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup.sh
