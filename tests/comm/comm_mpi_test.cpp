@@ -88,3 +88,14 @@ BOOST_AUTO_TEST_CASE(a_collective_a_late_peer_misses_times_out_with_an_error) {
   }
   comm.barrier();
 }
+
+// Counts MPI cannot carry (int) are rejected with a message before any MPI call (issue 11).
+BOOST_AUTO_TEST_CASE(counts_beyond_int_are_rejected_with_a_message) {
+  BOOST_CHECK_EXCEPTION(sy::detail::to_mpi_count(std::int64_t{3'000'000'000}, "all_to_all_v send block"),
+                        sy::precondition_error, [](const sy::precondition_error& e) {
+                          return std::string(e.what()).find(
+                                     "all_to_all_v send block of 3000000000 elements does not fit") !=
+                                 std::string::npos;
+                        });
+  BOOST_TEST(sy::detail::to_mpi_count(std::int64_t{2'000'000'000}, "ok") == 2'000'000'000);
+}

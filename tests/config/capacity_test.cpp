@@ -71,3 +71,18 @@ BOOST_AUTO_TEST_CASE(recommended_devices_per_sharding_strategy) {
   c.num_experts = 40;
   BOOST_TEST(sy::recommended_num_devices(c) == 20);
 }
+
+// Sizes whose products overflow 32 bits are computed in 64 bits (issue 11), without allocating.
+BOOST_AUTO_TEST_CASE(sizes_beyond_32_bits_are_exact) {
+  // T·k = 6e9 > 2^32.
+  BOOST_TEST(sy::capacity_for(F::megatron, 3'000'000'000, 8, 2, 1.0, 1, 0).value() == 750'000'000);
+  BOOST_TEST(sy::capacity_for(F::torsh, 3'000'000'000, 8, 2, 1.0, 1, 0).value() == 750'000'000);
+  sy::Config c;
+  c.batch_size_per_gpu = 1024;
+  c.sequence_length = 1'048'576;  // T = 2^30 tokens per rank
+  c.hidden_size = 8192;           // T·H = 2^43
+  BOOST_REQUIRE(sy::validate(c).empty());
+  const auto m = sy::estimate_memory(c, 0);
+  BOOST_TEST(m.rows_per_layer == (std::int64_t{1} << 31));  // T·k
+  BOOST_TEST(m.activations > (std::int64_t{1} << 43));
+}

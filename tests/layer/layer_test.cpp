@@ -238,3 +238,38 @@ BOOST_AUTO_TEST_CASE(nan_input_is_an_error_naming_the_token) {
                           return std::string(e.what()).find("token 3") != std::string::npos;
                         });
 }
+
+// Edge sizes (issue 11): one expert, k = E, and H = 1 run (or are rejected with a message).
+BOOST_AUTO_TEST_CASE(edge_sizes_one_expert_k_equal_e_and_hidden_one) {
+  sy::LocalComm one;
+  auto e1 = small_config(1, 1, false, sy::Activation::relu, false);
+  e1.pre_softmax = true;  // k = 1 with softmax needs pre-softmax (else a zero gradient)
+  e1.load_balance_loss_coeff = 0;
+  auto l1 = sy::make_layer<double>(e1, sy::MoEComms<sy::LocalComm>{&one, &one, &one});
+  l1->initialize(3);
+  const auto x = random_vector(4, 7 * 6);
+  auto f1 = l1->forward(sy::matrix_view<const double>(x.data(), 7, 6));
+  BOOST_TEST(f1.metrics.tokens_per_expert.at(0) == 7);
+  auto g1 = l1->make_grads();
+  const auto dx1 = l1->backward(f1.saved, sy::matrix_view<const double>(x.data(), 7, 6), g1);
+  for (double v : dx1) BOOST_TEST(std::isfinite(v));
+
+  auto kE = small_config(4, 4, true, sy::Activation::silu, false);  // every expert per token
+  auto l2 = sy::make_layer<double>(kE, sy::MoEComms<sy::LocalComm>{&one, &one, &one});
+  l2->initialize(3);
+  auto f2 = l2->forward(sy::matrix_view<const double>(x.data(), 7, 6));
+  for (auto c : f2.metrics.tokens_per_expert) BOOST_TEST(c == 7);
+
+  auto h1 = small_config(2, 2, false, sy::Activation::gelu, false);
+  h1.hidden_size = 1;
+  auto l3 = sy::make_layer<double>(h1, sy::MoEComms<sy::LocalComm>{&one, &one, &one});
+  l3->initialize(3);
+  auto f3 = l3->forward(sy::matrix_view<const double>(x.data(), 7, 1));
+  BOOST_TEST(f3.y.size() == 7u);
+
+  auto k2e1 = small_config(1, 2, false, sy::Activation::relu, false);  // k > E
+  BOOST_CHECK_EXCEPTION(sy::make_layer<double>(k2e1, sy::MoEComms<sy::LocalComm>{&one, &one, &one}),
+                        sy::config_error, [](const sy::config_error& e) {
+                          return std::string(e.what()).find("k = 2 with 1 experts") != std::string::npos;
+                        });
+}
