@@ -111,7 +111,24 @@ int run_train(const train_options& o) {
     throw config_error(fmt::format("{}: {}: the host backend trains in float32",
                                    parsed.paths.at("precision"), enum_name(cfg.precision)));
 
-  if (!launched_by_mpirun()) {
+  // distributed_backend: auto follows the launch; local and mpi must match it; nccl needs the
+  // device layer.
+  const bool mpirun = launched_by_mpirun();
+  const std::string where = parsed.paths.at("distributed_backend");
+  switch (cfg.distributed_backend) {
+    case DistributedBackend::automatic: break;
+    case DistributedBackend::local:
+      if (mpirun)
+        throw config_error(where + ": local, but the driver was launched by mpirun (use auto or mpi)");
+      break;
+    case DistributedBackend::mpi:
+      if (!mpirun) throw config_error(where + ": mpi: launch the driver with mpirun");
+      break;
+    case DistributedBackend::nccl:
+      throw config_error(where + ": nccl needs the CUDA MoE layer, which is not built yet "
+                                 "(use auto or mpi on the host)");
+  }
+  if (!mpirun) {
     if (cfg.world() != 1)
       throw config_error(fmt::format("the config describes {} ranks: launch with mpirun -np {}",
                                      cfg.world(), cfg.world()));
