@@ -37,6 +37,25 @@ void check_logits_finite(matrix_view<const T> z) {
                                            e, " is ", z(t, e), ")"));
 }
 
+/// The Routing a router's forward fills in: shapes checked against `num_experts`, logits
+/// checked finite and copied (backward recomputes from them), outputs sized, counts zeroed.
+template <int K, class T>
+Routing<T> begin_routing(matrix_view<const T> logits, index_t num_experts, const char* router) {
+  const index_t Tn = logits.extent(0), E = logits.extent(1);
+  SY_EXPECTS(E == num_experts, detail::concat(router, ": logits have ", E, " columns for ",
+                                              num_experts, " experts"));
+  check_logits_finite(logits);
+  Routing<T> r;
+  r.num_tokens = Tn;
+  r.num_experts = E;
+  r.k = K;
+  r.logits.assign(logits.data_handle(), logits.data_handle() + Tn * E);
+  r.topk_indices.resize(static_cast<std::size_t>(Tn * K));
+  r.topk_probs.resize(static_cast<std::size_t>(Tn * K));
+  r.tokens_per_expert.assign(static_cast<std::size_t>(E), 0);
+  return r;
+}
+
 /// Computes every loss of `p` for logits z [T][E] of a K-expert router with score `Score` and
 /// stores values and backward state in `out` (aux_loss, balance_losses, z_loss, balance).
 template <int K, ScoreTag Score, class T>

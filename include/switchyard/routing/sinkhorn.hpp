@@ -92,17 +92,7 @@ class Sinkhorn {
   template <class T>
   Routing<T> forward(exec::Host h, matrix_view<const T> logits, RouteContext ctx = {}) const {
     const index_t Tn = logits.extent(0), E = logits.extent(1);
-    SY_EXPECTS(E == num_experts_, detail::concat("Sinkhorn: logits have ", E, " columns for ",
-                                                 num_experts_, " experts"));
-    check_logits_finite(logits);
-    Routing<T> r;
-    r.num_tokens = Tn;
-    r.num_experts = E;
-    r.k = K;
-    r.logits.assign(logits.data_handle(), logits.data_handle() + Tn * E);
-    r.topk_indices.resize(static_cast<std::size_t>(Tn * K));
-    r.topk_probs.resize(static_cast<std::size_t>(Tn * K));
-    r.tokens_per_expert.assign(static_cast<std::size_t>(E), 0);
+    Routing<T> r = begin_routing<K>(logits, num_experts_, "Sinkhorn");
     std::vector<T> plan;
     if (ctx.training) {
       plan.resize(static_cast<std::size_t>(Tn * E));

@@ -101,17 +101,7 @@ class TopK {
   template <class T>
   Routing<T> forward(exec::Host, matrix_view<const T> logits, RouteContext ctx = {}) const {
     const index_t Tn = logits.extent(0), E = logits.extent(1);
-    SY_EXPECTS(E == p_.num_experts,
-               detail::concat("TopK: logits have ", E, " columns for ", p_.num_experts, " experts"));
-    check_logits_finite(logits);
-    Routing<T> r;
-    r.num_tokens = Tn;
-    r.num_experts = E;
-    r.k = K;
-    r.logits.assign(logits.data_handle(), logits.data_handle() + Tn * E);
-    r.topk_indices.resize(static_cast<std::size_t>(Tn * K));
-    r.topk_probs.resize(static_cast<std::size_t>(Tn * K));
-    r.tokens_per_expert.assign(static_cast<std::size_t>(E), 0);
+    Routing<T> r = begin_routing<K>(logits, p_.num_experts, "TopK");
     std::vector<T> bias;
     const detail::route_args<T> a = args<T>(bias);
     for (index_t t = 0; t < Tn; ++t) {
