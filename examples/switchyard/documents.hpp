@@ -13,6 +13,7 @@
 
 #include "switchyard/config/json.hpp"
 #include "switchyard/dispatch/plan.hpp"
+#include "switchyard/dispatch/renormalize.hpp"
 #include "switchyard/layer.hpp"
 #include "switchyard/routing.hpp"
 
@@ -270,12 +271,14 @@ inline json::object route_document(const json::value& doc) {
     }
     o["topk_indices"] = std::move(idx);
     o["topk_probs"] = to_rows(r.topk_probs.data(), T, k);
-    // Dense weights after dropping: 0 where a token is not routed or its route was dropped.
+    // Dense combine weights after dropping (renormalised over the kept routes under DeepSpeed
+    // semantics): 0 where a token is not routed or its route was dropped.
+    std::vector<double> weights(static_cast<std::size_t>(T * k));
+    combine_weights(exec::Host{}, plan, r.probs(), matrix_view<double>(weights.data(), T, k));
     std::vector<double> probs(static_cast<std::size_t>(T * E), 0.0);
     for (index_t t = 0; t < T; ++t)
       for (int j = 0; j < k; ++j)
-        if (plan.route_row[static_cast<std::size_t>(t * k + j)] >= 0)
-          probs[static_cast<std::size_t>(t * E + r.topk_indices[t * k + j])] = r.topk_probs[t * k + j];
+        probs[static_cast<std::size_t>(t * E + r.topk_indices[t * k + j])] = weights[t * k + j];
     o["probs"] = to_rows(probs.data(), T, E);
     // Tokens each expert processes: its kept routes, or C rows each with pad_to_capacity.
     std::vector<std::int64_t> per_expert = plan.kept_per_expert;
@@ -291,14 +294,16 @@ inline json::object route_document(const json::value& doc) {
     if (from_x) o["logits"] = to_rows(r.logits.data(), T, E);
     o["routed_per_expert"] = to_array(plan.routed_per_expert);
     if (grad_probs) {
-      // d/d(selected weight) of Σ grad_probs·probs: the dense upstream gradient at each kept
-      // route; dropped routes and the capacity mask are constants (gradient 0).
-      std::vector<double> dprob(static_cast<std::size_t>(T * k), 0.0);
+      // d/d(selected weight) of Σ grad_probs·probs: the dense upstream gradient at each route,
+      // through the combine weights (dropped routes and the capacity mask are constants).
+      std::vector<double> dweight(static_cast<std::size_t>(T * k)), dprob(dweight.size());
       for (index_t t = 0; t < T; ++t)
         for (int j = 0; j < k; ++j)
-          if (plan.route_row[static_cast<std::size_t>(t * k + j)] >= 0)
-            dprob[static_cast<std::size_t>(t * k + j)] =
-                grad_probs->data[static_cast<std::size_t>(t * E + r.topk_indices[t * k + j])];
+          dweight[static_cast<std::size_t>(t * k + j)] =
+              grad_probs->data[static_cast<std::size_t>(t * E + r.topk_indices[t * k + j])];
+      combine_weights_backward(exec::Host{}, plan, r.probs(),
+                               matrix_view<const double>(dweight.data(), T, k),
+                               matrix_view<double>(dprob.data(), T, k));
       std::vector<double> dz(static_cast<std::size_t>(T * E));
       router.backward(exec::Host{}, r, matrix_view<const double>(dprob.data(), T, k),
                       matrix_view<double>(dz.data(), T, E));

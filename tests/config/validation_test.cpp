@@ -150,6 +150,44 @@ std::vector<rule_case> rule_cases() {
        R::pad_needs_capacity, "got true"},
       {"min capacity negative", [](sy::Config& c) { c.min_capacity = -1; },
        R::min_capacity_nonneg, "got -1"},
+      {"deepspeed with top-k-first softmax",
+       [](sy::Config& c) {
+         c.semantics = sy::Semantics::deepspeed;
+         c.router_z_loss_coeff = 0;
+       },
+       R::deepspeed_router, "got deepspeed"},
+      {"deepspeed with seq aux loss",
+       [](sy::Config& c) {
+         c.semantics = sy::Semantics::deepspeed;
+         c.pre_softmax = true;
+         c.router_z_loss_coeff = 0;
+         c.load_balancing_type = sy::LoadBalancingType::seq_aux_loss;
+       },
+       R::deepspeed_balance, "got seq_aux_loss"},
+      {"deepspeed with z-loss",
+       [](sy::Config& c) {
+         c.semantics = sy::Semantics::deepspeed;
+         c.pre_softmax = true;
+       },
+       R::deepspeed_no_z_loss, "got 0.001"},
+      {"deepspeed with Megatron's capacity",
+       [](sy::Config& c) {
+         c.semantics = sy::Semantics::deepspeed;
+         c.pre_softmax = true;
+         c.router_z_loss_coeff = 0;
+         c.token_dispatch = sy::TokenDispatch::capacity;
+         c.drop_policy = sy::DropPolicy::position;
+       },
+       R::deepspeed_capacity_formula, "got megatron"},
+      {"deepspeed top-2 dropping by probs",
+       [](sy::Config& c) {
+         c.semantics = sy::Semantics::deepspeed;
+         c.pre_softmax = true;
+         c.router_z_loss_coeff = 0;
+         c.token_dispatch = sy::TokenDispatch::capacity;
+         c.capacity_formula = sy::CapacityFormula::deepspeed;
+       },
+       R::deepspeed_drop_position, "got probs"},
       {"max batch zero", [](sy::Config& c) { c.max_expert_batch_size = 0; },
        R::max_batch_positive, "got 0"},
       {"hidden zero", [](sy::Config& c) { c.hidden_size = 0; }, R::hidden_positive, "got 0"},

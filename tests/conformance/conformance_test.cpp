@@ -1,6 +1,7 @@
-// Conformance with Megatron-Core (docs/conformance.md): every fixture in data/set*/ holds the
-// exact input document of `switchyard route` or `switchyard layer` and the values Megatron-Core's
-// own router functions (and a torch layer built on them) computed for it on the CPU in float64,
+// Conformance with Megatron-Core and DeepSpeed (docs/conformance.md): every fixture in
+// data/set*/ holds the exact input document of `switchyard route` or `switchyard layer` and the
+// values Megatron-Core's own router functions, or DeepSpeed's top1/top2/topkgating (config
+// "semantics": "deepspeed"), and torch layers built on them, computed on the CPU in float64,
 // gradients by torch.autograd (tools/conformance/generate.py). Each fixture is run through
 // route_document / layer_document, the functions the CLI runs, and compared key by key.
 //
@@ -142,6 +143,9 @@ void check_set(const std::string& name) {
     BOOST_TEST_CONTEXT(name << "/" << file) {
       const json::object fx = read_json(dir / file).as_object();
       ++per_kind[json::value_to<std::string>(fx.at("kind"))];
+      const json::object& cfg = fx.at("input").at("config").as_object();
+      ++per_kind[cfg.contains("semantics") ? json::value_to<std::string>(cfg.at("semantics"))
+                                           : std::string("megatron")];
       std::vector<std::string> diffs;
       try {
         diffs = check_fixture(fx);
@@ -154,19 +158,22 @@ void check_set(const std::string& name) {
     }
   }
   BOOST_TEST_MESSAGE(name << ": " << per_kind["route"] << " route and " << per_kind["layer"]
-                          << " layer fixtures; largest difference " << worst_ratio
-                          << " of the tolerance");
-  // Both kinds are present in every set.
+                          << " layer fixtures (" << per_kind["megatron"] << " Megatron-Core, "
+                          << per_kind["deepspeed"] << " DeepSpeed); largest difference "
+                          << worst_ratio << " of the tolerance");
+  // Both kinds and both peers are present in every set.
   BOOST_TEST(per_kind["route"] > 0);
   BOOST_TEST(per_kind["layer"] > 0);
+  BOOST_TEST(per_kind["megatron"] > 0);
+  BOOST_TEST(per_kind["deepspeed"] > 0);
 }
 
 }  // namespace
 
-BOOST_AUTO_TEST_CASE(megatron_set1) {
+BOOST_AUTO_TEST_CASE(fixtures_set1) {
   check_set("set1");
 }
-BOOST_AUTO_TEST_CASE(megatron_set2) {
+BOOST_AUTO_TEST_CASE(fixtures_set2) {
   check_set("set2");
 }
 

@@ -2,6 +2,7 @@
 #include <boost/test/unit_test.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 #include <random>
 #include <set>
@@ -9,6 +10,7 @@
 
 #include "switchyard/config.hpp"
 #include "switchyard/dispatch/plan.hpp"
+#include "switchyard/dispatch/renormalize.hpp"
 #include "switchyard/dispatch/telemetry.hpp"
 
 namespace sy = switchyard;
@@ -103,6 +105,96 @@ BOOST_AUTO_TEST_CASE(probs_policy_breaks_ties_by_lower_token_index) {
   const auto p3 =
       sy::build_plan(sy::exec::Host{}, options(2, 2, sy::DropPolicy::position), s.e(), s.p());
   BOOST_TEST((p3.row_route == std::vector<std::int64_t>{0, 1}));
+}
+
+// DeepSpeed's top2gating queue: every first choice of an expert before any second choice.
+// Expert 0 gets second choices from tokens 0 and 1 and first choices from tokens 2 and 3; with
+// C = 2 the slot-major queue keeps tokens 2 and 3 (token order would keep 0 and 1).
+BOOST_AUTO_TEST_CASE(slot_major_queue_keeps_first_choices_before_second_choices) {
+  routes r{4, 2, {1, 0, 2, 0, 0, 1, 0, 2}, {.6, .4, .7, .3, .8, .2, .9, .1}};
+  auto opt = options(3, 2, sy::DropPolicy::position);
+  const auto by_token = sy::build_plan(sy::exec::Host{}, opt, r.e(), r.p());
+  BOOST_TEST(by_token.route_row[0 * 2 + 1] >= 0);  // token 0's second choice kept
+  BOOST_TEST(by_token.route_row[2 * 2 + 0] == -1);  // token 2's first choice dropped
+  opt.queue_by_slot = true;
+  const auto by_slot = sy::build_plan(sy::exec::Host{}, opt, r.e(), r.p());
+  BOOST_TEST(by_slot.route_row[0 * 2 + 1] == -1);
+  BOOST_TEST(by_slot.route_row[1 * 2 + 1] == -1);
+  // Expert 0's rows: token 2's and token 3's first choices, in token order.
+  BOOST_TEST(by_slot.row_route[0] == 2 * 2 + 0);
+  BOOST_TEST(by_slot.row_route[1] == 3 * 2 + 0);
+  BOOST_TEST(by_slot.dropped == 2);
+  // Expert 1: token 0's first choice, then token 2's second choice.
+  BOOST_TEST(by_slot.row_route[2] == 0 * 2 + 0);
+  BOOST_TEST(by_slot.row_route[3] == 2 * 2 + 1);
+  // The config sets the queue order and the renormalisation for DeepSpeed's top-2 only.
+  sy::Config c;
+  c.semantics = sy::Semantics::deepspeed;
+  BOOST_TEST(sy::dispatch_options(c, 8).queue_by_slot);
+  BOOST_TEST(sy::dispatch_options(c, 8).renormalize_kept);
+  c.num_experts_per_token = 3;
+  BOOST_TEST(!sy::dispatch_options(c, 8).queue_by_slot);
+  c.num_experts_per_token = 1;
+  BOOST_TEST(!sy::dispatch_options(c, 8).renormalize_kept);
+  c.semantics = sy::Semantics::megatron;
+  c.num_experts_per_token = 2;
+  BOOST_TEST(!sy::dispatch_options(c, 8).renormalize_kept);
+}
+
+// combine_weights: Megatron keeps the router's weights (0 when dropped); DeepSpeed renormalises
+// the kept ones (a token that lost one route gives the other weight 1). Backward against
+// central differences in double.
+BOOST_AUTO_TEST_CASE(combine_weights_renormalise_the_kept_routes_with_their_gradient) {
+  const auto r = random_routes(11, 24, 6, 3, 1.5);
+  auto opt = options(6, 9, sy::DropPolicy::position);
+  for (const bool renorm : {false, true}) {
+    BOOST_TEST_CONTEXT("renormalize_kept " << renorm) {
+      opt.renormalize_kept = renorm;
+      const auto plan = sy::build_plan(sy::exec::Host{}, opt, r.e(), r.p());
+      BOOST_REQUIRE(plan.dropped > 0);
+      const std::int64_t T = 24, k = 3;
+      std::vector<double> w(static_cast<std::size_t>(T * k));
+      auto weights = [&](const std::vector<double>& p) {
+        sy::combine_weights(sy::exec::Host{}, plan, sy::matrix_view<const double>(p.data(), T, k),
+                            sy::matrix_view<double>(w.data(), T, k));
+        return w;
+      };
+      const auto w0 = weights(r.prob);
+      for (std::int64_t t = 0; t < T; ++t) {
+        double kept_sum = 0, sum = 0;
+        for (std::int64_t j = 0; j < k; ++j) {
+          const auto i = static_cast<std::size_t>(t * k + j);
+          const bool kept = plan.route_row[i] >= 0;
+          if (!kept) BOOST_TEST(w0[i] == 0.0);
+          if (kept && !renorm) BOOST_TEST(w0[i] == r.prob[i]);
+          if (kept) kept_sum += r.prob[i];
+          sum += w0[i];
+        }
+        if (renorm && kept_sum > 0) BOOST_TEST(std::abs(sum - 1.0) < 1e-15);
+      }
+      // L = Σ c·w with fixed random c; dL/dp by backward vs central differences.
+      std::vector<double> c(w0.size()), dp(w0.size());
+      for (std::size_t i = 0; i < c.size(); ++i) c[i] = std::sin(1.7 * static_cast<double>(i) + 0.3);
+      sy::combine_weights_backward(sy::exec::Host{}, plan,
+                                   sy::matrix_view<const double>(r.prob.data(), T, k),
+                                   sy::matrix_view<const double>(c.data(), T, k),
+                                   sy::matrix_view<double>(dp.data(), T, k));
+      const double h = 1e-6;
+      for (std::size_t i = 0; i < c.size(); ++i) {
+        auto p = r.prob;
+        p[i] += h;
+        const auto wp = weights(p);
+        p[i] -= 2 * h;
+        const auto wm = weights(p);
+        double lp = 0, lm = 0;
+        for (std::size_t m = 0; m < c.size(); ++m) {
+          lp += c[m] * wp[m];
+          lm += c[m] * wm[m];
+        }
+        BOOST_TEST(std::abs((lp - lm) / (2 * h) - dp[i]) < 1e-8);
+      }
+    }
+  }
 }
 
 BOOST_AUTO_TEST_CASE(pad_to_capacity_gives_exactly_c_rows_per_expert) {

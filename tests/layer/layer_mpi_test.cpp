@@ -175,3 +175,63 @@ BOOST_AUTO_TEST_CASE(blocking_exchange_without_overlap_matches_one_rank) {
   c.communication_overlap = false;
   run_and_compare(c, -1);
 }
+
+// Issue 11: bad input on one rank only (NaN in its x, then a dy of the wrong shape) fails on that
+// rank before any exchange, and every other rank gets an error naming it, not a hang. The group
+// stays usable: a good step runs afterwards on every rank.
+BOOST_AUTO_TEST_CASE(a_rank_with_bad_input_is_an_error_on_every_rank_not_a_hang) {
+  sy::MpiComm world(MPI_COMM_WORLD, std::chrono::seconds(60));
+  auto c = base_config();
+  c.expert_parallel_size = world.size();
+  auto groups = sy::make_mpi_groups(world, sy::Layout(c));
+  auto layer = sy::make_layer<double>(
+      c, sy::MoEComms<sy::MpiComm>{&groups.expert_parallel, &groups.dense_data_parallel,
+                                   &groups.expert_data_parallel});
+  layer->initialize(3);
+  const int bad = world.size() - 1;
+  const bool is_bad = world.rank() == bad;
+  const std::int64_t T = 4, H = c.hidden_size;
+  std::vector<double> x = random_vector(40 + static_cast<std::uint32_t>(world.rank()), static_cast<std::size_t>(T * H));
+  if (is_bad) x[2 * H + 1] = std::nan("");
+  const auto has = [](const std::exception& e, const std::string& what) {
+    return std::string(e.what()).find(what) != std::string::npos;
+  };
+  const std::string rank_text = "rank " + std::to_string(bad) + " of " + std::to_string(world.size());
+  if (is_bad) {
+    BOOST_CHECK_EXCEPTION(layer->forward(sy::matrix_view<const double>(x.data(), T, H)),
+                          sy::numeric_error, [&](const sy::numeric_error& e) {
+                            return has(e, "router logits of token 2 are not finite");
+                          });
+  } else {
+    BOOST_CHECK_EXCEPTION(layer->forward(sy::matrix_view<const double>(x.data(), T, H)),
+                          sy::comm_error, [&](const sy::comm_error& e) {
+                            return has(e, "MoELayer::forward: " + rank_text + " failed") &&
+                                   has(e, "router logits of token 2 are not finite");
+                          });
+  }
+
+  // A good forward, then a backward whose dy has the wrong shape on the bad rank only.
+  x[2 * H + 1] = 0.5;
+  auto fwd = layer->forward(sy::matrix_view<const double>(x.data(), T, H));
+  BOOST_TEST(fwd.y.size() == static_cast<std::size_t>(T * H));
+  const std::int64_t dy_rows = is_bad ? T - 1 : T;
+  std::vector<double> dy = random_vector(60, static_cast<std::size_t>(dy_rows * H));
+  auto g = layer->make_grads();
+  if (is_bad) {
+    BOOST_CHECK_EXCEPTION(
+        layer->backward(fwd.saved, sy::matrix_view<const double>(dy.data(), dy_rows, H), g),
+        sy::precondition_error, [&](const sy::precondition_error& e) { return has(e, "dy is [3]"); });
+  } else {
+    BOOST_CHECK_EXCEPTION(
+        layer->backward(fwd.saved, sy::matrix_view<const double>(dy.data(), dy_rows, H), g),
+        sy::comm_error, [&](const sy::comm_error& e) {
+          return has(e, "MoELayer::backward: " + rank_text + " failed") && has(e, "dy is [3]");
+        });
+  }
+
+  // Still usable: a full step on every rank.
+  auto fwd2 = layer->forward(sy::matrix_view<const double>(x.data(), T, H));
+  std::vector<double> dy2 = random_vector(61, static_cast<std::size_t>(T * H));
+  const auto dx = layer->backward(fwd2.saved, sy::matrix_view<const double>(dy2.data(), T, H), g);
+  for (double v : dx) BOOST_REQUIRE(std::isfinite(v));
+}

@@ -347,6 +347,31 @@ ACT = {
 }
 
 
+def expert_weights(gen, x, wr, F1, F):
+    """fc1 [E][F1][H], fc2 [E][H][F] and dy [T][H] drawn after x and W_r; all but dy need grads."""
+    (T, H), E = x.shape, wr.shape[0]
+    fc1 = torch.randn(E, F1, H, generator=gen) / math.sqrt(H)
+    fc2 = torch.randn(E, H, F, generator=gen) / math.sqrt(F)
+    dy = torch.randn(T, H, generator=gen)
+    for t in (x, wr, fc1, fc2):
+        t.requires_grad_(True)
+    return fc1, fc2, dy
+
+
+def run_experts(rows_per_expert, fc1, fc2, act, gated):
+    """FFN or GLU expert e on its rows (Megatron's glu: act(first half of fc1) * second half)."""
+    outs = []
+    for e, rows in enumerate(rows_per_expert):
+        h = rows @ fc1[e].T
+        if gated:
+            a, b = torch.chunk(h, 2, dim=-1)
+            h = act(a) * b
+        else:
+            h = act(h)
+        outs.append(h @ fc2[e].T)
+    return outs
+
+
 def layer_fixture(name, cfg, gen, T, S, B, source=""):
     E, H, F = cfg["num_experts"], cfg["hidden_size"], cfg["ffn_hidden_size"]
     gated = cfg["gated"]
@@ -356,11 +381,7 @@ def layer_fixture(name, cfg, gen, T, S, B, source=""):
         wr = torch.randn(E, H, generator=gen) * (1.5 / math.sqrt(H))
         if cfg["load_balancing_type"] != "sinkhorn" or check_sinkhorn_margin(cfg, x @ wr.T):
             break
-    fc1 = torch.randn(E, F1, H, generator=gen) / math.sqrt(H)
-    fc2 = torch.randn(E, H, F, generator=gen) / math.sqrt(F)
-    dy = torch.randn(T, H, generator=gen)
-    for t in (x, wr, fc1, fc2):
-        t.requires_grad_(True)
+    fc1, fc2, dy = expert_weights(gen, x, wr, F1, F)
     logits = Fn.linear(x, wr)
     with float64_router_math():
         probs, final_map, routed, aux, z = megatron_route(cfg, logits, S, B)
@@ -374,15 +395,7 @@ def layer_fixture(name, cfg, gen, T, S, B, source=""):
     else:
         permuted, _, sorted_idx = mu.permute(x, final_map)
         counts = [int(v) for v in final_map.sum(0)]
-    outs = []
-    for e, rows in enumerate(torch.split(permuted, counts)):
-        h = rows @ fc1[e].T
-        if gated:
-            a, b = torch.chunk(h, 2, dim=-1)  # Megatron's glu: act(first half) * second half
-            h = act(a) * b
-        else:
-            h = act(h)
-        outs.append(h @ fc2[e].T)
+    outs = run_experts(torch.split(permuted, counts), fc1, fc2, act, gated)
     y = mu.unpermute(torch.cat(outs), sorted_idx, x.shape, probs=probs, routing_map=final_map,
                      drop_and_pad=pad)
     (y * dy).sum().backward()
@@ -406,6 +419,220 @@ def layer_fixture(name, cfg, gen, T, S, B, source=""):
     }
     return {"kind": "layer", "name": name, "input": doc, "expected": exp, "tolerance": TOLERANCE,
             "source": source}
+
+
+# ---------------------------------------------------------------------------------------------
+# DeepSpeed's gating (config "semantics": "deepspeed")
+# ---------------------------------------------------------------------------------------------
+
+class deepspeed_math:
+    """DeepSpeed's gating runs in float32 ("everything is in fp32 in this function") with the
+    default dtype float32. For double logits, Tensor.float() of its 0/1 masks and one-hot
+    locations returns float64 instead (the values are 0 and 1 either way), and the default dtype
+    is float32 as in training, so _capacity's torch.tensor(capacity_factor) stays float32."""
+
+    def __init__(self, lift=True):
+        self.lift = lift
+
+    def __enter__(self):
+        self.saved_float = torch.Tensor.float
+        self.saved_dtype = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float32)
+        if self.lift:
+            torch.Tensor.float = lambda t, *a, **kw: t.to(torch.float64)
+        return self
+
+    def __exit__(self, *exc):
+        torch.Tensor.float = self.saved_float
+        torch.set_default_dtype(self.saved_dtype)
+
+
+def deepspeed_gate(cfg, logits, sparse=False):
+    """DeepSpeed's TopKGate.forward choice: top1gating for k = 1, top2gating for k = 2,
+    topkgating above, with random token selection and second-expert sampling off. Also runs
+    DeepSpeed unmodified in float32 and asserts the same routes and values to float32 rounding."""
+    with deepspeed_math(lift=False):
+        out32 = _deepspeed_gate(cfg, logits.detach().to(torch.float32), sparse)
+    with deepspeed_math():
+        out = _deepspeed_gate(cfg, logits, sparse)
+    for a, b in zip(out, out32):
+        if torch.is_tensor(a) and a.is_floating_point():
+            assert (a.detach() - b.to(a.dtype)).abs().max() < 1e-5, "float32 DeepSpeed disagrees"
+        elif torch.is_tensor(a):
+            assert torch.equal(a, b), "float32 DeepSpeed routes differently"
+        else:
+            assert a == b
+    return out
+
+
+def _deepspeed_gate(cfg, logits, sparse):
+    from deepspeed.moe import sharded_moe as dsm
+    k = cfg["num_experts_per_token"]
+    cf = cfg["capacity_factor"]
+    minc = cfg.get("min_capacity", 0)
+    drop = cfg.get("token_dispatch") == "capacity"
+    if k == 1:
+        return dsm.top1gating(logits, cf, minc, drop_tokens=drop, use_rts=False, sparse_routes=sparse)
+    if k == 2:
+        return dsm.top2gating(logits, cf, minc, drop_tokens=drop, top2_2nd_expert_sampling=False,
+                              sparse_routes=sparse)
+    return dsm.topkgating(logits, k, cf, minc, drop_tokens=drop,
+                          drop_policy=cfg.get("drop_policy", "probs"), sparse_routes=sparse)
+
+
+def deepspeed_losses(cfg, l_aux):
+    on = cfg["load_balancing_type"] == "aux_loss" and cfg["load_balance_loss_coeff"] > 0
+    return cfg["load_balance_loss_coeff"] * l_aux if on else None
+
+
+def deepspeed_counts(cfg, kept_mask, exp_counts, capacity, T):
+    k = cfg["num_experts_per_token"]
+    kept = [int(v) for v in kept_mask.sum(0)]
+    if cfg["num_experts_per_token"] == 1:
+        # top1gating without random token selection keeps torch.topk's choice among equal 0/1
+        # values: only fixtures where no expert is over-full are well defined.
+        assert all(int(v) <= int(capacity) for v in exp_counts), "top-1 fixture with drops"
+    return {
+        "capacity": int(capacity) if cfg.get("token_dispatch") == "capacity" else None,
+        "tokens_per_expert": kept,
+        "dropped": int(T * k - sum(kept)),
+        "routed_per_expert": [int(v) for v in exp_counts],
+    }
+
+
+def ds_route_fixture(name, cfg, gen, T, H=None, source=""):
+    E = cfg["num_experts"]
+    if H:
+        x = torch.randn(T, H, generator=gen).requires_grad_(True)
+        w = (torch.randn(E, H, generator=gen) * (1.5 / math.sqrt(H))).requires_grad_(True)
+        logits = Fn.linear(x, w)
+    else:
+        logits = (torch.randn(T, E, generator=gen) * 1.5).requires_grad_(True)
+    gp = torch.randn(T, E, generator=gen)
+    l_aux, combine, dispatch_mask, exp_counts = deepspeed_gate(cfg, logits)
+    probs = combine.sum(-1)  # [T, E, C] -> the dense combine weight of each (token, expert)
+    aux = deepspeed_losses(cfg, l_aux)
+    capacity = combine.shape[-1]
+    if cfg.get("token_dispatch") == "capacity":
+        from deepspeed.moe import sharded_moe as dsm
+        k = cfg["num_experts_per_token"]
+        with deepspeed_math(lift=False):
+            capacity = int(dsm._capacity(probs, torch.tensor(cfg["capacity_factor"] * k),
+                                         torch.tensor(cfg.get("min_capacity", 0))))
+    exp = {"probs": rounded(probs)}
+    exp.update(deepspeed_counts(cfg, dispatch_mask.any(-1), exp_counts, capacity, T))
+    exp["aux_loss"] = None if aux is None else float(aux)
+    exp["z_loss"] = None
+    doc = {"config": cfg, "grad_probs": rounded(gp)}
+    loss = (probs * gp).sum() + (aux if aux is not None else 0.0)
+    loss.backward()
+    if H:
+        doc["x"] = rounded(x)
+        doc["router_weight"] = rounded(w)
+        exp["logits"] = rounded(logits)
+        exp["grad_x"] = rounded(x.grad)
+        exp["grad_router_weight"] = rounded(w.grad)
+    else:
+        doc["logits"] = rounded(logits)
+        exp["grad_logits"] = rounded(logits.grad)
+    return {"kind": "route", "name": name, "input": doc, "expected": exp,
+            "tolerance": TOLERANCE, "source": source}
+
+
+def ds_layer_fixture(name, cfg, gen, T, source=""):
+    """DeepSpeed's MOELayer.forward on one rank: TopKGate's gating with sparse routes,
+    _route_slots / _sparse_encode into [E, C, H], per-expert FFN / GLU in torch, _sparse_decode."""
+    from deepspeed.moe import sharded_moe as dsm
+    E, H, F = cfg["num_experts"], cfg["hidden_size"], cfg["ffn_hidden_size"]
+    gated = cfg["gated"]
+    F1 = 2 * F if gated else F
+    x = torch.randn(T, H, generator=gen)
+    wr = torch.randn(E, H, generator=gen) * (1.5 / math.sqrt(H))
+    fc1, fc2, dy = expert_weights(gen, x, wr, F1, F)
+    logits = Fn.linear(x, wr)
+    l_aux, C, E_, indices, locations, gates, exp_counts = deepspeed_gate(cfg, logits, sparse=True)
+    C = int(C)
+    slots = dsm._route_slots(indices, locations, E, C)
+    dispatched = dsm._sparse_encode(x, slots, E, C)  # [E, C, H]
+    outs = run_experts(dispatched.unbind(0), fc1, fc2, ACT[cfg["activation"]], gated)
+    y = dsm._sparse_decode(torch.stack(outs).view(E * C, H), slots, gates, T)
+    aux = deepspeed_losses(cfg, l_aux)
+    ((y * dy).sum() + (aux if aux is not None else 0.0)).backward()
+    kept_mask = torch.zeros(T, E, dtype=torch.bool)
+    for j in range(indices.shape[0]):
+        for t in range(T):
+            if int(indices[j, t]) >= 0:
+                kept_mask[t, int(indices[j, t])] = True
+    capacity = C
+    if cfg.get("token_dispatch") == "capacity":
+        k = cfg["num_experts_per_token"]
+        with deepspeed_math(lift=False):
+            capacity = int(dsm._capacity(logits, torch.tensor(cfg["capacity_factor"] * k),
+                                         torch.tensor(cfg.get("min_capacity", 0))))
+    doc = {"config": cfg, "x": rounded(x), "router_weight": rounded(wr), "fc1_weight": rounded(fc1),
+           "fc2_weight": rounded(fc2), "dy": rounded(dy)}
+    exp = {"y": rounded(y)}
+    exp.update(deepspeed_counts(cfg, kept_mask, exp_counts, capacity, T))
+    exp.update({"aux_loss": None if aux is None else float(aux), "z_loss": None,
+                "grad_x": rounded(x.grad), "grad_router_weight": rounded(wr.grad),
+                "grad_fc1_weight": rounded(fc1.grad), "grad_fc2_weight": rounded(fc2.grad)})
+    return {"kind": "layer", "name": name, "input": doc, "expected": exp, "tolerance": TOLERANCE,
+            "source": source}
+
+
+def ds_config(E, k, S, B, **kw):
+    c = base_config(E, k, S, B, semantics="deepspeed", pre_softmax=True, router_z_loss_coeff=0.0,
+                    capacity_formula="deepspeed", token_dispatch="capacity",
+                    drop_policy="position" if k <= 2 else "probs")
+    c.update(kw)
+    return c
+
+
+DS = "deepspeed.moe.sharded_moe"
+
+
+def ds_route_cases(E, S, B):
+    """(name, config, H or None, source) of the DeepSpeed route fixtures of one set."""
+    c = lambda k, **kw: ds_config(E, k, S, B, **kw)  # noqa: E731
+    return [
+        ("ds_top2_capacity", c(2, capacity_factor=0.75), None,
+         f"{DS}.top2gating (no 2nd-expert sampling); l_aux x coeff; autograd"),
+        ("ds_top2_min_capacity", c(2, capacity_factor=0.5, min_capacity=3), None,
+         f"{DS}.top2gating with min_capacity"),
+        ("ds_top2_dropless", c(2, token_dispatch="dropless"), None,
+         f"{DS}.top2gating drop_tokens=False"),
+        ("ds_top2_no_aux", c(2, capacity_factor=1.0, load_balancing_type="none",
+                             load_balance_loss_coeff=0.0), None, f"{DS}.top2gating, no aux loss"),
+        ("ds_top1", c(1, capacity_factor=float(E)), None,
+         f"{DS}.top1gating (no random token selection), no expert over-full"),
+        ("ds_top1_dropless", c(1, token_dispatch="dropless", load_balance_loss_coeff=0.1), None,
+         f"{DS}.top1gating drop_tokens=False"),
+        ("ds_topk3_probs", c(3, capacity_factor=0.75), None, f"{DS}.topkgating k=3 drop_policy probs"),
+        ("ds_topk3_position", c(3, capacity_factor=0.75, drop_policy="position"), None,
+         f"{DS}.topkgating k=3 drop_policy position"),
+        ("ds_topk4_probs_min", c(4, capacity_factor=0.5, min_capacity=5), None,
+         f"{DS}.topkgating k=4 drop_policy probs, min_capacity"),
+        ("ds_topk3_dropless", c(3, token_dispatch="dropless"), None, f"{DS}.topkgating drop_tokens=False"),
+        ("ds_linear_top2", c(2, capacity_factor=1.0), 5, f"x W^T; {DS}.top2gating; autograd to x, W"),
+    ]
+
+
+def ds_layer_cases(E, S, B, H, F):
+    cases = [
+        ("layer_ds_top2_silu_glu", dict(num_experts_per_token=2, capacity_factor=0.75,
+                                        activation="silu", gated=True)),
+        ("layer_ds_topk3_gelu_ffn", dict(num_experts_per_token=3, capacity_factor=0.75,
+                                         drop_policy="probs", activation="gelu", gated=False)),
+        ("layer_ds_top1_relu_ffn", dict(num_experts_per_token=1, token_dispatch="dropless",
+                                        drop_policy="position", activation="relu", gated=False)),
+    ]
+    out = []
+    for name, kw in cases:
+        cfg = ds_config(E, kw["num_experts_per_token"], S, B, hidden_size=H, ffn_hidden_size=F)
+        cfg.update(kw)
+        out.append((name, cfg, f"torch layer as {DS}.MOELayer.forward: x W_r^T, TopKGate gating "
+                               f"(sparse routes), _route_slots, _sparse_encode, experts, _sparse_decode; autograd"))
+    return out
 
 
 TOPK = "moe_utils.topk_routing_with_score_function via TopKRouter.routing"
@@ -536,6 +763,12 @@ def write_set(out_dir, name, p):
     for lname, cfg, src in layer_cases(p["E"], p["k"], p["S"], p["B"], p["H"], p["F"], p["groups"],
                                        p["gtopk"], p["gk"]):
         fixtures.append(layer_fixture(lname, cfg, gen, T, p["S"], p["B"], source=src))
+    # DeepSpeed's fixtures draw from their own stream, so the Megatron ones above stay as they were.
+    ds_gen = torch.Generator().manual_seed(p["seed"] + 1)
+    for cname, cfg, H, src in ds_route_cases(p["E"], p["S"], p["B"]):
+        fixtures.append(ds_route_fixture(cname, cfg, ds_gen, T, H=H, source=src))
+    for lname, cfg, src in ds_layer_cases(p["E"], p["S"], p["B"], p["H"], p["F"]):
+        fixtures.append(ds_layer_fixture(lname, cfg, ds_gen, T, source=src))
     vers = versions()
     for fx in fixtures:
         fx["versions"] = vers

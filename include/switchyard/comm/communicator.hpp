@@ -6,9 +6,11 @@
 /// zero tokens. Counts and displacements are in elements.
 
 #include <algorithm>
+#include <array>
 #include <concepts>
 #include <cstdint>
 #include <cstring>
+#include <exception>
 #include <span>
 #include <string>
 #include <vector>
@@ -101,6 +103,44 @@ void require_agreement(Comm& comm, std::uint64_t fingerprint, const std::string&
   if (!differ.empty())
     throw comm_error(detail::concat("ranks disagree on the ", what, ": rank(s) ", differ,
                                     " differ from rank 0 (this is rank ", comm.rank(), ")"));
+}
+
+/// Collective: every rank of `comm` says whether the local stage it just ran failed (`local`
+/// holds its exception, or is null) before anyone starts an exchange the failed rank would not
+/// join. The failed rank rethrows its own exception; every other rank throws comm_error naming
+/// the first failed rank and its message (up to 255 bytes), so a bad input on one rank is an
+/// error on every rank instead of a hang.
+template <Communicator Comm>
+void fail_together(Comm& comm, const std::exception_ptr& local, const std::string& where) {
+  constexpr std::size_t words = 33;  // a flag, then 256 bytes of message
+  std::array<std::uint64_t, words> mine{};
+  if (local) {
+    mine[0] = 1;
+    std::string msg;
+    try {
+      std::rethrow_exception(local);
+    } catch (const std::exception& e) {
+      msg = e.what();
+    } catch (...) {
+      msg = "an exception that is not a std::exception";
+    }
+    std::memcpy(&mine[1], msg.data(), std::min<std::size_t>(msg.size(), 8 * (words - 1) - 1));
+  }
+  std::vector<std::uint64_t> all(words * static_cast<std::size_t>(comm.size()));
+  if constexpr (requires { comm.all_gather_host(mine.data(), 1, all.data()); })
+    comm.all_gather_host(mine.data(), static_cast<std::int64_t>(words), all.data());
+  else
+    comm.all_gather(mine.data(), static_cast<std::int64_t>(words), all.data());
+  if (local) std::rethrow_exception(local);
+  for (int r = 0; r < comm.size(); ++r) {
+    const std::uint64_t* w = &all[static_cast<std::size_t>(r) * words];
+    if (w[0] == 0) continue;
+    const char* text = reinterpret_cast<const char*>(w + 1);
+    const char* end = std::find(text, text + 8 * (words - 1), '\0');
+    throw comm_error(detail::concat(where, ": rank ", r, " of ", comm.size(), " failed: ",
+                                    std::string(text, end),
+                                    " (this is rank ", comm.rank(), ")"));
+  }
 }
 
 }  // namespace switchyard

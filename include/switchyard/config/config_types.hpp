@@ -70,6 +70,7 @@ using opt_double = std::optional<double>;
   X(::switchyard::CapacityFormula, capacity_formula, ::switchyard::CapacityFormula::megatron, \
     balance)                                                                              \
   X(std::int64_t, min_capacity, 0, balance)                                               \
+  X(::switchyard::Semantics, semantics, ::switchyard::Semantics::megatron, moe)           \
   /* model sizes */                                                                       \
   X(std::int64_t, hidden_size, 1024, model)                                               \
   X(std::int64_t, ffn_hidden_size, 4096, model)                                           \

@@ -76,6 +76,16 @@ struct enum_info<CapacityFormula> {
   static constexpr std::array<std::string_view, 5> names = {"megatron", "deepspeed", "tutel", "megablocks", "torsh"};
 };
 
+/// Whose numbers the router and the dispatcher reproduce (docs/conformance.md): Megatron-Core's
+/// (the default) or DeepSpeed's top1/top2/topkgating (its capacity, drop order, renormalisation
+/// of the kept weights and aux loss).
+enum class Semantics { megatron, deepspeed };
+template <>
+struct enum_info<Semantics> {
+  static constexpr std::string_view type_name = "Semantics";
+  static constexpr std::array<std::string_view, 2> names = {"megatron", "deepspeed"};
+};
+
 /// Expert activation: gelu is the exact (erf) form, gelu_tanh the tanh approximation.
 enum class Activation { gelu, gelu_tanh, relu, silu };
 template <>

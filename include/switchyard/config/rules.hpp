@@ -66,6 +66,19 @@ namespace switchyard {
     "enable_load_balancing false turns balancing off: load_balancing_type must be none and "    \
     "enable_expert_bias false")                                                                 \
   X(pad_needs_capacity, pad_to_capacity, "pad_to_capacity needs token_dispatch capacity")       \
+  X(deepspeed_router, semantics,                                                                \
+    "semantics deepspeed routes as DeepSpeed's gating: score_function softmax with pre_softmax " \
+    "true (softmax over every expert, then the top k), no groups, no expert bias and no "       \
+    "topk_scaling_factor")                                                                      \
+  X(deepspeed_balance, load_balancing_type,                                                     \
+    "semantics deepspeed has DeepSpeed's aux loss only: load_balancing_type aux_loss or none")  \
+  X(deepspeed_no_z_loss, router_z_loss_coeff,                                                   \
+    "semantics deepspeed has no z-loss (DeepSpeed's gating has none): set router_z_loss_coeff to 0") \
+  X(deepspeed_capacity_formula, capacity_formula,                                               \
+    "semantics deepspeed with capacity dispatch needs capacity_formula deepspeed")              \
+  X(deepspeed_drop_position, drop_policy,                                                       \
+    "semantics deepspeed with k = 1 or 2 drops by position (DeepSpeed's top1gating and "        \
+    "top2gating): set drop_policy position")                                                    \
   X(min_capacity_nonneg, min_capacity, "min_capacity must be >= 0")                             \
   X(max_batch_positive, max_expert_batch_size, "max_expert_batch_size must be at least 1")      \
   X(hidden_positive, hidden_size, "hidden_size must be at least 1")                             \
@@ -119,6 +132,7 @@ constexpr bool rule_ok(const Config& c, rule_id r) {
   const std::int64_t k = c.num_experts_per_token;
   const bool sinkhorn = c.load_balancing_type == LoadBalancingType::sinkhorn;
   const bool capacity = c.token_dispatch == TokenDispatch::capacity;
+  const bool deepspeed = c.semantics == Semantics::deepspeed;
   switch (r) {
     case rule_id::num_experts_positive: return E >= 1;
     case rule_id::topk_range: return k >= 1 && k <= E;
@@ -182,6 +196,18 @@ constexpr bool rule_ok(const Config& c, rule_id r) {
       return c.enable_load_balancing ||
              (c.load_balancing_type == LoadBalancingType::none && !c.enable_expert_bias);
     case rule_id::pad_needs_capacity: return !c.pad_to_capacity || capacity;
+    case rule_id::deepspeed_router:
+      return !deepspeed || (c.score_function == ScoreFunction::softmax && c.pre_softmax &&
+                            !c.num_groups && !c.group_topk && !c.enable_expert_bias &&
+                            !c.topk_scaling_factor);
+    case rule_id::deepspeed_balance:
+      return !deepspeed || c.load_balancing_type == LoadBalancingType::aux_loss ||
+             c.load_balancing_type == LoadBalancingType::none;
+    case rule_id::deepspeed_no_z_loss: return !deepspeed || c.router_z_loss_coeff == 0;
+    case rule_id::deepspeed_capacity_formula:
+      return !deepspeed || !capacity || c.capacity_formula == CapacityFormula::deepspeed;
+    case rule_id::deepspeed_drop_position:
+      return !deepspeed || !capacity || k > 2 || c.drop_policy == DropPolicy::position;
     case rule_id::min_capacity_nonneg: return c.min_capacity >= 0;
     case rule_id::max_batch_positive:
       return !c.max_expert_batch_size || *c.max_expert_batch_size >= 1;

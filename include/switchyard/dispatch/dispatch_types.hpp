@@ -63,6 +63,13 @@ struct DispatchOptions {
   std::optional<std::int64_t> capacity;  ///< rows per expert at most; none = unbounded
   DropPolicy drop_policy = DropPolicy::probs;
   bool pad_to_capacity = false;  ///< every expert gets exactly `capacity` rows
+  /// Queue order of an expert's routes: false, token order (Megatron; DeepSpeed's topkgating);
+  /// true, every first choice before any second choice, each in token order (DeepSpeed's
+  /// top2gating). It decides which routes the position policy keeps, and the row order.
+  bool queue_by_slot = false;
+  /// Each token's kept weights are divided by their sum after dropping (DeepSpeed, k > 1):
+  /// see renormalized_weights() in dispatch/renormalize.hpp.
+  bool renormalize_kept = false;
 };
 
 /// Options from a validated config for `tokens` tokens on this rank: the capacity formula's C
@@ -76,6 +83,9 @@ inline DispatchOptions dispatch_options(const Config& c, std::int64_t tokens) {
                             : *c.max_expert_batch_size;
   o.drop_policy = c.drop_policy;
   o.pad_to_capacity = c.pad_to_capacity && o.capacity.has_value();
+  const bool deepspeed = c.semantics == Semantics::deepspeed;
+  o.queue_by_slot = deepspeed && c.num_experts_per_token == 2;
+  o.renormalize_kept = deepspeed && c.num_experts_per_token > 1;
   return o;
 }
 

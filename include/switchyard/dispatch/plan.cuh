@@ -4,6 +4,7 @@
 /// memory, so every run gives the same plan; inside an expert, rows keep token order. The drop
 /// by probability sorts each expert's routes with a stable segmented sort (ties keep token
 /// order); dropless and drop-by-position need no sort at all. Offsets stay on the device.
+/// With queue_by_slot the threads walk the routes slot-major (every first choice first).
 
 #include <cub/device/device_scan.cuh>
 #include <cub/device/device_segmented_sort.cuh>
@@ -23,6 +24,8 @@ struct DevicePlan {
   std::int64_t num_tokens = 0, top_k = 0, num_experts = 0;
   std::int64_t capacity = -1;  ///< -1 when unbounded
   bool padded = false;
+  bool queue_by_slot = false;     ///< DispatchOptions::queue_by_slot
+  bool renormalize_kept = false;  ///< DispatchOptions::renormalize_kept
   std::int64_t max_rows = 0;  ///< rows the buffers hold: E·C padded, else min(T·k, E·C)
   std::int64_t* routed_per_expert = nullptr;  ///< [E]
   std::int64_t* kept_per_expert = nullptr;    ///< [E]
@@ -36,15 +39,23 @@ namespace kernels {
 
 constexpr int plan_chunk = 256;  // routes per block; one thread per route in the rank pass
 
+/// The route at queue position q: q itself in token order, or (q mod T)·k + q div T when the
+/// queue is slot-major (slot_major_T = T; 0 for token order).
+__device__ inline std::int64_t queue_route(std::int64_t q, std::int64_t slot_major_T, int k) {
+  return slot_major_T > 0 ? (q % slot_major_T) * k + q / slot_major_T : q;
+}
+
 /// Per-block expert histogram in shared memory (integer atomics: the totals are exact).
 /// counts[e·B + b] = routes of expert e in block b that are kept.
 __global__ void plan_count(const std::int32_t* expert, const unsigned char* keep, std::int64_t n,
-                           int E, int B, std::int64_t* counts, int* status) {
+                           int E, int B, std::int64_t slot_major_T, int k, std::int64_t* counts,
+                           int* status) {
   extern __shared__ int s_count[];
   for (int e = threadIdx.x; e < E; e += blockDim.x) s_count[e] = 0;
   __syncthreads();
-  const std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * plan_chunk + threadIdx.x;
-  if (i < n) {
+  const std::int64_t q = static_cast<std::int64_t>(blockIdx.x) * plan_chunk + threadIdx.x;
+  if (q < n) {
+    const std::int64_t i = queue_route(q, slot_major_T, k);
     const int e = expert[i];
     if (e < 0 || e >= E) {
       atomicMin(status, static_cast<int>(i + 1 < 0x7fffffff ? i + 1 : 0x7fffffff));
@@ -74,15 +85,18 @@ enum class rank_mode { keep_first_c, gather, rows };
 /// mode keep_first_c: keep[i] = rank_in_expert < C (drop by position);
 /// mode gather: by_expert[pos] = i, keys[pos] = prob[i] (input of the segmented sort);
 /// mode rows: route_row / row_route of the final plan.
+/// Threads walk the queue positions (queue_route); every write goes to the route's own slot.
 template <class P>
 __global__ void plan_rank(const std::int32_t* expert, unsigned char* keep, std::int64_t n, int E,
-                          int B, const std::int64_t* base, rank_mode mode, std::int64_t C,
-                          bool padded, const P* prob, std::int64_t* by_expert, P* keys,
-                          std::int64_t* route_row, std::int64_t* row_route) {
+                          int B, std::int64_t slot_major_T, int k, const std::int64_t* base,
+                          rank_mode mode, std::int64_t C, bool padded, const P* prob,
+                          std::int64_t* by_expert, P* keys, std::int64_t* route_row,
+                          std::int64_t* row_route) {
   __shared__ std::int32_t s_e[plan_chunk];
   __shared__ unsigned char s_k[plan_chunk];
-  const std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * plan_chunk + threadIdx.x;
-  const bool valid = i < n && expert[i] >= 0 && expert[i] < E;
+  const std::int64_t q = static_cast<std::int64_t>(blockIdx.x) * plan_chunk + threadIdx.x;
+  const std::int64_t i = q < n ? queue_route(q, slot_major_T, k) : q;
+  const bool valid = q < n && expert[i] >= 0 && expert[i] < E;
   s_e[threadIdx.x] = valid ? expert[i] : -1;
   s_k[threadIdx.x] = valid && (mode != rank_mode::rows || !keep || keep[i]) ? 1 : 0;
   __syncthreads();
@@ -158,6 +172,8 @@ device_plan_buffers carve_device_plan(workspace_carver& w, std::int64_t T, std::
   p.num_experts = E;
   p.capacity = opt.capacity ? *opt.capacity : -1;
   p.padded = opt.pad_to_capacity && opt.capacity.has_value();
+  p.queue_by_slot = opt.queue_by_slot;
+  p.renormalize_kept = opt.renormalize_kept;
   p.max_rows = p.padded ? E * *opt.capacity
                         : (opt.capacity ? std::min(n, E * *opt.capacity) : n);
   p.routed_per_expert = w.take<std::int64_t>(static_cast<std::size_t>(E));
@@ -223,14 +239,16 @@ DevicePlan build_plan(exec::Cuda cuda, const DispatchOptions& opt, const std::in
   const std::int64_t C = p.capacity;
   const std::size_t shmem = sizeof(int) * static_cast<std::size_t>(E);
   const int off_blocks = (E + 1 + 255) / 256;
+  const std::int64_t slot_T = opt.queue_by_slot ? T : 0;  // queue order (DispatchOptions)
+  const int ki = static_cast<int>(k);
 
   SY_CUDA_TRY(cudaMemsetAsync(p.status, 0x7f, sizeof(int), s));  // "no bad route" = INT_MAX-ish
   SY_CUDA_TRY(cudaMemsetAsync(p.row_route, 0xff, sizeof(std::int64_t) * p.max_rows, s));
   SY_CUDA_TRY(cudaMemsetAsync(b.keep, 1, static_cast<std::size_t>(n), s));
   auto count_and_scan = [&](const unsigned char* keep) {
     if (B > 0)
-      kernels::plan_count<<<B, kernels::plan_chunk, shmem, s>>>(expert, keep, n, E, B, b.counts,
-                                                                p.status);
+      kernels::plan_count<<<B, kernels::plan_chunk, shmem, s>>>(expert, keep, n, E, B, slot_T, ki,
+                                                                b.counts, p.status);
     else
       SY_CUDA_TRY(cudaMemsetAsync(b.counts, 0, sizeof(std::int64_t) * nc, s));
     SY_CUDA_TRY(cudaGetLastError());
@@ -240,7 +258,7 @@ DevicePlan build_plan(exec::Cuda cuda, const DispatchOptions& opt, const std::in
   auto launch_rank = [&](kernels::rank_mode mode) {
     if (B == 0) return;
     kernels::plan_rank<P><<<B, kernels::plan_chunk, 0, s>>>(
-        expert, b.keep, n, E, B, b.base, mode, C, p.padded, prob, b.by_expert,
+        expert, b.keep, n, E, B, slot_T, ki, b.base, mode, C, p.padded, prob, b.by_expert,
         static_cast<P*>(b.keys), p.route_row, p.row_route);
     SY_CUDA_TRY(cudaGetLastError());
   };
@@ -269,7 +287,7 @@ DevicePlan build_plan(exec::Cuda cuda, const DispatchOptions& opt, const std::in
       }
     }
   }
-  // Pass 2: the kept routes, in token order inside each expert.
+  // Pass 2: the kept routes, in queue order inside each expert.
   count_and_scan(b.keep);
   kernels::plan_offsets<<<off_blocks, 256, 0, s>>>(b.base, E, B, p.kept_per_expert,
                                                    p.expert_offsets, p.padded, C);
@@ -300,6 +318,8 @@ inline DispatchPlan to_host(exec::Cuda cuda, const DevicePlan& p) {
   h.num_experts = p.num_experts;
   if (p.capacity >= 0) h.capacity = p.capacity;
   h.padded = p.padded;
+  h.queue_by_slot = p.queue_by_slot;
+  h.renormalize_kept = p.renormalize_kept;
   const auto E = static_cast<std::size_t>(p.num_experts);
   auto copy = [&](std::vector<std::int64_t>& dst, const std::int64_t* src, std::size_t count) {
     dst.resize(count);

@@ -1,7 +1,8 @@
 #pragma once
 /// \file The dispatch plan: from the routes (expert [T,k], prob [T,k]) to expert-grouped rows.
 /// Host reference implementation; the CUDA one is plan.cuh. Deterministic: inside an expert,
-/// rows keep token order; drops break ties by the lower token index.
+/// rows keep queue order (token order, or slot-major with queue_by_slot); drops break ties by
+/// the lower token index.
 
 #include <algorithm>
 #include <cstdint>
@@ -22,6 +23,8 @@ struct DispatchPlan {
   std::int64_t num_tokens = 0, top_k = 0, num_experts = 0;
   std::optional<std::int64_t> capacity;  ///< none when dropless
   bool padded = false;                   ///< pad_to_capacity: every expert has capacity rows
+  bool queue_by_slot = false;            ///< DispatchOptions::queue_by_slot
+  bool renormalize_kept = false;         ///< DispatchOptions::renormalize_kept
   std::vector<std::int64_t> routed_per_expert;  ///< [E] routes before dropping
   std::vector<std::int64_t> kept_per_expert;    ///< [E] routes after dropping
   std::vector<std::int64_t> expert_offsets;     ///< [E+1] row offsets (exclusive scan)
@@ -63,9 +66,12 @@ DispatchPlan build_plan(exec::Host, const DispatchOptions& opt,
   plan.num_experts = E;
   plan.capacity = opt.capacity;
   plan.padded = opt.pad_to_capacity && opt.capacity.has_value();
+  plan.queue_by_slot = opt.queue_by_slot;
+  plan.renormalize_kept = opt.renormalize_kept;
   plan.routed_per_expert.assign(static_cast<std::size_t>(E), 0);
 
-  // Routes of each expert in token order (a counting sort: stable, no comparison sort).
+  // Routes of each expert in queue order, token order or slot-major (a counting sort: stable,
+  // no comparison sort).
   for (std::int64_t t = 0; t < T; ++t)
     for (std::int64_t j = 0; j < k; ++j) {
       const std::int32_t e = expert(t, j);
@@ -79,10 +85,11 @@ DispatchPlan build_plan(exec::Host, const DispatchOptions& opt,
   std::vector<std::int64_t> by_expert(static_cast<std::size_t>(T * k));
   {
     std::vector<std::int64_t> fill(start.begin(), start.end() - 1);
-    for (std::int64_t t = 0; t < T; ++t)
-      for (std::int64_t j = 0; j < k; ++j)
-        by_expert[static_cast<std::size_t>(fill[static_cast<std::size_t>(expert(t, j))]++)] =
-            t * k + j;
+    for (std::int64_t q = 0; q < T * k; ++q) {
+      const std::int64_t route = opt.queue_by_slot ? (q % T) * k + q / T : q;
+      by_expert[static_cast<std::size_t>(
+          fill[static_cast<std::size_t>(expert(route / k, route % k))]++)] = route;
+    }
   }
 
   // Which routes survive the capacity.

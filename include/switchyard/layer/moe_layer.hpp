@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <exception>
 #include <memory>
 #include <numeric>
 #include <span>
@@ -33,6 +34,7 @@
 #include "switchyard/dispatch/dispatch_types.hpp"
 #include "switchyard/dispatch/permute.hpp"
 #include "switchyard/dispatch/plan.hpp"
+#include "switchyard/dispatch/renormalize.hpp"
 #include "switchyard/dispatch/telemetry.hpp"
 #include "switchyard/layer/detail/hooks.hpp"
 #include "switchyard/layer/layer_types.hpp"
@@ -51,6 +53,7 @@ struct MoESaved {
   Routing<T> routing;
   std::vector<std::int32_t> slots;  ///< routes relabelled to placement slots [T][k]
   DispatchPlan plan;                ///< over slots
+  std::vector<T> weights;           ///< combine weights [T][k] (dispatch/renormalize.hpp)
   std::vector<std::int64_t> send_rows, recv_rows;  ///< [ep][E_local] rows per block
   /// Rows at this rank's experts, in two segments: [0] this rank's own tokens (never sent),
   /// [1] the rows received from the other EP ranks. Each is expert-major with its offsets
@@ -154,27 +157,37 @@ class MoELayerCore {
   MoEForward<T> forward(matrix_view<const T> x, const ForwardOptions& opt = {}) {
     const index_t Tn = x.extent(0), H = cfg_.hidden_size, E = cfg_.num_experts;
     const int k = router_->k();
-    SY_EXPECTS(x.extent(1) == H, detail::concat("MoELayer::forward: x has ", x.extent(1),
-                                                " columns, hidden_size is ", H));
     MoEForward<T> out;
     MoESaved<T>& s = out.saved;
-    s.tokens = Tn;
-    s.x.assign(x.data_handle(), x.data_handle() + Tn * H);
-    s.x_router = s.x;
-    if (opt.training && cfg_.input_jitter_eps) {
-      JitterParams j{*cfg_.input_jitter_eps, opt.seed, opt.step,
-                     static_cast<std::uint32_t>(comms_.dense_data_parallel->rank() * Tn)};
-      apply_input_jitter(exec::Host{}, matrix_view<T>(s.x_router.data(), Tn, H), j);
-    }
     std::vector<T> logits(static_cast<std::size_t>(Tn * E));
-    router_linear_forward(exec::Host{}, matrix_view<const T>(s.x_router.data(), Tn, H),
-                          std::as_const(params_).router(), vector_view<const T>(),
-                          matrix_view<T>(logits.data(), Tn, E));
-
-    // Group statistics for the losses (REFERENCE §5): counts and T over the dense DP group.
     RouteContext ctx;
     ctx.training = opt.training;
     ctx.global_aux = opt.global_aux;
+    // The local stage: a failure here (a wrong shape, NaN or Inf in x·W_r) on any rank is an
+    // error on every rank before the first collective (fail_together), never a hang.
+    std::exception_ptr failed;
+    try {
+      SY_EXPECTS(x.extent(1) == H, detail::concat("MoELayer::forward: x has ", x.extent(1),
+                                                  " columns, hidden_size is ", H));
+      s.tokens = Tn;
+      s.x.assign(x.data_handle(), x.data_handle() + Tn * H);
+      s.x_router = s.x;
+      if (opt.training && cfg_.input_jitter_eps) {
+        JitterParams j{*cfg_.input_jitter_eps, opt.seed, opt.step,
+                       static_cast<std::uint32_t>(comms_.dense_data_parallel->rank() * Tn)};
+        apply_input_jitter(exec::Host{}, matrix_view<T>(s.x_router.data(), Tn, H), j);
+      }
+      router_linear_forward(exec::Host{}, matrix_view<const T>(s.x_router.data(), Tn, H),
+                            std::as_const(params_).router(), vector_view<const T>(),
+                            matrix_view<T>(logits.data(), Tn, E));
+      check_logits_finite(matrix_view<const T>(logits.data(), Tn, E));
+      check_balance_inputs(loss_params(cfg_), Tn, ctx);
+    } catch (...) {
+      failed = std::current_exception();
+    }
+    fail_together(*comms_.dense_data_parallel, failed, "MoELayer::forward");
+
+    // Group statistics for the losses (REFERENCE §5): counts and T over the dense DP group.
     Comm* dense = comms_.dense_data_parallel;
     ctx.group_sum = [dense](std::span<double> v) {
       dense->all_reduce(v.data(), static_cast<std::int64_t>(v.size()), ReduceOp::sum);
@@ -223,27 +236,41 @@ class MoELayerCore {
     });
 
     out.y.assign(static_cast<std::size_t>(Tn * H), T(0));
+    s.weights.resize(static_cast<std::size_t>(Tn * k));
+    combine_weights(exec::Host{}, s.plan, s.routing.probs(),
+                    matrix_view<T>(s.weights.data(), Tn, k));
     unpermute(exec::Host{}, s.plan, matrix_view<const T>(s.rows_out.data(), R, H),
-              s.routing.probs(), matrix_view<T>(out.y.data(), Tn, H));
+              matrix_view<const T>(s.weights.data(), Tn, k), matrix_view<T>(out.y.data(), Tn, H));
     fill_metrics(s, dopt, out.metrics);
     return out;
   }
 
   /// dx [T][H] for dy [T][H]; adds the router and local expert gradients into `grads`.
   std::vector<T> backward(MoESaved<T>& s, matrix_view<const T> dy, MoEGrads<T>& grads) {
-    SY_EXPECTS(!s.used, "MoELayer::backward: this forward's saved state was already consumed");
-    s.used = true;
     const index_t Tn = s.tokens, H = cfg_.hidden_size, E = cfg_.num_experts;
     const int k = router_->k();
-    SY_EXPECTS(dy.extent(0) == Tn && dy.extent(1) == H,
-               detail::concat("MoELayer::backward: dy is [", dy.extent(0), "][", dy.extent(1),
-                              "], the forward had [", Tn, "][", H, "]"));
     const index_t R = s.plan.rows();
     std::vector<T> d_rows(static_cast<std::size_t>(R * H));
-    std::vector<T> d_prob(static_cast<std::size_t>(Tn * k));
-    unpermute_backward(exec::Host{}, s.plan, matrix_view<const T>(s.rows_out.data(), R, H),
-                       s.routing.probs(), dy, matrix_view<T>(d_rows.data(), R, H),
-                       matrix_view<T>(d_prob.data(), Tn, k));
+    std::vector<T> d_weight(static_cast<std::size_t>(Tn * k)), d_prob(d_weight.size());
+    // The local stage, failing together as in forward.
+    std::exception_ptr failed;
+    try {
+      SY_EXPECTS(!s.used, "MoELayer::backward: this forward's saved state was already consumed");
+      SY_EXPECTS(dy.extent(0) == Tn && dy.extent(1) == H,
+                 detail::concat("MoELayer::backward: dy is [", dy.extent(0), "][", dy.extent(1),
+                                "], the forward had [", Tn, "][", H, "]"));
+      s.used = true;
+      unpermute_backward(exec::Host{}, s.plan, matrix_view<const T>(s.rows_out.data(), R, H),
+                         matrix_view<const T>(s.weights.data(), Tn, k), dy,
+                         matrix_view<T>(d_rows.data(), R, H),
+                         matrix_view<T>(d_weight.data(), Tn, k));
+      combine_weights_backward(exec::Host{}, s.plan, s.routing.probs(),
+                               matrix_view<const T>(d_weight.data(), Tn, k),
+                               matrix_view<T>(d_prob.data(), Tn, k));
+    } catch (...) {
+      failed = std::current_exception();
+    }
+    fail_together(*comms_.dense_data_parallel, failed, "MoELayer::backward");
     const expert_shape shape{placement_.local_experts(), H, cfg_.ffn_hidden_size, params_.bias};
     const std::vector<T> d_rows_in =
         exchange_apply(d_rows, s, H, R, nullptr, [&](int seg, std::vector<T> d_out) {

@@ -25,6 +25,8 @@ inline LossParams loss_params(const Config& c) {
   p.z_loss_coeff = c.router_z_loss_coeff;
   p.token_layout = c.token_layout;
   p.sequence_length = c.sequence_length;
+  // DeepSpeed's top2gating counts first choices only (its top1/topkgating count all k).
+  p.aux_first_choice_only = c.semantics == Semantics::deepspeed && c.num_experts_per_token == 2;
   return p;
 }
 

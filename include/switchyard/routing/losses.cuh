@@ -120,7 +120,8 @@ template <int K, class Score>
 __global__ void __launch_bounds__(loss_block)
     aux_columns_kernel(const float* z, index_t T, index_t E, const std::int32_t* count_map,
                        const detail::aux_row<float>* stats, index_t num_sequences,
-                       index_t sequence_length, TokenLayout layout, double* qsum, double* cnt) {
+                       index_t sequence_length, TokenLayout layout, int counted, double* qsum,
+                       double* cnt) {
   __shared__ double shm[loss_block];
   const index_t e = blockIdx.x, b = blockIdx.y;
   const index_t tokens = T / num_sequences;
@@ -131,7 +132,7 @@ __global__ void __launch_bounds__(loss_block)
                       : layout == TokenLayout::seq_batch ? s * num_sequences + b
                                                          : b * sequence_length + s;
     q += static_cast<double>(detail::aux_q<Score>(z + t * E, e, stats[t]));
-    for (int j = 0; j < K; ++j) c += count_map[t * K + j] == e ? 1.0 : 0.0;
+    for (int j = 0; j < counted; ++j) c += count_map[t * K + j] == e ? 1.0 : 0.0;
   }
   q = block_sum(q, shm);
   c = block_sum(c, shm);
@@ -222,6 +223,7 @@ void losses_forward(exec::Cuda cuda, matrix_view<const float> logits, const Loss
   kernels::launch_per_token(kernels::loss_token_body<K, Score>{z, E, ws.count_map, ws.stats,
                                                                ws.lse},
                             T, cuda.stream);
+  const int counted = p.aux_first_choice_only ? 1 : K;  // choices per token in c_e
   for (std::size_t i = 0; i < p.balance.size(); ++i) {
     const BalanceLoss& bl = p.balance[i];
     const auto& term = ws.terms[i];
@@ -230,7 +232,7 @@ void losses_forward(exec::Cuda cuda, matrix_view<const float> logits, const Loss
     kernels::aux_columns_kernel<K, Score>
         <<<dim3(static_cast<unsigned>(E), static_cast<unsigned>(B)), kernels::loss_block, 0,
            cuda.stream>>>(z, T, E, ws.count_map, ws.stats, B, p.sequence_length,
-                          p.token_layout, term.qsum, term.cnt);
+                          p.token_layout, counted, term.qsum, term.cnt);
     SY_CUDA_TRY(cudaGetLastError());
     double* gsum = nullptr;
     double mb = 1.0;
@@ -240,9 +242,9 @@ void losses_forward(exec::Cuda cuda, matrix_view<const float> logits, const Loss
       gsum = global->count_sum;
       mb = static_cast<double>(++global->micro_batches);
     }
-    // w[b][e] = α·E·c_be / (k·S²·B) (REFERENCE §5, §8).
+    // w[b][e] = α·E·c_be / (k·S²·B) (REFERENCE §5, §8); k = 1 when first choices only count.
     const double scale = bl.coeff * static_cast<double>(E) /
-                         (static_cast<double>(K) * static_cast<double>(S) *
+                         (static_cast<double>(counted) * static_cast<double>(S) *
                           static_cast<double>(S) * static_cast<double>(B));
     kernels::aux_finalize_kernel<<<1, 1, 0, cuda.stream>>>(B * E, E, scale, term.cnt, term.qsum,
                                                            term.w, gsum, mb, values + i);

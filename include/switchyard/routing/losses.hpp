@@ -37,6 +37,27 @@ void check_logits_finite(matrix_view<const T> z) {
                                            e, " is ", z(t, e), ")"));
 }
 
+/// Checks what the balance losses of `p` need of T tokens and the context (a known loss type,
+/// whole sequences for seq_aux_loss, an accumulator for global_aux_loss) before any group
+/// collective, so a caller can fail on every rank together (fail_together) instead of one rank
+/// leaving a collective the others wait in.
+inline void check_balance_inputs(const LossParams& p, index_t Tn, const RouteContext& ctx) {
+  for (const BalanceLoss& bl : p.balance) {
+    SY_EXPECTS(bl.type == LoadBalancingType::aux_loss ||
+                   bl.type == LoadBalancingType::seq_aux_loss ||
+                   bl.type == LoadBalancingType::global_aux_loss,
+               detail::concat("balance loss type ", enum_name(bl.type),
+                              " is not aux_loss, seq_aux_loss or global_aux_loss"));
+    if (bl.type == LoadBalancingType::seq_aux_loss)
+      SY_EXPECTS(p.sequence_length > 0 && Tn % p.sequence_length == 0,
+                 detail::concat("seq_aux_loss: ", Tn, " tokens are not a whole number of "
+                                "sequences of length ", p.sequence_length));
+    if (bl.type == LoadBalancingType::global_aux_loss)
+      SY_EXPECTS(ctx.global_aux != nullptr,
+                 "global_aux_loss needs a GlobalAuxLoss accumulator in RouteContext");
+  }
+}
+
 /// The Routing a router's forward fills in: shapes checked against `num_experts`, logits
 /// checked finite and copied (backward recomputes from them), outputs sized, counts zeroed.
 template <int K, class T>
@@ -66,23 +87,17 @@ void compute_losses(matrix_view<const T> z, const LossParams& p, const RouteCont
   out.balance_losses.clear();
   out.aux_loss.reset();
   out.z_loss.reset();
+  check_balance_inputs(p, Tn, ctx);
   // With a group, every rank joins each group_sum in the same order, even with no tokens.
   if (!p.balance.empty() && (Tn > 0 || ctx.group_sum)) {
     // The count map and Σ_t q[t,e] per sequence are shared by every balance loss.
     std::vector<std::int64_t> counts(static_cast<std::size_t>(E), 0);
+    const int counted = p.aux_first_choice_only ? 1 : K;  // choices per token in c_e
     double total = 0.0;
     for (const BalanceLoss& bl : p.balance) {
-      SY_EXPECTS(bl.type == LoadBalancingType::aux_loss ||
-                     bl.type == LoadBalancingType::seq_aux_loss ||
-                     bl.type == LoadBalancingType::global_aux_loss,
-                 detail::concat("balance loss type ", enum_name(bl.type),
-                                " is not aux_loss, seq_aux_loss or global_aux_loss"));
       detail::balance_state st;
       index_t tokens_per_seq = Tn;
       if (bl.type == LoadBalancingType::seq_aux_loss) {
-        SY_EXPECTS(p.sequence_length > 0 && Tn % p.sequence_length == 0,
-                   detail::concat("seq_aux_loss: ", Tn, " tokens are not a whole number of "
-                                  "sequences of length ", p.sequence_length));
         st.num_sequences = Tn / p.sequence_length;
         st.sequence_length = p.sequence_length;
         st.token_layout = p.token_layout;
@@ -98,7 +113,7 @@ void compute_losses(matrix_view<const T> z, const LossParams& p, const RouteCont
         std::int32_t idx[K];
         detail::aux_count_topk<K, Score>(zr, E, r, idx);
         const auto b = static_cast<std::size_t>(detail::sequence_of(t, st));
-        for (int j = 0; j < K; ++j) {
+        for (int j = 0; j < counted; ++j) {
           c[b * E + idx[j]] += 1.0;
           ++counts[idx[j]];
         }
@@ -125,15 +140,13 @@ void compute_losses(matrix_view<const T> z, const LossParams& p, const RouteCont
         }
       }
       if (bl.type == LoadBalancingType::global_aux_loss) {
-        SY_EXPECTS(ctx.global_aux != nullptr,
-                   "global_aux_loss needs a GlobalAuxLoss accumulator in RouteContext");
         ctx.global_aux->accumulate(counts);
         const std::vector<double> mean = ctx.global_aux->mean_counts();
         std::copy(mean.begin(), mean.end(), c.begin());
       }
       // w[b][e] = α·E·c_be / (k·S²·B), S the tokens per sequence (of the group when summed);
-      // the loss is Σ_b Σ_e qsum_be·w_be (REFERENCE §5, §8).
-      const double denom = static_cast<double>(K) * group_tokens * group_tokens * sequences;
+      // the loss is Σ_b Σ_e qsum_be·w_be (REFERENCE §5, §8). k is 1 when only first choices count.
+      const double denom = static_cast<double>(counted) * group_tokens * group_tokens * sequences;
       const double scale = denom > 0 ? bl.coeff * static_cast<double>(E) / denom : 0.0;
       st.weights.resize(c.size());
       double value = 0.0;

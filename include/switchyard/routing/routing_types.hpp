@@ -28,6 +28,9 @@ struct LossParams {
   double z_loss_coeff = 0.0;         ///< c_z; 0: z-loss off
   TokenLayout token_layout = TokenLayout::seq_batch;  ///< which tokens form a sequence
   index_t sequence_length = 0;  ///< S of the sequence aux loss; T must be a multiple of it
+  /// The balance losses count each token's first choice only, with k = 1 in the divisor
+  /// (DeepSpeed's top2gating: c_e counts the tokens whose top expert is e).
+  bool aux_first_choice_only = false;
 };
 
 /// Running mean of the expert counts over the micro-batches of one global batch (REFERENCE §5,
