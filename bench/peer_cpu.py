@@ -212,12 +212,16 @@ def run_torch(threads, quick, min_time):
                         out[key(name)]["GFLOP/s"] = flops / out[key(name)]["ms"] * 1e-6
 
             # The layer: Megatron's routing, dropping, permute and unpermute around torch
-            # SwiGLU experts (Megatron's chunk order), autograd for the backward.
-            params = [t.clone().requires_grad_(True) for t in (wr, fc1, fc2)]
+            # SwiGLU experts (Megatron's chunk order), autograd for the backward. Each expert
+            # has its own weight tensors, as Megatron's SequentialMLP (indexing one stacked
+            # tensor would make every expert's backward write a zero gradient of all experts).
+            w_r = wr.clone().requires_grad_(True)
+            w1 = [fc1[e].clone().requires_grad_(True) for e in range(E)]
+            w2 = [fc2[e].clone().requires_grad_(True) for e in range(E)]
+            params = [w_r, *w1, *w2]
             xin = x.clone().requires_grad_(True)
 
             def forward():
-                w_r, w1, w2 = params
                 lg = Fn.linear(xin, w_r)
                 p, m = route(lg)
                 p, m = drop(p, m)
@@ -329,6 +333,7 @@ def main():
     ap.add_argument("--jobs", type=int, default=1, help="parallel compile jobs (default 1)")
     ap.add_argument("--no-build", action="store_true", help="use the built executables as they are")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
+    ap.add_argument("--note", default="", help="a sentence for the report (e.g. the machine's load)")
     args = ap.parse_args()
     ensure_venv()
 
@@ -361,6 +366,8 @@ def main():
     header = (f"Switchyard {git} vs PyTorch {versions['torch']} + Megatron-Core "
               f"{versions['megatron-core']}, float32, {model} ({cores} logical CPUs), {date}"
               f"{', quick run' if args.quick else ''}; {elapsed / 60:.1f} min.")
+    if args.note:
+        header += f" {args.note}"
     text = (f"{header}\n\nSpeedup = PyTorch time / Switchyard time.\n\n{main_table}\n\n"
             f"Hardware fractions (Switchyard):\n\n{hw_table}\n")
     if notes:
@@ -372,7 +379,7 @@ def main():
     stem = os.path.join(args.out, f"{date}-{slug}-{cores}c{'-quick' if args.quick else ''}")
     doc = {"date": date, "machine": {"cpu": model, "logical_cpus": cores,
                                      "platform": platform.platform()},
-           "git": git, "versions": versions, "quick": args.quick, "minutes": elapsed / 60,
+           "git": git, "versions": versions, "quick": args.quick, "note": args.note, "minutes": elapsed / 60,
            "notes": notes, "targets": {k: v[2] for k, v in TARGETS.items()},
            "results": {str(n): {side: [{"kernel": k[0], "shape": SHAPES[k[1]]["name"], "T": k[2],
                                         **v} for k, v in r[side].items()]
