@@ -7,8 +7,8 @@
 
 #include <cstddef>
 #include <cstdlib>
-#include <string>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "switchyard/experts.hpp"

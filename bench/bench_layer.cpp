@@ -1,4 +1,5 @@
-// Host benchmarks of the MoE layer and of each kernel on its path, for two shapes (docs/benchmarks.md):
+// Host benchmarks of the MoE layer and of each kernel on its path, for two shapes
+// (docs/benchmarks.md):
 //   shape 0, Mixtral-like scaled to a CPU: H 1024, F 3584, E 8, k 2, softmax top-2, capacity
 //            factor 1.25 dropping by probability (examples/configs/mixtral_8x7b_ep8.json);
 //   shape 1, DeepSeek-like: H 1024, F 256, E 64, k 6, sigmoid top-6 with 8 groups choosing 3,
@@ -56,18 +57,42 @@ inline std::size_t reset_peak() {
 }
 }  // namespace heap
 
-void* operator new(std::size_t n) { return heap::note_alloc(std::malloc(n ? n : 1)); }
-void* operator new[](std::size_t n) { return heap::note_alloc(std::malloc(n ? n : 1)); }
-void* operator new(std::size_t n, std::align_val_t a) { return heap::aligned(n ? n : 1, a); }
-void* operator new[](std::size_t n, std::align_val_t a) { return heap::aligned(n ? n : 1, a); }
-void operator delete(void* p) noexcept { heap::note_free(p); }
-void operator delete[](void* p) noexcept { heap::note_free(p); }
-void operator delete(void* p, std::size_t) noexcept { heap::note_free(p); }
-void operator delete[](void* p, std::size_t) noexcept { heap::note_free(p); }
-void operator delete(void* p, std::align_val_t) noexcept { heap::note_free(p); }
-void operator delete[](void* p, std::align_val_t) noexcept { heap::note_free(p); }
-void operator delete(void* p, std::size_t, std::align_val_t) noexcept { heap::note_free(p); }
-void operator delete[](void* p, std::size_t, std::align_val_t) noexcept { heap::note_free(p); }
+void* operator new(std::size_t n) {
+  return heap::note_alloc(std::malloc(n ? n : 1));
+}
+void* operator new[](std::size_t n) {
+  return heap::note_alloc(std::malloc(n ? n : 1));
+}
+void* operator new(std::size_t n, std::align_val_t a) {
+  return heap::aligned(n ? n : 1, a);
+}
+void* operator new[](std::size_t n, std::align_val_t a) {
+  return heap::aligned(n ? n : 1, a);
+}
+void operator delete(void* p) noexcept {
+  heap::note_free(p);
+}
+void operator delete[](void* p) noexcept {
+  heap::note_free(p);
+}
+void operator delete(void* p, std::size_t) noexcept {
+  heap::note_free(p);
+}
+void operator delete[](void* p, std::size_t) noexcept {
+  heap::note_free(p);
+}
+void operator delete(void* p, std::align_val_t) noexcept {
+  heap::note_free(p);
+}
+void operator delete[](void* p, std::align_val_t) noexcept {
+  heap::note_free(p);
+}
+void operator delete(void* p, std::size_t, std::align_val_t) noexcept {
+  heap::note_free(p);
+}
+void operator delete[](void* p, std::size_t, std::align_val_t) noexcept {
+  heap::note_free(p);
+}
 
 namespace sy = switchyard;
 using sy::index_t;
@@ -106,7 +131,9 @@ sy::Config shape_config(std::int64_t shape) {
   return c;
 }
 
-const char* shape_name(std::int64_t shape) { return shape == 0 ? "mixtral" : "deepseek"; }
+const char* shape_name(std::int64_t shape) {
+  return shape == 0 ? "mixtral" : "deepseek";
+}
 
 std::vector<float> filled(std::size_t n, float scale, unsigned salt = 0) {
   std::vector<float> v(n);
@@ -174,7 +201,8 @@ void rate(benchmark::State& state, const char* name, double per_iteration) {
       benchmark::Counter(per_iteration, benchmark::Counter::kIsIterationInvariantRate);
 }
 
-// ---- kernels --------------------------------------------------------------------------------------
+// ---- kernels
+// --------------------------------------------------------------------------------------
 
 // x [T][H] · W_r [E][H]ᵀ -> logits [T][E].
 void router_linear(benchmark::State& state) {
@@ -224,7 +252,8 @@ struct Planned {
   sy::Routing<float> r;
   sy::DispatchPlan plan;
   Planned(std::int64_t shape, index_t T) : in(shape, T), r(route(in)) {
-    plan = sy::build_plan(sy::exec::Host{}, sy::dispatch_options(in.cfg, T), r.indices(), r.probs());
+    plan =
+        sy::build_plan(sy::exec::Host{}, sy::dispatch_options(in.cfg, T), r.indices(), r.probs());
   }
   index_t R() const { return plan.rows(); }
 };
@@ -277,7 +306,8 @@ void memcpy_rows(benchmark::State& state) {
   state.counters["bytes"] = 2.0 * double(n) * sizeof(float);
 }
 
-// ---- the layer --------------------------------------------------------------------------------------
+// ---- the layer
+// --------------------------------------------------------------------------------------
 
 /// A layer of the shape with the router of Inputs and expert weights of Xavier scale (filled
 /// directly: the Philox initialisation of 88 M weights would dominate the set-up time).
