@@ -1,10 +1,14 @@
 // Host grouped GEMM of the experts (x_e·W_eᵀ per expert over uneven rows) beside one GEMM of the
 // same FLOPs through the same BLAS, and the whole SwiGLU expert forward and backward. Counters:
-// GFLOP/s (2·M·N·K per GEMM).
+// GFLOP/s (2·M·N·K per GEMM). Args({shape, T}) as bench_layer: shape 0 Mixtral-like (E 8,
+// H 1024, F 3584, k 2), shape 1 DeepSeek-like (E 64, H 1024, F 256, k 6); R = T·k rows; the GEMM
+// is the SwiGLU fc1, [R][H]·[2F][H]ᵀ.
 #include <benchmark/benchmark.h>
 
 #include <cstddef>
+#include <cstdlib>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "switchyard/experts.hpp"
@@ -32,15 +36,28 @@ std::vector<float> filled(std::size_t n, float scale) {
   return v;
 }
 
+struct Shape {
+  index_t E, H, F, R;
+};
+Shape shape_of(const benchmark::State& state) {
+  const index_t T = state.range(1);
+  return state.range(0) == 0 ? Shape{8, 1024, 3584, 2 * T} : Shape{64, 1024, 256, 6 * T};
+}
+void label(benchmark::State& state) {
+  state.SetLabel(std::string(state.range(0) == 0 ? "mixtral" : "deepseek") +
+                 " T=" + std::to_string(state.range(1)));
+}
+
 void set_flops(benchmark::State& state, double flops) {
   state.counters["GFLOP/s"] =
       benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["GFLOP"] = flops * 1e-9;
 }
 
-// Args: E, H, F, total rows.
+// x [R][H] · fc1 [E][2F][H]ᵀ over uneven rows per expert.
 void grouped_gemm(benchmark::State& state) {
-  const index_t E = state.range(0), H = state.range(1), F = state.range(2), R = state.range(3);
+  const auto [E, H, F1, R] = shape_of(state);
+  const index_t F = 2 * F1;
   const auto off = uneven_offsets(E, R);
   const auto x = filled(std::size_t(R * H), 1.0f), w = filled(std::size_t(E * F * H), 0.03f);
   std::vector<float> y(std::size_t(R * F));
@@ -52,11 +69,13 @@ void grouped_gemm(benchmark::State& state) {
     benchmark::DoNotOptimize(y.data());
   }
   set_flops(state, 2.0 * double(R) * double(F) * double(H));
+  label(state);
 }
 
-// One [R][H]·[F][H]ᵀ GEMM: the same FLOPs as grouped_gemm with the same arguments.
+// One [R][H]·[2F][H]ᵀ GEMM: the same FLOPs as grouped_gemm with the same arguments.
 void single_gemm(benchmark::State& state) {
-  const index_t H = state.range(1), F = state.range(2), R = state.range(3);
+  const auto [E, H, F1, R] = shape_of(state);
+  const index_t F = 2 * F1;
   const auto x = filled(std::size_t(R * H), 1.0f), w = filled(std::size_t(F * H), 0.03f);
   std::vector<float> y(std::size_t(R * F));
   for (auto _ : state) {
@@ -65,11 +84,12 @@ void single_gemm(benchmark::State& state) {
     benchmark::DoNotOptimize(y.data());
   }
   set_flops(state, 2.0 * double(R) * double(F) * double(H));
+  label(state);
 }
 
 // SwiGLU forward (fc1 [2F][H], fc2 [H][F]) and backward (twice the forward GEMMs).
 void swiglu_forward_backward(benchmark::State& state) {
-  const index_t E = state.range(0), H = state.range(1), F = state.range(2), R = state.range(3);
+  const auto [E, H, F, R] = shape_of(state);
   const sy::expert_shape s{E, H, F, false};
   const auto off = uneven_offsets(E, R);
   const auto x = filled(std::size_t(R * H), 1.0f), dy = filled(std::size_t(R * H), 1.0f);
@@ -97,25 +117,27 @@ void swiglu_forward_backward(benchmark::State& state) {
   }
   // forward 2·R·H·3F, backward 2× that.
   set_flops(state, 3.0 * 2.0 * double(R) * double(H) * 3.0 * double(F));
+  label(state);
 }
 
 }  // namespace
 
-// Mixtral-like experts (scaled down) and many small experts (fine-grained MoE).
-BENCHMARK(grouped_gemm)
-    ->Args({8, 1024, 3584, 4096})
-    ->Args({64, 1024, 256, 4096})
-    ->Unit(benchmark::kMillisecond)
-    ->UseRealTime();
-BENCHMARK(single_gemm)
-    ->Args({8, 1024, 3584, 4096})
-    ->Args({64, 1024, 256, 4096})
-    ->Unit(benchmark::kMillisecond)
-    ->UseRealTime();
-BENCHMARK(swiglu_forward_backward)
-    ->Args({8, 512, 1024, 2048})
-    ->Args({64, 512, 128, 2048})
-    ->Unit(benchmark::kMillisecond)
-    ->UseRealTime();
+void shapes(benchmark::internal::Benchmark* b) {
+  for (std::int64_t shape : {0, 1})
+    for (std::int64_t T : {256, 4096}) b->Args({shape, T});
+  b->ArgNames({"shape", "T"})->Unit(benchmark::kMillisecond)->UseRealTime();
+}
 
-BENCHMARK_MAIN();
+BENCHMARK(grouped_gemm)->Apply(shapes);
+BENCHMARK(single_gemm)->Apply(shapes);
+BENCHMARK(swiglu_forward_backward)->Apply(shapes);
+
+int main(int argc, char** argv) {
+  const char* omp = std::getenv("OMP_NUM_THREADS");
+  benchmark::AddCustomContext("omp_num_threads", omp ? omp : "unset");
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
