@@ -49,7 +49,9 @@ template <class T>
 struct MoESaved {
   index_t tokens = 0;
   std::vector<T> x;         ///< layer input [T][H]
-  std::vector<T> x_router;  ///< router input (x with jitter) [T][H]
+  std::vector<T> x_router;  ///< router input x·u with input jitter [T][H]; empty without it
+  /// The router's input: x with jitter applied, else x itself.
+  const std::vector<T>& router_input() const { return x_router.empty() ? x : x_router; }
   Routing<T> routing;
   std::vector<std::int32_t> slots;  ///< routes relabelled to placement slots [T][k]
   DispatchPlan plan;                ///< over slots
@@ -171,13 +173,13 @@ class MoELayerCore {
                                                   " columns, hidden_size is ", H));
       s.tokens = Tn;
       s.x.assign(x.data_handle(), x.data_handle() + Tn * H);
-      s.x_router = s.x;
       if (opt.training && cfg_.input_jitter_eps) {
+        s.x_router = s.x;
         JitterParams j{*cfg_.input_jitter_eps, opt.seed, opt.step,
                        static_cast<std::uint32_t>(comms_.dense_data_parallel->rank() * Tn)};
         apply_input_jitter(exec::Host{}, matrix_view<T>(s.x_router.data(), Tn, H), j);
       }
-      router_linear_forward(exec::Host{}, matrix_view<const T>(s.x_router.data(), Tn, H),
+      router_linear_forward(exec::Host{}, matrix_view<const T>(s.router_input().data(), Tn, H),
                             std::as_const(params_).router(), vector_view<const T>(),
                             matrix_view<T>(logits.data(), Tn, E));
       check_logits_finite(matrix_view<const T>(logits.data(), Tn, E));
@@ -223,7 +225,7 @@ class MoELayerCore {
     }
     s.expert_opts.dropout = expert_dropout{cfg_.expert_dropout, opt.seed, opt.step, opt.training};
     const expert_shape shape{El, H, cfg_.ffn_hidden_size, params_.bias};
-    s.rows_out = exchange_apply(rows, s, H, R, &out.metrics, [&](int seg, std::vector<T> in) {
+    s.rows_out = exchange_apply(std::move(rows), s, H, R, &out.metrics, [&](int seg, std::vector<T> in) {
       typename MoESaved<T>::segment& g = seg == 0 ? s.local : s.remote;
       g.in = std::move(in);
       const index_t n = g.offsets.back();
@@ -271,9 +273,10 @@ class MoELayerCore {
       failed = std::current_exception();
     }
     fail_together(*comms_.dense_data_parallel, failed, "MoELayer::backward");
+    std::vector<T>().swap(s.rows_out);  // what backward keeps shrinks as it goes
     const expert_shape shape{placement_.local_experts(), H, cfg_.ffn_hidden_size, params_.bias};
     const std::vector<T> d_rows_in =
-        exchange_apply(d_rows, s, H, R, nullptr, [&](int seg, std::vector<T> d_out) {
+        exchange_apply(std::move(d_rows), s, H, R, nullptr, [&](int seg, std::vector<T> d_out) {
           typename MoESaved<T>::segment& g = seg == 0 ? s.local : s.remote;
           const index_t n = g.offsets.back();
           std::vector<T> d_in(static_cast<std::size_t>(n * H));
@@ -282,6 +285,8 @@ class MoELayerCore {
                              matrix_view<const T>(d_out.data(), n, H),
                              matrix_view<T>(d_in.data(), n, H), grads.experts(), g.workspace,
                              s.expert_opts);
+          std::vector<T>().swap(g.in);
+          std::vector<std::byte>().swap(g.workspace);
           return d_in;
         });
     std::vector<T> dx(static_cast<std::size_t>(Tn * H));
@@ -293,11 +298,11 @@ class MoELayerCore {
     router_->backward(s.routing, matrix_view<const T>(d_prob.data(), Tn, k),
                       matrix_view<T>(dlogits.data(), Tn, E));
     std::vector<T> dx_router(static_cast<std::size_t>(Tn * H)), dw(static_cast<std::size_t>(E * H));
-    router_linear_backward(exec::Host{}, matrix_view<const T>(s.x_router.data(), Tn, H),
+    router_linear_backward(exec::Host{}, matrix_view<const T>(s.router_input().data(), Tn, H),
                            std::as_const(params_).router(), matrix_view<const T>(dlogits.data(), Tn, E),
                            matrix_view<T>(dx_router.data(), Tn, H), matrix_view<T>(dw.data(), E, H),
                            vector_view<T>());
-    const bool jitter = !s.x_router.empty() && s.x_router != s.x;
+    const bool jitter = !s.x_router.empty();
     for (index_t i = 0; i < Tn * H; ++i) {
       T g = dx_router[static_cast<std::size_t>(i)];
       if (jitter && s.x[static_cast<std::size_t>(i)] != T(0))  // d(x·u)/dx = u = x_router / x
@@ -350,7 +355,7 @@ class MoELayerCore {
   // the other blocks runs while op works on it, and the return exchange runs while op's local
   // result is copied back. Segment 1 is what the other ranks sent, expert-major.
   template <class Op>
-  std::vector<T> exchange_apply(const std::vector<T>& rows, MoESaved<T>& s, index_t H, index_t R,
+  std::vector<T> exchange_apply(std::vector<T> rows, MoESaved<T>& s, index_t H, index_t R,
                                 MoEMetrics* m, Op&& op) {
     const std::int64_t ep = placement_.ep(), El = placement_.local_experts();
     const std::int64_t self = ep == 1 ? 0 : comms_.expert_parallel->rank();
@@ -376,8 +381,8 @@ class MoELayerCore {
           s.remote.offsets[static_cast<std::size_t>(le)] + n;
       remote_block[static_cast<std::size_t>(self * El + le)] = 0;
     }
+    if (ep == 1) return op(0, std::move(rows));  // one rank: every row is local, no copy
     std::vector<T> local_in(rows.begin() + self_off * H, rows.begin() + (self_off + self_rows) * H);
-    if (ep == 1) return op(0, std::move(local_in));
 
     // Elements per peer both ways, this rank excluded, and the rows to send without our block.
     std::vector<std::int64_t> send(static_cast<std::size_t>(ep)), recv(send.size());
