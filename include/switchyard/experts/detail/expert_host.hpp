@@ -7,6 +7,7 @@
 
 #include "switchyard/core/error.hpp"
 #include "switchyard/core/mdspan.hpp"
+#include "switchyard/exec/parallel.hpp"
 #include "switchyard/experts/detail/expert_math.hpp"
 #include "switchyard/experts/detail/host_gemm.hpp"
 #include "switchyard/experts/expert_policy.hpp"
@@ -99,7 +100,7 @@ void expert_forward_host(P p, const expert_shape& s, const expert_weights<T>& w,
   }
   const auto& d = opt.dropout;
   const bool drop = d.active();
-  for (index_t r = 0; r < R; ++r)
+  exec::parallel_for(R, 8 * F, [&](index_t r) {
     for (index_t j = 0; j < F; ++j) {
       const T g = pre[r * F1 + j];
       const T l = P::gated ? pre[r * F1 + F + j] : T(0);
@@ -107,6 +108,7 @@ void expert_forward_host(P p, const expert_shape& s, const expert_weights<T>& w,
                                                                  static_cast<std::uint64_t>(r),
                                                                  static_cast<std::uint64_t>(j));
     }
+  });
   for (index_t e = 0; e < E; ++e) {
     const index_t r0 = offsets[e], n = offsets[e + 1] - r0;
     if (n == 0) continue;
@@ -147,7 +149,7 @@ void expert_backward_host(P p, const expert_shape& s, const expert_weights<T>& w
   // Through dropout and the activation: d h overwrites h (each element reads only its own g, l).
   const auto& d = opt.dropout;
   const bool drop = d.active();
-  for (index_t r = 0; r < R; ++r)
+  exec::parallel_for(R, 8 * F, [&](index_t r) {
     for (index_t j = 0; j < F; ++j) {
       const T da = act[r * F + j] * dropout_factor<T>(drop, d.p, d.seed, d.step,
                                                       static_cast<std::uint64_t>(r),
@@ -157,6 +159,7 @@ void expert_backward_host(P p, const expert_shape& s, const expert_weights<T>& w
       pre[r * F1 + j] = dg;
       if constexpr (P::gated) pre[r * F1 + F + j] = dl;
     }
+  });
   // fc1: dW1_e += dh_eᵀ·x_e, db1_e += Σ dh_e, dx_e = dh_e·W1_e.
   for (index_t e = 0; e < E; ++e) {
     const index_t r0 = offsets[e], n = offsets[e + 1] - r0;
