@@ -56,6 +56,12 @@ void gemm_loops(bool trans_a, bool trans_b, index_t m, index_t n, index_t k, T a
   });
 }
 
+/// Largest inner dimension of one CBLAS call. OpenBLAS blocks a longer k differently in its
+/// threaded and its single-thread driver, so one call's result depends on OPENBLAS_NUM_THREADS
+/// (0.3.21, sgemm on x86-64: k = 385..1000 give other bits with 2 threads than with 1; k ≤ 384,
+/// one block of its kernel, never does). Calls of at most 256 stay within one block.
+inline constexpr index_t blas_k_block = 256;
+
 /// C[m,n] = alpha·op(A)·op(B) + beta·C through CBLAS when `use_cblas` (and this build has it),
 /// else through gemm_loops; empty products are handled here (CBLAS rejects leading dimensions
 /// of 0).
@@ -74,14 +80,21 @@ void row_major_gemm(bool use_cblas, bool trans_a, bool trans_b, index_t m, index
              concat("CBLAS takes 32-bit sizes; got m=", m, " n=", n, " k=", k));
   const auto ta = trans_a ? CblasTrans : CblasNoTrans;
   const auto tb = trans_b ? CblasTrans : CblasNoTrans;
-  const auto M = static_cast<int>(m), N = static_cast<int>(n), K = static_cast<int>(k);
-  if constexpr (std::is_same_v<T, float>) {
-    cblas_sgemm(CblasRowMajor, ta, tb, M, N, K, alpha, a, static_cast<int>(lda), b,
-                static_cast<int>(ldb), beta, c, static_cast<int>(ldc));
-  } else {
-    static_assert(std::is_same_v<T, double>, "the host backend computes in float or double");
-    cblas_dgemm(CblasRowMajor, ta, tb, M, N, K, alpha, a, static_cast<int>(lda), b,
-                static_cast<int>(ldb), beta, c, static_cast<int>(ldc));
+  const auto M = static_cast<int>(m), N = static_cast<int>(n);
+  const auto LDA = static_cast<int>(lda), LDB = static_cast<int>(ldb), LDC = static_cast<int>(ldc);
+  // One call per fixed block of the inner dimension, accumulated in block order (beta = 1 after
+  // the first): the result then does not depend on the BLAS thread count (blas_k_block).
+  for (index_t p0 = 0; p0 < k; p0 += blas_k_block) {
+    const auto kb = static_cast<int>(k - p0 < blas_k_block ? k - p0 : blas_k_block);
+    const T* ap = trans_a ? a + p0 * lda : a + p0;
+    const T* bp = trans_b ? b + p0 : b + p0 * ldb;
+    const T bt = p0 == 0 ? beta : T(1);
+    if constexpr (std::is_same_v<T, float>) {
+      cblas_sgemm(CblasRowMajor, ta, tb, M, N, kb, alpha, ap, LDA, bp, LDB, bt, c, LDC);
+    } else {
+      static_assert(std::is_same_v<T, double>, "the host backend computes in float or double");
+      cblas_dgemm(CblasRowMajor, ta, tb, M, N, kb, alpha, ap, LDA, bp, LDB, bt, c, LDC);
+    }
   }
 #endif
 }
