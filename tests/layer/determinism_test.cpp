@@ -4,7 +4,8 @@
 // Determinism across thread counts (issue 12): a whole layer forward + backward gives
 // bit-identical outputs, losses and gradients with 1, 2 and 3 OpenMP threads, and across
 // processes run with OMP_NUM_THREADS=1 and 2 (CTest compares the hashes this test writes when
-// SY_DETERMINISM_HASH_FILE is set). Sizes are large enough that the parallel paths run.
+// SY_DETERMINISM_HASH_FILE is set). The parallel threshold is lowered so that the parallel
+// paths run at these sizes.
 
 #include <cstdint>
 #include <cstdlib>
@@ -15,6 +16,7 @@
 
 #include "layer_fixture.hpp"
 #include "switchyard/dispatch/plan.hpp"
+#include "switchyard/exec/parallel.hpp"
 #include "switchyard/layer.hpp"
 
 #if defined(_OPENMP)
@@ -25,6 +27,12 @@ namespace sy = switchyard;
 using sy_test::random_vector;
 
 namespace {
+
+/// Every loop of more than 1024 element operations runs on threads, so that these small sizes
+/// take the parallel paths (the default threshold is for speed, not for tests).
+struct low_parallel_threshold {
+  low_parallel_threshold() { sy::exec::min_parallel_work = 1 << 10; }
+};
 
 void set_threads([[maybe_unused]] int n) {
 #if defined(_OPENMP)
@@ -89,6 +97,8 @@ std::string all_runs() {
 }
 
 }  // namespace
+
+BOOST_TEST_GLOBAL_FIXTURE(low_parallel_threshold);
 
 BOOST_AUTO_TEST_CASE(the_test_configs_drop_routes_and_have_both_losses) {
   sy::LocalComm one;

@@ -24,14 +24,17 @@ namespace switchyard::exec {
 inline constexpr bool host_parallel = SY_HAS_OPENMP != 0;
 
 /// Below this many element operations (items × cost per item) a loop stays on one thread: the
-/// fork/join (a few µs) would cost more than it saves.
-inline constexpr std::int64_t min_parallel_work = std::int64_t{1} << 15;
+/// fork/join costs a few µs on idle cores and far more when the cores are shared (libgomp's
+/// threads spin at the barrier), so only loops of ~1 ms or more go parallel. A process-wide
+/// tuning knob (results never depend on it); tests lower it to run the parallel paths on small
+/// sizes.
+inline std::int64_t min_parallel_work = std::int64_t{1} << 20;
 
 /// Runs body(i) for i in [0, n), on OpenMP threads (static schedule) when n · cost_per_item
 /// reaches min_parallel_work. body(i) must write only what item i owns and must not throw.
 template <class F>
 void parallel_for(std::int64_t n, std::int64_t cost_per_item, F&& body) {
-  [[maybe_unused]] const bool par = n * cost_per_item >= min_parallel_work && n > 1;
+  [[maybe_unused]] const bool par = n > 1 && n * cost_per_item >= min_parallel_work;
   SY_OMP_PRAGMA(omp parallel for schedule(static) if (par))
   for (std::int64_t i = 0; i < n; ++i) body(i);
 }
