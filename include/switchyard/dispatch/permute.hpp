@@ -1,7 +1,10 @@
 #pragma once
 /// \file permute / unpermute and their backward passes on the host (REFERENCE §6, §8). The CUDA
 /// versions are in permute.cuh. The combine accumulates in fp32 (double for double data).
+/// Tokens (or rows) run on threads; each output row is written by one thread, with the
+/// additions of a row in route order, so the result does not depend on the thread count.
 
+#include <algorithm>
 #include <cstdint>
 #include <type_traits>
 
@@ -9,6 +12,7 @@
 #include "switchyard/core/mdspan.hpp"
 #include "switchyard/dispatch/plan.hpp"
 #include "switchyard/exec/host.hpp"
+#include "switchyard/exec/parallel.hpp"
 
 namespace switchyard {
 
@@ -27,6 +31,30 @@ inline void check_tokens(const DispatchPlan& plan, std::int64_t T, const char* w
   SY_EXPECTS(T == plan.num_tokens,
              concat(what, " has ", T, " tokens but the plan was built for ", plan.num_tokens));
 }
+
+/// dst[h] = Σ_j weight(j) · rows[route_row[t,j]][h] over the kept routes j of token t, in route
+/// order, accumulated in accum_t<T> over blocks of columns so that the inner loop over h
+/// vectorises (the same additions per element as a scalar loop: no reassociation).
+template <class T, class Weight>
+void combine_row(const DispatchPlan& plan, std::int64_t t, matrix_view<const T> rows,
+                 Weight weight, T* dst) {
+  using A = accum_t<T>;
+  constexpr std::int64_t block = 256;
+  const std::int64_t H = rows.extent(1), k = plan.top_k;
+  A acc[block];
+  for (std::int64_t h0 = 0; h0 < H; h0 += block) {
+    const std::int64_t nb = std::min(block, H - h0);
+    for (std::int64_t h = 0; h < nb; ++h) acc[h] = A(0);
+    for (std::int64_t j = 0; j < k; ++j) {
+      const std::int64_t r = plan.route_row[static_cast<std::size_t>(t * k + j)];
+      if (r < 0) continue;
+      const A w = weight(j);
+      const T* src = rows.data_handle() + r * H + h0;
+      for (std::int64_t h = 0; h < nb; ++h) acc[h] += w * static_cast<A>(src[h]);
+    }
+    for (std::int64_t h = 0; h < nb; ++h) dst[h0 + h] = static_cast<T>(acc[h]);
+  }
+}
 }  // namespace detail
 
 /// rows[route_row[t,j]] = x[t] for every kept route; padding rows are zero. x [T,H] is read once
@@ -36,18 +64,15 @@ void permute(exec::Host, const DispatchPlan& plan, matrix_view<const T> x, matri
   const std::int64_t H = x.extent(1), k = plan.top_k;
   detail::check_tokens(plan, x.extent(0), "x");
   detail::check_rows(plan, rows.extent(0), rows.extent(1), H, "rows");
-  for (std::int64_t r = 0; r < plan.rows(); ++r)
-    if (plan.row_route[static_cast<std::size_t>(r)] < 0)
-      for (std::int64_t h = 0; h < H; ++h) rows(r, h) = T(0);
-  for (std::int64_t t = 0; t < plan.num_tokens; ++t) {
-    const T* src = &x(t, 0);
-    for (std::int64_t j = 0; j < k; ++j) {
-      const std::int64_t r = plan.route_row[static_cast<std::size_t>(t * k + j)];
-      if (r < 0) continue;
-      T* dst = &rows(r, 0);
-      for (std::int64_t h = 0; h < H; ++h) dst[h] = src[h];
-    }
-  }
+  // Each row has one writer: its token's copy, or zeros for a padding row.
+  exec::parallel_for(plan.rows(), H, [&](std::int64_t r) {
+    const std::int64_t route = plan.row_route[static_cast<std::size_t>(r)];
+    T* dst = &rows(r, 0);
+    if (route < 0)
+      std::fill(dst, dst + H, T(0));
+    else
+      std::copy(&x(route / k, 0), &x(route / k, 0) + H, dst);
+  });
 }
 
 /// dx[t] = Σ_j d_rows[route_row[t,j]] over kept routes (the backward of permute); dropped
@@ -58,17 +83,10 @@ void permute_backward(exec::Host, const DispatchPlan& plan, matrix_view<const T>
   const std::int64_t H = dx.extent(1), k = plan.top_k;
   detail::check_tokens(plan, dx.extent(0), "dx");
   detail::check_rows(plan, d_rows.extent(0), d_rows.extent(1), H, "d_rows");
-  for (std::int64_t t = 0; t < plan.num_tokens; ++t) {
-    T* dst = &dx(t, 0);
-    for (std::int64_t h = 0; h < H; ++h) {
-      accum_t<T> acc = 0;
-      for (std::int64_t j = 0; j < k; ++j) {
-        const std::int64_t r = plan.route_row[static_cast<std::size_t>(t * k + j)];
-        if (r >= 0) acc += static_cast<accum_t<T>>(d_rows(r, h));
-      }
-      dst[h] = static_cast<T>(acc);
-    }
-  }
+  // Adding 1·d_rows is exact, so this is the plain sum of the copies in route order.
+  exec::parallel_for(plan.num_tokens, k * H, [&](std::int64_t t) {
+    detail::combine_row(plan, t, d_rows, [](std::int64_t) { return accum_t<T>(1); }, &dx(t, 0));
+  });
 }
 
 /// y[t] = Σ_j prob[t,j] · rows[route_row[t,j]] over kept routes, accumulated in accum_t<T>;
@@ -80,18 +98,11 @@ void unpermute(exec::Host, const DispatchPlan& plan, matrix_view<const T> rows,
   detail::check_tokens(plan, y.extent(0), "y");
   detail::check_tokens(plan, prob.extent(0), "prob");
   detail::check_rows(plan, rows.extent(0), rows.extent(1), H, "rows");
-  for (std::int64_t t = 0; t < plan.num_tokens; ++t) {
-    T* dst = &y(t, 0);
-    for (std::int64_t h = 0; h < H; ++h) {
-      accum_t<T> acc = 0;
-      for (std::int64_t j = 0; j < k; ++j) {
-        const std::int64_t r = plan.route_row[static_cast<std::size_t>(t * k + j)];
-        if (r >= 0)
-          acc += static_cast<accum_t<T>>(prob(t, j)) * static_cast<accum_t<T>>(rows(r, h));
-      }
-      dst[h] = static_cast<T>(acc);
-    }
-  }
+  exec::parallel_for(plan.num_tokens, k * H, [&](std::int64_t t) {
+    detail::combine_row(
+        plan, t, rows, [&](std::int64_t j) { return static_cast<accum_t<T>>(prob(t, j)); },
+        &y(t, 0));
+  });
 }
 
 /// Backward of unpermute: d_rows[r] = prob[t,j] · dy[t] for the route (t,j) of row r (0 for
@@ -104,18 +115,19 @@ void unpermute_backward(exec::Host, const DispatchPlan& plan, matrix_view<const 
   detail::check_tokens(plan, dy.extent(0), "dy");
   detail::check_rows(plan, rows.extent(0), rows.extent(1), H, "rows");
   detail::check_rows(plan, d_rows.extent(0), d_rows.extent(1), H, "d_rows");
-  for (std::int64_t r = 0; r < plan.rows(); ++r) {
+  exec::parallel_for(plan.rows(), H, [&](std::int64_t r) {
     const std::int64_t route = plan.row_route[static_cast<std::size_t>(r)];
     T* dst = &d_rows(r, 0);
     if (route < 0) {
-      for (std::int64_t h = 0; h < H; ++h) dst[h] = T(0);
-      continue;
+      std::fill(dst, dst + H, T(0));
+      return;
     }
     const auto p = static_cast<accum_t<T>>(prob(route / k, route % k));
     const T* g = &dy(route / k, 0);
     for (std::int64_t h = 0; h < H; ++h) dst[h] = static_cast<T>(p * static_cast<accum_t<T>>(g[h]));
-  }
-  for (std::int64_t t = 0; t < plan.num_tokens; ++t)
+  });
+  // d prob: one serial dot product per route (the order of its additions is fixed).
+  exec::parallel_for(plan.num_tokens, k * H, [&](std::int64_t t) {
     for (std::int64_t j = 0; j < k; ++j) {
       const std::int64_t r = plan.route_row[static_cast<std::size_t>(t * k + j)];
       accum_t<P> acc = 0;
@@ -124,6 +136,7 @@ void unpermute_backward(exec::Host, const DispatchPlan& plan, matrix_view<const 
           acc += static_cast<accum_t<P>>(dy(t, h)) * static_cast<accum_t<P>>(rows(r, h));
       d_prob(t, j) = static_cast<P>(acc);
     }
+  });
 }
 
 }  // namespace switchyard

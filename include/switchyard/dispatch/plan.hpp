@@ -14,6 +14,7 @@
 #include "switchyard/core/mdspan.hpp"
 #include "switchyard/dispatch/dispatch_types.hpp"
 #include "switchyard/exec/host.hpp"
+#include "switchyard/exec/parallel.hpp"
 
 namespace switchyard {
 
@@ -49,6 +50,10 @@ inline void check_routes_shape(std::int64_t T, std::int64_t k, std::int64_t pk_r
 }
 }  // namespace detail
 
+/// Tokens per chunk of the plan's histograms: fixed, so the plan never depends on the number of
+/// threads (it is the same plan as a serial counting sort, for any chunking).
+inline constexpr std::int64_t plan_chunk_tokens = 256;
+
 /// Builds the plan on the host. `expert` [T,k] holds expert ids in [0, E); `prob` [T,k] the
 /// routing weights (used by the probs drop policy only).
 template <class Real>
@@ -70,36 +75,56 @@ DispatchPlan build_plan(exec::Host, const DispatchOptions& opt,
   plan.renormalize_kept = opt.renormalize_kept;
   plan.routed_per_expert.assign(static_cast<std::size_t>(E), 0);
 
-  // Routes of each expert in queue order, token order or slot-major (a counting sort: stable,
-  // no comparison sort).
   for (std::int64_t t = 0; t < T; ++t)
     for (std::int64_t j = 0; j < k; ++j) {
       const std::int32_t e = expert(t, j);
       SY_EXPECTS(e >= 0 && e < E, detail::concat("token ", t, " slot ", j, " routes to expert ", e,
                                                  ", outside 0..", E - 1));
-      ++plan.routed_per_expert[static_cast<std::size_t>(e)];
     }
+
+  // Routes of each expert in queue order (token order, or slot-major with queue_by_slot): a
+  // counting sort over fixed chunks of queue positions (per-chunk histograms on threads, an
+  // exclusive scan over (expert, chunk), then each chunk scatters its routes from its own
+  // positions). Stable, no comparison sort, no atomics.
+  const std::int64_t queue_length = T * k;
+  const auto route_at = [&](std::int64_t q) { return opt.queue_by_slot ? (q % T) * k + q / T : q; };
+  const auto expert_of = [&](std::int64_t route) { return expert(route / k, route % k); };
+  const exec::chunking chunks{queue_length, plan_chunk_tokens * k};
+  const std::int64_t nc = chunks.count();
+  const auto at = [E](std::int64_t c, std::int64_t e) { return static_cast<std::size_t>(c * E + e); };
+  std::vector<std::int64_t> pos(static_cast<std::size_t>(nc * E), 0);
+  exec::parallel_for(nc, plan_chunk_tokens * k, [&](std::int64_t c) {
+    for (std::int64_t q = chunks.begin(c); q < chunks.end(c); ++q) ++pos[at(c, expert_of(route_at(q)))];
+  });
   std::vector<std::int64_t> start(static_cast<std::size_t>(E) + 1, 0);
-  std::partial_sum(plan.routed_per_expert.begin(), plan.routed_per_expert.end(),
-                   start.begin() + 1);
-  std::vector<std::int64_t> by_expert(static_cast<std::size_t>(T * k));
-  {
-    std::vector<std::int64_t> fill(start.begin(), start.end() - 1);
-    for (std::int64_t q = 0; q < T * k; ++q) {
-      const std::int64_t route = opt.queue_by_slot ? (q % T) * k + q / T : q;
-      by_expert[static_cast<std::size_t>(
-          fill[static_cast<std::size_t>(expert(route / k, route % k))]++)] = route;
+  for (std::int64_t e = 0; e < E; ++e) {
+    std::int64_t next = start[static_cast<std::size_t>(e)];
+    for (std::int64_t c = 0; c < nc; ++c) {
+      const std::int64_t n = pos[at(c, e)];
+      pos[at(c, e)] = next;
+      next += n;
     }
+    start[static_cast<std::size_t>(e) + 1] = next;
+    plan.routed_per_expert[static_cast<std::size_t>(e)] = next - start[static_cast<std::size_t>(e)];
   }
+  std::vector<std::int64_t> by_expert(static_cast<std::size_t>(T * k));
+  exec::parallel_for(nc, plan_chunk_tokens * k, [&](std::int64_t c) {
+    for (std::int64_t q = chunks.begin(c); q < chunks.end(c); ++q) {
+      const std::int64_t route = route_at(q);
+      by_expert[static_cast<std::size_t>(pos[at(c, expert_of(route))]++)] = route;
+    }
+  });
 
   // Which routes survive the capacity.
   std::vector<char> keep(static_cast<std::size_t>(T * k), 1);
+  const std::int64_t per_expert_cost = T * k / E + 1;
   if (opt.capacity) {
+    // Experts on threads: each writes only the keep flags of its own routes.
     const std::int64_t C = *opt.capacity;
-    for (std::int64_t e = 0; e < E; ++e) {
+    exec::parallel_for(E, 4 * per_expert_cost, [&](std::int64_t e) {
       auto first = by_expert.begin() + start[static_cast<std::size_t>(e)];
       auto last = by_expert.begin() + start[static_cast<std::size_t>(e) + 1];
-      if (last - first <= C) continue;
+      if (last - first <= C) return;
       if (opt.drop_policy == DropPolicy::probs) {
         // Largest weight first; the stable sort keeps token order among equal weights, so the
         // lower token index wins a tie.
@@ -112,13 +137,15 @@ DispatchPlan build_plan(exec::Host, const DispatchOptions& opt,
       } else {
         for (auto it = first + C; it != last; ++it) keep[static_cast<std::size_t>(*it)] = 0;
       }
-    }
+    });
   }
 
   plan.kept_per_expert.assign(static_cast<std::size_t>(E), 0);
-  for (std::int64_t r = 0; r < T * k; ++r)
-    if (keep[static_cast<std::size_t>(r)])
-      ++plan.kept_per_expert[static_cast<std::size_t>(expert(r / k, r % k))];
+  for (std::int64_t e = 0; e < E; ++e)
+    for (std::int64_t i = start[static_cast<std::size_t>(e)];
+         i < start[static_cast<std::size_t>(e) + 1]; ++i)
+      plan.kept_per_expert[static_cast<std::size_t>(e)] +=
+          keep[static_cast<std::size_t>(by_expert[static_cast<std::size_t>(i)])];
   plan.dropped = T * k - std::accumulate(plan.kept_per_expert.begin(),
                                          plan.kept_per_expert.end(), std::int64_t{0});
 
@@ -130,7 +157,7 @@ DispatchPlan build_plan(exec::Host, const DispatchOptions& opt,
 
   plan.row_route.assign(static_cast<std::size_t>(plan.rows()), -1);
   plan.route_row.assign(static_cast<std::size_t>(T * k), -1);
-  for (std::int64_t e = 0; e < E; ++e) {
+  exec::parallel_for(E, per_expert_cost, [&](std::int64_t e) {
     std::int64_t row = plan.expert_offsets[static_cast<std::size_t>(e)];
     for (std::int64_t i = start[static_cast<std::size_t>(e)];
          i < start[static_cast<std::size_t>(e) + 1]; ++i) {
@@ -140,7 +167,7 @@ DispatchPlan build_plan(exec::Host, const DispatchOptions& opt,
       plan.route_row[static_cast<std::size_t>(route)] = row;
       ++row;
     }
-  }
+  });
   return plan;
 }
 

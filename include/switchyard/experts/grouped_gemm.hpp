@@ -29,6 +29,17 @@ inline void check_expert_offsets(std::span<const index_t> offsets, index_t num_e
                             " must equal the row count ", rows));
 }
 
+/// Runs body(e, r0, n) for every expert e with n > 0 rows starting at row r0 of offsets [E+1].
+/// Serial over experts: each GEMM threads inside BLAS, which measured faster than threads over
+/// experts (uneven row counts leave threads idle; see docs/building.md, OpenMP).
+template <class F>
+void for_each_expert_rows(std::span<const index_t> offsets, F&& body) {
+  for (index_t e = 0; e + 1 < static_cast<index_t>(offsets.size()); ++e) {
+    const index_t r0 = offsets[e], n = offsets[e + 1] - r0;
+    if (n > 0) body(e, r0, n);
+  }
+}
+
 /// c[rows of e] = a[rows of e] · b[e]ᵀ + beta · c[rows of e] for every expert e.
 /// a [R][K], b [E][N][K] (a weight in the fc1/fc2 layout), c [R][N], offsets [E+1].
 template <class T>
@@ -42,11 +53,10 @@ void grouped_gemm(exec::Host, std::span<const index_t> offsets,
              detail::concat("grouped_gemm: a is [", a.extent(0), "][", a.extent(1), "], b is [", E,
                             "][", N, "][", K, "], c is [", c.extent(0), "][", c.extent(1),
                             "]; want a [R][K], c [R][N]"));
-  for (index_t e = 0; e < E; ++e) {
-    const index_t r0 = offsets[e], n = offsets[e + 1] - r0;
+  for_each_expert_rows(offsets, [&](index_t e, index_t r0, index_t n) {
     detail::gemm<T>(impl, false, true, n, N, K, T(1), a.data_handle() + r0 * K, K,
                     b.data_handle() + e * N * K, K, beta, c.data_handle() + r0 * N, N);
-  }
+  });
 }
 
 }  // namespace switchyard

@@ -12,6 +12,7 @@
 
 #include "switchyard/core/error.hpp"
 #include "switchyard/core/mdspan.hpp"
+#include "switchyard/exec/parallel.hpp"
 #include "switchyard/routing/detail/token_math.hpp"
 #include "switchyard/routing/routing_types.hpp"
 #include "switchyard/routing/score.hpp"
@@ -77,6 +78,14 @@ Routing<T> begin_routing(matrix_view<const T> logits, index_t num_experts, const
   return r;
 }
 
+/// Runs route(t) for every token of `r` (on threads: each writes only its own token's routes),
+/// then counts tokens_per_expert serially.
+template <int K, class T, class F>
+void route_tokens(Routing<T>& r, F&& route) {
+  exec::parallel_for(r.num_tokens, r.num_experts * (K + 4), route);
+  for (const std::int32_t e : r.topk_indices) ++r.tokens_per_expert[static_cast<std::size_t>(e)];
+}
+
 /// Computes every loss of `p` for logits z [T][E] of a K-expert router with score `Score` and
 /// stores values and backward state in `out` (aux_loss, balance_losses, z_loss, balance).
 template <int K, ScoreTag Score, class T>
@@ -107,17 +116,23 @@ void compute_losses(matrix_view<const T> z, const LossParams& p, const RouteCont
       std::vector<double> c(B * static_cast<std::size_t>(E), 0.0);
       std::vector<double> qsum(B * static_cast<std::size_t>(E), 0.0);
       std::fill(counts.begin(), counts.end(), 0);
-      for (index_t t = 0; t < Tn; ++t) {
+      // Per-token work on threads into per-token buffers, then the sums serially in token
+      // order (the same additions, in the same order, for any thread count).
+      std::vector<std::int32_t> idx(static_cast<std::size_t>(Tn * K));
+      std::vector<T> q(static_cast<std::size_t>(Tn * E));
+      exec::parallel_for(Tn, E * (K + 4), [&](index_t t) {
         const T* zr = &z(t, 0);
         const auto r = detail::aux_row_stats<Score>(zr, E);
-        std::int32_t idx[K];
-        detail::aux_count_topk<K, Score>(zr, E, r, idx);
+        detail::aux_count_topk<K, Score>(zr, E, r, &idx[t * K]);
+        for (index_t e = 0; e < E; ++e) q[t * E + e] = detail::aux_q<Score>(zr, e, r);
+      });
+      for (index_t t = 0; t < Tn; ++t) {
         const auto b = static_cast<std::size_t>(detail::sequence_of(t, st));
         for (int j = 0; j < counted; ++j) {
-          c[b * E + idx[j]] += 1.0;
-          ++counts[idx[j]];
+          c[b * E + idx[t * K + j]] += 1.0;
+          ++counts[idx[t * K + j]];
         }
-        for (index_t e = 0; e < E; ++e) qsum[b * E + e] += detail::aux_q<Score>(zr, e, r);
+        for (index_t e = 0; e < E; ++e) qsum[b * E + e] += q[t * E + e];
       }
       double group_tokens = static_cast<double>(tokens_per_seq);
       double sequences = static_cast<double>(B);
@@ -163,11 +178,12 @@ void compute_losses(matrix_view<const T> z, const LossParams& p, const RouteCont
   if (p.z_loss_coeff > 0 && (Tn > 0 || ctx.group_sum)) {
     // L_z = c_z · mean_t lse_t² (REFERENCE §5), accumulated in double; with a group the mean is
     // over the group's tokens, so the per-rank terms add up to the group's z-loss.
+    std::vector<double> lse(static_cast<std::size_t>(Tn));
+    exec::parallel_for(Tn, 4 * E, [&](index_t t) {
+      lse[t] = static_cast<double>(detail::logsumexp(&z(t, 0), E));
+    });
     double sum = 0.0;
-    for (index_t t = 0; t < Tn; ++t) {
-      const double lse = static_cast<double>(detail::logsumexp(&z(t, 0), E));
-      sum += lse * lse;
-    }
+    for (const double l : lse) sum += l * l;
     double tokens[1] = {static_cast<double>(Tn)};
     if (ctx.group_sum) ctx.group_sum(std::span<double>(tokens));
     out.loss_tokens = tokens[0];
@@ -182,17 +198,19 @@ void add_loss_gradients(const Routing<T>& r, const LossParams& p, matrix_view<T>
   SY_EXPECTS(dz.extent(0) == Tn && dz.extent(1) == E,
              detail::concat("dlogits is [", dz.extent(0), "][", dz.extent(1), "], expected [", Tn,
                             "][", E, "]"));
-  std::vector<T> w(static_cast<std::size_t>(E));
+  // Each token adds to its own row only: parallel over tokens, in the same order per row.
   for (const detail::balance_state& st : r.balance) {
-    for (index_t t = 0; t < Tn; ++t) {
+    const std::vector<T> w(st.weights.begin(), st.weights.end());
+    exec::parallel_for(Tn, 4 * E, [&](index_t t) {
       const auto b = detail::sequence_of(t, st);
-      for (index_t e = 0; e < E; ++e) w[e] = static_cast<T>(st.weights[b * E + e]);
-      detail::aux_token_gradient<Score>(&r.logits[t * E], E, w.data(), &dz(t, 0));
-    }
+      detail::aux_token_gradient<Score>(&r.logits[t * E], E, &w[b * E], &dz(t, 0));
+    });
   }
   if (r.z_loss) {
     const T c = static_cast<T>(p.z_loss_coeff * 2.0 / r.loss_tokens);
-    for (index_t t = 0; t < Tn; ++t) detail::z_loss_token_gradient(&r.logits[t * E], E, c, &dz(t, 0));
+    exec::parallel_for(Tn, 4 * E, [&](index_t t) {
+      detail::z_loss_token_gradient(&r.logits[t * E], E, c, &dz(t, 0));
+    });
   }
 }
 

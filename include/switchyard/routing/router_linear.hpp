@@ -1,6 +1,7 @@
 #pragma once
 /// \file The router linear layer z = x·W_rᵀ (+ b_r) (REFERENCE §1) and its backward (§8), and
-/// input jitter (§1). Host backend: float or double, accumulated in the compute type of T
+/// input jitter (§1). Host backend: float or double, accumulated in the compute type of T, through
+/// CBLAS when the build has it (switchyard::blas), else loops parallel over rows
 /// (routing/router_linear.cuh takes fp32/bf16/fp16 input on the device, fp32 accumulation).
 
 #include <cstdint>
@@ -10,6 +11,8 @@
 #include "switchyard/core/mdspan.hpp"
 #include "switchyard/core/philox.hpp"
 #include "switchyard/exec/host.hpp"
+#include "switchyard/exec/host_blas.hpp"
+#include "switchyard/exec/parallel.hpp"
 
 namespace switchyard {
 
@@ -24,12 +27,13 @@ void router_linear_forward(exec::Host, matrix_view<const T> x, matrix_view<const
                             logits.extent(1), "] do not match"));
   const bool has_bias = bias.data_handle() != nullptr;
   SY_EXPECTS(!has_bias || bias.extent(0) == E, "router_linear_forward: bias must have E entries");
-  for (index_t t = 0; t < Tn; ++t)
-    for (index_t e = 0; e < E; ++e) {
-      T acc = has_bias ? bias(e) : T(0);
-      for (index_t h = 0; h < H; ++h) acc += x(t, h) * weight(e, h);
-      logits(t, e) = acc;
-    }
+  T* z = logits.data_handle();
+  if (has_bias)
+    exec::parallel_for(Tn, E, [&](index_t t) {
+      for (index_t e = 0; e < E; ++e) z[t * E + e] = bias(e);
+    });
+  detail::row_major_gemm<T>(true, false, true, Tn, E, H, T(1), x.data_handle(), H,
+                            weight.data_handle(), H, has_bias ? T(1) : T(0), z, E);
 }
 
 /// dx [T][H] = dz·W_r, dweight [E][H] = dzᵀ·x, dbias [E] = Σ_t dz (dbias may be empty).
@@ -42,18 +46,11 @@ void router_linear_backward(exec::Host, matrix_view<const T> x, matrix_view<cons
   SY_EXPECTS(dlogits.extent(0) == Tn && dlogits.extent(1) == E && dx.extent(0) == Tn &&
                  dx.extent(1) == H && dweight.extent(0) == E && dweight.extent(1) == H,
              "router_linear_backward: shapes of dlogits, dx or dweight do not match x and weight");
-  for (index_t t = 0; t < Tn; ++t)
-    for (index_t h = 0; h < H; ++h) {
-      T acc = T(0);
-      for (index_t e = 0; e < E; ++e) acc += dlogits(t, e) * weight(e, h);
-      dx(t, h) = acc;
-    }
-  for (index_t e = 0; e < E; ++e)
-    for (index_t h = 0; h < H; ++h) {
-      T acc = T(0);
-      for (index_t t = 0; t < Tn; ++t) acc += dlogits(t, e) * x(t, h);
-      dweight(e, h) = acc;
-    }
+  const T* dz = dlogits.data_handle();
+  detail::row_major_gemm<T>(true, false, false, Tn, H, E, T(1), dz, E, weight.data_handle(), H,
+                            T(0), dx.data_handle(), H);
+  detail::row_major_gemm<T>(true, true, false, E, H, Tn, T(1), dz, E, x.data_handle(), H, T(0),
+                            dweight.data_handle(), H);
   if (dbias.data_handle() != nullptr) {
     SY_EXPECTS(dbias.extent(0) == E, "router_linear_backward: dbias must have E entries");
     for (index_t e = 0; e < E; ++e) {
@@ -86,9 +83,10 @@ void apply_input_jitter(exec::Host, matrix_view<T> x, const JitterParams& j) {
   SY_EXPECTS(j.eps >= 0 && j.eps < 1, detail::concat("input jitter eps = ", j.eps,
                                                      " must be in [0, 1)"));
   if (j.eps == 0) return;
-  for (index_t t = 0; t < x.extent(0); ++t)
+  exec::parallel_for(x.extent(0), 16 * x.extent(1), [&](index_t t) {
     for (index_t h = 0; h < x.extent(1); ++h)
       x(t, h) = static_cast<T>(x(t, h) * static_cast<T>(jitter_factor(j, t, h)));
+  });
 }
 
 }  // namespace switchyard

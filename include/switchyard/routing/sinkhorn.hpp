@@ -12,6 +12,7 @@
 #include "switchyard/core/math.hpp"
 #include "switchyard/core/mdspan.hpp"
 #include "switchyard/exec/host.hpp"
+#include "switchyard/exec/parallel.hpp"
 #include "switchyard/routing/detail/token_math.hpp"
 #include "switchyard/routing/losses.hpp"
 #include "switchyard/routing/router_policy.hpp"
@@ -33,24 +34,28 @@ int sinkhorn(exec::Host, matrix_view<const T> z, matrix_view<T> p, SinkhornParam
   const index_t Tn = z.extent(0), E = z.extent(1);
   SY_EXPECTS(p.extent(0) == Tn && p.extent(1) == E, "sinkhorn: P must have the shape of z");
   if (Tn == 0) return 0;
-  for (index_t t = 0; t < Tn; ++t) {
+  // Rows on threads; the column sums run per column over the tokens in token order, so every
+  // sum has the same order of additions for any thread count.
+  exec::parallel_for(Tn, 4 * E, [&](index_t t) {
     const detail::row_softmax<T> st = detail::softmax_stats(&z(t, 0), E);
     for (index_t e = 0; e < E; ++e) p(t, e) = math::exp(z(t, e) - st.max);
-  }
+  });
   std::vector<T> u(static_cast<std::size_t>(Tn), T(1)), v(static_cast<std::size_t>(E), T(1));
   std::vector<T> col(static_cast<std::size_t>(E));
   const T eps = T(1e-8);
   int it = 0;
   while (it < sp.max_iterations) {
     ++it;
-    for (index_t t = 0; t < Tn; ++t) {
+    exec::parallel_for(Tn, E, [&](index_t t) {
       T s = T(0);
       for (index_t e = 0; e < E; ++e) s += v[e] * p(t, e);
       u[t] = (T(1) / static_cast<T>(Tn)) / (s + eps);
-    }
-    std::fill(col.begin(), col.end(), T(0));
-    for (index_t t = 0; t < Tn; ++t)
-      for (index_t e = 0; e < E; ++e) col[e] += u[t] * p(t, e);
+    });
+    exec::parallel_for(E, Tn, [&](index_t e) {
+      T c = T(0);
+      for (index_t t = 0; t < Tn; ++t) c += u[t] * p(t, e);
+      col[e] = c;
+    });
     T err = T(0);
     for (index_t e = 0; e < E; ++e) {
       const T nv = (T(1) / static_cast<T>(E)) / (col[e] + eps);
@@ -59,8 +64,9 @@ int sinkhorn(exec::Host, matrix_view<const T> z, matrix_view<T> p, SinkhornParam
     }
     if (err / static_cast<T>(E) <= static_cast<T>(sp.tolerance)) break;
   }
-  for (index_t t = 0; t < Tn; ++t)
+  exec::parallel_for(Tn, E, [&](index_t t) {
     for (index_t e = 0; e < E; ++e) p(t, e) = u[t] * p(t, e) * v[e];
+  });
   return it;
 }
 
@@ -98,11 +104,10 @@ class Sinkhorn {
       plan.resize(static_cast<std::size_t>(Tn * E));
       r.sinkhorn_iterations = sinkhorn(h, logits, matrix_view<T>(plan.data(), Tn, E), sp_);
     }
-    for (index_t t = 0; t < Tn; ++t) {
+    route_tokens<K>(r, [&](index_t t) {
       detail::sinkhorn_token<K>(&r.logits[t * E], ctx.training ? &plan[t * E] : nullptr, E,
                                 !ctx.training, &r.topk_indices[t * K], &r.topk_probs[t * K]);
-      for (int j = 0; j < K; ++j) ++r.tokens_per_expert[r.topk_indices[t * K + j]];
-    }
+    });
     compute_losses<K, Softmax>(matrix_view<const T>(r.logits.data(), Tn, E), losses_, ctx, r);
     return r;
   }
@@ -116,9 +121,10 @@ class Sinkhorn {
                    dlogits.extent(1) == E,
                detail::concat("Sinkhorn::backward: expected dprob [", Tn, "][", K,
                               "] and dlogits [", Tn, "][", E, "]"));
-    for (index_t t = 0; t < Tn; ++t)
+    exec::parallel_for(Tn, E * (K + 4), [&](index_t t) {
       detail::sinkhorn_token_backward<K>(&r.logits[t * E], E, &r.topk_indices[t * K],
                                          &dprob(t, 0), &dlogits(t, 0));
+    });
     add_loss_gradients<Softmax>(r, losses_, dlogits);
   }
 

@@ -12,6 +12,7 @@
 #include "switchyard/core/error.hpp"
 #include "switchyard/core/mdspan.hpp"
 #include "switchyard/exec/host.hpp"
+#include "switchyard/exec/parallel.hpp"
 #include "switchyard/routing/detail/token_math.hpp"
 #include "switchyard/routing/expert_bias.hpp"
 #include "switchyard/routing/losses.hpp"
@@ -104,11 +105,10 @@ class TopK {
     Routing<T> r = begin_routing<K>(logits, p_.num_experts, "TopK");
     std::vector<T> bias;
     const detail::route_args<T> a = args<T>(bias);
-    for (index_t t = 0; t < Tn; ++t) {
+    route_tokens<K>(r, [&](index_t t) {
       detail::route_token<K, Score>(&r.logits[t * E], a, &r.topk_indices[t * K],
                                     &r.topk_probs[t * K]);
-      for (int j = 0; j < K; ++j) ++r.tokens_per_expert[r.topk_indices[t * K + j]];
-    }
+    });
     compute_losses<K, Score>(matrix_view<const T>(r.logits.data(), Tn, E), p_.losses, ctx, r);
     return r;
   }
@@ -127,9 +127,10 @@ class TopK {
                               dlogits.extent(1), "], expected [", Tn, "][", E, "]"));
     std::vector<T> bias;
     const detail::route_args<T> a = args<T>(bias);
-    for (index_t t = 0; t < Tn; ++t)
+    exec::parallel_for(Tn, E * (K + 4), [&](index_t t) {
       detail::route_token_backward<K, Score>(&r.logits[t * E], a, &r.topk_indices[t * K],
                                              &dprob(t, 0), &dlogits(t, 0));
+    });
     add_loss_gradients<Score>(r, p_.losses, dlogits);
   }
 

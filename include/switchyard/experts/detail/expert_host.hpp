@@ -7,6 +7,7 @@
 
 #include "switchyard/core/error.hpp"
 #include "switchyard/core/mdspan.hpp"
+#include "switchyard/exec/parallel.hpp"
 #include "switchyard/experts/detail/expert_math.hpp"
 #include "switchyard/experts/detail/host_gemm.hpp"
 #include "switchyard/experts/expert_policy.hpp"
@@ -79,7 +80,7 @@ void expert_forward_host(P p, const expert_shape& s, const expert_weights<T>& w,
                          std::span<std::byte> workspace, const expert_options& opt) {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
                 "the host backend computes in float or double");
-  const index_t E = s.num_experts, H = s.hidden, F = s.ffn_hidden, F1 = P::fc1_multiplier * F;
+  const index_t H = s.hidden, F = s.ffn_hidden, F1 = P::fc1_multiplier * F;
   const index_t R = x.extent(0);
   const auto layout = check_call<T>(p, s, offsets, R, workspace);
   check_expert_tensors(s, F1, w, "weights");
@@ -90,16 +91,14 @@ void expert_forward_host(P p, const expert_shape& s, const expert_weights<T>& w,
   T* act = region<T>(workspace, layout.act_offset);
   const host_gemm impl = resolve_host_gemm(opt.gemm);
 
-  for (index_t e = 0; e < E; ++e) {
-    const index_t r0 = offsets[e], n = offsets[e + 1] - r0;
-    if (n == 0) continue;
+  for_each_expert_rows(offsets, [&](index_t e, index_t r0, index_t n) {
     if (s.bias) fill_rows(pre + r0 * F1, n, F1, &w.fc1_bias(e, 0));
     gemm<T>(impl, false, true, n, F1, H, T(1), x.data_handle() + r0 * H, H,
             w.fc1.data_handle() + e * F1 * H, H, s.bias ? T(1) : T(0), pre + r0 * F1, F1);
-  }
+  });
   const auto& d = opt.dropout;
   const bool drop = d.active();
-  for (index_t r = 0; r < R; ++r)
+  exec::parallel_for(R, 8 * F, [&](index_t r) {
     for (index_t j = 0; j < F; ++j) {
       const T g = pre[r * F1 + j];
       const T l = P::gated ? pre[r * F1 + F + j] : T(0);
@@ -107,13 +106,12 @@ void expert_forward_host(P p, const expert_shape& s, const expert_weights<T>& w,
                                                                  static_cast<std::uint64_t>(r),
                                                                  static_cast<std::uint64_t>(j));
     }
-  for (index_t e = 0; e < E; ++e) {
-    const index_t r0 = offsets[e], n = offsets[e + 1] - r0;
-    if (n == 0) continue;
+  });
+  for_each_expert_rows(offsets, [&](index_t e, index_t r0, index_t n) {
     if (s.bias) fill_rows(y.data_handle() + r0 * H, n, H, &w.fc2_bias(e, 0));
     gemm<T>(impl, false, true, n, H, F, T(1), act + r0 * F, F, w.fc2.data_handle() + e * H * F, F,
             s.bias ? T(1) : T(0), y.data_handle() + r0 * H, H);
-  }
+  });
 }
 
 template <ExpertPolicy P, class T>
@@ -121,7 +119,7 @@ void expert_backward_host(P p, const expert_shape& s, const expert_weights<T>& w
                           matrix_view<const T> x, std::span<const index_t> offsets,
                           matrix_view<const T> dy, matrix_view<T> dx, const expert_grads<T>& g,
                           std::span<std::byte> workspace, const expert_options& opt) {
-  const index_t E = s.num_experts, H = s.hidden, F = s.ffn_hidden, F1 = P::fc1_multiplier * F;
+  const index_t H = s.hidden, F = s.ffn_hidden, F1 = P::fc1_multiplier * F;
   const index_t R = x.extent(0);
   const auto layout = check_call<T>(p, s, offsets, R, workspace);
   check_expert_tensors(s, F1, w, "weights");
@@ -135,19 +133,17 @@ void expert_backward_host(P p, const expert_shape& s, const expert_weights<T>& w
   const T* dyp = dy.data_handle();
 
   // fc2: dW2_e += dy_eᵀ·a_e, db2_e += Σ dy_e, then d a_e = dy_e·W2_e overwrites a_e.
-  for (index_t e = 0; e < E; ++e) {
-    const index_t r0 = offsets[e], n = offsets[e + 1] - r0;
-    if (n == 0) continue;
+  for_each_expert_rows(offsets, [&](index_t e, index_t r0, index_t n) {
     gemm<T>(impl, true, false, H, F, n, T(1), dyp + r0 * H, H, act + r0 * F, F, T(1),
             g.fc2.data_handle() + e * H * F, F);
     if (s.bias) add_column_sums(&g.fc2_bias(e, 0), dyp + r0 * H, n, H);
     gemm<T>(impl, false, false, n, F, H, T(1), dyp + r0 * H, H, w.fc2.data_handle() + e * H * F, F,
             T(0), act + r0 * F, F);
-  }
+  });
   // Through dropout and the activation: d h overwrites h (each element reads only its own g, l).
   const auto& d = opt.dropout;
   const bool drop = d.active();
-  for (index_t r = 0; r < R; ++r)
+  exec::parallel_for(R, 8 * F, [&](index_t r) {
     for (index_t j = 0; j < F; ++j) {
       const T da = act[r * F + j] * dropout_factor<T>(drop, d.p, d.seed, d.step,
                                                       static_cast<std::uint64_t>(r),
@@ -157,16 +153,15 @@ void expert_backward_host(P p, const expert_shape& s, const expert_weights<T>& w
       pre[r * F1 + j] = dg;
       if constexpr (P::gated) pre[r * F1 + F + j] = dl;
     }
+  });
   // fc1: dW1_e += dh_eᵀ·x_e, db1_e += Σ dh_e, dx_e = dh_e·W1_e.
-  for (index_t e = 0; e < E; ++e) {
-    const index_t r0 = offsets[e], n = offsets[e + 1] - r0;
-    if (n == 0) continue;
+  for_each_expert_rows(offsets, [&](index_t e, index_t r0, index_t n) {
     gemm<T>(impl, true, false, F1, H, n, T(1), pre + r0 * F1, F1, x.data_handle() + r0 * H, H, T(1),
             g.fc1.data_handle() + e * F1 * H, H);
     if (s.bias) add_column_sums(&g.fc1_bias(e, 0), pre + r0 * F1, n, F1);
     gemm<T>(impl, false, false, n, H, F1, T(1), pre + r0 * F1, F1, w.fc1.data_handle() + e * F1 * H,
             H, T(0), dx.data_handle() + r0 * H, H);
-  }
+  });
 }
 
 }  // namespace switchyard::detail

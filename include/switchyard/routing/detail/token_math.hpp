@@ -88,12 +88,36 @@ SY_HD inline T selection_score(const T* z, index_t e, const row_softmax<T>& st, 
   }
 }
 
-template <int K>
-SY_HD inline bool already_chosen(const std::int32_t* idx, int n, index_t e) {
-  for (int j = 0; j < n; ++j)
-    if (idx[j] == e) return true;
-  return false;
-}
+/// The n ≤ K best (value, index) pairs seen so far, in descending value; among equal values the
+/// earlier (lower) index ranks first, so a scan in index order gives the same list as n passes
+/// of "first maximum wins". One pass over E with the list in registers (K is a template
+/// argument, so the insertion loop is unrolled): O(E) instead of O(K·E) score evaluations.
+template <int K, class T>
+struct top_list {
+  T value[K] = {};
+  std::int32_t index[K] = {};
+  int size = 0;
+
+  /// Offers (v, e); n is the list length wanted (≤ K). Needs v not NaN.
+  SY_HD void offer(T v, index_t e, int n) {
+    if (size == n && !(v > value[n - 1])) return;
+    int j = size < n ? size++ : n - 1;
+    for (; j > 0 && v > value[j - 1]; --j) {
+      value[j] = value[j - 1];
+      index[j] = index[j - 1];
+    }
+    value[j] = v;
+    index[j] = static_cast<std::int32_t>(e);
+  }
+
+  /// Writes idx[0..n) (and score[0..n) when not null); -1 / 0 past the entries found.
+  SY_HD void write(int n, std::int32_t* idx, T* score) const {
+    for (int j = 0; j < n; ++j) {
+      idx[j] = j < size ? index[j] : -1;
+      if (score) score[j] = j < size ? value[j] : T(0);
+    }
+  }
+};
 
 /// Top-n of the selection scores over [begin, end) restricted to `allowed` groups; the first
 /// maximum wins, so equal scores go to the lower index. Writes idx[0..n) in descending order.
@@ -101,21 +125,10 @@ template <class Score, int K, class T>
 SY_HD inline void select_top(const T* z, index_t begin, index_t end, index_t group_size,
                              std::uint64_t allowed, int n, const row_softmax<T>& st,
                              const T* bias, std::int32_t* idx, T* score) {
-  for (int j = 0; j < n; ++j) {
-    index_t best = -1;
-    T best_v = T(0);
-    for (index_t e = begin; e < end; ++e) {
-      if (!((allowed >> (e / group_size)) & 1u)) continue;
-      if (already_chosen<K>(idx, j, e)) continue;
-      const T v = selection_score<Score>(z, e, st, bias);
-      if (best < 0 || v > best_v) {
-        best = e;
-        best_v = v;
-      }
-    }
-    idx[j] = static_cast<std::int32_t>(best);
-    if (score) score[j] = best_v;
-  }
+  top_list<K, T> top;
+  for (index_t e = begin; e < end; ++e)
+    if ((allowed >> (e / group_size)) & 1u) top.offer(selection_score<Score>(z, e, st, bias), e, n);
+  top.write(n, idx, score);
 }
 
 /// Group-limited routing (REFERENCE §2): group score = sum of the top ⌊k/G_k⌋ selection scores
@@ -153,7 +166,9 @@ SY_HD inline std::uint64_t choose_groups(const T* z, const route_args<T>& a,
 template <int K, class Score, class T>
 SY_HD inline void route_token(const T* z, const route_args<T>& a, std::int32_t* idx, T* prob) {
   const index_t E = a.num_experts;
-  const row_softmax<T> st = softmax_stats(z, E);
+  // Only pre-softmax selects by (and weights with) the full softmax: skip its E exps otherwise.
+  const row_softmax<T> st =
+      std::is_same_v<Score, PreSoftmax> ? softmax_stats(z, E) : row_softmax<T>{T(0), T(1)};
   std::uint64_t allowed = ~std::uint64_t(0);
   index_t gs = E;
   if (a.num_groups > 1) {
@@ -273,19 +288,9 @@ SY_HD inline T aux_q(const T* z, index_t e, const aux_row<T>& r) {
 /// no bias, no capacity).
 template <int K, class Score, class T>
 SY_HD inline void aux_count_topk(const T* z, index_t E, const aux_row<T>& r, std::int32_t* idx) {
-  for (int j = 0; j < K; ++j) {
-    index_t best = -1;
-    T best_q = T(0);
-    for (index_t e = 0; e < E; ++e) {
-      if (already_chosen<K>(idx, j, e)) continue;
-      const T q = aux_q<Score>(z, e, r);
-      if (best < 0 || q > best_q) {
-        best = e;
-        best_q = q;
-      }
-    }
-    idx[j] = static_cast<std::int32_t>(best);
-  }
+  top_list<K, T> top;
+  for (index_t e = 0; e < E; ++e) top.offer(aux_q<Score>(z, e, r), e, K);
+  top.write(K, idx, static_cast<T*>(nullptr));
 }
 
 /// Adds the aux-loss gradient of one token to dz[0..E), with w[e] = α·E·c_e/(k·T²) (already
@@ -335,19 +340,9 @@ template <int K, class T>
 SY_HD inline void sinkhorn_token(const T* z, const T* p_row, index_t E, bool by_weight,
                                  std::int32_t* idx, T* prob) {
   const row_softmax<T> st = softmax_stats(z, E);
-  for (int j = 0; j < K; ++j) {
-    index_t best = -1;
-    T best_v = T(0);
-    for (index_t e = 0; e < E; ++e) {
-      if (already_chosen<K>(idx, j, e)) continue;
-      const T v = by_weight ? sinkhorn_weight<K>(z, e, st) : p_row[e];
-      if (best < 0 || v > best_v) {
-        best = e;
-        best_v = v;
-      }
-    }
-    idx[j] = static_cast<std::int32_t>(best);
-  }
+  top_list<K, T> top;
+  for (index_t e = 0; e < E; ++e) top.offer(by_weight ? sinkhorn_weight<K>(z, e, st) : p_row[e], e, K);
+  top.write(K, idx, static_cast<T*>(nullptr));
   for (int j = 0; j < K; ++j) prob[j] = sinkhorn_weight<K>(z, idx[j], st);
 }
 
