@@ -119,34 +119,55 @@ struct top_list {
   }
 };
 
-/// Top-n of the selection scores over [begin, end) restricted to `allowed` groups; the first
-/// maximum wins, so equal scores go to the lower index. Writes idx[0..n) in descending order.
-template <class Score, int K, class T>
-SY_HD inline void select_top(const T* z, index_t begin, index_t end, index_t group_size,
-                             std::uint64_t allowed, int n, const row_softmax<T>& st,
-                             const T* bias, std::int32_t* idx, T* score) {
+/// Selection scores computed on demand (the device path: nothing per expert in local memory).
+template <class Score, class T>
+struct computed_scores {
+  const T* z;
+  const row_softmax<T>* st;
+  const T* bias;
+  SY_HD T operator()(index_t e) const { return selection_score<Score>(z, e, *st, bias); }
+};
+/// Selection scores read from a buffer filled once per token (the host path).
+template <class T>
+struct buffered_scores {
+  const T* score;
+  SY_HD T operator()(index_t e) const { return score[e]; }
+};
+
+/// Top-n of score(e) over [begin, end); the first maximum wins, so equal scores go to the lower
+/// index. Writes idx[0..n) in descending order (and the scores when `out` is not null).
+template <int K, class T, class Scores>
+SY_HD inline void select_top(const Scores& score, index_t begin, index_t end, int n,
+                             std::int32_t* idx, T* out) {
   top_list<K, T> top;
-  for (index_t e = begin; e < end; ++e)
-    if ((allowed >> (e / group_size)) & 1u) top.offer(selection_score<Score>(z, e, st, bias), e, n);
-  top.write(n, idx, score);
+  for (index_t e = begin; e < end; ++e) top.offer(score(e), e, n);
+  top.write(n, idx, out);
 }
 
 /// Group-limited routing (REFERENCE §2): group score = sum of the top ⌊k/G_k⌋ selection scores
 /// of the group; the G_k best groups stay (ties: lower group). Returns their bit mask.
-template <class Score, int K, class T>
-SY_HD inline std::uint64_t choose_groups(const T* z, const route_args<T>& a,
-                                         const row_softmax<T>& st) {
+template <int K, class T, class Scores>
+SY_HD inline std::uint64_t choose_groups(const Scores& score, const route_args<T>& a) {
   const int G = a.num_groups;
   const index_t gs = a.num_experts / G;
   const int per_group = K / a.group_topk;
   T gscore[max_groups];
   for (int g = 0; g < G; ++g) {
-    std::int32_t idx[K];
-    T sc[K];
-    select_top<Score, K>(z, g * gs, (g + 1) * gs, gs, ~std::uint64_t(0), per_group, st,
-                         a.expert_bias, idx, sc);
+    // The per_group largest scores in descending order, by a branchless insertion network
+    // (values only: which of equal values is kept does not change the sum).
+    T top[K];
+    for (int j = 0; j < K; ++j) top[j] = -math::infinity<T>();
+    for (index_t e = g * gs; e < (g + 1) * gs; ++e) {
+      T v = score(e);
+      for (int j = 0; j < K; ++j) {
+        if (j >= per_group) break;
+        const T hi = v > top[j] ? v : top[j];
+        v = v > top[j] ? top[j] : v;
+        top[j] = hi;
+      }
+    }
     T sum = T(0);
-    for (int j = 0; j < per_group; ++j) sum += sc[j];
+    for (int j = 0; j < per_group; ++j) sum += top[j];
     gscore[g] = sum;
   }
   std::uint64_t mask = 0;
@@ -161,6 +182,29 @@ SY_HD inline std::uint64_t choose_groups(const T* z, const route_args<T>& a,
   return mask;
 }
 
+/// The K selected experts of one token (descending score, ties to the lower index), within the
+/// chosen groups when routing is group-limited. Groups are visited in index order, so the scan
+/// is in expert order as without groups.
+template <int K, class T, class Scores>
+SY_HD inline void select_routes(const Scores& score, const route_args<T>& a, std::int32_t* idx) {
+  const index_t E = a.num_experts;
+  if (a.num_groups <= 1) {
+    select_top<K>(score, 0, E, K, idx, static_cast<T*>(nullptr));
+    return;
+  }
+  const std::uint64_t allowed = choose_groups<K, T>(score, a);
+  const index_t gs = E / a.num_groups;
+  top_list<K, T> top;
+  for (int g = 0; g < a.num_groups; ++g)
+    if ((allowed >> g) & 1u)
+      for (index_t e = g * gs; e < (g + 1) * gs; ++e) top.offer(score(e), e, K);
+  top.write(K, idx, static_cast<T*>(nullptr));
+}
+
+/// Experts whose selection scores the host computes once per token into a stack buffer (group-
+/// limited routing reads each score twice); larger E computes them on demand.
+inline constexpr index_t buffered_score_experts = 256;
+
 /// Forward of one token: selected experts idx[0..K) (descending selection score) and their
 /// weights prob[0..K) (REFERENCE §2, γ applied).
 template <int K, class Score, class T>
@@ -169,13 +213,16 @@ SY_HD inline void route_token(const T* z, const route_args<T>& a, std::int32_t* 
   // Only pre-softmax selects by (and weights with) the full softmax: skip its E exps otherwise.
   const row_softmax<T> st =
       std::is_same_v<Score, PreSoftmax> ? softmax_stats(z, E) : row_softmax<T>{T(0), T(1)};
-  std::uint64_t allowed = ~std::uint64_t(0);
-  index_t gs = E;
-  if (a.num_groups > 1) {
-    allowed = choose_groups<Score, K>(z, a, st);
-    gs = E / a.num_groups;
+#if !defined(__CUDA_ARCH__)
+  if (E <= buffered_score_experts) {
+    T buf[buffered_score_experts];
+    for (index_t e = 0; e < E; ++e) buf[e] = selection_score<Score>(z, e, st, a.expert_bias);
+    select_routes<K>(buffered_scores<T>{buf}, a, idx);
+  } else
+#endif
+  {
+    select_routes<K>(computed_scores<Score, T>{z, &st, a.expert_bias}, a, idx);
   }
-  select_top<Score, K>(z, 0, E, gs, allowed, K, st, a.expert_bias, idx, static_cast<T*>(nullptr));
   if constexpr (std::is_same_v<Score, Softmax>) {
     // idx[0] holds the largest selected logit: subtracting it keeps every exp ≤ 1.
     const T m = z[idx[0]];
