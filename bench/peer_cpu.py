@@ -72,7 +72,11 @@ def build(build_dir, jobs):
         subprocess.check_call(["cmake", "-S", ROOT, "-B", build_dir, "-G", "Ninja",
                                "-DCMAKE_BUILD_TYPE=Release", "-DSWITCHYARD_ENABLE_CUDA=OFF",
                                "-DSWITCHYARD_BUILD_BENCH=ON", "-DSWITCHYARD_BUILD_TESTS=OFF",
-                               "-DSWITCHYARD_BUILD_EXAMPLES=OFF"])
+                               "-DSWITCHYARD_BUILD_EXAMPLES=OFF",
+                               # A header-only library is compiled with its user's flags: the
+                               # benchmark targets this CPU, as PyTorch's kernels pick theirs at
+                               # run time (AVX2 / AVX-512).
+                               "-DCMAKE_CXX_FLAGS=-march=native"])
     subprocess.check_call(["cmake", "--build", build_dir, "-j", str(jobs), "--target",
                            "bench_layer", "bench_experts"])
 
