@@ -105,8 +105,10 @@ void unpermute(exec::Host, const DispatchPlan& plan, matrix_view<const T> rows,
   });
 }
 
-/// Backward of unpermute: d_rows[r] = prob[t,j] · dy[t] for the route (t,j) of row r (0 for
-/// padding rows) and d_prob[t,j] = <dy[t], rows[r]> (0 for dropped routes).
+/// Backward of unpermute: d_prob[t,j] = <dy[t], rows[r]> (0 for dropped routes), then
+/// d_rows[r] = prob[t,j] · dy[t] for the route (t,j) of row r (0 for padding rows). d_rows may be
+/// the same memory as rows (d_prob is complete before any row is overwritten): the layer's
+/// backward reuses the expert outputs' buffer.
 template <class T, class P>
 void unpermute_backward(exec::Host, const DispatchPlan& plan, matrix_view<const T> rows,
                         matrix_view<const P> prob, matrix_view<const T> dy,
@@ -115,17 +117,6 @@ void unpermute_backward(exec::Host, const DispatchPlan& plan, matrix_view<const 
   detail::check_tokens(plan, dy.extent(0), "dy");
   detail::check_rows(plan, rows.extent(0), rows.extent(1), H, "rows");
   detail::check_rows(plan, d_rows.extent(0), d_rows.extent(1), H, "d_rows");
-  exec::parallel_for(plan.rows(), H, [&](std::int64_t r) {
-    const std::int64_t route = plan.row_route[static_cast<std::size_t>(r)];
-    T* dst = &d_rows(r, 0);
-    if (route < 0) {
-      std::fill(dst, dst + H, T(0));
-      return;
-    }
-    const auto p = static_cast<accum_t<T>>(prob(route / k, route % k));
-    const T* g = &dy(route / k, 0);
-    for (std::int64_t h = 0; h < H; ++h) dst[h] = static_cast<T>(p * static_cast<accum_t<T>>(g[h]));
-  });
   // d prob: one serial dot product per route (the order of its additions is fixed).
   exec::parallel_for(plan.num_tokens, k * H, [&](std::int64_t t) {
     for (std::int64_t j = 0; j < k; ++j) {
@@ -136,6 +127,17 @@ void unpermute_backward(exec::Host, const DispatchPlan& plan, matrix_view<const 
           acc += static_cast<accum_t<P>>(dy(t, h)) * static_cast<accum_t<P>>(rows(r, h));
       d_prob(t, j) = static_cast<P>(acc);
     }
+  });
+  exec::parallel_for(plan.rows(), H, [&](std::int64_t r) {
+    const std::int64_t route = plan.row_route[static_cast<std::size_t>(r)];
+    T* dst = &d_rows(r, 0);
+    if (route < 0) {
+      std::fill(dst, dst + H, T(0));
+      return;
+    }
+    const auto p = static_cast<accum_t<T>>(prob(route / k, route % k));
+    const T* g = &dy(route / k, 0);
+    for (std::int64_t h = 0; h < H; ++h) dst[h] = static_cast<T>(p * static_cast<accum_t<T>>(g[h]));
   });
 }
 

@@ -36,7 +36,8 @@ void expert_forward(P p, exec::Host, const expert_shape& s, const expert_weights
 
 /// Backward of expert_forward for the upstream gradient dy [R][H]: dx [R][H] is overwritten;
 /// the weight (and bias) gradients in `grads` are ACCUMULATED (+=). Same x, offsets, options and
-/// workspace as the forward; the workspace's saved activations are consumed.
+/// workspace as the forward; the workspace's saved activations are consumed. dx may be the same
+/// memory as dy (dy is read only before dx is written; the layer's backward relies on it).
 template <ExpertPolicy P, class T>
 void expert_backward(P p, exec::Host, const expert_shape& s, const expert_weights<T>& w,
                      std::type_identity_t<matrix_view<const T>> x, std::span<const index_t> offsets,

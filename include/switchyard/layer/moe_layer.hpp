@@ -252,7 +252,7 @@ class MoELayerCore {
     const index_t Tn = s.tokens, H = cfg_.hidden_size, E = cfg_.num_experts;
     const int k = router_->k();
     const index_t R = s.plan.rows();
-    std::vector<T> d_rows(static_cast<std::size_t>(R * H));
+    std::vector<T> d_rows;  // takes over the expert outputs' buffer (unpermute_backward allows it)
     std::vector<T> d_weight(static_cast<std::size_t>(Tn * k)), d_prob(d_weight.size());
     // The local stage, failing together as in forward.
     std::exception_ptr failed;
@@ -262,7 +262,8 @@ class MoELayerCore {
                  detail::concat("MoELayer::backward: dy is [", dy.extent(0), "][", dy.extent(1),
                                 "], the forward had [", Tn, "][", H, "]"));
       s.used = true;
-      unpermute_backward(exec::Host{}, s.plan, matrix_view<const T>(s.rows_out.data(), R, H),
+      d_rows = std::move(s.rows_out);
+      unpermute_backward(exec::Host{}, s.plan, matrix_view<const T>(d_rows.data(), R, H),
                          matrix_view<const T>(s.weights.data(), Tn, k), dy,
                          matrix_view<T>(d_rows.data(), R, H),
                          matrix_view<T>(d_weight.data(), Tn, k));
@@ -273,21 +274,21 @@ class MoELayerCore {
       failed = std::current_exception();
     }
     fail_together(*comms_.dense_data_parallel, failed, "MoELayer::backward");
-    std::vector<T>().swap(s.rows_out);  // what backward keeps shrinks as it goes
     const expert_shape shape{placement_.local_experts(), H, cfg_.ffn_hidden_size, params_.bias};
     const std::vector<T> d_rows_in =
         exchange_apply(std::move(d_rows), s, H, R, nullptr, [&](int seg, std::vector<T> d_out) {
           typename MoESaved<T>::segment& g = seg == 0 ? s.local : s.remote;
           const index_t n = g.offsets.back();
-          std::vector<T> d_in(static_cast<std::size_t>(n * H));
+          // dx overwrites dy in place (the host experts read dy only before writing dx), and
+          // the segment's inputs and workspace are released once used: backward keeps shrinking.
           experts_->backward(shape, std::as_const(params_).experts(),
                              matrix_view<const T>(g.in.data(), n, H), g.offsets,
                              matrix_view<const T>(d_out.data(), n, H),
-                             matrix_view<T>(d_in.data(), n, H), grads.experts(), g.workspace,
+                             matrix_view<T>(d_out.data(), n, H), grads.experts(), g.workspace,
                              s.expert_opts);
           std::vector<T>().swap(g.in);
           std::vector<std::byte>().swap(g.workspace);
-          return d_in;
+          return d_out;
         });
     std::vector<T> dx(static_cast<std::size_t>(Tn * H));
     permute_backward(exec::Host{}, s.plan, matrix_view<const T>(d_rows_in.data(), R, H),
