@@ -14,10 +14,55 @@
 
 namespace switchyard {
 
+/// Views of expert tensors stored contiguously in the layout of experts/expert_types.hpp (host or
+/// device memory); the bias views are empty without biases.
+template <class T>
+expert_tensors<T> expert_views(T* fc1, T* fc2, T* fc1_bias, T* fc2_bias, index_t local_experts,
+                               index_t hidden, index_t ffn_hidden, int fc1_multiplier, bool bias) {
+  const index_t F1 = fc1_multiplier * ffn_hidden;
+  return {tensor3_view<T>(fc1, local_experts, F1, hidden),
+          tensor3_view<T>(fc2, local_experts, hidden, ffn_hidden),
+          bias ? matrix_view<T>(fc1_bias, local_experts, F1) : matrix_view<T>(),
+          bias ? matrix_view<T>(fc2_bias, local_experts, hidden) : matrix_view<T>()};
+}
+
 /// The weights of one MoE layer on one rank: the router W_r [E][H] (replicated) and the local
 /// experts in the layout of experts/expert_types.hpp. MoEGrads has the same shapes.
+namespace detail {
+/// The views of a parameter set: Derived has the members of MoEParams, in host vectors or device
+/// buffers (anything with data()).
+template <class Derived, class T>
+struct param_views {
+  matrix_view<T> router() {
+    Derived& d = static_cast<Derived&>(*this);
+    return matrix_view<T>(d.router_weight.data(), d.num_experts, d.hidden);
+  }
+  matrix_view<const T> router() const {
+    return const_cast<param_views*>(this)->router();
+  }
+  expert_tensors<T> experts() {
+    Derived& d = static_cast<Derived&>(*this);
+    return expert_views(d.fc1.data(), d.fc2.data(), d.fc1_bias.data(), d.fc2_bias.data(),
+                        d.local_experts, d.hidden, d.ffn_hidden, d.fc1_multiplier, d.bias);
+  }
+  expert_weights<T> experts() const {
+    return as_const(const_cast<param_views*>(this)->experts());
+  }
+  /// Every tensor, for element-wise loops (optimizers, reductions, copies).
+  template <class F>
+  void for_each_tensor(F&& f) {
+    Derived& d = static_cast<Derived&>(*this);
+    f(d.router_weight);
+    f(d.fc1);
+    f(d.fc2);
+    f(d.fc1_bias);
+    f(d.fc2_bias);
+  }
+};
+}  // namespace detail
+
 template <class T>
-struct MoEParams {
+struct MoEParams : detail::param_views<MoEParams<T>, T> {
   index_t num_experts = 0, local_experts = 0, hidden = 0, ffn_hidden = 0;
   int fc1_multiplier = 1;  ///< 2 for GLU experts
   bool bias = false;
@@ -43,31 +88,8 @@ struct MoEParams {
   MoEParams zeros_like() const {
     return MoEParams(num_experts, local_experts, hidden, ffn_hidden, fc1_multiplier, bias);
   }
-  matrix_view<T> router() { return matrix_view<T>(router_weight.data(), num_experts, hidden); }
-  matrix_view<const T> router() const {
-    return matrix_view<const T>(router_weight.data(), num_experts, hidden);
-  }
-  expert_tensors<T> experts() {
-    const index_t F1 = fc1_multiplier * ffn_hidden;
-    return {tensor3_view<T>(fc1.data(), local_experts, F1, hidden),
-            tensor3_view<T>(fc2.data(), local_experts, hidden, ffn_hidden),
-            bias ? matrix_view<T>(fc1_bias.data(), local_experts, F1) : matrix_view<T>(),
-            bias ? matrix_view<T>(fc2_bias.data(), local_experts, hidden) : matrix_view<T>()};
-  }
-  expert_weights<T> experts() const {
-    return as_const(const_cast<MoEParams*>(this)->experts());
-  }
-  /// Every tensor, for element-wise loops (optimizers, reductions): pointer and size.
-  template <class F>
-  void for_each_tensor(F&& f) {
-    f(router_weight);
-    f(fc1);
-    f(fc2);
-    f(fc1_bias);
-    f(fc2_bias);
-  }
   void set_zero() {
-    for_each_tensor([](std::vector<T>& v) { std::fill(v.begin(), v.end(), T(0)); });
+    this->for_each_tensor([](std::vector<T>& v) { std::fill(v.begin(), v.end(), T(0)); });
   }
 };
 
