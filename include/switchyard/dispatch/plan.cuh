@@ -296,17 +296,22 @@ DevicePlan build_plan(exec::Cuda cuda, const DispatchOptions& opt, const std::in
   return p;
 }
 
-/// Synchronises the stream and throws when a route named an expert outside [0, E).
-inline void check_device_plan(exec::Cuda cuda, const DevicePlan& p) {
-  int status = 0;
-  SY_CUDA_TRY(cudaMemcpyAsync(&status, p.status, sizeof(int), cudaMemcpyDeviceToHost, cuda.stream));
-  SY_CUDA_TRY(cudaStreamSynchronize(cuda.stream));
+/// Throws when `status` (a host copy of p.status) says a route named an expert outside [0, E).
+inline void throw_if_plan_failed(int status, const DevicePlan& p) {
   if (status != 0x7f7f7f7f) {
     const std::int64_t route = status - 1;
     throw precondition_error(detail::concat("token ", route / p.top_k, " slot ", route % p.top_k,
                                             " routes to an expert outside 0..",
                                             p.num_experts - 1));
   }
+}
+
+/// Synchronises the stream and throws when a route named an expert outside [0, E).
+inline void check_device_plan(exec::Cuda cuda, const DevicePlan& p) {
+  int status = 0;
+  SY_CUDA_TRY(cudaMemcpyAsync(&status, p.status, sizeof(int), cudaMemcpyDeviceToHost, cuda.stream));
+  SY_CUDA_TRY(cudaStreamSynchronize(cuda.stream));
+  throw_if_plan_failed(status, p);
 }
 
 /// Copies a device plan to a host DispatchPlan (synchronises; for tests and telemetry).
