@@ -121,11 +121,11 @@ std::vector<float> normals(std::uint64_t seed, index_t n) {
 }
 
 void check_close(const std::vector<float>& dev, const std::vector<float>& host,
-                 const std::string& what) {
+                 const std::string& what, float rel = 2e-4f) {
   BOOST_REQUIRE_EQUAL(dev.size(), host.size());
   float scale = 0.0f;
   for (float h : host) scale = std::max(scale, std::abs(h));
-  const float tol = 2e-4f * scale + 1e-6f;
+  const float tol = rel * scale + 1e-6f;
   for (std::size_t i = 0; i < host.size(); ++i)
     if (!(std::abs(dev[i] - host[i]) <= tol)) {
       BOOST_ERROR(what << "[" << i << "]: device " << dev[i] << ", host " << host[i]
@@ -203,4 +203,27 @@ BOOST_AUTO_TEST_CASE(device_layer_nan_input_is_an_error_naming_the_token) {
   BOOST_TEST(e.kind == "numeric_error");
   BOOST_TEST(e.message.find("router logits of token 5 are not finite") != std::string::npos,
              e.message);
+}
+
+BOOST_AUTO_TEST_CASE(compile_time_device_layer_equals_the_runtime_bridge) {
+  auto c = base(8, 2, true, sy::Activation::silu);
+  c.token_dispatch = sy::TokenDispatch::capacity;
+  c.capacity_factor = 0.5;
+  const index_t T = 32, H = c.hidden_size;
+  const auto x = normals(3, T * H), dy = normals(4, T * H);
+  const auto a = sy::test::device_layer_run(c, 5, x, T, dy, true, 0);
+  const auto b = sy::test::device_layer_run_compile_time(c, 5, x, T, dy);
+  // The same kernels in the same order; cuBLAS promises bit-identical results only per stream
+  // and workspace, so allow float rounding (1e-6 of the scale).
+  check_close(b.y, a.y, "y", 1e-6f);
+  check_close(b.dx, a.dx, "dx", 1e-6f);
+  check_close(b.grads.fc1, a.grads.fc1, "d fc1", 1e-6f);
+  check_close(b.grads.router_weight, a.grads.router_weight, "d router_weight", 1e-6f);
+}
+
+BOOST_AUTO_TEST_CASE(compile_time_device_layer_rejects_a_config_naming_other_policies) {
+  auto c = base(8, 2, true, sy::Activation::silu);  // dropless, the layer is compiled for capacity
+  const auto e = sy::test::device_layer_compile_time_error(c);
+  BOOST_TEST(e.kind == "config_error");
+  BOOST_TEST(e.message.find("token_dispatch") != std::string::npos, e.message);
 }

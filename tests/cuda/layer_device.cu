@@ -42,30 +42,55 @@ device_layer_error catch_error(F&& f) {
 
 }  // namespace
 
+namespace {
+/// initialize(seed), forward, backward into zero gradients, everything back on the host.
+device_layer_out run_layer(DeviceMoELayerCore& layer, cudaStream_t stream, std::uint64_t seed,
+                           const std::vector<float>& x, std::int64_t T,
+                           const std::vector<float>& dy, bool training, std::uint32_t step) {
+  layer.initialize(seed, stream);
+  const device_buffer<float> dx_in = to_device(x, stream), ddy = to_device(dy, stream);
+  device_buffer<double> count_sum(static_cast<std::size_t>(layer.config().num_experts));
+  count_sum.zero(stream);
+  DeviceGlobalAux global{count_sum.data(), 0};
+  DeviceMoEForward fwd = layer.forward(dx_in.data(), T, stream,
+                                       {.training = training, .seed = seed, .step = step,
+                                        .global_aux = &global});
+  DeviceMoEGrads grads = layer.make_grads(stream);
+  const device_buffer<float> dx = layer.backward(fwd.saved, ddy.data(), stream, grads);
+  device_layer_out out;
+  out.y = fwd.y.download(stream);
+  out.dx = dx.download(stream);
+  out.params = layer.get_params(stream);
+  out.grads = layer.host_params();
+  grads.download(out.grads, stream);
+  out.metrics = fwd.metrics;
+  return out;
+}
+}  // namespace
+
 device_layer_out device_layer_run(const Config& cfg, std::uint64_t seed,
                                   const std::vector<float>& x, std::int64_t T,
                                   const std::vector<float>& dy, bool training,
                                   std::uint32_t step) {
   test_stream st;
   auto layer = make_device_layer(cfg, st.s);
-  layer->initialize(seed, st.s);
-  const device_buffer<float> dx_in = to_device(x, st.s), ddy = to_device(dy, st.s);
-  device_buffer<double> count_sum(static_cast<std::size_t>(cfg.num_experts));
-  count_sum.zero(st.s);
-  DeviceGlobalAux global{count_sum.data(), 0};
-  DeviceMoEForward fwd = layer->forward(dx_in.data(), T, st.s,
-                                        {.training = training, .seed = seed, .step = step,
-                                         .global_aux = &global});
-  DeviceMoEGrads grads = layer->make_grads(st.s);
-  const device_buffer<float> dx = layer->backward(fwd.saved, ddy.data(), st.s, grads);
-  device_layer_out out;
-  out.y = fwd.y.download(st.s);
-  out.dx = dx.download(st.s);
-  out.params = layer->get_params(st.s);
-  out.grads = layer->host_params();
-  grads.download(out.grads, st.s);
-  out.metrics = fwd.metrics;
-  return out;
+  return run_layer(*layer, st.s, seed, x, T, dy, training, step);
+}
+
+device_layer_out device_layer_run_compile_time(const Config& cfg, std::uint64_t seed,
+                                               const std::vector<float>& x, std::int64_t T,
+                                               const std::vector<float>& dy) {
+  test_stream st;
+  DeviceMoELayer<TopK<2, Softmax>, Capacity<DropByProbs>, GLU<SiLU>> layer(
+      cfg, TopK<2, Softmax>(router_params(cfg)), st.s);
+  return run_layer(layer, st.s, seed, x, T, dy, true, 0);
+}
+
+device_layer_error device_layer_compile_time_error(const Config& cfg) {
+  return catch_error([&] {
+    DeviceMoELayer<TopK<2, Softmax>, Capacity<DropByProbs>, GLU<SiLU>> layer(
+        cfg, TopK<2, Softmax>(router_params(cfg)));
+  });
 }
 
 device_layer_error device_layer_construct_error(const Config& cfg) {
