@@ -48,27 +48,30 @@ namespace switchyard {
 
 /// The weights (or gradients) of a device layer, in device memory with the shapes and layouts
 /// of MoEParams<float>.
-struct DeviceMoEParams : detail::param_views<DeviceMoEParams, float> {
-  index_t num_experts = 0, local_experts = 0, hidden = 0, ffn_hidden = 0;
-  int fc1_multiplier = 1;
-  bool bias = false;
+struct DeviceMoEParams : detail::param_set<DeviceMoEParams, float> {
   device_buffer<float> router_weight, fc1, fc2, fc1_bias, fc2_bias;
 
   DeviceMoEParams() = default;
-  /// Buffers with the shapes of `shape`, zeroed on `stream`.
-  DeviceMoEParams(const MoEParams<float>& shape, cudaStream_t stream)
-      : num_experts(shape.num_experts),
-        local_experts(shape.local_experts),
-        hidden(shape.hidden),
-        ffn_hidden(shape.ffn_hidden),
-        fc1_multiplier(shape.fc1_multiplier),
-        bias(shape.bias),
-        router_weight(shape.router_weight.size()),
-        fc1(shape.fc1.size()),
-        fc2(shape.fc2.size()),
-        fc1_bias(shape.fc1_bias.size()),
-        fc2_bias(shape.fc2_bias.size()) {
-    for_each_tensor([&](device_buffer<float>& d) { d.zero(stream); });
+  /// Buffers with the shapes of MoEParams<float>(E, E_local, H, F, fc1_mult, with_bias), zeroed
+  /// on `stream`.
+  DeviceMoEParams(index_t E, index_t E_local, index_t H, index_t F, int fc1_mult, bool with_bias,
+                  cudaStream_t stream)
+      : param_set(E, E_local, H, F, fc1_mult, with_bias) {
+    const auto n = sizes();
+    std::size_t i = 0;
+    for_each_tensor([&](device_buffer<float>& d) {
+      d = device_buffer<float>(n[i++]);
+      d.zero(stream);
+    });
+  }
+  /// Zero buffers with the same shapes.
+  DeviceMoEParams zeros_like(cudaStream_t stream) const {
+    return DeviceMoEParams(num_experts, local_experts, hidden, ffn_hidden, fc1_multiplier, bias,
+                           stream);
+  }
+  /// Zero host parameters with the same shapes.
+  MoEParams<float> host_zeros() const {
+    return MoEParams<float>(num_experts, local_experts, hidden, ffn_hidden, fc1_multiplier, bias);
   }
 
   /// Copies host parameters of the same shapes in (synchronises `stream`).
@@ -170,10 +173,9 @@ class DeviceMoELayerCore {
       throw config_error(detail::concat("num_experts_per_token: the config has k = ",
                                         cfg_.num_experts_per_token, " but the router has k = ",
                                         router_->k()));
-    shape_ = MoEParams<float>(cfg_.num_experts, cfg_.num_experts, cfg_.hidden_size,
+    params_ = DeviceMoEParams(cfg_.num_experts, cfg_.num_experts, cfg_.hidden_size,
                               cfg_.ffn_hidden_size, experts_->fc1_multiplier(),
-                              cfg_.add_bias_linear);
-    params_ = DeviceMoEParams(shape_, stream);
+                              cfg_.add_bias_linear, stream);
     SY_CUDA_TRY(cudaStreamSynchronize(stream));
   }
 
@@ -201,12 +203,12 @@ class DeviceMoELayerCore {
   const DeviceMoEParams& params() const { return params_; }
   /// Zero gradients with this layer's shapes (backward ACCUMULATES into them).
   DeviceMoEGrads make_grads(cudaStream_t stream) const {
-    DeviceMoEGrads g(shape_, stream);
+    DeviceMoEGrads g = params_.zeros_like(stream);
     SY_CUDA_TRY(cudaStreamSynchronize(stream));
     return g;
   }
   /// Host parameters with this layer's shapes (zero): for set_params / get_params.
-  MoEParams<float> host_params() const { return shape_.zeros_like(); }
+  MoEParams<float> host_params() const { return params_.host_zeros(); }
   /// The host layer's initialisation for the same seed (drawn on the host, then copied).
   void initialize(std::uint64_t seed, cudaStream_t stream) {
     MoEParams<float> h = host_params();
@@ -255,7 +257,8 @@ class DeviceMoELayerCore {
                                  params_.router(), nullptr,
                                  matrix_view<float>(s.logits.data(), T, E));
 
-    // Route (status word, iterations and loss values in one small device block).
+    // Route: indices and weights, the status word (NaN/Inf logits), the Sinkhorn iteration count
+    // and the loss values, all on the device.
     device_buffer<unsigned long long> status(1);
     reset_routing_status(cuda, status.data());
     device_buffer<int> iterations(1);
@@ -393,7 +396,6 @@ class DeviceMoELayerCore {
   ExpertPlacementMap placement_;
   std::unique_ptr<detail::device_router_hooks> router_;
   std::unique_ptr<detail::device_expert_hooks> experts_;
-  MoEParams<float> shape_;
   DeviceMoEParams params_;
   cuda_expert_resources res_;
 };
