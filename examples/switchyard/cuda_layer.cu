@@ -102,7 +102,9 @@ class block_impl final : public CudaMoEBlock {
 
 }  // namespace
 
-int cuda_device_count() { return exec::cuda_device_count(); }
+int cuda_device_count() {
+  return exec::cuda_device_count();
+}
 
 std::unique_ptr<CudaMoEBlock> make_cuda_block(const Config& c) {
   return std::make_unique<block_impl>(c);

@@ -35,7 +35,9 @@ struct layer_case {
   index_t tokens = 64;
   bool training = true;
 };
-std::ostream& operator<<(std::ostream& os, const layer_case& c) { return os << c.name; }
+std::ostream& operator<<(std::ostream& os, const layer_case& c) {
+  return os << c.name;
+}
 
 sy::Config base(index_t E, index_t k, bool gated, sy::Activation act) {
   sy::Config c = sy_test::small_config(E, k, gated, act, false);
@@ -156,9 +158,9 @@ BOOST_DATA_TEST_CASE(device_layer_matches_the_host_layer, boost::unit_test::data
   auto host = sy::make_layer<float, sy::LocalComm>(c, {&one, &one, &one});
   host->initialize(seed);
   sy::GlobalAuxLoss global;
-  auto fwd = host->forward(sy::matrix_view<const float>(x.data(), T, H),
-                           {.training = lc.training, .seed = seed, .step = step,
-                            .global_aux = &global});
+  auto fwd =
+      host->forward(sy::matrix_view<const float>(x.data(), T, H),
+                    {.training = lc.training, .seed = seed, .step = step, .global_aux = &global});
   auto grads = host->make_grads();
   const auto dx = host->backward(fwd.saved, sy::matrix_view<const float>(dy.data(), T, H), grads);
 

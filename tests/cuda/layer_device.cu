@@ -52,9 +52,9 @@ device_layer_out run_layer(DeviceMoELayerCore& layer, cudaStream_t stream, std::
   device_buffer<double> count_sum(static_cast<std::size_t>(layer.config().num_experts));
   count_sum.zero(stream);
   DeviceGlobalAux global{count_sum.data(), 0};
-  DeviceMoEForward fwd = layer.forward(dx_in.data(), T, stream,
-                                       {.training = training, .seed = seed, .step = step,
-                                        .global_aux = &global});
+  DeviceMoEForward fwd =
+      layer.forward(dx_in.data(), T, stream,
+                    {.training = training, .seed = seed, .step = step, .global_aux = &global});
   DeviceMoEGrads grads = layer.make_grads(stream);
   const device_buffer<float> dx = layer.backward(fwd.saved, ddy.data(), stream, grads);
   device_layer_out out;
@@ -70,8 +70,7 @@ device_layer_out run_layer(DeviceMoELayerCore& layer, cudaStream_t stream, std::
 
 device_layer_out device_layer_run(const Config& cfg, std::uint64_t seed,
                                   const std::vector<float>& x, std::int64_t T,
-                                  const std::vector<float>& dy, bool training,
-                                  std::uint32_t step) {
+                                  const std::vector<float>& dy, bool training, std::uint32_t step) {
   test_stream st;
   auto layer = make_device_layer(cfg, st.s);
   return run_layer(*layer, st.s, seed, x, T, dy, training, step);
@@ -103,7 +102,8 @@ device_layer_error device_layer_nan_error(const Config& cfg, std::int64_t T,
   auto layer = make_device_layer(cfg, st.s);
   layer->initialize(1, st.s);
   std::vector<float> x(static_cast<std::size_t>(T * cfg.hidden_size), 0.5f);
-  x[static_cast<std::size_t>(bad_token * cfg.hidden_size)] = std::numeric_limits<float>::quiet_NaN();
+  x[static_cast<std::size_t>(bad_token * cfg.hidden_size)] =
+      std::numeric_limits<float>::quiet_NaN();
   const device_buffer<float> dx = to_device(x, st.s);
   return catch_error([&] { (void)layer->forward(dx.data(), T, st.s); });
 }

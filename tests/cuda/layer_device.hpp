@@ -22,8 +22,7 @@ struct device_layer_out {
 
 device_layer_out device_layer_run(const Config& cfg, std::uint64_t seed,
                                   const std::vector<float>& x, std::int64_t T,
-                                  const std::vector<float>& dy, bool training,
-                                  std::uint32_t step);
+                                  const std::vector<float>& dy, bool training, std::uint32_t step);
 
 /// The same run through DeviceMoELayer<TopK<2, Softmax>, Capacity<DropByProbs>, GLU<SiLU>>
 /// (compile-time policies; cfg must select them), training, step 0.

@@ -36,8 +36,8 @@ struct combine_weights_backward_body {
   bool renormalize_kept;
   T* dprob;
   SY_DEVICE void operator()(index_t t) const {
-    detail::combine_token_backward(route_row + t * k, prob + t * k, dw + t * k, k,
-                                   renormalize_kept, dprob + t * k);
+    detail::combine_token_backward(route_row + t * k, prob + t * k, dw + t * k, k, renormalize_kept,
+                                   dprob + t * k);
   }
 };
 
@@ -46,15 +46,15 @@ struct combine_weights_backward_body {
 /// w [T][k] (device) from prob [T][k] (device) and the plan, as combine_weights on the host.
 template <class T>
 void combine_weights(exec::Cuda cuda, const DevicePlan& plan, const T* prob, T* w) {
-  kernels::launch_per_token(kernels::combine_weights_body<T>{plan.route_row, prob, plan.top_k,
-                                                             plan.renormalize_kept, w},
-                            plan.num_tokens, cuda.stream);
+  kernels::launch_per_token(
+      kernels::combine_weights_body<T>{plan.route_row, prob, plan.top_k, plan.renormalize_kept, w},
+      plan.num_tokens, cuda.stream);
 }
 
 /// d prob [T][k] from d w [T][k] (device), as combine_weights_backward on the host.
 template <class T>
-void combine_weights_backward(exec::Cuda cuda, const DevicePlan& plan, const T* prob,
-                              const T* dw, T* dprob) {
+void combine_weights_backward(exec::Cuda cuda, const DevicePlan& plan, const T* prob, const T* dw,
+                              T* dprob) {
   kernels::launch_per_token(
       kernels::combine_weights_backward_body<T>{plan.route_row, prob, dw, plan.top_k,
                                                 plan.renormalize_kept, dprob},

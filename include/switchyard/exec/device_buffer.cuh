@@ -48,13 +48,11 @@ class device_buffer {
   /// Copies size() elements from host memory (asynchronous on `stream`: keep `src` alive and
   /// unchanged until the stream reaches the copy).
   void upload(const T* src, cudaStream_t stream) {
-    if (n_)
-      SY_CUDA_TRY(cudaMemcpyAsync(p_, src, n_ * sizeof(T), cudaMemcpyHostToDevice, stream));
+    if (n_) SY_CUDA_TRY(cudaMemcpyAsync(p_, src, n_ * sizeof(T), cudaMemcpyHostToDevice, stream));
   }
   /// Copies size() elements from device memory (asynchronous on `stream`).
   void copy_from_device(const T* src, cudaStream_t stream) {
-    if (n_)
-      SY_CUDA_TRY(cudaMemcpyAsync(p_, src, n_ * sizeof(T), cudaMemcpyDeviceToDevice, stream));
+    if (n_) SY_CUDA_TRY(cudaMemcpyAsync(p_, src, n_ * sizeof(T), cudaMemcpyDeviceToDevice, stream));
   }
   /// The contents on the host (synchronises `stream`).
   std::vector<T> download(cudaStream_t stream) const {

@@ -76,14 +76,13 @@ struct DeviceMoEParams : detail::param_set<DeviceMoEParams, float> {
 
   /// Copies host parameters of the same shapes in (synchronises `stream`).
   void upload(const MoEParams<float>& h, cudaStream_t stream) {
-    const std::vector<float>* src[] = {&h.router_weight, &h.fc1, &h.fc2, &h.fc1_bias,
-                                       &h.fc2_bias};
+    const std::vector<float>* src[] = {&h.router_weight, &h.fc1, &h.fc2, &h.fc1_bias, &h.fc2_bias};
     int i = 0;
     for_each_tensor([&](device_buffer<float>& d) {
       const std::vector<float>& v = *src[i++];
-      SY_EXPECTS(v.size() == d.size(), detail::concat("DeviceMoEParams::upload: a tensor has ",
-                                                      v.size(), " elements, the layer's has ",
-                                                      d.size()));
+      SY_EXPECTS(v.size() == d.size(),
+                 detail::concat("DeviceMoEParams::upload: a tensor has ", v.size(),
+                                " elements, the layer's has ", d.size()));
       d.upload(v.data(), stream);
     });
     SY_CUDA_TRY(cudaStreamSynchronize(stream));
@@ -103,9 +102,9 @@ using DeviceMoEGrads = DeviceMoEParams;
 
 /// Per-call options of a device forward (ForwardOptions with a device global-aux accumulator).
 struct DeviceForwardOptions {
-  bool training = true;        ///< jitter and expert dropout apply; Sinkhorn selects by P
-  std::uint64_t seed = 0;      ///< run seed of jitter and dropout draws
-  std::uint32_t step = 0;      ///< step (or micro-batch counter) of the draws
+  bool training = true;    ///< jitter and expert dropout apply; Sinkhorn selects by P
+  std::uint64_t seed = 0;  ///< run seed of jitter and dropout draws
+  std::uint32_t step = 0;  ///< step (or micro-batch counter) of the draws
   DeviceGlobalAux* global_aux = nullptr;  ///< needed by global_aux_loss (count_sum [E] doubles)
 };
 
@@ -119,8 +118,8 @@ struct DeviceMoESaved {
   device_buffer<float> topk_probs;  ///< [T][k]
   device_buffer<float> weights;     ///< combine weights [T][k] with renormalize_kept, else empty
   device_buffer<std::byte> loss_workspace, plan_workspace;
-  DevicePlan plan;                  ///< pointers into plan_workspace
-  std::vector<index_t> offsets;     ///< host copy of plan.expert_offsets [E+1]
+  DevicePlan plan;                         ///< pointers into plan_workspace
+  std::vector<index_t> offsets;            ///< host copy of plan.expert_offsets [E+1]
   device_buffer<float> rows_in, rows_out;  ///< expert inputs and outputs [R][H]
   device_buffer<std::byte> expert_workspace;
   expert_options expert_opts;
@@ -170,12 +169,12 @@ class DeviceMoELayerCore {
         router_(std::move(router)),
         experts_(std::move(experts)) {
     if (router_->k() != cfg_.num_experts_per_token)
-      throw config_error(detail::concat("num_experts_per_token: the config has k = ",
-                                        cfg_.num_experts_per_token, " but the router has k = ",
-                                        router_->k()));
-    params_ = DeviceMoEParams(cfg_.num_experts, cfg_.num_experts, cfg_.hidden_size,
-                              cfg_.ffn_hidden_size, experts_->fc1_multiplier(),
-                              cfg_.add_bias_linear, stream);
+      throw config_error(
+          detail::concat("num_experts_per_token: the config has k = ", cfg_.num_experts_per_token,
+                         " but the router has k = ", router_->k()));
+    params_ =
+        DeviceMoEParams(cfg_.num_experts, cfg_.num_experts, cfg_.hidden_size, cfg_.ffn_hidden_size,
+                        experts_->fc1_multiplier(), cfg_.add_bias_linear, stream);
     SY_CUDA_TRY(cudaStreamSynchronize(stream));
   }
 
@@ -241,8 +240,7 @@ class DeviceMoELayerCore {
     // Sizes first: a bad token count (seq_aux_loss) fails before any launch.
     s.loss_workspace = device_buffer<std::byte>(router_->loss_workspace_bytes(T));
     const DispatchOptions dopt = dispatch_options(cfg_, T);
-    s.plan_workspace =
-        device_buffer<std::byte>(plan_workspace_bytes<float>(cuda, T, k, dopt));
+    s.plan_workspace = device_buffer<std::byte>(plan_workspace_bytes<float>(cuda, T, k, dopt));
 
     s.x = device_buffer<float>(TH);
     s.x.copy_from_device(x, stream);
@@ -319,8 +317,8 @@ class DeviceMoELayerCore {
 
     double aux = 0.0;
     for (std::size_t i = 0; i < lp.balance.size(); ++i) aux += values[i];
-    detail::set_metrics(out.metrics, std::move(routed), std::move(kept), T, lp, aux,
-                        values.back(), iters, dopt.capacity);
+    detail::set_metrics(out.metrics, std::move(routed), std::move(kept), T, lp, aux, values.back(),
+                        iters, dopt.capacity);
     return out;
   }
 
@@ -328,7 +326,8 @@ class DeviceMoELayerCore {
   /// into `grads`. Consumes `s` (its expert buffers are released as backward goes).
   device_buffer<float> backward(DeviceMoESaved& s, const float* dy, cudaStream_t stream,
                                 DeviceMoEGrads& grads) {
-    SY_EXPECTS(!s.used, "DeviceMoELayer::backward: this forward's saved state was already consumed");
+    SY_EXPECTS(!s.used,
+               "DeviceMoELayer::backward: this forward's saved state was already consumed");
     s.used = true;
     const exec::Cuda cuda{stream};
     const index_t T = s.tokens, H = cfg_.hidden_size, E = cfg_.num_experts;
@@ -360,13 +359,11 @@ class DeviceMoELayerCore {
 
     // Router: d prob -> d logits (with the losses) -> dx, dW_r.
     device_buffer<float> dlogits(static_cast<std::size_t>(T * E));
-    router_->backward(cuda, matrix_view<const float>(s.logits.data(), T, E),
-                      s.topk_indices.data(), d_prob.data(), dlogits.data(),
-                      s.loss_workspace.data());
+    router_->backward(cuda, matrix_view<const float>(s.logits.data(), T, E), s.topk_indices.data(),
+                      d_prob.data(), dlogits.data(), s.loss_workspace.data());
     device_buffer<float> dx_router(TH), dw(static_cast<std::size_t>(E * H));
     router_linear_backward<float>(cuda, matrix_view<const float>(s.router_input(), T, H),
-                                  params_.router(),
-                                  matrix_view<const float>(dlogits.data(), T, E),
+                                  params_.router(), matrix_view<const float>(dlogits.data(), T, E),
                                   matrix_view<float>(dx_router.data(), T, H),
                                   matrix_view<float>(dw.data(), E, H), nullptr);
     kernels::launch_per_token(

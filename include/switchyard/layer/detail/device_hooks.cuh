@@ -26,13 +26,13 @@ namespace switchyard::detail {
 struct device_route_io {
   matrix_view<const float> logits;
   bool training = true;
-  void* scratch = nullptr;             ///< scratch_bytes(T): forward only
-  std::int32_t* indices = nullptr;     ///< [T][k]
-  float* probs = nullptr;              ///< [T][k]
-  int* iterations = nullptr;           ///< one int: Sinkhorn iterations (0 for TopK)
+  void* scratch = nullptr;               ///< scratch_bytes(T): forward only
+  std::int32_t* indices = nullptr;       ///< [T][k]
+  float* probs = nullptr;                ///< [T][k]
+  int* iterations = nullptr;             ///< one int: Sinkhorn iterations (0 for TopK)
   unsigned long long* status = nullptr;  ///< routing status word, reset by the caller
-  void* loss_workspace = nullptr;      ///< losses_workspace_bytes: kept for backward
-  double* loss_values = nullptr;       ///< losses().balance.size() + 1 doubles
+  void* loss_workspace = nullptr;        ///< losses_workspace_bytes: kept for backward
+  double* loss_values = nullptr;         ///< losses().balance.size() + 1 doubles
   DeviceGlobalAux* global_aux = nullptr;
 };
 
@@ -129,8 +129,7 @@ struct device_router_hooks_impl<Sinkhorn<K>> final : device_router_hooks {
     const index_t T = logits.extent(0), E = logits.extent(1);
     sinkhorn_backward<K>(cuda, logits, matrix_view<const std::int32_t>(indices, T, K),
                          matrix_view<const float>(dprob, T, K), matrix_view<float>(dlogits, T, E));
-    losses_backward<K, Softmax>(cuda, logits, losses(), loss_ws,
-                                matrix_view<float>(dlogits, T, E));
+    losses_backward<K, Softmax>(cuda, logits, losses(), loss_ws, matrix_view<float>(dlogits, T, E));
   }
   void update_expert_bias(std::span<const std::int64_t>, cudaStream_t) override {
     throw_no_expert_bias();

@@ -19,15 +19,14 @@ namespace switchyard::detail {
 /// element); the experts of `ep_rank` by the config's initialization_strategy, keyed by their
 /// global id, so every layout gets the same weights.
 template <class T>
-void initialize_params(MoEParams<T>& params, const Config& cfg,
-                       const ExpertPlacementMap& placement, int ep_rank,
-                       const expert_hooks<T>& experts, std::uint64_t seed) {
+void initialize_params(MoEParams<T>& params, const Config& cfg, const ExpertPlacementMap& placement,
+                       int ep_rank, const expert_hooks<T>& experts, std::uint64_t seed) {
   const index_t E = cfg.num_experts, H = cfg.hidden_size;
   for (index_t i = 0; i < E * H; ++i) {
-    const auto u1 = static_cast<double>(
-        philox_uniform(seed, 0x526f7574u, static_cast<std::uint32_t>(i), 0));
-    const auto u2 = static_cast<double>(
-        philox_uniform(seed, 0x526f7574u, static_cast<std::uint32_t>(i), 1));
+    const auto u1 =
+        static_cast<double>(philox_uniform(seed, 0x526f7574u, static_cast<std::uint32_t>(i), 0));
+    const auto u2 =
+        static_cast<double>(philox_uniform(seed, 0x526f7574u, static_cast<std::uint32_t>(i), 1));
     params.router_weight[static_cast<std::size_t>(i)] =
         static_cast<T>(0.02 * std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2));
   }
@@ -41,8 +40,7 @@ void initialize_params(MoEParams<T>& params, const Config& cfg,
     init.first_expert = placement.expert(ep_rank, le);
     const expert_shape one{1, H, F, params.bias};
     expert_tensors<T> w{
-        tensor3_view<T>(&all.fc1(le, 0, 0), 1, F1, H),
-        tensor3_view<T>(&all.fc2(le, 0, 0), 1, H, F),
+        tensor3_view<T>(&all.fc1(le, 0, 0), 1, F1, H), tensor3_view<T>(&all.fc2(le, 0, 0), 1, H, F),
         params.bias ? matrix_view<T>(&all.fc1_bias(le, 0), 1, F1) : matrix_view<T>(),
         params.bias ? matrix_view<T>(&all.fc2_bias(le, 0), 1, H) : matrix_view<T>()};
     experts.initialize(one, init, w);
