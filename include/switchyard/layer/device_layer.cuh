@@ -5,15 +5,18 @@
 ///   x [T,H] -> router linear -> logits -> TopK / Sinkhorn + losses -> device plan -> permute
 ///     -> grouped experts (cuBLAS) -> combine weights -> unpermute -> y [T,H]
 ///
-/// Everything stays in device memory except what the host must see: one synchronisation per
-/// forward brings back the expert offsets [E+1] (cuBLAS takes the per-expert row counts on the
-/// host), the routed and kept counts, the loss values, the Sinkhorn iteration count and the two
-/// status words (NaN/Inf logits, an out-of-range expert). Backward does not synchronise.
+/// Everything stays in device memory except what the host must see: one explicit
+/// synchronisation per forward brings back the expert offsets [E+1] (cuBLAS takes the per-expert
+/// row counts on the host), the routed and kept counts, the loss values, the Sinkhorn iteration
+/// count and the two status words (NaN/Inf logits, an out-of-range expert). Backward copies
+/// nothing to the host.
 ///
 /// Not built here: expert parallelism over NCCL (expert_parallel_size must be 1), data-parallel
 /// groups (the losses and counts are those of this GPU's tokens), tensor-parallel experts;
 /// bf16/fp16 storage (the kernels have it, this layer is float32). The device buffers are owned
-/// by the returned values (cudaMalloc per call), not carved from a caller's workspace yet.
+/// by the returned values (cudaMalloc per call), not carved from a caller's workspace yet; the
+/// cudaFree of a call's temporaries waits for the device, so forward and backward also block
+/// there until a two-phase workspace replaces them.
 ///
 /// This code has been compiled (nvcc, sm_90a) but not yet run on a GPU.
 
