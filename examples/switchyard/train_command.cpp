@@ -12,6 +12,9 @@
 #include "commands.hpp"
 #include "switchyard/config/json.hpp"
 #include "train_model.hpp"
+#if defined(SWITCHYARD_CLI_HAS_CUDA)
+#include "cuda_layer.hpp"
+#endif
 #if defined(SWITCHYARD_HAS_MPI)
 #include "switchyard/comm/mpi.hpp"
 #include "switchyard/sharding/mpi_groups.hpp"
@@ -57,7 +60,7 @@ std::string metrics_line(const train::StepMetrics& m) {
 // Trains on communicator type Comm; only the rank that `prints` writes output.
 template <class Comm>
 int train_loop(const Config& cfg, MoEComms<Comm> comms, const train_options& o, bool prints) {
-  train::Model<Comm> model(cfg, comms, o.seed);
+  train::Model<Comm> model(cfg, comms, o.seed, o.backend == "cuda");
   std::ofstream jsonl;
   if (prints && !o.metrics.empty()) {
     jsonl.open(o.metrics);
@@ -66,9 +69,10 @@ int train_loop(const Config& cfg, MoEComms<Comm> comms, const train_options& o, 
   const bool tty = prints && isatty(fileno(stdout));
   if (prints)
     fmt::print("training {} MoE-or-dense blocks (H {}, F {}, E {}, k {}) on {} rank(s), {} tokens "
-               "per rank per step\n",
+               "per rank per step{}\n",
                cfg.num_layers, cfg.hidden_size, cfg.ffn_hidden_size, cfg.num_experts,
-               cfg.num_experts_per_token, cfg.world(), cfg.tokens_per_rank());
+               cfg.num_experts_per_token, cfg.world(), cfg.tokens_per_rank(),
+               o.backend == "cuda" ? ", MoE blocks on the GPU" : "");
   for (std::int64_t step = 1; step <= o.steps; ++step) {
     const train::StepMetrics m = model.step(step);
     if (!prints) continue;
@@ -97,19 +101,33 @@ bool launched_by_mpirun() {
   return false;
 }
 
+// --backend cuda: one process with a visible GPU, in a build that has the CUDA layer.
+void check_cuda_backend() {
+  if (launched_by_mpirun())
+    throw config_error("--backend cuda runs on one process: expert parallelism over NCCL is not "
+                       "built yet (run without mpirun, or use --backend host under mpirun)");
+#if defined(SWITCHYARD_CLI_HAS_CUDA)
+  if (cli::cuda_device_count() == 0)
+    throw config_error("--backend cuda: no CUDA device is visible (cudaGetDeviceCount found "
+                       "none); run with --backend host");
+#else
+  throw config_error("--backend cuda: this switchyard was built without CUDA; run with "
+                     "--backend host");
+#endif
+}
+
 int run_train(const train_options& o) {
-  if (o.backend == "cuda")
-    throw config_error("--backend cuda: the CUDA MoE layer is not built yet (the CUDA kernels "
-                       "of routing, dispatch and experts are); run with --backend host");
-  if (o.backend != "host")
+  if (o.backend != "host" && o.backend != "cuda")
     throw config_error("--backend must be host or cuda, got " + o.backend);
+  if (o.backend == "cuda") check_cuda_backend();
   if (o.steps < 1) throw config_error("--steps must be at least 1");
   ParsedConfig parsed = parse_and_validate(read_text_file(o.file), o.file);
   if (!parsed.problems.empty()) throw config_error(join_problems(parsed.problems));
   Config cfg = parsed.config;
   if (cfg.precision != Precision::float32)
-    throw config_error(fmt::format("{}: {}: the host backend trains in float32",
-                                   parsed.paths.at("precision"), enum_name(cfg.precision)));
+    throw config_error(fmt::format("{}: {}: the {} backend trains in float32",
+                                   parsed.paths.at("precision"), enum_name(cfg.precision),
+                                   o.backend));
 
   // distributed_backend: auto follows the launch; local and mpi must match it; nccl needs the
   // device layer.
@@ -125,10 +143,16 @@ int run_train(const train_options& o) {
       if (!mpirun) throw config_error(where + ": mpi: launch the driver with mpirun");
       break;
     case DistributedBackend::nccl:
-      throw config_error(where + ": nccl needs the CUDA MoE layer, which is not built yet "
-                                 "(use auto or mpi on the host)");
+      throw config_error(where + ": nccl needs the CUDA MoE layer with expert parallelism over "
+                                 "NCCL, which is not built yet (use auto or mpi on the host, "
+                                 "or auto or local with --backend cuda on one GPU)");
   }
   if (!mpirun) {
+    if (o.backend == "cuda" && cfg.world() != 1)
+      throw config_error(fmt::format("--backend cuda runs on one GPU, but the config describes {} "
+                                     "ranks: expert and data parallelism over NCCL are not "
+                                     "built yet",
+                                     cfg.world()));
     if (cfg.world() != 1)
       throw config_error(fmt::format("the config describes {} ranks: launch with mpirun -np {}",
                                      cfg.world(), cfg.world()));
@@ -180,11 +204,13 @@ int run_train(const train_options& o) {
 void add_train_command(CLI::App& app, runner& run) {
   auto opts = std::make_shared<train_options>();
   CLI::App* cmd = app.add_subcommand(
-      "train", "Train residual MoE blocks on a synthetic teacher task (CPU; DP x EP under mpirun)");
+      "train", "Train residual MoE blocks on a synthetic teacher task (CPU, DP x EP under mpirun; "
+              "or the MoE blocks on one GPU with --backend cuda)");
   cmd->add_option("config", opts->file, "config JSON (flat, nested or model_config dialect)")
       ->required();
   cmd->add_option("--steps", opts->steps, "optimizer steps (default 100)");
-  cmd->add_option("--backend", opts->backend, "host (default) or cuda");
+  cmd->add_option("--backend", opts->backend,
+                  "host (default) or cuda (MoE blocks on one GPU, one process)");
   cmd->add_option("--seed", opts->seed, "seed of weights, data and teacher (default 1234)");
   cmd->add_option("--metrics", opts->metrics, "write one JSON object per step to this file");
   cmd->callback([opts, &run] { run = [opts] { return run_train(*opts); }; });

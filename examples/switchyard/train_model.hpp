@@ -5,6 +5,11 @@
 // targets come from a fixed random teacher, y* = x + B·tanh(A·x) (A, B of their own seed); loss =
 // mean squared error over the group's tokens and the hidden size, plus the MoE layers' aux and
 // z-losses. AdamW (β 0.9, 0.999, ε 1e-8, weight_decay from the config) or SGD.
+//
+// With the CUDA backend (one process) the MoE blocks run on the GPU through cuda_layer.hpp; the
+// dense blocks, the loss and the optimizer stay on the host, which keeps the master weights: each
+// step uploads every MoE block's weights before its forward and adds the downloaded gradients to
+// the host gradients after its backward.
 
 #include <chrono>
 #include <cmath>
@@ -17,6 +22,9 @@
 #include "switchyard/core/philox.hpp"
 #include "switchyard/experts/experts.hpp"
 #include "switchyard/layer.hpp"
+#if defined(SWITCHYARD_CLI_HAS_CUDA)
+#include "cuda_layer.hpp"
+#endif
 
 namespace switchyard::train {
 
@@ -136,7 +144,8 @@ struct StepMetrics {
 template <class Comm>
 class Model {
  public:
-  Model(const Config& c, MoEComms<Comm> comms, std::uint64_t seed)
+  /// `cuda`: run the MoE blocks on the GPU (one process; needs SWITCHYARD_CLI_HAS_CUDA).
+  Model(const Config& c, MoEComms<Comm> comms, std::uint64_t seed, bool cuda = false)
       : cfg_(c), comms_(comms), seed_(seed), opt_(c) {
     for (std::int64_t i = 0; i < c.num_layers; ++i) {
       block b;
@@ -144,6 +153,13 @@ class Model {
         b.moe = make_layer<float>(c, comms);
         b.moe->initialize(seed + static_cast<std::uint64_t>(i) * 7919u);
         b.moe_grads = b.moe->make_grads();
+        if (cuda) {
+#if defined(SWITCHYARD_CLI_HAS_CUDA)
+          b.gpu = cli::make_cuda_block(c);
+#else
+          throw config_error("--backend cuda: this switchyard was built without CUDA");
+#endif
+        }
       } else {
         b.dense = std::make_unique<DenseBlock>(c, seed, static_cast<std::uint32_t>(i));
       }
@@ -179,19 +195,42 @@ class Model {
     m.step = step_index;
     std::vector<float> h = x;
     std::vector<MoEForward<float>> saved(blocks_.size());
+    std::vector<std::vector<std::int64_t>> kept(blocks_.size());
     GlobalAuxLoss global_aux;
+#if defined(SWITCHYARD_CLI_HAS_CUDA)
+    std::vector<std::unique_ptr<cli::CudaSaved>> gpu_saved(blocks_.size());
+    std::unique_ptr<cli::CudaGlobalAux> gpu_global_aux;
+    if (cfg_.load_balancing_type == LoadBalancingType::global_aux_loss)
+      gpu_global_aux = cli::make_cuda_global_aux(cfg_.num_experts);
+#endif
     std::int64_t routes = 0, dropped = 0;
     int moe_layers = 0;
     for (std::size_t i = 0; i < blocks_.size(); ++i) {
       std::vector<float> out;
       if (blocks_[i].moe) {
-        saved[i] = blocks_[i].moe->forward(matrix_view<const float>(h.data(), T, H),
-                                           {.training = true,
-                                            .seed = seed_,
-                                            .step = static_cast<std::uint32_t>(step_index),
-                                            .global_aux = &global_aux});
-        const MoEMetrics& mm = saved[i].metrics;
-        out = saved[i].y;
+        const auto step32 = static_cast<std::uint32_t>(step_index);
+        MoEMetrics* metrics = &saved[i].metrics;
+        bool on_gpu = false;
+#if defined(SWITCHYARD_CLI_HAS_CUDA)
+        cli::CudaForward gpu;
+        if (blocks_[i].gpu) {
+          blocks_[i].gpu->set_params(blocks_[i].moe->params());
+          gpu = blocks_[i].gpu->forward(h, T, true, seed_, step32, gpu_global_aux.get());
+          gpu_saved[i] = std::move(gpu.saved);
+          out = std::move(gpu.y);
+          metrics = &gpu.metrics;
+          on_gpu = true;
+        }
+#endif
+        if (!on_gpu) {
+          saved[i] = blocks_[i].moe->forward(
+              matrix_view<const float>(h.data(), T, H),
+              {.training = true, .seed = seed_, .step = step32, .global_aux = &global_aux});
+          out = saved[i].y;
+          metrics = &saved[i].metrics;
+        }
+        const MoEMetrics& mm = *metrics;
+        kept[i] = mm.kept_per_expert;
         m.aux_loss += mm.aux_loss.value_or(0);
         m.z_loss += mm.z_loss.value_or(0);
         m.has_aux = m.has_aux || mm.aux_loss.has_value();
@@ -224,6 +263,11 @@ class Model {
 
     for (std::size_t i = blocks_.size(); i-- > 0;) {
       std::vector<float> dblock;
+#if defined(SWITCHYARD_CLI_HAS_CUDA)
+      if (blocks_[i].gpu)
+        dblock = blocks_[i].gpu->backward(*gpu_saved[i], dh, blocks_[i].moe_grads);
+      else
+#endif
       if (blocks_[i].moe)
         dblock = blocks_[i].moe->backward(saved[i].saved,
                                           matrix_view<const float>(dh.data(), T, H),
@@ -249,8 +293,12 @@ class Model {
     for (std::size_t i = 0; i < blocks_.size(); ++i) {
       auto& b = blocks_[i];
       if (b.moe) {
-        if (cfg_.enable_expert_bias)  // aux-loss-free balancing after each global batch
-          b.moe->update_expert_bias(saved[i].metrics.kept_per_expert);
+        if (cfg_.enable_expert_bias) {  // aux-loss-free balancing after each global batch
+#if defined(SWITCHYARD_CLI_HAS_CUDA)
+          if (b.gpu) b.gpu->update_expert_bias(kept[i]);
+#endif
+          b.moe->update_expert_bias(kept[i]);
+        }
         b.moe_grads.set_zero();
       } else {
         b.dense->grads().set_zero();
@@ -296,9 +344,12 @@ class Model {
   }
 
   struct block {
-    std::unique_ptr<MoELayerCore<float, Comm>> moe;
+    std::unique_ptr<MoELayerCore<float, Comm>> moe;  ///< the master weights, on either backend
     MoEGrads<float> moe_grads;
     std::unique_ptr<DenseBlock> dense;
+#if defined(SWITCHYARD_CLI_HAS_CUDA)
+    std::unique_ptr<cli::CudaMoEBlock> gpu;  ///< the GPU runs this MoE block (--backend cuda)
+#endif
   };
   Config cfg_;
   MoEComms<Comm> comms_;

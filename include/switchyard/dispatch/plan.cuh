@@ -47,6 +47,7 @@ __device__ inline std::int64_t queue_route(std::int64_t q, std::int64_t slot_maj
 
 /// Per-block expert histogram in shared memory (integer atomics: the totals are exact).
 /// counts[e·B + b] = routes of expert e in block b that are kept.
+template <class = void>  // a template: defined in a header included by several TUs
 __global__ void plan_count(const std::int32_t* expert, const unsigned char* keep, std::int64_t n,
                            int E, int B, std::int64_t slot_major_T, int k, std::int64_t* counts,
                            int* status) {
@@ -125,6 +126,7 @@ __global__ void plan_rank(const std::int32_t* expert, unsigned char* keep, std::
 }
 
 /// Per-expert totals and offsets from the scanned block counts.
+template <class = void>
 __global__ void plan_offsets(const std::int64_t* base, int E, int B, std::int64_t* per_expert,
                              std::int64_t* offsets, bool padded, std::int64_t C) {
   const int e = blockIdx.x * blockDim.x + threadIdx.x;
@@ -136,6 +138,7 @@ __global__ void plan_offsets(const std::int64_t* base, int E, int B, std::int64_
 }
 
 /// After the segmented sort: the first C routes of each expert (largest weights) are kept.
+template <class = void>
 __global__ void plan_keep_sorted(const std::int64_t* sorted_route, const std::int64_t* seg_start,
                                  int E, std::int64_t C, unsigned char* keep) {
   const int e = blockIdx.y;
@@ -247,7 +250,7 @@ DevicePlan build_plan(exec::Cuda cuda, const DispatchOptions& opt, const std::in
   SY_CUDA_TRY(cudaMemsetAsync(b.keep, 1, static_cast<std::size_t>(n), s));
   auto count_and_scan = [&](const unsigned char* keep) {
     if (B > 0)
-      kernels::plan_count<<<B, kernels::plan_chunk, shmem, s>>>(expert, keep, n, E, B, slot_T, ki,
+      kernels::plan_count<><<<B, kernels::plan_chunk, shmem, s>>>(expert, keep, n, E, B, slot_T, ki,
                                                                 b.counts, p.status);
     else
       SY_CUDA_TRY(cudaMemsetAsync(b.counts, 0, sizeof(std::int64_t) * nc, s));
@@ -265,7 +268,7 @@ DevicePlan build_plan(exec::Cuda cuda, const DispatchOptions& opt, const std::in
 
   // Pass 1 (capacity only): every route, to decide which survive.
   count_and_scan(nullptr);
-  kernels::plan_offsets<<<off_blocks, 256, 0, s>>>(b.base, E, B, p.routed_per_expert,
+  kernels::plan_offsets<><<<off_blocks, 256, 0, s>>>(b.base, E, B, p.routed_per_expert,
                                                    b.seg_start, false, 0);
   SY_CUDA_TRY(cudaGetLastError());
   if (opt.capacity) {
@@ -279,7 +282,7 @@ DevicePlan build_plan(exec::Cuda cuda, const DispatchOptions& opt, const std::in
           b.by_expert, b.sorted_route, n, static_cast<std::int64_t>(E), b.seg_start,
           b.seg_start + 1, s));
       if (n > 0) {
-        kernels::plan_keep_sorted<<<dim3(std::max(1, static_cast<int>(std::min<std::int64_t>(
+        kernels::plan_keep_sorted<><<<dim3(std::max(1, static_cast<int>(std::min<std::int64_t>(
                                              (n / E + 255) / 256, 64))),
                                          E),
                                     256, 0, s>>>(b.sorted_route, b.seg_start, E, C, b.keep);
@@ -289,11 +292,21 @@ DevicePlan build_plan(exec::Cuda cuda, const DispatchOptions& opt, const std::in
   }
   // Pass 2: the kept routes, in queue order inside each expert.
   count_and_scan(b.keep);
-  kernels::plan_offsets<<<off_blocks, 256, 0, s>>>(b.base, E, B, p.kept_per_expert,
+  kernels::plan_offsets<><<<off_blocks, 256, 0, s>>>(b.base, E, B, p.kept_per_expert,
                                                    p.expert_offsets, p.padded, C);
   SY_CUDA_TRY(cudaGetLastError());
   launch_rank(kernels::rank_mode::rows);
   return p;
+}
+
+/// Throws when `status` (a host copy of p.status) says a route named an expert outside [0, E).
+inline void throw_if_plan_failed(int status, const DevicePlan& p) {
+  if (status != 0x7f7f7f7f) {
+    const std::int64_t route = status - 1;
+    throw precondition_error(detail::concat("token ", route / p.top_k, " slot ", route % p.top_k,
+                                            " routes to an expert outside 0..",
+                                            p.num_experts - 1));
+  }
 }
 
 /// Synchronises the stream and throws when a route named an expert outside [0, E).
@@ -301,12 +314,7 @@ inline void check_device_plan(exec::Cuda cuda, const DevicePlan& p) {
   int status = 0;
   SY_CUDA_TRY(cudaMemcpyAsync(&status, p.status, sizeof(int), cudaMemcpyDeviceToHost, cuda.stream));
   SY_CUDA_TRY(cudaStreamSynchronize(cuda.stream));
-  if (status != 0x7f7f7f7f) {
-    const std::int64_t route = status - 1;
-    throw precondition_error(detail::concat("token ", route / p.top_k, " slot ", route % p.top_k,
-                                            " routes to an expert outside 0..",
-                                            p.num_experts - 1));
-  }
+  throw_if_plan_failed(status, p);
 }
 
 /// Copies a device plan to a host DispatchPlan (synchronises; for tests and telemetry).

@@ -2,6 +2,8 @@
 /// \file Plain types of the MoE layer: parameters and gradients (owning, host memory), the
 /// communicators it runs on, per-forward options and metrics.
 
+#include <array>
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <vector>
@@ -14,60 +16,97 @@
 
 namespace switchyard {
 
-/// The weights of one MoE layer on one rank: the router W_r [E][H] (replicated) and the local
-/// experts in the layout of experts/expert_types.hpp. MoEGrads has the same shapes.
+/// Views of expert tensors stored contiguously in the layout of experts/expert_types.hpp (host or
+/// device memory); the bias views are empty without biases.
 template <class T>
-struct MoEParams {
+expert_tensors<T> expert_views(T* fc1, T* fc2, T* fc1_bias, T* fc2_bias, index_t local_experts,
+                               index_t hidden, index_t ffn_hidden, int fc1_multiplier, bool bias) {
+  const index_t F1 = fc1_multiplier * ffn_hidden;
+  return {tensor3_view<T>(fc1, local_experts, F1, hidden),
+          tensor3_view<T>(fc2, local_experts, hidden, ffn_hidden),
+          bias ? matrix_view<T>(fc1_bias, local_experts, F1) : matrix_view<T>(),
+          bias ? matrix_view<T>(fc2_bias, local_experts, hidden) : matrix_view<T>()};
+}
+
+namespace detail {
+/// What every parameter set of a layer shares, host (MoEParams) or device (DeviceMoEParams):
+/// its shapes, the element count of each tensor, and views of the tensors. Derived holds the
+/// five tensors (router_weight, fc1, fc2, fc1_bias, fc2_bias) in anything with data().
+template <class Derived, class T>
+struct param_set {
   index_t num_experts = 0, local_experts = 0, hidden = 0, ffn_hidden = 0;
   int fc1_multiplier = 1;  ///< 2 for GLU experts
   bool bias = false;
+
+  param_set() = default;
+  param_set(index_t E, index_t E_local, index_t H, index_t F, int fc1_mult, bool with_bias)
+      : num_experts(E),
+        local_experts(E_local),
+        hidden(H),
+        ffn_hidden(F),
+        fc1_multiplier(fc1_mult),
+        bias(with_bias) {}
+
+  /// Elements of each tensor, in for_each_tensor order: router [E][H], fc1 [E_local][F1][H],
+  /// fc2 [E_local][H][F], fc1_bias [E_local][F1], fc2_bias [E_local][H].
+  std::array<std::size_t, 5> sizes() const {
+    const auto u = [](index_t n) { return static_cast<std::size_t>(n); };
+    const index_t F1 = fc1_multiplier * ffn_hidden;
+    return {u(num_experts * hidden), u(local_experts * F1 * hidden),
+            u(local_experts * hidden * ffn_hidden), bias ? u(local_experts * F1) : 0,
+            bias ? u(local_experts * hidden) : 0};
+  }
+  matrix_view<T> router() {
+    return matrix_view<T>(self().router_weight.data(), num_experts, hidden);
+  }
+  matrix_view<const T> router() const { return const_cast<param_set*>(this)->router(); }
+  expert_tensors<T> experts() {
+    Derived& d = self();
+    return expert_views(d.fc1.data(), d.fc2.data(), d.fc1_bias.data(), d.fc2_bias.data(),
+                        local_experts, hidden, ffn_hidden, fc1_multiplier, bias);
+  }
+  expert_weights<T> experts() const {
+    return as_const(const_cast<param_set*>(this)->experts());
+  }
+  /// Every tensor, for element-wise loops (optimizers, reductions, copies).
+  template <class F>
+  void for_each_tensor(F&& f) {
+    Derived& d = self();
+    f(d.router_weight);
+    f(d.fc1);
+    f(d.fc2);
+    f(d.fc1_bias);
+    f(d.fc2_bias);
+  }
+
+ private:
+  Derived& self() { return static_cast<Derived&>(*this); }
+};
+}  // namespace detail
+
+/// The weights of one MoE layer on one rank: the router W_r [E][H] (replicated) and the local
+/// experts in the layout of experts/expert_types.hpp. MoEGrads has the same shapes.
+template <class T>
+struct MoEParams : detail::param_set<MoEParams<T>, T> {
   std::vector<T> router_weight;  ///< [E][H]
   std::vector<T> fc1, fc2;       ///< [E_local][F1][H], [E_local][H][F]
   std::vector<T> fc1_bias, fc2_bias;
 
   MoEParams() = default;
   MoEParams(index_t E, index_t E_local, index_t H, index_t F, int fc1_mult, bool with_bias)
-      : num_experts(E),
-        local_experts(E_local),
-        hidden(H),
-        ffn_hidden(F),
-        fc1_multiplier(fc1_mult),
-        bias(with_bias),
-        router_weight(static_cast<std::size_t>(E * H)),
-        fc1(static_cast<std::size_t>(E_local * fc1_mult * F * H)),
-        fc2(static_cast<std::size_t>(E_local * H * F)),
-        fc1_bias(with_bias ? static_cast<std::size_t>(E_local * fc1_mult * F) : 0),
-        fc2_bias(with_bias ? static_cast<std::size_t>(E_local * H) : 0) {}
+      : detail::param_set<MoEParams<T>, T>(E, E_local, H, F, fc1_mult, with_bias) {
+    const auto n = this->sizes();
+    std::size_t i = 0;
+    this->for_each_tensor([&](std::vector<T>& v) { v.assign(n[i++], T(0)); });
+  }
 
   /// Same shapes, every value zero (gradients).
   MoEParams zeros_like() const {
-    return MoEParams(num_experts, local_experts, hidden, ffn_hidden, fc1_multiplier, bias);
-  }
-  matrix_view<T> router() { return matrix_view<T>(router_weight.data(), num_experts, hidden); }
-  matrix_view<const T> router() const {
-    return matrix_view<const T>(router_weight.data(), num_experts, hidden);
-  }
-  expert_tensors<T> experts() {
-    const index_t F1 = fc1_multiplier * ffn_hidden;
-    return {tensor3_view<T>(fc1.data(), local_experts, F1, hidden),
-            tensor3_view<T>(fc2.data(), local_experts, hidden, ffn_hidden),
-            bias ? matrix_view<T>(fc1_bias.data(), local_experts, F1) : matrix_view<T>(),
-            bias ? matrix_view<T>(fc2_bias.data(), local_experts, hidden) : matrix_view<T>()};
-  }
-  expert_weights<T> experts() const {
-    return as_const(const_cast<MoEParams*>(this)->experts());
-  }
-  /// Every tensor, for element-wise loops (optimizers, reductions): pointer and size.
-  template <class F>
-  void for_each_tensor(F&& f) {
-    f(router_weight);
-    f(fc1);
-    f(fc2);
-    f(fc1_bias);
-    f(fc2_bias);
+    return MoEParams(this->num_experts, this->local_experts, this->hidden, this->ffn_hidden,
+                     this->fc1_multiplier, this->bias);
   }
   void set_zero() {
-    for_each_tensor([](std::vector<T>& v) { std::fill(v.begin(), v.end(), T(0)); });
+    this->for_each_tensor([](std::vector<T>& v) { std::fill(v.begin(), v.end(), T(0)); });
   }
 };
 

@@ -37,6 +37,8 @@
 #include "switchyard/dispatch/renormalize.hpp"
 #include "switchyard/dispatch/telemetry.hpp"
 #include "switchyard/layer/detail/hooks.hpp"
+#include "switchyard/layer/detail/initialize.hpp"
+#include "switchyard/layer/detail/metrics.hpp"
 #include "switchyard/layer/layer_types.hpp"
 #include "switchyard/routing/from_config.hpp"
 #include "switchyard/routing/router_linear.hpp"
@@ -128,31 +130,7 @@ class MoELayerCore {
   /// Philox keyed by (seed, element); experts by the config's initialization_strategy, keyed by
   /// their global id, so every layout gets the same weights.
   void initialize(std::uint64_t seed) {
-    const index_t E = cfg_.num_experts, H = cfg_.hidden_size;
-    for (index_t i = 0; i < E * H; ++i) {
-      const auto u1 = static_cast<double>(
-          philox_uniform(seed, 0x526f7574u, static_cast<std::uint32_t>(i), 0));
-      const auto u2 = static_cast<double>(
-          philox_uniform(seed, 0x526f7574u, static_cast<std::uint32_t>(i), 1));
-      params_.router_weight[static_cast<std::size_t>(i)] =
-          static_cast<T>(0.02 * std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2));
-    }
-    const index_t El = params_.local_experts, F = params_.ffn_hidden;
-    const index_t F1 = params_.fc1_multiplier * F;
-    expert_tensors<T> all = params_.experts();
-    for (index_t le = 0; le < El; ++le) {
-      expert_init init;
-      init.strategy = cfg_.initialization_strategy;
-      init.seed = seed;
-      init.first_expert = placement_.expert(ep_rank(), le);
-      const expert_shape one{1, H, F, params_.bias};
-      expert_tensors<T> w{
-          tensor3_view<T>(&all.fc1(le, 0, 0), 1, F1, H),
-          tensor3_view<T>(&all.fc2(le, 0, 0), 1, H, F),
-          params_.bias ? matrix_view<T>(&all.fc1_bias(le, 0), 1, F1) : matrix_view<T>(),
-          params_.bias ? matrix_view<T>(&all.fc2_bias(le, 0), 1, H) : matrix_view<T>()};
-      experts_->initialize(one, init, w);
-    }
+    detail::initialize_params(params_, cfg_, placement_, ep_rank(), *experts_, seed);
   }
 
   /// y = MoE(x) for x [T][H] (T may be 0 on some ranks: every rank joins every collective).
@@ -304,12 +282,8 @@ class MoELayerCore {
                            matrix_view<T>(dx_router.data(), Tn, H), matrix_view<T>(dw.data(), E, H),
                            vector_view<T>());
     const bool jitter = !s.x_router.empty();
-    for (index_t i = 0; i < Tn * H; ++i) {
-      T g = dx_router[static_cast<std::size_t>(i)];
-      if (jitter && s.x[static_cast<std::size_t>(i)] != T(0))  // d(x·u)/dx = u = x_router / x
-        g = g * (s.x_router[static_cast<std::size_t>(i)] / s.x[static_cast<std::size_t>(i)]);
-      dx[static_cast<std::size_t>(i)] += g;
-    }
+    for (std::size_t i = 0; i < static_cast<std::size_t>(Tn * H); ++i)
+      dx[i] += router_input_grad(dx_router[i], s.x[i], jitter ? &s.x_router[i] : nullptr);
     for (std::size_t i = 0; i < dw.size(); ++i) grads.router_weight[i] += dw[i];
     return dx;
   }
@@ -491,21 +465,13 @@ class MoELayerCore {
       routed[e] = std::llround(v[e]);
       kept[e] = std::llround(v[static_cast<std::size_t>(E) + e]);
     }
-    const DispatchStats st = dispatch_stats(routed, kept);
-    m.tokens = std::llround(v[static_cast<std::size_t>(2 * E)]);
-    m.tokens_per_expert = st.routed_per_expert;
-    m.kept_per_expert = st.kept_per_expert;
-    m.dropped = st.dropped;
-    m.dropped_fraction = st.dropped_fraction;
-    m.load_cv = st.load_cv;
-    m.max_over_mean = st.max_over_mean;
     // The same config on every rank, so every rank has the same losses on (a rank with no
     // tokens contributes 0).
-    const LossParams lp = loss_params(cfg_);
-    if (!lp.balance.empty()) m.aux_loss = v[static_cast<std::size_t>(2 * E + 1)];
-    if (lp.z_loss_coeff > 0) m.z_loss = v[static_cast<std::size_t>(2 * E + 2)];
-    m.sinkhorn_iterations = static_cast<int>(iterations);
-    m.capacity = dopt.capacity;
+    detail::set_metrics(m, std::move(routed), std::move(kept),
+                        std::llround(v[static_cast<std::size_t>(2 * E)]), loss_params(cfg_),
+                        v[static_cast<std::size_t>(2 * E + 1)],
+                        v[static_cast<std::size_t>(2 * E + 2)], static_cast<int>(iterations),
+                        dopt.capacity);
   }
 
   Config cfg_;

@@ -77,6 +77,13 @@ SY_HD inline float jitter_factor(const JitterParams& j, index_t t, index_t h) {
   return (1.0f - eps) + 2.0f * eps * u;
 }
 
+/// The router's part of dx for one element: g = d(router input) times d(x·u)/dx = u, recovered
+/// as x_router / x (1 without jitter, and where x is 0). Shared by the host and device layers.
+template <class T>
+SY_HD inline T router_input_grad(T g, T x, const T* x_router_elem) {
+  return x_router_elem && x != T(0) ? g * (*x_router_elem / x) : g;
+}
+
 /// x ← x ⊙ u (training only). The caller keeps the jittered x for the router's backward.
 template <class T>
 void apply_input_jitter(exec::Host, matrix_view<T> x, const JitterParams& j) {

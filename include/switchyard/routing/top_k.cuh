@@ -275,13 +275,19 @@ inline void reset_routing_status(exec::Cuda cuda, unsigned long long* status) {
   SY_CUDA_TRY(cudaMemsetAsync(status, 0xff, sizeof(unsigned long long), cuda.stream));
 }
 
+/// Throws numeric_error naming the first token with NaN/Inf logits when `status` (a host copy
+/// of the status word) says so.
+inline void throw_if_routing_failed(unsigned long long status) {
+  if (status != routing_status_ok)
+    throw numeric_error(detail::concat("router logits of token ", status, " are not finite"));
+}
+
 /// Waits for the stream and throws numeric_error naming the first token with NaN/Inf logits.
 inline void check_routing_status(exec::Cuda cuda, const unsigned long long* status) {
   unsigned long long h = routing_status_ok;
   SY_CUDA_TRY(cudaMemcpyAsync(&h, status, sizeof(h), cudaMemcpyDeviceToHost, cuda.stream));
   SY_CUDA_TRY(cudaStreamSynchronize(cuda.stream));
-  if (h != routing_status_ok)
-    throw numeric_error(detail::concat("router logits of token ", h, " are not finite"));
+  throw_if_routing_failed(h);
 }
 
 }  // namespace switchyard

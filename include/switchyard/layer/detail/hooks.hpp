@@ -25,6 +25,12 @@ inline constexpr bool is_sinkhorn_router = false;
 template <int K>
 inline constexpr bool is_sinkhorn_router<Sinkhorn<K>> = true;
 
+/// Aux-loss-free balancing asked of a router without an expert bias (Sinkhorn).
+[[noreturn]] inline void throw_no_expert_bias() {
+  throw config_error("this router has no expert bias (aux-loss-free balancing needs TopK with a "
+                     "sigmoid or sqrtsoftplus score)");
+}
+
 template <class T>
 struct router_hooks {
   virtual ~router_hooks() = default;
@@ -52,8 +58,7 @@ struct router_hooks_impl final : router_hooks<T> {
     if constexpr (requires { router.update_expert_bias(counts); })
       router.update_expert_bias(counts);
     else
-      throw config_error("this router has no expert bias (aux-loss-free balancing needs TopK "
-                         "with a sigmoid or sqrtsoftplus score)");
+      throw_no_expert_bias();
   }
   std::vector<double> expert_bias() const override {
     if constexpr (requires { router.expert_bias(); })

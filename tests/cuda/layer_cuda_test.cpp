@@ -1,0 +1,231 @@
+// The device MoE layer (layer/device_layer.cuh) against the host MoELayer<float> on the same
+// config, weights and inputs: y, dx, router and expert gradients, losses and counts.
+//
+// Tolerances: both sides compute in float32 from bit-identical weights (the device layer runs the
+// host initialisation and copies it); they differ in summation order (cuBLAS against host loops
+// over H = 32 or F = 24 terms, the router's per-thread dot products against the host's) and in
+// exp/log implementations. Each product chain is a few GEMM-like sums deep, so agreement is
+// expected to ~1e-6 relative; we allow 2e-4 of each tensor's largest magnitude (plus 1e-6
+// absolute), which still catches any wrong row, weight or missing term (those are O(1) of the
+// tensor's scale). Loss values: 1e-5 relative (double reductions of float terms). Counts and
+// capacities must be equal: inputs are random normals, so no two selection scores are within
+// float rounding of each other and both sides choose and drop the same routes.
+#include <boost/test/data/test_case.hpp>
+#include <boost/test/unit_test.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <ostream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "../layer/layer_fixture.hpp"
+#include "layer_device.hpp"
+#include "switchyard/layer.hpp"
+
+namespace sy = switchyard;
+using sy::index_t;
+
+namespace {
+
+struct layer_case {
+  std::string name;
+  sy::Config cfg;
+  index_t tokens = 64;
+  bool training = true;
+};
+std::ostream& operator<<(std::ostream& os, const layer_case& c) {
+  return os << c.name;
+}
+
+sy::Config base(index_t E, index_t k, bool gated, sy::Activation act) {
+  sy::Config c = sy_test::small_config(E, k, gated, act, false);
+  c.hidden_size = 32;
+  c.ffn_hidden_size = 24;
+  c.sequence_length = 16;
+  c.batch_size_per_gpu = 4;
+  return c;
+}
+
+std::vector<layer_case> cases() {
+  std::vector<layer_case> v;
+  {  // softmax top-2, capacity 0.5: about half the routes dropped by probability; SwiGLU
+    auto c = base(8, 2, true, sy::Activation::silu);
+    c.token_dispatch = sy::TokenDispatch::capacity;
+    c.capacity_factor = 0.5;
+    v.push_back({"softmax_top2_capacity_drops_glu_silu", c});
+    v.push_back({"zero_tokens", c, 0});  // every buffer empty; losses 0 on both sides
+  }
+  {  // sigmoid, 4 groups of 4 (2 chosen), expert bias, scaling; dropless; FFN gelu with biases
+    auto c = base(16, 4, false, sy::Activation::gelu);
+    c.score_function = sy::ScoreFunction::sigmoid;
+    c.num_groups = 4;
+    c.group_topk = 2;
+    c.enable_expert_bias = true;
+    c.expert_bias.resize(16);
+    for (int e = 0; e < 16; ++e) c.expert_bias[static_cast<std::size_t>(e)] = 0.05 * (e % 5) - 0.1;
+    c.topk_scaling_factor = 2.5;
+    c.add_bias_linear = true;
+    c.load_balance_loss_coeff = 0.0;  // aux-loss-free balancing
+    v.push_back({"sigmoid_groups_bias_dropless_ffn_gelu", c});
+  }
+  {  // Sinkhorn k = 2, dropless, z-loss only
+    auto c = base(8, 2, true, sy::Activation::silu);
+    c.load_balancing_type = sy::LoadBalancingType::sinkhorn;
+    c.load_balance_loss_coeff = 0.0;
+    v.push_back({"sinkhorn_top2_dropless_z_loss", c});
+  }
+  {  // pre-softmax top-1, padded capacity, drop by position, sequence aux loss, FFN relu
+    auto c = base(8, 1, false, sy::Activation::relu);
+    c.pre_softmax = true;
+    c.token_dispatch = sy::TokenDispatch::capacity;
+    c.capacity_factor = 1.0;
+    c.drop_policy = sy::DropPolicy::position;
+    c.pad_to_capacity = true;
+    c.load_balancing_type = sy::LoadBalancingType::seq_aux_loss;
+    v.push_back({"presoftmax_top1_padded_position_seq_aux_ffn_relu", c});
+  }
+  {  // global aux loss, sqrtsoftplus, input jitter and expert dropout (Philox on both sides)
+    auto c = base(8, 2, true, sy::Activation::gelu_tanh);
+    c.score_function = sy::ScoreFunction::sqrtsoftplus;
+    c.load_balancing_type = sy::LoadBalancingType::global_aux_loss;
+    c.input_jitter_eps = 0.01;
+    c.expert_dropout = 0.1;
+    v.push_back({"sqrtsoftplus_global_aux_jitter_dropout_glu_gelu_tanh", c});
+  }
+  {  // DeepSpeed top-2: slot-major queue, drop by position, kept weights renormalised
+    auto c = base(8, 2, false, sy::Activation::gelu);
+    c.semantics = sy::Semantics::deepspeed;
+    c.pre_softmax = true;
+    c.router_z_loss_coeff = 0.0;
+    c.token_dispatch = sy::TokenDispatch::capacity;
+    c.capacity_formula = sy::CapacityFormula::deepspeed;
+    c.capacity_factor = 0.5;
+    c.drop_policy = sy::DropPolicy::position;
+    v.push_back({"deepspeed_top2_capacity_renormalized", c});
+  }
+  {  // evaluation: no jitter, Sinkhorn selects by the weights
+    auto c = base(8, 1, true, sy::Activation::silu);
+    c.load_balancing_type = sy::LoadBalancingType::sinkhorn;
+    c.load_balance_loss_coeff = 0.0;
+    v.push_back({"sinkhorn_top1_evaluation", c, 64, false});
+  }
+  return v;
+}
+
+std::vector<float> normals(std::uint64_t seed, index_t n) {
+  std::mt19937_64 g(seed);
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  std::vector<float> v(static_cast<std::size_t>(n));
+  for (auto& x : v) x = d(g);
+  return v;
+}
+
+void check_close(const std::vector<float>& dev, const std::vector<float>& host,
+                 const std::string& what, float rel = 2e-4f) {
+  BOOST_REQUIRE_EQUAL(dev.size(), host.size());
+  float scale = 0.0f;
+  for (float h : host) scale = std::max(scale, std::abs(h));
+  const float tol = rel * scale + 1e-6f;
+  for (std::size_t i = 0; i < host.size(); ++i)
+    if (!(std::abs(dev[i] - host[i]) <= tol)) {
+      BOOST_ERROR(what << "[" << i << "]: device " << dev[i] << ", host " << host[i]
+                       << " (tolerance " << tol << ")");
+      return;
+    }
+}
+
+void check_loss(const std::optional<double>& dev, const std::optional<double>& host,
+                const std::string& what) {
+  BOOST_REQUIRE_EQUAL(dev.has_value(), host.has_value());
+  if (host) BOOST_TEST_CONTEXT(what) {
+      BOOST_TEST(*dev == *host, boost::test_tools::tolerance(1e-5));  // relative
+    }
+}
+
+}  // namespace
+
+BOOST_DATA_TEST_CASE(device_layer_matches_the_host_layer, boost::unit_test::data::make(cases()),
+                     lc) {
+  const sy::Config& c = lc.cfg;
+  const index_t T = lc.tokens, H = c.hidden_size;
+  const std::uint64_t seed = 99;
+  const std::uint32_t step = 3;
+  const auto x = normals(1, T * H), dy = normals(2, T * H);
+
+  sy::LocalComm one;
+  auto host = sy::make_layer<float, sy::LocalComm>(c, {&one, &one, &one});
+  host->initialize(seed);
+  sy::GlobalAuxLoss global;
+  auto fwd =
+      host->forward(sy::matrix_view<const float>(x.data(), T, H),
+                    {.training = lc.training, .seed = seed, .step = step, .global_aux = &global});
+  auto grads = host->make_grads();
+  const auto dx = host->backward(fwd.saved, sy::matrix_view<const float>(dy.data(), T, H), grads);
+
+  const auto dev = sy::test::device_layer_run(c, seed, x, T, dy, lc.training, step);
+
+  // The same weights, bit for bit (the host initialisation, copied).
+  BOOST_TEST(dev.params.router_weight == host->params().router_weight);
+  BOOST_TEST(dev.params.fc1 == host->params().fc1);
+  BOOST_TEST(dev.params.fc2 == host->params().fc2);
+
+  const sy::MoEMetrics& hm = fwd.metrics;
+  const sy::MoEMetrics& dm = dev.metrics;
+  BOOST_TEST(dm.tokens == hm.tokens);
+  BOOST_TEST(dm.tokens_per_expert == hm.tokens_per_expert, boost::test_tools::per_element());
+  BOOST_TEST(dm.kept_per_expert == hm.kept_per_expert, boost::test_tools::per_element());
+  BOOST_TEST(dm.dropped == hm.dropped);
+  BOOST_TEST(dm.capacity.value_or(-1) == hm.capacity.value_or(-1));
+  BOOST_TEST(dm.sinkhorn_iterations == hm.sinkhorn_iterations);
+  check_loss(dm.aux_loss, hm.aux_loss, "aux_loss");
+  check_loss(dm.z_loss, hm.z_loss, "z_loss");
+
+  check_close(dev.y, fwd.y, "y");
+  check_close(dev.dx, dx, "dx");
+  check_close(dev.grads.router_weight, grads.router_weight, "d router_weight");
+  check_close(dev.grads.fc1, grads.fc1, "d fc1");
+  check_close(dev.grads.fc2, grads.fc2, "d fc2");
+  check_close(dev.grads.fc1_bias, grads.fc1_bias, "d fc1_bias");
+  check_close(dev.grads.fc2_bias, grads.fc2_bias, "d fc2_bias");
+}
+
+BOOST_AUTO_TEST_CASE(device_layer_rejects_expert_parallelism) {
+  sy::Config c = base(8, 2, true, sy::Activation::silu);
+  c.expert_parallel_size = 2;
+  const auto e = sy::test::device_layer_construct_error(c);
+  BOOST_TEST(e.kind == "config_error");
+  BOOST_TEST(e.message.find("expert parallelism over NCCL is not built yet") != std::string::npos,
+             e.message);
+}
+
+BOOST_AUTO_TEST_CASE(device_layer_nan_input_is_an_error_naming_the_token) {
+  const auto e = sy::test::device_layer_nan_error(base(8, 2, true, sy::Activation::silu), 16, 5);
+  BOOST_TEST(e.kind == "numeric_error");
+  BOOST_TEST(e.message.find("router logits of token 5 are not finite") != std::string::npos,
+             e.message);
+}
+
+BOOST_AUTO_TEST_CASE(compile_time_device_layer_equals_the_runtime_bridge) {
+  auto c = base(8, 2, true, sy::Activation::silu);
+  c.token_dispatch = sy::TokenDispatch::capacity;
+  c.capacity_factor = 0.5;
+  const index_t T = 32, H = c.hidden_size;
+  const auto x = normals(3, T * H), dy = normals(4, T * H);
+  const auto a = sy::test::device_layer_run(c, 5, x, T, dy, true, 0);
+  const auto b = sy::test::device_layer_run_compile_time(c, 5, x, T, dy);
+  // The same kernels in the same order; cuBLAS promises bit-identical results only per stream
+  // and workspace, so allow float rounding (1e-6 of the scale).
+  check_close(b.y, a.y, "y", 1e-6f);
+  check_close(b.dx, a.dx, "dx", 1e-6f);
+  check_close(b.grads.fc1, a.grads.fc1, "d fc1", 1e-6f);
+  check_close(b.grads.router_weight, a.grads.router_weight, "d router_weight", 1e-6f);
+}
+
+BOOST_AUTO_TEST_CASE(compile_time_device_layer_rejects_a_config_naming_other_policies) {
+  auto c = base(8, 2, true, sy::Activation::silu);  // dropless, the layer is compiled for capacity
+  const auto e = sy::test::device_layer_compile_time_error(c);
+  BOOST_TEST(e.kind == "config_error");
+  BOOST_TEST(e.message.find("token_dispatch") != std::string::npos, e.message);
+}

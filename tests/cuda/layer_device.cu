@@ -1,0 +1,111 @@
+// The device MoE layer behind the plain C++ interface of layer_device.hpp.
+#include "layer_device.hpp"
+
+#include <cmath>
+#include <exception>
+#include <limits>
+
+#include <switchyard/layer/device_layer.cuh>
+
+namespace switchyard::test {
+namespace {
+
+device_buffer<float> to_device(const std::vector<float>& h, cudaStream_t stream) {
+  device_buffer<float> d(h.size());
+  d.upload(h.data(), stream);
+  SY_CUDA_TRY(cudaStreamSynchronize(stream));
+  return d;
+}
+
+/// A stream for one test call (RAII).
+struct test_stream {
+  cudaStream_t s = nullptr;
+  test_stream() { SY_CUDA_TRY(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking)); }
+  test_stream(const test_stream&) = delete;
+  test_stream& operator=(const test_stream&) = delete;
+  ~test_stream() { (void)cudaStreamDestroy(s); }
+};
+
+template <class F>
+device_layer_error catch_error(F&& f) {
+  try {
+    f();
+  } catch (const config_error& e) {
+    return {"config_error", e.what()};
+  } catch (const numeric_error& e) {
+    return {"numeric_error", e.what()};
+  } catch (const std::exception& e) {
+    return {"other", e.what()};
+  }
+  return {};
+}
+
+}  // namespace
+
+namespace {
+/// initialize(seed), forward, backward into zero gradients, everything back on the host.
+device_layer_out run_layer(DeviceMoELayerCore& layer, cudaStream_t stream, std::uint64_t seed,
+                           const std::vector<float>& x, std::int64_t T,
+                           const std::vector<float>& dy, bool training, std::uint32_t step) {
+  layer.initialize(seed, stream);
+  const device_buffer<float> dx_in = to_device(x, stream), ddy = to_device(dy, stream);
+  device_buffer<double> count_sum(static_cast<std::size_t>(layer.config().num_experts));
+  count_sum.zero(stream);
+  DeviceGlobalAux global{count_sum.data(), 0};
+  DeviceMoEForward fwd =
+      layer.forward(dx_in.data(), T, stream,
+                    {.training = training, .seed = seed, .step = step, .global_aux = &global});
+  DeviceMoEGrads grads = layer.make_grads(stream);
+  const device_buffer<float> dx = layer.backward(fwd.saved, ddy.data(), stream, grads);
+  device_layer_out out;
+  out.y = fwd.y.download(stream);
+  out.dx = dx.download(stream);
+  out.params = layer.get_params(stream);
+  out.grads = layer.host_params();
+  grads.download(out.grads, stream);
+  out.metrics = fwd.metrics;
+  return out;
+}
+}  // namespace
+
+device_layer_out device_layer_run(const Config& cfg, std::uint64_t seed,
+                                  const std::vector<float>& x, std::int64_t T,
+                                  const std::vector<float>& dy, bool training, std::uint32_t step) {
+  test_stream st;
+  auto layer = make_device_layer(cfg, st.s);
+  return run_layer(*layer, st.s, seed, x, T, dy, training, step);
+}
+
+device_layer_out device_layer_run_compile_time(const Config& cfg, std::uint64_t seed,
+                                               const std::vector<float>& x, std::int64_t T,
+                                               const std::vector<float>& dy) {
+  test_stream st;
+  DeviceMoELayer<TopK<2, Softmax>, Capacity<DropByProbs>, GLU<SiLU>> layer(
+      cfg, TopK<2, Softmax>(router_params(cfg)), st.s);
+  return run_layer(layer, st.s, seed, x, T, dy, true, 0);
+}
+
+device_layer_error device_layer_compile_time_error(const Config& cfg) {
+  return catch_error([&] {
+    DeviceMoELayer<TopK<2, Softmax>, Capacity<DropByProbs>, GLU<SiLU>> layer(
+        cfg, TopK<2, Softmax>(router_params(cfg)));
+  });
+}
+
+device_layer_error device_layer_construct_error(const Config& cfg) {
+  return catch_error([&] { (void)make_device_layer(cfg); });
+}
+
+device_layer_error device_layer_nan_error(const Config& cfg, std::int64_t T,
+                                          std::int64_t bad_token) {
+  test_stream st;
+  auto layer = make_device_layer(cfg, st.s);
+  layer->initialize(1, st.s);
+  std::vector<float> x(static_cast<std::size_t>(T * cfg.hidden_size), 0.5f);
+  x[static_cast<std::size_t>(bad_token * cfg.hidden_size)] =
+      std::numeric_limits<float>::quiet_NaN();
+  const device_buffer<float> dx = to_device(x, st.s);
+  return catch_error([&] { (void)layer->forward(dx.data(), T, st.s); });
+}
+
+}  // namespace switchyard::test

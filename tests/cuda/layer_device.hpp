@@ -1,0 +1,46 @@
+#pragma once
+// Plain C++ entry points into the device MoE layer (implemented in layer_device.cu). Every
+// function takes and returns host memory; the layer itself runs on the device.
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "switchyard/config/config_types.hpp"
+#include "switchyard/layer/layer_types.hpp"
+
+namespace switchyard::test {
+
+/// One device layer run: make_device_layer(cfg), initialize(seed) or `params` when given, a
+/// forward of x [T][H] and a backward of dy [T][H] into zeroed gradients.
+struct device_layer_out {
+  std::vector<float> y, dx;
+  MoEParams<float> params;  ///< the weights the layer ran with
+  MoEGrads<float> grads;
+  MoEMetrics metrics;
+};
+
+device_layer_out device_layer_run(const Config& cfg, std::uint64_t seed,
+                                  const std::vector<float>& x, std::int64_t T,
+                                  const std::vector<float>& dy, bool training, std::uint32_t step);
+
+/// The same run through DeviceMoELayer<TopK<2, Softmax>, Capacity<DropByProbs>, GLU<SiLU>>
+/// (compile-time policies; cfg must select them), training, step 0.
+device_layer_out device_layer_run_compile_time(const Config& cfg, std::uint64_t seed,
+                                               const std::vector<float>& x, std::int64_t T,
+                                               const std::vector<float>& dy);
+
+/// The message of the exception make_device_layer(cfg) throws (empty when it does not throw);
+/// exception_kind is "config_error", "numeric_error", ... or "" when nothing was thrown.
+struct device_layer_error {
+  std::string kind, message;
+};
+device_layer_error device_layer_construct_error(const Config& cfg);
+/// What constructing DeviceMoELayer<TopK<2, Softmax>, Capacity<DropByProbs>, GLU<SiLU>> throws.
+device_layer_error device_layer_compile_time_error(const Config& cfg);
+
+/// A forward whose input makes the logits of token `bad_token` NaN: what it throws.
+device_layer_error device_layer_nan_error(const Config& cfg, std::int64_t T,
+                                          std::int64_t bad_token);
+
+}  // namespace switchyard::test
