@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <numeric>
 #include <optional>
+#include <utility>
 #include <vector>
 
 #include "switchyard/core/error.hpp"
@@ -86,15 +87,25 @@ DispatchPlan build_plan(exec::Host, const DispatchOptions& opt,
   // counting sort over fixed chunks of queue positions (per-chunk histograms on threads, an
   // exclusive scan over (expert, chunk), then each chunk scatters its routes from its own
   // positions). Stable, no comparison sort, no atomics.
-  const std::int64_t queue_length = T * k;
-  const auto route_at = [&](std::int64_t q) { return opt.queue_by_slot ? (q % T) * k + q / T : q; };
-  const auto expert_of = [&](std::int64_t route) { return expert(route / k, route % k); };
-  const exec::chunking chunks{queue_length, plan_chunk_tokens * k};
+  const exec::chunking chunks{T * k, plan_chunk_tokens * k};  // chunks hold whole tokens
+  // Calls f(route, expert) for the queue positions of chunk c, in queue order.
+  const auto for_chunk = [&](std::int64_t c, auto&& f) {
+    const std::int64_t q0 = chunks.begin(c), q1 = chunks.end(c);
+    if (!opt.queue_by_slot) {
+      for (std::int64_t t = q0 / k; t < q1 / k; ++t)
+        for (std::int64_t j = 0; j < k; ++j) f(t * k + j, expert(t, j));
+    } else {
+      for (std::int64_t q = q0; q < q1; ++q) {
+        const std::int64_t j = q / T, t = q - j * T;
+        f(t * k + j, expert(t, j));
+      }
+    }
+  };
   const std::int64_t nc = chunks.count();
   const auto at = [E](std::int64_t c, std::int64_t e) { return static_cast<std::size_t>(c * E + e); };
   std::vector<std::int64_t> pos(static_cast<std::size_t>(nc * E), 0);
   exec::parallel_for(nc, plan_chunk_tokens * k, [&](std::int64_t c) {
-    for (std::int64_t q = chunks.begin(c); q < chunks.end(c); ++q) ++pos[at(c, expert_of(route_at(q)))];
+    for_chunk(c, [&](std::int64_t, std::int32_t e) { ++pos[at(c, e)]; });
   });
   std::vector<std::int64_t> start(static_cast<std::size_t>(E) + 1, 0);
   for (std::int64_t e = 0; e < E; ++e) {
@@ -109,10 +120,9 @@ DispatchPlan build_plan(exec::Host, const DispatchOptions& opt,
   }
   std::vector<std::int64_t> by_expert(static_cast<std::size_t>(T * k));
   exec::parallel_for(nc, plan_chunk_tokens * k, [&](std::int64_t c) {
-    for (std::int64_t q = chunks.begin(c); q < chunks.end(c); ++q) {
-      const std::int64_t route = route_at(q);
-      by_expert[static_cast<std::size_t>(pos[at(c, expert_of(route))]++)] = route;
-    }
+    for_chunk(c, [&](std::int64_t route, std::int32_t e) {
+      by_expert[static_cast<std::size_t>(pos[at(c, e)]++)] = route;
+    });
   });
 
   // Which routes survive the capacity.
@@ -128,12 +138,13 @@ DispatchPlan build_plan(exec::Host, const DispatchOptions& opt,
       if (opt.drop_policy == DropPolicy::probs) {
         // Largest weight first; the stable sort keeps token order among equal weights, so the
         // lower token index wins a tie.
-        std::vector<std::int64_t> order(first, last);
-        std::stable_sort(order.begin(), order.end(), [&](std::int64_t a, std::int64_t b) {
-          return prob(a / k, a % k) > prob(b / k, b % k);
-        });
+        std::vector<std::pair<Real, std::int64_t>> order;  // (weight, route id t·k + j)
+        order.reserve(static_cast<std::size_t>(last - first));
+        for (auto it = first; it != last; ++it) order.emplace_back(prob(*it / k, *it % k), *it);
+        std::stable_sort(order.begin(), order.end(),
+                         [](const auto& a, const auto& b) { return a.first > b.first; });
         for (auto it = order.begin() + C; it != order.end(); ++it)
-          keep[static_cast<std::size_t>(*it)] = 0;
+          keep[static_cast<std::size_t>(it->second)] = 0;
       } else {
         for (auto it = first + C; it != last; ++it) keep[static_cast<std::size_t>(*it)] = 0;
       }
