@@ -131,13 +131,3 @@ void shapes(benchmark::internal::Benchmark* b) {
 BENCHMARK(grouped_gemm)->Apply(shapes);
 BENCHMARK(single_gemm)->Apply(shapes);
 BENCHMARK(swiglu_forward_backward)->Apply(shapes);
-
-int main(int argc, char** argv) {
-  const char* omp = std::getenv("OMP_NUM_THREADS");
-  benchmark::AddCustomContext("omp_num_threads", omp ? omp : "unset");
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
-}

@@ -414,13 +414,3 @@ BENCHMARK(memcpy_rows)->Apply(shapes)->Unit(benchmark::kMicrosecond);
 BENCHMARK(layer_forward)->Apply(shapes)->Unit(benchmark::kMillisecond);
 BENCHMARK(layer_forward_backward)->Apply(shapes)->Unit(benchmark::kMillisecond);
 BENCHMARK(layer_memory)->Apply(shapes)->Unit(benchmark::kMillisecond)->Iterations(1);
-
-int main(int argc, char** argv) {
-  const char* omp = std::getenv("OMP_NUM_THREADS");
-  benchmark::AddCustomContext("omp_num_threads", omp ? omp : "unset");
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
-}

@@ -281,31 +281,27 @@ def tables(results):
                                  f"{a['ms']:.3f} | {b['ms']:.3f} | {sp:.2f}× | {v} |")
         for shape in SHAPES:
             for T in (256, 4096):
+                where = f"{SHAPES[shape]['name']} | {T} | {threads}"
+
+                def fraction(label, a, b, unit, target=None):
+                    """One row: a's rate over b's (same unit), with the target's verdict."""
+                    if not (a and b):
+                        return
+                    f = a[unit] / b[unit]
+                    v = f" {verdict(target, f)} |" if target else " |"
+                    hw.append(f"| {label} {unit} ({a[unit]:.1f} / {b[unit]:.1f}) | {where} | "
+                              f"{100 * f:.0f} % |{v}")
+
                 mc = sy_.get(("memcpy_rows", shape, T))
                 for name in ("permute", "unpermute"):
-                    a = sy_.get((name, shape, T))
-                    if a and mc:
-                        f = a["GB/s"] / mc["GB/s"]
-                        hw.append(f"| {name} GB/s / memcpy GB/s ({a['GB/s']:.1f} / "
-                                  f"{mc['GB/s']:.1f}) | {SHAPES[shape]['name']} | {T} | "
-                                  f"{threads} | {100 * f:.0f} % | {verdict(name, f)} |")
-                g, one = sy_.get(("grouped_gemm", shape, T)), sy_.get(("single_gemm", shape, T))
-                if g and one:
-                    f = g["GFLOP/s"] / one["GFLOP/s"]
-                    hw.append(f"| grouped GEMM / one GEMM GFLOP/s ({g['GFLOP/s']:.1f} / "
-                              f"{one['GFLOP/s']:.1f}) | {SHAPES[shape]['name']} | {T} | "
-                              f"{threads} | {100 * f:.0f} % | {verdict('grouped_gemm', f)} |")
-                g, one = pt.get(("grouped_gemm", shape, T)), pt.get(("single_gemm", shape, T))
-                if g and one:
-                    hw.append(f"| PyTorch per-expert loop / one matmul GFLOP/s ("
-                              f"{g['GFLOP/s']:.1f} / {one['GFLOP/s']:.1f}) | "
-                              f"{SHAPES[shape]['name']} | {T} | {threads} | "
-                              f"{100 * g['GFLOP/s'] / one['GFLOP/s']:.0f} % | |")
-                gm = pt.get(("torch_grouped_mm", shape, T))
-                if gm and one:
-                    hw.append(f"| torch._grouped_mm / one matmul GFLOP/s ({gm['GFLOP/s']:.1f} / "
-                              f"{one['GFLOP/s']:.1f}) | {SHAPES[shape]['name']} | {T} | {threads} | "
-                              f"{100 * gm['GFLOP/s'] / one['GFLOP/s']:.0f} % | |")
+                    fraction(f"{name} GB/s / memcpy", sy_.get((name, shape, T)), mc, "GB/s", name)
+                fraction("grouped GEMM / one GEMM", sy_.get(("grouped_gemm", shape, T)),
+                         sy_.get(("single_gemm", shape, T)), "GFLOP/s", "grouped_gemm")
+                one = pt.get(("single_gemm", shape, T))
+                fraction("PyTorch per-expert loop / one matmul", pt.get(("grouped_gemm", shape, T)),
+                         one, "GFLOP/s")
+                fraction("torch._grouped_mm / one matmul", pt.get(("torch_grouped_mm", shape, T)),
+                         one, "GFLOP/s")
                 m = sy_.get(("layer_memory", shape, T))
                 if m:
                     hw.append(f"| peak / kept bytes of one forward+backward ({m['peak_bytes'] / 2**20:.1f} / "
