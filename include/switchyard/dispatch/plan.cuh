@@ -24,7 +24,6 @@ struct DevicePlan {
   std::int64_t num_tokens = 0, top_k = 0, num_experts = 0;
   std::int64_t capacity = -1;  ///< -1 when unbounded
   bool padded = false;
-  bool queue_by_slot = false;     ///< DispatchOptions::queue_by_slot
   bool renormalize_kept = false;  ///< DispatchOptions::renormalize_kept
   std::int64_t max_rows = 0;  ///< rows the buffers hold: E·C padded, else min(T·k, E·C)
   std::int64_t* routed_per_expert = nullptr;  ///< [E]
@@ -175,7 +174,6 @@ device_plan_buffers carve_device_plan(workspace_carver& w, std::int64_t T, std::
   p.num_experts = E;
   p.capacity = opt.capacity ? *opt.capacity : -1;
   p.padded = opt.pad_to_capacity && opt.capacity.has_value();
-  p.queue_by_slot = opt.queue_by_slot;
   p.renormalize_kept = opt.renormalize_kept;
   p.max_rows = p.padded ? E * *opt.capacity
                         : (opt.capacity ? std::min(n, E * *opt.capacity) : n);
@@ -326,7 +324,6 @@ inline DispatchPlan to_host(exec::Cuda cuda, const DevicePlan& p) {
   h.num_experts = p.num_experts;
   if (p.capacity >= 0) h.capacity = p.capacity;
   h.padded = p.padded;
-  h.queue_by_slot = p.queue_by_slot;
   h.renormalize_kept = p.renormalize_kept;
   const auto E = static_cast<std::size_t>(p.num_experts);
   auto copy = [&](std::vector<std::int64_t>& dst, const std::int64_t* src, std::size_t count) {

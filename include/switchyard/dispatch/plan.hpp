@@ -25,7 +25,6 @@ struct DispatchPlan {
   std::int64_t num_tokens = 0, top_k = 0, num_experts = 0;
   std::optional<std::int64_t> capacity;  ///< none when dropless
   bool padded = false;                   ///< pad_to_capacity: every expert has capacity rows
-  bool queue_by_slot = false;            ///< DispatchOptions::queue_by_slot
   bool renormalize_kept = false;         ///< DispatchOptions::renormalize_kept
   std::vector<std::int64_t> routed_per_expert;  ///< [E] routes before dropping
   std::vector<std::int64_t> kept_per_expert;    ///< [E] routes after dropping
@@ -72,7 +71,6 @@ DispatchPlan build_plan(exec::Host, const DispatchOptions& opt,
   plan.num_experts = E;
   plan.capacity = opt.capacity;
   plan.padded = opt.pad_to_capacity && opt.capacity.has_value();
-  plan.queue_by_slot = opt.queue_by_slot;
   plan.renormalize_kept = opt.renormalize_kept;
   plan.routed_per_expert.assign(static_cast<std::size_t>(E), 0);
 

@@ -24,9 +24,7 @@ inline void check_weight_shapes(const DispatchPlan& plan, index_t rows, index_t 
              concat(what, " is [", rows, "][", cols, "], the plan has [", plan.num_tokens, "][",
                     plan.top_k, "]"));
 }
-}  // namespace detail
 
-namespace detail {
 /// ε of the clamp: cuda::std::numeric_limits, so the same value on the host and the device.
 template <class T>
 SY_HD constexpr T combine_eps() {
