@@ -56,15 +56,44 @@ void gemm_loops(bool trans_a, bool trans_b, index_t m, index_t n, index_t k, T a
   });
 }
 
-/// Largest inner dimension of one CBLAS call. OpenBLAS blocks a longer k differently in its
-/// threaded and its single-thread driver, so one call's result depends on OPENBLAS_NUM_THREADS
-/// (0.3.21, sgemm on x86-64: k = 385..1000 give other bits with 2 threads than with 1; k ≤ 384,
-/// one block of its kernel, never does). Calls of at most 256 stay within one block.
+/// Largest inner dimension of one CBLAS call, and rows of C per call. A BLAS result depends on
+/// how the product is cut: OpenBLAS 0.3.21 gives other bits for a row of C when the same product
+/// is computed as a call of other m (its edge kernels sum in another order; measured on its Zen
+/// kernels, single-threaded), with another inner-dimension blocking (k > 384 on Haswell kernels)
+/// and with another thread count, which splits m and n between its threads. So C is computed in
+/// fixed tiles of at most blas_m_block rows × blas_n_block columns × blas_k_block of k, each tile
+/// one single-threaded
+/// call, the tiles on switchyard's own threads: the cut depends only on the shapes, and the
+/// result is the same for any OMP_NUM_THREADS and OPENBLAS_NUM_THREADS.
 inline constexpr index_t blas_k_block = 256;
+inline constexpr index_t blas_m_block = 256;
+inline constexpr index_t blas_n_block = 1024;
+
+#if defined(SWITCHYARD_HAS_CBLAS) && defined(OPENBLAS_VERSION)
+/// While alive, OpenBLAS computes each call on the calling thread; the previous thread count is
+/// restored after. (Other BLAS libraries: their own threading is left alone.)
+class blas_single_thread {
+ public:
+  blas_single_thread() : before_(openblas_get_num_threads()) {
+    if (before_ != 1) openblas_set_num_threads(1);
+  }
+  blas_single_thread(const blas_single_thread&) = delete;
+  blas_single_thread& operator=(const blas_single_thread&) = delete;
+  ~blas_single_thread() {
+    if (before_ != 1) openblas_set_num_threads(before_);
+  }
+
+ private:
+  int before_;
+};
+#else
+struct blas_single_thread {};
+#endif
 
 /// C[m,n] = alpha·op(A)·op(B) + beta·C through CBLAS when `use_cblas` (and this build has it),
 /// else through gemm_loops; empty products are handled here (CBLAS rejects leading dimensions
-/// of 0).
+/// of 0). Not reentrant with other OpenBLAS callers of the process while it runs (it sets
+/// OpenBLAS's thread count, see blas_single_thread).
 template <class T>
 void row_major_gemm(bool use_cblas, bool trans_a, bool trans_b, index_t m, index_t n, index_t k,
                     T alpha, const T* a, index_t lda, const T* b, index_t ldb, T beta, T* c,
@@ -80,22 +109,31 @@ void row_major_gemm(bool use_cblas, bool trans_a, bool trans_b, index_t m, index
              concat("CBLAS takes 32-bit sizes; got m=", m, " n=", n, " k=", k));
   const auto ta = trans_a ? CblasTrans : CblasNoTrans;
   const auto tb = trans_b ? CblasTrans : CblasNoTrans;
-  const auto M = static_cast<int>(m), N = static_cast<int>(n);
   const auto LDA = static_cast<int>(lda), LDB = static_cast<int>(ldb), LDC = static_cast<int>(ldc);
-  // One call per fixed block of the inner dimension, accumulated in block order (beta = 1 after
-  // the first): the result then does not depend on the BLAS thread count (blas_k_block).
-  for (index_t p0 = 0; p0 < k; p0 += blas_k_block) {
-    const auto kb = static_cast<int>(k - p0 < blas_k_block ? k - p0 : blas_k_block);
-    const T* ap = trans_a ? a + p0 * lda : a + p0;
-    const T* bp = trans_b ? b + p0 : b + p0 * ldb;
-    const T bt = p0 == 0 ? beta : T(1);
-    if constexpr (std::is_same_v<T, float>) {
-      cblas_sgemm(CblasRowMajor, ta, tb, M, N, kb, alpha, ap, LDA, bp, LDB, bt, c, LDC);
-    } else {
-      static_assert(std::is_same_v<T, double>, "the host backend computes in float or double");
-      cblas_dgemm(CblasRowMajor, ta, tb, M, N, kb, alpha, ap, LDA, bp, LDB, bt, c, LDC);
-    }
-  }
+  const blas_single_thread one_thread;
+  const exec::chunking rows{m, blas_m_block}, cols{n, blas_n_block};
+  // One tile of C per item; inside it one call per block of the inner dimension, accumulated in
+  // block order (beta = 1 after the first).
+  exec::parallel_for(
+      rows.count() * cols.count(), blas_m_block * blas_n_block * k, [&](index_t tile) {
+        const index_t i0 = rows.begin(tile / cols.count()), j0 = cols.begin(tile % cols.count());
+        const auto M = static_cast<int>(rows.end(tile / cols.count()) - i0);
+        const auto N = static_cast<int>(cols.end(tile % cols.count()) - j0);
+        T* ct = c + i0 * ldc + j0;
+        for (index_t p0 = 0; p0 < k; p0 += blas_k_block) {
+          const auto kb = static_cast<int>(k - p0 < blas_k_block ? k - p0 : blas_k_block);
+          const T* ap = trans_a ? a + p0 * lda + i0 : a + i0 * lda + p0;
+          const T* bp = trans_b ? b + j0 * ldb + p0 : b + p0 * ldb + j0;
+          const T bt = p0 == 0 ? beta : T(1);
+          if constexpr (std::is_same_v<T, float>) {
+            cblas_sgemm(CblasRowMajor, ta, tb, M, N, kb, alpha, ap, LDA, bp, LDB, bt, ct, LDC);
+          } else {
+            static_assert(std::is_same_v<T, double>,
+                          "the host backend computes in float or double");
+            cblas_dgemm(CblasRowMajor, ta, tb, M, N, kb, alpha, ap, LDA, bp, LDB, bt, ct, LDC);
+          }
+        }
+      });
 #endif
 }
 
