@@ -2,9 +2,10 @@
 #include <boost/test/unit_test.hpp>
 
 #include <cmath>
+#include <cstdint>
 #include <limits>
-#include <tuple>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "layer_fixture.hpp"
@@ -263,4 +264,32 @@ BOOST_AUTO_TEST_CASE(edge_sizes_one_expert_k_equal_e_and_hidden_one) {
                         sy::config_error, [](const sy::config_error& e) {
                           return std::string(e.what()).find("k = 2 with 1 experts") != std::string::npos;
                         });
+}
+
+// The exchange arithmetic both layers share (layer/detail/exchange.hpp): 3 peers, 2 local
+// experts, block_rows[p][le] rows from peer p for local expert le.
+BOOST_AUTO_TEST_CASE(exchange_blocks_between_source_major_and_expert_major_order) {
+  namespace d = sy::detail;
+  const std::vector<std::int64_t> rows{1, 2, 0, 3, 4, 5};  // p0: 1, 2; p1: 0, 3; p2: 4, 5
+  const d::block_offsets o = d::exchange_block_offsets(rows, 3, 2);
+  // Source-major [p][le]: 0, 1, 3, 3, 6, 10. Expert-major [le][p]: le 0 is p0 (1), p1 (0), p2 (4)
+  // at 0, 1, 1; le 1 is p0 (2), p1 (3), p2 (5) at 5, 7, 10.
+  BOOST_TEST(o.source_major == (std::vector<std::int64_t>{0, 1, 3, 3, 6, 10}),
+             boost::test_tools::per_element());
+  BOOST_TEST(o.expert_major == (std::vector<std::int64_t>{0, 5, 1, 7, 1, 10}),
+             boost::test_tools::per_element());
+  BOOST_TEST(d::exchange_peer_elements(rows, 3, 2, 4) == (std::vector<std::int64_t>{12, 12, 36}),
+             boost::test_tools::per_element());
+  BOOST_TEST(d::exchange_peer_elements(rows, 3, 2, 4, 1) == (std::vector<std::int64_t>{12, 0, 36}),
+             boost::test_tools::per_element());
+  BOOST_TEST(d::exchange_expert_offsets(rows, 3, 2) == (std::vector<sy::index_t>{0, 5, 15}),
+             boost::test_tools::per_element());
+  BOOST_TEST(d::exchange_expert_offsets(rows, 3, 2, 2) == (std::vector<sy::index_t>{0, 1, 6}),
+             boost::test_tools::per_element());
+  // Every block keeps its size in both orders: the two offset lists are permutations of the
+  // same block starts, and the last block ends at the total.
+  std::int64_t total = 0;
+  for (auto r : rows) total += r;
+  BOOST_TEST(o.source_major.back() + rows.back() == total);
+  BOOST_TEST(o.expert_major.back() + rows.back() == total);
 }

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstring>
 #include <exception>
+#include <functional>
 #include <span>
 #include <string>
 #include <vector>
@@ -64,6 +65,16 @@ class LocalComm {
 
 static_assert(Communicator<LocalComm>);
 
+/// A communicator whose buffers are host memory: every Communicator except those that declare
+/// `static constexpr bool device_memory = true` (NcclComm, whose collectives take device
+/// pointers). The host layer needs one; the device layer takes NcclComm.
+template <class C>
+concept HostCommunicator = Communicator<C> && !requires {
+  requires C::device_memory;
+};
+
+static_assert(HostCommunicator<LocalComm>);
+
 /// Exchanges per-peer counts: recv_counts[p] = what peer p sends to this rank (an all-to-all of
 /// one integer per peer). This is the count exchange that precedes a variable all_to_all_v.
 template <Communicator Comm>
@@ -87,31 +98,36 @@ inline std::uint64_t fnv1a64(const std::string& bytes) {
   return h;
 }
 
-/// Checks that every rank of `comm` holds the same `fingerprint` (e.g. the hash of its config)
-/// before the first exchange. Collective; on a mismatch every rank throws comm_error naming the
-/// ranks that differ from rank 0, so no rank goes on to an exchange the others will not join.
+namespace detail {
+/// all_gather of host words over a group: gather(send, n, recv) with recv holding n · size words.
+using host_word_gather =
+    std::function<void(const std::uint64_t* send, std::int64_t n, std::uint64_t* recv)>;
+
+/// Host all_gather through `comm`: device communicators stage host data (all_gather_host).
 template <Communicator Comm>
-void require_agreement(Comm& comm, std::uint64_t fingerprint, const std::string& what) {
-  std::vector<std::uint64_t> all(static_cast<std::size_t>(comm.size()));
-  if constexpr (requires { comm.all_gather_host(&fingerprint, 1, all.data()); })
-    comm.all_gather_host(&fingerprint, 1, all.data());  // device communicators stage host data
-  else
-    comm.all_gather(&fingerprint, 1, all.data());
+host_word_gather host_gather_of(Comm& comm) {
+  return [&comm](const std::uint64_t* send, std::int64_t n, std::uint64_t* recv) {
+    if constexpr (requires { comm.all_gather_host(send, n, recv); })
+      comm.all_gather_host(send, n, recv);
+    else
+      comm.all_gather(send, n, recv);
+  };
+}
+
+inline void require_agreement(int rank, int size, const host_word_gather& gather,
+                              std::uint64_t fingerprint, const std::string& what) {
+  std::vector<std::uint64_t> all(static_cast<std::size_t>(size));
+  gather(&fingerprint, 1, all.data());
   std::string differ;
   for (std::size_t r = 1; r < all.size(); ++r)
     if (all[r] != all[0]) differ += (differ.empty() ? "" : ", ") + std::to_string(r);
   if (!differ.empty())
-    throw comm_error(detail::concat("ranks disagree on the ", what, ": rank(s) ", differ,
-                                    " differ from rank 0 (this is rank ", comm.rank(), ")"));
+    throw comm_error(concat("ranks disagree on the ", what, ": rank(s) ", differ,
+                            " differ from rank 0 (this is rank ", rank, ")"));
 }
 
-/// Collective: every rank of `comm` says whether the local stage it just ran failed (`local`
-/// holds its exception, or is null) before anyone starts an exchange the failed rank would not
-/// join. The failed rank rethrows its own exception; every other rank throws comm_error naming
-/// the first failed rank and its message (up to 255 bytes), so a bad input on one rank is an
-/// error on every rank instead of a hang.
-template <Communicator Comm>
-void fail_together(Comm& comm, const std::exception_ptr& local, const std::string& where) {
+inline void fail_together(int rank, int size, const host_word_gather& gather,
+                          const std::exception_ptr& local, const std::string& where) {
   constexpr std::size_t words = 33;  // a flag, then 256 bytes of message
   std::array<std::uint64_t, words> mine{};
   if (local) {
@@ -126,21 +142,37 @@ void fail_together(Comm& comm, const std::exception_ptr& local, const std::strin
     }
     std::memcpy(&mine[1], msg.data(), std::min<std::size_t>(msg.size(), 8 * (words - 1) - 1));
   }
-  std::vector<std::uint64_t> all(words * static_cast<std::size_t>(comm.size()));
-  if constexpr (requires { comm.all_gather_host(mine.data(), 1, all.data()); })
-    comm.all_gather_host(mine.data(), static_cast<std::int64_t>(words), all.data());
-  else
-    comm.all_gather(mine.data(), static_cast<std::int64_t>(words), all.data());
+  std::vector<std::uint64_t> all(words * static_cast<std::size_t>(size));
+  gather(mine.data(), static_cast<std::int64_t>(words), all.data());
   if (local) std::rethrow_exception(local);
-  for (int r = 0; r < comm.size(); ++r) {
+  for (int r = 0; r < size; ++r) {
     const std::uint64_t* w = &all[static_cast<std::size_t>(r) * words];
     if (w[0] == 0) continue;
     const char* text = reinterpret_cast<const char*>(w + 1);
     const char* end = std::find(text, text + 8 * (words - 1), '\0');
-    throw comm_error(detail::concat(where, ": rank ", r, " of ", comm.size(), " failed: ",
-                                    std::string(text, end),
-                                    " (this is rank ", comm.rank(), ")"));
+    throw comm_error(concat(where, ": rank ", r, " of ", size, " failed: ", std::string(text, end),
+                            " (this is rank ", rank, ")"));
   }
+}
+}  // namespace detail
+
+/// Checks that every rank of `comm` holds the same `fingerprint` (e.g. the hash of its config)
+/// before the first exchange. Collective; on a mismatch every rank throws comm_error naming the
+/// ranks that differ from rank 0, so no rank goes on to an exchange the others will not join.
+template <Communicator Comm>
+void require_agreement(Comm& comm, std::uint64_t fingerprint, const std::string& what) {
+  detail::require_agreement(comm.rank(), comm.size(), detail::host_gather_of(comm), fingerprint,
+                            what);
+}
+
+/// Collective: every rank of `comm` says whether the local stage it just ran failed (`local`
+/// holds its exception, or is null) before anyone starts an exchange the failed rank would not
+/// join. The failed rank rethrows its own exception; every other rank throws comm_error naming
+/// the first failed rank and its message (up to 255 bytes), so a bad input on one rank is an
+/// error on every rank instead of a hang.
+template <Communicator Comm>
+void fail_together(Comm& comm, const std::exception_ptr& local, const std::string& where) {
+  detail::fail_together(comm.rank(), comm.size(), detail::host_gather_of(comm), local, where);
 }
 
 }  // namespace switchyard

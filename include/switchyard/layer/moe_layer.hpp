@@ -36,6 +36,7 @@
 #include "switchyard/dispatch/plan.hpp"
 #include "switchyard/dispatch/renormalize.hpp"
 #include "switchyard/dispatch/telemetry.hpp"
+#include "switchyard/layer/detail/exchange.hpp"
 #include "switchyard/layer/detail/hooks.hpp"
 #include "switchyard/layer/detail/initialize.hpp"
 #include "switchyard/layer/detail/metrics.hpp"
@@ -45,6 +46,27 @@
 #include "switchyard/sharding/placement.hpp"
 
 namespace switchyard {
+
+namespace detail {
+/// FNV-1a of every config field as text: what the ranks of a layer compare before the first
+/// exchange (require_agreement).
+inline std::uint64_t config_fingerprint(const Config& c) {
+  std::string text;
+#define SY_DETAIL_FINGERPRINT(type, name, def, section) \
+  text += #name "=" + field_text(c, #name) + ";";
+  SY_CONFIG_FIELDS(SY_DETAIL_FINGERPRINT)
+#undef SY_DETAIL_FINGERPRINT
+  return fnv1a64(text);
+}
+
+/// Throws config_error unless communicator `c` (host or device) has `expected` ranks.
+template <class Comm>
+void check_comm_size(const Comm& c, std::int64_t expected, const char* what) {
+  if (c.size() != expected)
+    throw config_error(concat("the ", what, " communicator has ", c.size(),
+                              " ranks but the config needs ", expected));
+}
+}  // namespace detail
 
 /// Everything forward keeps for backward.
 template <class T>
@@ -86,6 +108,11 @@ struct MoEForward {
 /// runtime config).
 template <class T, Communicator Comm>
 class MoELayerCore {
+  static_assert(HostCommunicator<Comm>,
+                "MoELayer: the host layer exchanges host memory, and this communicator moves "
+                "device memory (NcclComm): use DeviceMoELayer with DeviceMoEComms "
+                "(layer/device_layer.cuh)");
+
  public:
   MoELayerCore(const Config& cfg, MoEComms<Comm> comms,
                std::unique_ptr<detail::router_hooks<T>> router,
@@ -104,9 +131,9 @@ class MoELayerCore {
           " (the MoE layer does not split experts over tensor-parallel ranks yet: use 1)"));
     const std::int64_t ep = placement_.ep();
     const std::int64_t dense = cfg_.dp() * cfg_.expert_parallel_size;
-    check_size(*comms.expert_parallel, ep, "expert-parallel");
-    check_size(*comms.dense_data_parallel, dense, "dense data-parallel");
-    check_size(*comms.expert_data_parallel, dense / ep, "expert-data-parallel");
+    detail::check_comm_size(*comms.expert_parallel, ep, "expert-parallel");
+    detail::check_comm_size(*comms.dense_data_parallel, dense, "dense data-parallel");
+    detail::check_comm_size(*comms.expert_data_parallel, dense / ep, "expert-data-parallel");
     if (router_->k() != cfg_.num_experts_per_token)
       throw config_error(detail::concat("num_experts_per_token: the config has k = ",
                                         cfg_.num_experts_per_token, " but the router has k = ",
@@ -115,7 +142,8 @@ class MoELayerCore {
     params_ = MoEParams<T>(cfg_.num_experts, El, cfg_.hidden_size, cfg_.ffn_hidden_size,
                            experts_->fc1_multiplier(), cfg_.add_bias_linear);
     // Collective safety: every rank agrees on the config before any exchange.
-    require_agreement(*comms_.dense_data_parallel, config_fingerprint(cfg_), "layer config");
+    require_agreement(*comms_.dense_data_parallel, detail::config_fingerprint(cfg_),
+                      "layer config");
   }
 
   const Config& config() const { return cfg_; }
@@ -309,21 +337,6 @@ class MoELayerCore {
   std::vector<double> expert_bias() const { return router_->expert_bias(); }
 
  private:
-  static void check_size(const Comm& c, std::int64_t expected, const char* what) {
-    if (c.size() != expected)
-      throw config_error(detail::concat("the ", what, " communicator has ", c.size(),
-                                        " ranks but the config needs ", expected));
-  }
-
-  static std::uint64_t config_fingerprint(const Config& c) {
-    std::string text;
-#define SY_DETAIL_FINGERPRINT(type, name, def, section) \
-  text += #name "=" + detail::field_text(c, #name) + ";";
-    SY_CONFIG_FIELDS(SY_DETAIL_FINGERPRINT)
-#undef SY_DETAIL_FINGERPRINT
-    return fnv1a64(text);
-  }
-
   // Runs `op(segment, rows)` on the rows of this rank's experts and brings the results back in
   // plan order (rows grouped by destination EP rank, then local expert). Segment 0 is this
   // rank's own block, which never leaves the rank: with communication_overlap the exchange of
@@ -335,38 +348,23 @@ class MoELayerCore {
     const std::int64_t ep = placement_.ep(), El = placement_.local_experts();
     const std::int64_t self = ep == 1 ? 0 : comms_.expert_parallel->rank();
     // This rank's block in plan order, and the per-expert offsets of both segments.
-    std::int64_t self_off = 0, self_rows = 0;
-    for (std::int64_t p = 0; p < ep; ++p)
-      for (std::int64_t le = 0; le < El; ++le) {
-        const auto n = s.send_rows[static_cast<std::size_t>(p * El + le)];
-        if (p < self) self_off += n;
-        if (p == self) self_rows += n;
-      }
-    s.local.offsets.assign(static_cast<std::size_t>(El) + 1, 0);
-    s.remote.offsets.assign(static_cast<std::size_t>(El) + 1, 0);
+    const std::int64_t self_off = detail::exchange_block_offsets(s.send_rows, ep, El)
+                                      .source_major[static_cast<std::size_t>(self * El)];
+    const std::span<const std::int64_t> own(s.send_rows.data() + self * El,
+                                            static_cast<std::size_t>(El));
+    s.local.offsets = detail::exchange_expert_offsets(own, 1, El);
+    const std::int64_t self_rows = s.local.offsets.back();
+    s.remote.offsets = detail::exchange_expert_offsets(s.recv_rows, ep, El, self);
     std::vector<std::int64_t> remote_block = s.recv_rows;  // [p][le], 0 for this rank
-    for (std::int64_t le = 0; le < El; ++le) {
-      std::int64_t n = 0;
-      for (std::int64_t p = 0; p < ep; ++p)
-        if (p != self) n += s.recv_rows[static_cast<std::size_t>(p * El + le)];
-      s.local.offsets[static_cast<std::size_t>(le) + 1] =
-          s.local.offsets[static_cast<std::size_t>(le)] +
-          s.send_rows[static_cast<std::size_t>(self * El + le)];
-      s.remote.offsets[static_cast<std::size_t>(le) + 1] =
-          s.remote.offsets[static_cast<std::size_t>(le)] + n;
-      remote_block[static_cast<std::size_t>(self * El + le)] = 0;
-    }
+    std::fill_n(remote_block.begin() + self * El, El, std::int64_t{0});
     if (ep == 1) return op(0, std::move(rows));  // one rank: every row is local, no copy
     std::vector<T> local_in(rows.begin() + self_off * H, rows.begin() + (self_off + self_rows) * H);
 
     // Elements per peer both ways, this rank excluded, and the rows to send without our block.
-    std::vector<std::int64_t> send(static_cast<std::size_t>(ep)), recv(send.size());
-    for (std::int64_t p = 0; p < ep; ++p)
-      for (std::int64_t le = 0; le < El; ++le)
-        if (p != self) {
-          send[static_cast<std::size_t>(p)] += s.send_rows[static_cast<std::size_t>(p * El + le)] * H;
-          recv[static_cast<std::size_t>(p)] += s.recv_rows[static_cast<std::size_t>(p * El + le)] * H;
-        }
+    const std::vector<std::int64_t> send =
+        detail::exchange_peer_elements(s.send_rows, ep, El, H, self);
+    const std::vector<std::int64_t> recv =
+        detail::exchange_peer_elements(s.recv_rows, ep, El, H, self);
     std::vector<T> outgoing;
     outgoing.reserve(rows.size() - local_in.size());
     outgoing.insert(outgoing.end(), rows.begin(), rows.begin() + self_off * H);
@@ -420,19 +418,8 @@ class MoELayerCore {
                                        const std::vector<std::int64_t>& block_rows,
                                        std::int64_t ep, std::int64_t El, index_t H,
                                        bool to_expert_major) {
-    std::vector<std::int64_t> src_off(static_cast<std::size_t>(ep * El)), exp_off(src_off.size());
-    std::int64_t o = 0;
-    for (std::int64_t p = 0; p < ep; ++p)
-      for (std::int64_t le = 0; le < El; ++le) {
-        src_off[static_cast<std::size_t>(p * El + le)] = o;
-        o += block_rows[static_cast<std::size_t>(p * El + le)];
-      }
-    o = 0;
-    for (std::int64_t le = 0; le < El; ++le)
-      for (std::int64_t p = 0; p < ep; ++p) {
-        exp_off[static_cast<std::size_t>(p * El + le)] = o;
-        o += block_rows[static_cast<std::size_t>(p * El + le)];
-      }
+    const detail::block_offsets o = detail::exchange_block_offsets(block_rows, ep, El);
+    const std::vector<std::int64_t>&src_off = o.source_major, &exp_off = o.expert_major;
     std::vector<T> out(in.size());
     for (std::size_t b = 0; b < src_off.size(); ++b) {
       const std::int64_t from = to_expert_major ? src_off[b] : exp_off[b];
