@@ -164,39 +164,51 @@ BOOST_DATA_TEST_CASE(device_layer_matches_the_host_layer, boost::unit_test::data
   auto grads = host->make_grads();
   const auto dx = host->backward(fwd.saved, sy::matrix_view<const float>(dy.data(), T, H), grads);
 
-  const auto dev = sy::test::device_layer_run(c, seed, x, T, dy, lc.training, step);
+  // The device layer on one GPU, and as a framework hands it NCCL communicators (one rank: the
+  // token exchange, the group sums and fail_together all run) and its own memory.
+  std::vector<sy::test::device_run_mode> modes{sy::test::device_run_mode::plain};
+  if (sy::test::device_framework_mode_available())
+    modes.push_back(sy::test::device_run_mode::framework);
+  for (const auto mode : modes) BOOST_TEST_CONTEXT("mode " << static_cast<int>(mode)) {
+      const auto dev = sy::test::device_layer_run(c, seed, x, T, dy, lc.training, step, mode);
+      if (mode == sy::test::device_run_mode::framework) {
+        BOOST_TEST(dev.allocations > 0);         // the per-call buffers came from the framework
+        BOOST_TEST(dev.bytes_outstanding == 0);  // and all went back
+      }
 
-  // The same weights, bit for bit (the host initialisation, copied).
-  BOOST_TEST(dev.params.router_weight == host->params().router_weight);
-  BOOST_TEST(dev.params.fc1 == host->params().fc1);
-  BOOST_TEST(dev.params.fc2 == host->params().fc2);
+      // The same weights, bit for bit (the host initialisation, copied).
+      BOOST_TEST(dev.params.router_weight == host->params().router_weight);
+      BOOST_TEST(dev.params.fc1 == host->params().fc1);
+      BOOST_TEST(dev.params.fc2 == host->params().fc2);
 
-  const sy::MoEMetrics& hm = fwd.metrics;
-  const sy::MoEMetrics& dm = dev.metrics;
-  BOOST_TEST(dm.tokens == hm.tokens);
-  BOOST_TEST(dm.tokens_per_expert == hm.tokens_per_expert, boost::test_tools::per_element());
-  BOOST_TEST(dm.kept_per_expert == hm.kept_per_expert, boost::test_tools::per_element());
-  BOOST_TEST(dm.dropped == hm.dropped);
-  BOOST_TEST(dm.capacity.value_or(-1) == hm.capacity.value_or(-1));
-  BOOST_TEST(dm.sinkhorn_iterations == hm.sinkhorn_iterations);
-  check_loss(dm.aux_loss, hm.aux_loss, "aux_loss");
-  check_loss(dm.z_loss, hm.z_loss, "z_loss");
+      const sy::MoEMetrics& hm = fwd.metrics;
+      const sy::MoEMetrics& dm = dev.metrics;
+      BOOST_TEST(dm.tokens == hm.tokens);
+      BOOST_TEST(dm.tokens_per_expert == hm.tokens_per_expert, boost::test_tools::per_element());
+      BOOST_TEST(dm.kept_per_expert == hm.kept_per_expert, boost::test_tools::per_element());
+      BOOST_TEST(dm.dropped == hm.dropped);
+      BOOST_TEST(dm.capacity.value_or(-1) == hm.capacity.value_or(-1));
+      BOOST_TEST(dm.sinkhorn_iterations == hm.sinkhorn_iterations);
+      check_loss(dm.aux_loss, hm.aux_loss, "aux_loss");
+      check_loss(dm.z_loss, hm.z_loss, "z_loss");
 
-  check_close(dev.y, fwd.y, "y");
-  check_close(dev.dx, dx, "dx");
-  check_close(dev.grads.router_weight, grads.router_weight, "d router_weight");
-  check_close(dev.grads.fc1, grads.fc1, "d fc1");
-  check_close(dev.grads.fc2, grads.fc2, "d fc2");
-  check_close(dev.grads.fc1_bias, grads.fc1_bias, "d fc1_bias");
-  check_close(dev.grads.fc2_bias, grads.fc2_bias, "d fc2_bias");
+      check_close(dev.y, fwd.y, "y");
+      check_close(dev.dx, dx, "dx");
+      check_close(dev.grads.router_weight, grads.router_weight, "d router_weight");
+      check_close(dev.grads.fc1, grads.fc1, "d fc1");
+      check_close(dev.grads.fc2, grads.fc2, "d fc2");
+      check_close(dev.grads.fc1_bias, grads.fc1_bias, "d fc1_bias");
+      check_close(dev.grads.fc2_bias, grads.fc2_bias, "d fc2_bias");
+    }
 }
 
-BOOST_AUTO_TEST_CASE(device_layer_rejects_expert_parallelism) {
+BOOST_AUTO_TEST_CASE(device_layer_without_communicators_rejects_expert_parallelism) {
   sy::Config c = base(8, 2, true, sy::Activation::silu);
   c.expert_parallel_size = 2;
   const auto e = sy::test::device_layer_construct_error(c);
   BOOST_TEST(e.kind == "config_error");
-  BOOST_TEST(e.message.find("expert parallelism over NCCL is not built yet") != std::string::npos,
+  BOOST_TEST(e.message.find("expert_parallel_size: 2 needs the layer's communicators") !=
+                 std::string::npos,
              e.message);
 }
 

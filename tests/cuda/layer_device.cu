@@ -4,8 +4,12 @@
 #include <cmath>
 #include <exception>
 #include <limits>
+#include <stdexcept>
 
 #include <switchyard/layer/device_layer.cuh>
+#if defined(SWITCHYARD_HAS_NCCL)
+#include <switchyard/comm/nccl.cuh>
+#endif
 
 namespace switchyard::test {
 namespace {
@@ -40,6 +44,35 @@ device_layer_error catch_error(F&& f) {
   return {};
 }
 
+/// A framework's memory resource: cudaMallocAsync underneath, counting what it hands out.
+class counting_memory final : public device_memory_resource {
+ public:
+  void* allocate(std::size_t bytes, cudaStream_t stream) override {
+    ++allocations;
+    outstanding += static_cast<std::int64_t>(bytes);
+    return default_device_memory().allocate(bytes, stream);
+  }
+  void deallocate(void* p, std::size_t bytes, cudaStream_t stream) noexcept override {
+    outstanding -= static_cast<std::int64_t>(bytes);
+    default_device_memory().deallocate(p, bytes, stream);
+  }
+  std::int64_t allocations = 0, outstanding = 0;
+};
+
+#if defined(SWITCHYARD_HAS_NCCL)
+/// An ncclComm_t of one rank on device 0 (RAII), as a framework would own it.
+struct one_rank_nccl {
+  ncclComm_t raw = nullptr;
+  one_rank_nccl() {
+    int dev = 0;
+    SY_NCCL_TRY(ncclCommInitAll(&raw, 1, &dev));
+  }
+  one_rank_nccl(const one_rank_nccl&) = delete;
+  one_rank_nccl& operator=(const one_rank_nccl&) = delete;
+  ~one_rank_nccl() { (void)ncclCommDestroy(raw); }
+};
+#endif
+
 }  // namespace
 
 namespace {
@@ -57,6 +90,7 @@ device_layer_out run_layer(DeviceMoELayerCore& layer, cudaStream_t stream, std::
                     {.training = training, .seed = seed, .step = step, .global_aux = &global});
   DeviceMoEGrads grads = layer.make_grads(stream);
   const device_buffer<float> dx = layer.backward(fwd.saved, ddy.data(), stream, grads);
+  layer.reduce_gradients(grads, stream);  // over the groups (a no-op on one GPU)
   device_layer_out out;
   out.y = fwd.y.download(stream);
   out.dx = dx.download(stream);
@@ -68,12 +102,39 @@ device_layer_out run_layer(DeviceMoELayerCore& layer, cudaStream_t stream, std::
 }
 }  // namespace
 
+bool device_framework_mode_available() {
+#if defined(SWITCHYARD_HAS_NCCL)
+  return true;
+#else
+  return false;
+#endif
+}
+
 device_layer_out device_layer_run(const Config& cfg, std::uint64_t seed,
                                   const std::vector<float>& x, std::int64_t T,
-                                  const std::vector<float>& dy, bool training, std::uint32_t step) {
+                                  const std::vector<float>& dy, bool training, std::uint32_t step,
+                                  device_run_mode mode) {
   test_stream st;
-  auto layer = make_device_layer(cfg, st.s);
-  return run_layer(*layer, st.s, seed, x, T, dy, training, step);
+  if (mode == device_run_mode::plain) {
+    auto layer = make_device_layer(cfg, st.s);
+    return run_layer(*layer, st.s, seed, x, T, dy, training, step);
+  }
+#if defined(SWITCHYARD_HAS_NCCL)
+  counting_memory memory;
+  one_rank_nccl nccl;
+  NcclComm comm(nccl.raw, st.s);
+  device_layer_out out;
+  {
+    auto layer = make_device_layer(cfg, st.s, {.comms = {&comm, &comm, &comm}, .memory = &memory});
+    out = run_layer(*layer, st.s, seed, x, T, dy, training, step);
+  }
+  SY_CUDA_TRY(cudaStreamSynchronize(st.s));
+  out.allocations = memory.allocations;
+  out.bytes_outstanding = memory.outstanding;
+  return out;
+#else
+  throw std::logic_error("device_run_mode::framework needs NCCL");
+#endif
 }
 
 device_layer_out device_layer_run_compile_time(const Config& cfg, std::uint64_t seed,

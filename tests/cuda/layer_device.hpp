@@ -18,11 +18,23 @@ struct device_layer_out {
   MoEParams<float> params;  ///< the weights the layer ran with
   MoEGrads<float> grads;
   MoEMetrics metrics;
+  /// With framework resources: the allocations the layer made from the framework's memory
+  /// resource, and the bytes not given back once every returned buffer was destroyed.
+  std::int64_t allocations = 0, bytes_outstanding = 0;
 };
+
+/// plain: one GPU, default memory. framework: what a framework hands the layer, on one GPU:
+/// NCCL communicators of one rank (so the token exchange, the group sums and fail_together run)
+/// and its own memory resource (counting what the layer takes and gives back).
+enum class device_run_mode { plain, framework };
+
+/// Whether framework mode can run here (it needs NCCL).
+bool device_framework_mode_available();
 
 device_layer_out device_layer_run(const Config& cfg, std::uint64_t seed,
                                   const std::vector<float>& x, std::int64_t T,
-                                  const std::vector<float>& dy, bool training, std::uint32_t step);
+                                  const std::vector<float>& dy, bool training, std::uint32_t step,
+                                  device_run_mode mode = device_run_mode::plain);
 
 /// The same run through DeviceMoELayer<TopK<2, Softmax>, Capacity<DropByProbs>, GLU<SiLU>>
 /// (compile-time policies; cfg must select them), training, step 0.

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "switchyard/comm/communicator.hpp"
+#include "switchyard/comm/device_communicator.cuh"
 #include "switchyard/exec/cuda.cuh"
 
 namespace switchyard {
@@ -46,8 +47,9 @@ ncclDataType_t nccl_type() {
                                                                       __FILE__, __LINE__);  \
   } while (0)
 
-/// A process group over an existing ncclComm_t, on one CUDA stream.
-class NcclComm {
+/// A process group over an existing ncclComm_t. As a Communicator its collectives run on the
+/// stream it was made with; as the device layer's DeviceCommunicator, on each call's stream.
+class NcclComm final : public DeviceCommunicator {
  public:
   static constexpr bool device_memory = true;
 
@@ -55,10 +57,17 @@ class NcclComm {
     SY_NCCL_TRY(ncclCommUserRank(comm_, &rank_));
     SY_NCCL_TRY(ncclCommCount(comm_, &size_));
   }
-  int rank() const { return rank_; }
-  int size() const { return size_; }
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
   ncclComm_t native() const { return comm_; }
   cudaStream_t stream() const { return stream_; }
+  /// The same communicator, its collectives on `stream` (the layer runs them on each call's
+  /// stream).
+  NcclComm on(cudaStream_t stream) const {
+    NcclComm c = *this;
+    c.stream_ = stream;
+    return c;
+  }
 
   /// Device buffers; send_counts / recv_counts are host arrays, one per peer, in elements.
   template <class T>
@@ -111,6 +120,30 @@ class NcclComm {
                                 cudaMemcpyDeviceToHost, stream_));
     SY_CUDA_TRY(cudaFreeAsync(d, stream_));
     SY_CUDA_TRY(cudaStreamSynchronize(stream_));
+  }
+
+  // DeviceCommunicator: the same collectives on `stream`.
+  void all_to_all_v(const float* send, std::span<const std::int64_t> send_counts, float* recv,
+                    std::span<const std::int64_t> recv_counts, cudaStream_t stream) override {
+    on(stream).all_to_all_v(send, send_counts, recv, recv_counts);
+  }
+  void all_to_all_v(const std::int64_t* send, std::span<const std::int64_t> send_counts,
+                    std::int64_t* recv, std::span<const std::int64_t> recv_counts,
+                    cudaStream_t stream) override {
+    on(stream).all_to_all_v(send, send_counts, recv, recv_counts);
+  }
+  void all_reduce(float* data, std::int64_t n, ReduceOp op, cudaStream_t stream) override {
+    on(stream).all_reduce(data, n, op);
+  }
+  void all_reduce(double* data, std::int64_t n, ReduceOp op, cudaStream_t stream) override {
+    on(stream).all_reduce(data, n, op);
+  }
+  void all_reduce(std::int64_t* data, std::int64_t n, ReduceOp op, cudaStream_t stream) override {
+    on(stream).all_reduce(data, n, op);
+  }
+  void all_gather_host(const std::uint64_t* send, std::int64_t n, std::uint64_t* recv,
+                       cudaStream_t stream) override {
+    on(stream).all_gather_host(send, n, recv);
   }
 
  private:

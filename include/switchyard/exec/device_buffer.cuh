@@ -1,6 +1,7 @@
 #pragma once
-/// \file An owning buffer of device memory (RAII over cudaMalloc / cudaFree), for the owning
-/// conveniences of the device layer and for tests. nvcc only.
+/// \file An owning buffer of device memory: RAII over cudaMalloc / cudaFree (long-lived buffers:
+/// parameters, tests) or over a stream-ordered device_memory_resource (a call's buffers: the
+/// framework's allocator or cudaMallocAsync). nvcc only.
 
 #include <cuda_runtime.h>
 
@@ -10,6 +11,7 @@
 
 #include "switchyard/core/error.hpp"
 #include "switchyard/exec/cuda.cuh"
+#include "switchyard/exec/device_memory.cuh"
 
 namespace switchyard {
 
@@ -19,16 +21,29 @@ template <class T>
 class device_buffer {
  public:
   device_buffer() = default;
+  /// cudaMalloc (synchronous; freed with cudaFree, which waits for the device).
   explicit device_buffer(std::size_t n) : n_(n) {
     if (n_) SY_CUDA_TRY(cudaMalloc(reinterpret_cast<void**>(&p_), n_ * sizeof(T)));
   }
+  /// From `memory`, ordered on `stream`: usable by work queued on `stream` from now on, and
+  /// given back on `stream` when destroyed (work on other streams must be ordered after
+  /// `stream` by the caller, as with any stream-ordered allocation).
+  device_buffer(std::size_t n, device_memory_resource& memory, cudaStream_t stream)
+      : n_(n), memory_(&memory), stream_(stream) {
+    if (n_) p_ = static_cast<T*>(memory.allocate(n_ * sizeof(T), stream));
+  }
   device_buffer(device_buffer&& o) noexcept
-      : p_(std::exchange(o.p_, nullptr)), n_(std::exchange(o.n_, 0)) {}
+      : p_(std::exchange(o.p_, nullptr)),
+        n_(std::exchange(o.n_, 0)),
+        memory_(std::exchange(o.memory_, nullptr)),
+        stream_(o.stream_) {}
   device_buffer& operator=(device_buffer&& o) noexcept {
     if (this != &o) {
       release();
       p_ = std::exchange(o.p_, nullptr);
       n_ = std::exchange(o.n_, 0);
+      memory_ = std::exchange(o.memory_, nullptr);
+      stream_ = o.stream_;
     }
     return *this;
   }
@@ -66,12 +81,20 @@ class device_buffer {
 
  private:
   void release() noexcept {
-    if (p_) (void)cudaFree(p_);  // destruction must not throw
+    if (p_) {  // destruction must not throw
+      if (memory_)
+        memory_->deallocate(p_, n_ * sizeof(T), stream_);
+      else
+        (void)cudaFree(p_);
+    }
     p_ = nullptr;
     n_ = 0;
+    memory_ = nullptr;
   }
   T* p_ = nullptr;
   std::size_t n_ = 0;
+  device_memory_resource* memory_ = nullptr;  ///< null: cudaMalloc / cudaFree
+  cudaStream_t stream_ = nullptr;
 };
 
 }  // namespace switchyard

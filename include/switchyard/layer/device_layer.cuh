@@ -1,22 +1,27 @@
 #pragma once
-/// \file The MoE layer on one GPU (nvcc only), float32: the CUDA pieces chained as the host layer
+/// \file The MoE layer on GPUs (nvcc only), float32: the CUDA pieces chained as the host layer
 /// chains its host pieces (layer/moe_layer.hpp):
 ///
 ///   x [T,H] -> router linear -> logits -> TopK / Sinkhorn + losses -> device plan -> permute
-///     -> grouped experts (cuBLAS) -> combine weights -> unpermute -> y [T,H]
+///     -> (NCCL all_to_all_v over the EP group) -> grouped experts (cuBLAS)
+///     -> (reverse all_to_all_v) -> combine weights -> unpermute -> y [T,H]
+///
+/// On one GPU it needs nothing but a stream. Spread over GPUs it takes the framework's NCCL
+/// communicators (DeviceMoEComms: expert-parallel, dense data-parallel, expert data-parallel,
+/// each an NcclComm over an ncclComm_t the framework owns) and runs every collective on the
+/// stream of the call; the losses and counts are then the dense data-parallel group's, as on the
+/// host. Memory: every per-call buffer comes from a stream-ordered device_memory_resource (the
+/// framework's allocator, or cudaMallocAsync), so freeing never waits for the device.
 ///
 /// Everything stays in device memory except what the host must see: one explicit
-/// synchronisation per forward brings back the expert offsets [E+1] (cuBLAS takes the per-expert
-/// row counts on the host), the routed and kept counts, the loss values, the Sinkhorn iteration
-/// count and the two status words (NaN/Inf logits, an out-of-range expert). Backward copies
-/// nothing to the host.
+/// synchronisation per forward brings back the expert offsets (cuBLAS takes the per-expert row
+/// counts on the host, and NCCL the per-peer counts), the routed and kept counts, the loss
+/// values, the Sinkhorn iteration count and the two status words. With communicators, forward
+/// and backward also synchronise for fail_together (a bad input on one rank is an error on every
+/// rank, never a hang) and forward once more for the group's token count.
 ///
-/// Not built here: expert parallelism over NCCL (expert_parallel_size must be 1), data-parallel
-/// groups (the losses and counts are those of this GPU's tokens), tensor-parallel experts;
-/// bf16/fp16 storage (the kernels have it, this layer is float32). The device buffers are owned
-/// by the returned values (cudaMalloc per call), not carved from a caller's workspace yet; the
-/// cudaFree of a call's temporaries waits for the device, so forward and backward also block
-/// there until a two-phase workspace replaces them.
+/// Not built here: tensor-parallel experts; bf16/fp16 storage (the kernels have it, this layer
+/// is float32); CUDA-graph capture (forward synchronises).
 ///
 /// This code has been compiled (nvcc, sm_90a) but not yet run on a GPU.
 
@@ -30,6 +35,7 @@
 #include <utility>
 #include <vector>
 
+#include "switchyard/comm/device_communicator.cuh"
 #include "switchyard/config/validate.hpp"
 #include "switchyard/dispatch/dispatch_types.hpp"
 #include "switchyard/dispatch/permute.cuh"
@@ -37,8 +43,10 @@
 #include "switchyard/dispatch/renormalize.cuh"
 #include "switchyard/exec/cuda.cuh"
 #include "switchyard/exec/device_buffer.cuh"
+#include "switchyard/exec/device_memory.cuh"
 #include "switchyard/experts/expert_policy.hpp"
 #include "switchyard/layer/detail/device_hooks.cuh"
+#include "switchyard/layer/detail/exchange.hpp"
 #include "switchyard/layer/detail/initialize.hpp"
 #include "switchyard/layer/detail/metrics.hpp"
 #include "switchyard/layer/layer_types.hpp"
@@ -111,19 +119,48 @@ struct DeviceForwardOptions {
   DeviceGlobalAux* global_aux = nullptr;  ///< needed by global_aux_loss (count_sum [E] doubles)
 };
 
-/// Everything a device forward keeps for its backward (device memory, plus the host offsets).
+/// The device layer's process groups (each a DeviceCommunicator, e.g. an NcclComm over the
+/// framework's ncclComm_t; not owned: they must outlive the layer). The three groups are those
+/// of the host layer (MoEComms, parallelism.md). All null: one GPU, which needs
+/// expert_parallel_size and the data-parallel size to be 1. With them, every collective runs on
+/// the stream of the layer call.
+struct DeviceMoEComms {
+  DeviceCommunicator* expert_parallel = nullptr;       ///< the token exchange (EP ranks)
+  DeviceCommunicator* dense_data_parallel = nullptr;   ///< losses, counts, router grads (DP·EP)
+  DeviceCommunicator* expert_data_parallel = nullptr;  ///< expert grads (DP ranks)
+  bool any() const { return expert_parallel || dense_data_parallel || expert_data_parallel; }
+};
+
+/// What a device layer takes from the framework besides its config.
+struct DeviceLayerResources {
+  DeviceMoEComms comms;
+  /// Where every per-call buffer (the saved state, y, dx, temporaries) comes from, ordered on
+  /// the call's stream; null: cudaMallocAsync on the current device's pool. It must outlive the
+  /// layer and every buffer the layer returned. Parameters and gradients use cudaMalloc.
+  device_memory_resource* memory = nullptr;
+};
+
+/// Everything a device forward keeps for its backward (device memory, plus host counts).
 struct DeviceMoESaved {
   index_t tokens = 0;
+  cudaStream_t stream = nullptr;  ///< the forward's stream: backward must run on it
   device_buffer<float> x;         ///< layer input [T][H]
   device_buffer<float> x_router;  ///< router input with jitter [T][H]; empty without it
   device_buffer<float> logits;    ///< [T][E]
   device_buffer<std::int32_t> topk_indices;
   device_buffer<float> topk_probs;  ///< [T][k]
   device_buffer<float> weights;     ///< combine weights [T][k] with renormalize_kept, else empty
+  device_buffer<std::int32_t> slots;  ///< routes relabelled to placement slots; empty: = experts
   device_buffer<std::byte> loss_workspace, plan_workspace;
-  DevicePlan plan;                         ///< pointers into plan_workspace
-  std::vector<index_t> offsets;            ///< host copy of plan.expert_offsets [E+1]
-  device_buffer<float> rows_in, rows_out;  ///< expert inputs and outputs [R][H]
+  double loss_tokens = -1;       ///< the z-loss's token count (the group's); negative: tokens
+  DevicePlan plan;               ///< over slots; pointers into plan_workspace
+  std::vector<index_t> offsets;  ///< host copy of plan.expert_offsets [E+1]: plan-order rows
+  /// With an expert-parallel communicator: rows per block [peer][local expert] both ways.
+  bool exchanged = false;
+  std::vector<std::int64_t> send_rows, recv_rows;
+  std::vector<index_t> expert_offsets;  ///< [E_local + 1] over the expert-major rows
+  device_buffer<float> rows_in;         ///< expert inputs, expert-major at this GPU's experts
+  device_buffer<float> rows_out;        ///< expert outputs in plan order [R][H]
   device_buffer<std::byte> expert_workspace;
   expert_options expert_opts;
   bool used = false;
@@ -131,6 +168,9 @@ struct DeviceMoESaved {
   const float* router_input() const { return x_router.empty() ? x.data() : x_router.data(); }
   /// The combine weights unpermute used: the router's probs unless renormalised.
   const float* combine() const { return weights.empty() ? topk_probs.data() : weights.data(); }
+  const std::int32_t* plan_routes() const {
+    return slots.empty() ? topk_indices.data() : slots.data();
+  }
 };
 
 /// What a device forward returns.
@@ -156,18 +196,39 @@ struct accumulate_body {
   float* acc;
   SY_DEVICE void operator()(index_t i) const { acc[i] += g[i]; }
 };
+/// Route i's expert -> its placement slot (ids outside [0, E) pass through for the plan to
+/// report).
+struct expert_to_slot_body {
+  const std::int32_t* slot_of;
+  std::int32_t E;
+  const std::int32_t* expert;
+  std::int32_t* slot;
+  SY_DEVICE void operator()(index_t i) const {
+    const std::int32_t e = expert[i];
+    slot[i] = e >= 0 && e < E ? slot_of[e] : e;
+  }
+};
+/// rows[i] = offsets[i + 1] - offsets[i].
+struct offsets_to_rows_body {
+  const std::int64_t* offsets;
+  std::int64_t* rows;
+  SY_DEVICE void operator()(index_t i) const { rows[i] = offsets[i + 1] - offsets[i]; }
+};
 }  // namespace kernels
 
 /// The device layer body, independent of the policy types (they come in through the device
 /// hooks). Use it through DeviceMoELayer<Router, Dispatcher, Expert> or make_device_layer().
 class DeviceMoELayerCore {
  public:
-  /// Throws config_error for what one GPU cannot run yet (expert_parallel_size, data- or
-  /// tensor-parallel sizes other than 1). `stream` is used for the set-up copies.
+  /// Throws config_error for a config these resources cannot run (see check_supported).
+  /// `stream` is used for the set-up copies. Collective over the dense data-parallel group
+  /// (the ranks compare their configs).
   DeviceMoELayerCore(const Config& cfg, std::unique_ptr<detail::device_router_hooks> router,
                      std::unique_ptr<detail::device_expert_hooks> experts,
-                     cudaStream_t stream = nullptr)
-      : cfg_((check_supported(cfg), cfg)),
+                     cudaStream_t stream = nullptr, DeviceLayerResources resources = {})
+      : cfg_((check_supported(cfg, resources.comms), cfg)),
+        comms_(resources.comms),
+        memory_(resources.memory ? resources.memory : &default_device_memory()),
         placement_(cfg_),
         router_(std::move(router)),
         experts_(std::move(experts)) {
@@ -175,32 +236,59 @@ class DeviceMoELayerCore {
       throw config_error(
           detail::concat("num_experts_per_token: the config has k = ", cfg_.num_experts_per_token,
                          " but the router has k = ", router_->k()));
-    params_ =
-        DeviceMoEParams(cfg_.num_experts, cfg_.num_experts, cfg_.hidden_size, cfg_.ffn_hidden_size,
-                        experts_->fc1_multiplier(), cfg_.add_bias_linear, stream);
+    params_ = DeviceMoEParams(cfg_.num_experts, placement_.local_experts(), cfg_.hidden_size,
+                              cfg_.ffn_hidden_size, experts_->fc1_multiplier(),
+                              cfg_.add_bias_linear, stream);
+    if (comms_.expert_parallel) {
+      std::vector<std::int32_t> slot_of(static_cast<std::size_t>(cfg_.num_experts));
+      for (std::size_t e = 0; e < slot_of.size(); ++e)
+        slot_of[e] = static_cast<std::int32_t>(placement_.slot(static_cast<std::int64_t>(e)));
+      slot_of_ = device_buffer<std::int32_t>(slot_of.size());
+      slot_of_.upload(slot_of.data(), stream);
+    }
     SY_CUDA_TRY(cudaStreamSynchronize(stream));
+    if (comms_.any())
+      detail::require_agreement(comms_.dense_data_parallel->rank(),
+                                comms_.dense_data_parallel->size(),
+                                detail::host_gather_of(*comms_.dense_data_parallel, stream),
+                                detail::config_fingerprint(cfg_), "layer config");
   }
 
-  /// Throws config_error unless one GPU runs this config (see the class comment).
-  static void check_supported(const Config& c) {
+  /// Throws config_error unless these communicators run this config: tensor_parallel_size must
+  /// be 1; without communicators expert_parallel_size and the data-parallel size must be 1; with
+  /// them all three are needed, with the sizes of the config's layout.
+  static void check_supported(const Config& c, const DeviceMoEComms& comms = {}) {
     require_valid(c);
-    if (c.expert_parallel_size != 1)
-      throw config_error(detail::concat(
-          "expert_parallel_size: ", c.expert_parallel_size,
-          " (the CUDA layer runs on one GPU: expert parallelism over NCCL is not built yet; use 1 "
-          "or the host layer under mpirun)"));
     if (c.tensor_parallel_size != 1)
       throw config_error(detail::concat(
           "tensor_parallel_size: ", c.tensor_parallel_size,
           " (the MoE layer does not split experts over tensor-parallel ranks yet: use 1)"));
-    if (c.dp() != 1)
-      throw config_error(detail::concat(
-          "data_parallel_size: ", c.dp(),
-          " (the CUDA layer has no data-parallel communicator yet: its losses and counts are one "
-          "GPU's; use 1 or the host layer under mpirun)"));
+    if (!comms.any()) {
+      if (c.expert_parallel_size != 1)
+        throw config_error(detail::concat(
+            "expert_parallel_size: ", c.expert_parallel_size,
+            " needs the layer's communicators (DeviceMoEComms, e.g. NcclComm over the "
+            "framework's ncclComm_t); without them the CUDA layer runs on one GPU: use 1"));
+      if (c.dp() != 1)
+        throw config_error(detail::concat(
+            "data_parallel_size: ", c.dp(),
+            " needs the layer's communicators (DeviceMoEComms): without them the losses and "
+            "counts would be one GPU's, not the group's; use 1"));
+      return;
+    }
+    if (!comms.expert_parallel || !comms.dense_data_parallel || !comms.expert_data_parallel)
+      throw config_error(
+          "DeviceMoEComms: give all three communicators (expert_parallel, dense_data_parallel, "
+          "expert_data_parallel) or none (one GPU)");
+    const std::int64_t ep = c.expert_parallel_size, dense = c.dp() * ep;
+    detail::check_comm_size(*comms.expert_parallel, ep, "expert-parallel");
+    detail::check_comm_size(*comms.dense_data_parallel, dense, "dense data-parallel");
+    detail::check_comm_size(*comms.expert_data_parallel, dense / ep, "expert-data-parallel");
   }
 
   const Config& config() const { return cfg_; }
+  const ExpertPlacementMap& placement() const { return placement_; }
+  int ep_rank() const { return comms_.expert_parallel ? comms_.expert_parallel->rank() : 0; }
   DeviceMoEParams& params() { return params_; }
   const DeviceMoEParams& params() const { return params_; }
   /// Zero gradients with this layer's shapes (backward ACCUMULATES into them).
@@ -211,10 +299,10 @@ class DeviceMoELayerCore {
   }
   /// Host parameters with this layer's shapes (zero): for set_params / get_params.
   MoEParams<float> host_params() const { return params_.host_zeros(); }
-  /// The host layer's initialisation for the same seed (drawn on the host, then copied).
+  /// The host layer's initialisation for the same seed and EP rank (drawn on the host, copied).
   void initialize(std::uint64_t seed, cudaStream_t stream) {
     MoEParams<float> h = host_params();
-    detail::initialize_params(h, cfg_, placement_, 0, *experts_->host(), seed);
+    detail::initialize_params(h, cfg_, placement_, ep_rank(), *experts_->host(), seed);
     params_.upload(h, stream);
   }
   void set_params(const MoEParams<float>& h, cudaStream_t stream) { params_.upload(h, stream); }
@@ -224,147 +312,282 @@ class DeviceMoELayerCore {
     return h;
   }
 
-  /// y = MoE(x) for x [T][H] in device memory, on `stream`. Synchronises once (see the file
-  /// comment); throws numeric_error naming the first token whose router logits are not finite.
+  /// y = MoE(x) for x [T][H] in device memory, on `stream` (T may be 0 on some ranks: every rank
+  /// joins every collective). Throws numeric_error naming the first token whose router logits
+  /// are not finite (with communicators: on that rank; comm_error naming it on the others).
   DeviceMoEForward forward(const float* x, index_t T, cudaStream_t stream,
                            const DeviceForwardOptions& opt = {}) {
     const exec::Cuda cuda{stream};
     const index_t H = cfg_.hidden_size, E = cfg_.num_experts;
     const int k = router_->k();
     const LossParams& lp = router_->losses();
-    for (const BalanceLoss& bl : lp.balance)
-      if (bl.type == LoadBalancingType::global_aux_loss)
-        SY_EXPECTS(opt.global_aux && opt.global_aux->count_sum,
-                   "global_aux_loss needs a DeviceGlobalAux accumulator in DeviceForwardOptions");
     DeviceMoEForward out;
     DeviceMoESaved& s = out.saved;
     s.tokens = T;
+    s.stream = stream;
+    s.exchanged = comms_.expert_parallel != nullptr;
     const auto TH = static_cast<std::size_t>(T * H), Tk = static_cast<std::size_t>(T * k);
-    // Sizes first: a bad token count (seq_aux_loss) fails before any launch.
-    s.loss_workspace = device_buffer<std::byte>(router_->loss_workspace_bytes(T));
-    const DispatchOptions dopt = dispatch_options(cfg_, T);
-    s.plan_workspace = device_buffer<std::byte>(plan_workspace_bytes<float>(cuda, T, k, dopt));
+    DispatchOptions dopt;
+    // The local stage: sizes first (a bad token count for seq_aux_loss fails before any launch).
+    std::exception_ptr failed;
+    try {
+      SY_EXPECTS(T >= 0 && (T == 0 || x), detail::concat("DeviceMoELayer::forward: x is null "
+                                                         "or T is negative (T = ",
+                                                         T, ")"));
+      for (const BalanceLoss& bl : lp.balance)
+        if (bl.type == LoadBalancingType::global_aux_loss)
+          SY_EXPECTS(opt.global_aux && opt.global_aux->count_sum,
+                     "global_aux_loss needs a DeviceGlobalAux accumulator in "
+                     "DeviceForwardOptions");
+      s.loss_workspace = alloc<std::byte>(router_->loss_workspace_bytes(T), stream);
+      dopt = dispatch_options(cfg_, T);
+      if (dopt.capacity && placement_.ep() > 1) dopt.pad_to_capacity = true;  // fixed blocks
+      s.plan_workspace = alloc<std::byte>(plan_workspace_bytes<float>(cuda, T, k, dopt), stream);
+    } catch (...) {
+      failed = std::current_exception();
+    }
+    fail_together(failed, stream, "DeviceMoELayer::forward");
 
-    s.x = device_buffer<float>(TH);
+    // The group's tokens and sequences (the losses' denominators, REFERENCE §5).
+    DeviceLossGroup group;
+    if (comms_.any()) {
+      DeviceCommunicator& dense = *comms_.dense_data_parallel;
+      std::vector<std::uint64_t> all(static_cast<std::size_t>(dense.size()));
+      const auto mine = static_cast<std::uint64_t>(T);
+      dense.all_gather_host(&mine, 1, all.data(), stream);
+      for (const std::uint64_t t : all) {
+        group.tokens += static_cast<double>(t);
+        if (lp.sequence_length > 0)
+          group.sequences += static_cast<double>(static_cast<index_t>(t) / lp.sequence_length);
+      }
+      group.sum = [&dense, stream](double* v, std::int64_t n) {
+        dense.all_reduce(v, n, ReduceOp::sum, stream);
+      };
+      s.loss_tokens = group.tokens;
+    }
+
+    s.x = alloc<float>(TH, stream);
     s.x.copy_from_device(x, stream);
     if (opt.training && cfg_.input_jitter_eps) {
-      s.x_router = device_buffer<float>(TH);
+      s.x_router = alloc<float>(TH, stream);
       s.x_router.copy_from_device(x, stream);
+      const auto first = static_cast<std::uint32_t>(
+          comms_.any() ? comms_.dense_data_parallel->rank() * T : 0);  // as the host layer
       apply_input_jitter<float>(cuda, matrix_view<float>(s.x_router.data(), T, H),
-                                JitterParams{*cfg_.input_jitter_eps, opt.seed, opt.step, 0});
+                                JitterParams{*cfg_.input_jitter_eps, opt.seed, opt.step, first});
     }
-    s.logits = device_buffer<float>(static_cast<std::size_t>(T * E));
+    s.logits = alloc<float>(static_cast<std::size_t>(T * E), stream);
     router_linear_forward<float>(cuda, matrix_view<const float>(s.router_input(), T, H),
                                  params_.router(), nullptr,
                                  matrix_view<float>(s.logits.data(), T, E));
 
     // Route: indices and weights, the status word (NaN/Inf logits), the Sinkhorn iteration count
     // and the loss values, all on the device.
-    device_buffer<unsigned long long> status(1);
+    device_buffer<unsigned long long> status = alloc<unsigned long long>(1, stream);
     reset_routing_status(cuda, status.data());
-    device_buffer<int> iterations(1);
-    device_buffer<double> loss_values(lp.balance.size() + 1);
-    device_buffer<std::byte> scratch(router_->scratch_bytes(T, opt.training));
-    s.topk_indices = device_buffer<std::int32_t>(Tk);
-    s.topk_probs = device_buffer<float>(Tk);
+    // The router writes an int into the low bytes of a zeroed int64 (little-endian, as every
+    // CUDA host), which the group reduces with max.
+    device_buffer<std::int64_t> iterations = alloc<std::int64_t>(1, stream);
+    SY_CUDA_TRY(cudaMemsetAsync(iterations.data(), 0, sizeof(std::int64_t), stream));
+    device_buffer<double> loss_values = alloc<double>(lp.balance.size() + 1, stream);
+    device_buffer<std::byte> scratch =
+        alloc<std::byte>(router_->scratch_bytes(T, opt.training), stream);
+    s.topk_indices = alloc<std::int32_t>(Tk, stream);
+    s.topk_probs = alloc<float>(Tk, stream);
     const matrix_view<const float> logits(s.logits.data(), T, E);
-    router_->forward(cuda, {logits, opt.training, scratch.data(), s.topk_indices.data(),
-                            s.topk_probs.data(), iterations.data(), status.data(),
-                            s.loss_workspace.data(), loss_values.data(), opt.global_aux});
+    router_->forward(
+        cuda, {logits, opt.training, scratch.data(), s.topk_indices.data(), s.topk_probs.data(),
+               reinterpret_cast<int*>(iterations.data()), status.data(), s.loss_workspace.data(),
+               loss_values.data(), opt.global_aux, comms_.any() ? &group : nullptr});
 
-    // Plan over experts (one rank: slot = expert).
-    s.plan = build_plan<float>(cuda, dopt, s.topk_indices.data(), s.topk_probs.data(), T, k,
+    // Plan over placement slots, so the rows of each EP rank are contiguous.
+    if (!slot_of_.empty()) {
+      s.slots = alloc<std::int32_t>(Tk, stream);
+      kernels::launch_per_token(
+          kernels::expert_to_slot_body{slot_of_.data(), static_cast<std::int32_t>(E),
+                                       s.topk_indices.data(), s.slots.data()},
+          T * k, stream);
+    }
+    s.plan = build_plan<float>(cuda, dopt, s.plan_routes(), s.topk_probs.data(), T, k,
                                s.plan_workspace.data(), s.plan_workspace.size());
 
-    // The one synchronisation: offsets for cuBLAS, counts and losses for the metrics, statuses.
-    std::vector<std::int64_t> routed(static_cast<std::size_t>(E)), kept(routed.size());
+    // Counts on the device before the one synchronisation: rows per slot (and, dropless over
+    // EP ranks, what every peer sends here), and the metrics summed over the dense group.
+    const std::int64_t ep = placement_.ep(), El = placement_.local_experts();
+    device_buffer<std::int64_t> counts =
+        alloc<std::int64_t>(static_cast<std::size_t>(4 * E), stream);
+    std::int64_t* const routed_d = counts.data();
+    std::int64_t* const kept_d = counts.data() + E;
+    std::int64_t* const send_d = counts.data() + 2 * E;
+    std::int64_t* const recv_d = counts.data() + 3 * E;
+    SY_CUDA_TRY(cudaMemcpyAsync(routed_d, s.plan.routed_per_expert, sizeof(std::int64_t) * E,
+                                cudaMemcpyDeviceToDevice, stream));
+    SY_CUDA_TRY(cudaMemcpyAsync(kept_d, s.plan.kept_per_expert, sizeof(std::int64_t) * E,
+                                cudaMemcpyDeviceToDevice, stream));
+    // Padded capacity blocks (EP > 1) hold C rows each way: no count exchange.
+    if (s.exchanged && !s.plan.padded) {
+      kernels::launch_per_token(kernels::offsets_to_rows_body{s.plan.expert_offsets, send_d}, E,
+                                stream);
+      const std::vector<std::int64_t> per_peer(static_cast<std::size_t>(ep), El);
+      comms_.expert_parallel->all_to_all_v(send_d, per_peer, recv_d, per_peer, stream);
+    }
+    if (comms_.any()) {
+      DeviceCommunicator& dense = *comms_.dense_data_parallel;
+      dense.all_reduce(counts.data(), 2 * E, ReduceOp::sum, stream);
+      dense.all_reduce(loss_values.data(), static_cast<std::int64_t>(loss_values.size()),
+                       ReduceOp::sum, stream);
+      dense.all_reduce(iterations.data(), 1, ReduceOp::max, stream);
+    }
+
+    // The one synchronisation: offsets for cuBLAS and NCCL, counts and losses for the metrics,
+    // statuses.
+    std::vector<std::int64_t> host_counts(static_cast<std::size_t>(4 * E));
     s.offsets.assign(static_cast<std::size_t>(E) + 1, 0);
     std::vector<double> values(loss_values.size());
     unsigned long long route_status = routing_status_ok;
-    int plan_status = 0, iters = 0;
+    int plan_status = 0;
+    std::int64_t iters = 0;
     const auto d2h = [&](void* dst, const void* src, std::size_t bytes) {
       if (bytes) SY_CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream));
     };
     d2h(s.offsets.data(), s.plan.expert_offsets, s.offsets.size() * sizeof(std::int64_t));
-    d2h(routed.data(), s.plan.routed_per_expert, routed.size() * sizeof(std::int64_t));
-    d2h(kept.data(), s.plan.kept_per_expert, kept.size() * sizeof(std::int64_t));
+    d2h(host_counts.data(), counts.data(), host_counts.size() * sizeof(std::int64_t));
     d2h(values.data(), loss_values.data(), values.size() * sizeof(double));
     d2h(&route_status, status.data(), sizeof(route_status));
     d2h(&plan_status, s.plan.status, sizeof(plan_status));
     d2h(&iters, iterations.data(), sizeof(iters));
     SY_CUDA_TRY(cudaStreamSynchronize(stream));
-    throw_if_routing_failed(route_status);
-    throw_if_plan_failed(plan_status, s.plan);
+    try {
+      throw_if_routing_failed(route_status);
+      throw_if_plan_failed(plan_status, s.plan);
+    } catch (...) {
+      failed = std::current_exception();
+    }
+    fail_together(failed, stream, "DeviceMoELayer::forward");
 
-    // Experts over the kept rows, expert-major.
+    // Experts over the kept rows: here, or at their EP ranks and back.
     const index_t R = s.offsets.back();
-    s.rows_in = device_buffer<float>(static_cast<std::size_t>(R * H));
-    permute(cuda, s.plan, s.x.data(), H, s.rows_in.data());
-    s.rows_out = device_buffer<float>(static_cast<std::size_t>(R * H));
+    device_buffer<float> rows = alloc<float>(static_cast<std::size_t>(R * H), stream);
+    permute(cuda, s.plan, s.x.data(), H, rows.data());
     s.expert_opts.dropout = expert_dropout{cfg_.expert_dropout, opt.seed, opt.step, opt.training};
+    if (s.exchanged) {
+      s.send_rows.assign(static_cast<std::size_t>(E), 0);
+      for (std::size_t slot = 0; slot < s.send_rows.size(); ++slot)
+        s.send_rows[slot] = s.offsets[slot + 1] - s.offsets[slot];
+      if (s.plan.padded)
+        s.recv_rows.assign(static_cast<std::size_t>(E), s.plan.capacity);
+      else
+        s.recv_rows.assign(host_counts.begin() + 3 * E, host_counts.end());
+      s.expert_offsets = detail::exchange_expert_offsets(s.recv_rows, ep, El);
+      const std::int64_t self = comms_.expert_parallel->rank();
+      for (std::int64_t p = 0; p < ep; ++p)
+        if (p != self)
+          for (std::int64_t le = 0; le < El; ++le) {
+            const auto b = static_cast<std::size_t>(p * El + le);
+            out.metrics.bytes_sent += static_cast<std::int64_t>(sizeof(float)) * s.send_rows[b] * H;
+            out.metrics.bytes_received +=
+                static_cast<std::int64_t>(sizeof(float)) * s.recv_rows[b] * H;
+          }
+      s.rows_in = to_experts(s, rows.data(), stream);
+      rows = {};
+    } else {
+      s.expert_offsets = s.offsets;
+      s.rows_in = std::move(rows);
+    }
+    const index_t Re = s.expert_offsets.back();
+    device_buffer<float> expert_out = alloc<float>(static_cast<std::size_t>(Re * H), stream);
     const expert_shape shape = expert_shape_of();
-    s.expert_workspace = device_buffer<std::byte>(experts_->workspace_bytes(shape, R));
+    s.expert_workspace = alloc<std::byte>(experts_->workspace_bytes(shape, Re), stream);
     experts_->forward(cuda, res_, shape, std::as_const(params_).experts(),
-                      matrix_view<const float>(s.rows_in.data(), R, H), s.offsets,
-                      matrix_view<float>(s.rows_out.data(), R, H),
+                      matrix_view<const float>(s.rows_in.data(), Re, H), s.expert_offsets,
+                      matrix_view<float>(expert_out.data(), Re, H),
                       std::span<std::byte>(s.expert_workspace.data(), s.expert_workspace.size()),
                       s.expert_opts);
+    s.rows_out = s.exchanged ? from_experts(s, expert_out.data(), stream) : std::move(expert_out);
 
     // Combine: y[t] = Σ_j w[t,j]·out[t,j]; w = prob unless DeepSpeed renormalises the kept ones.
     if (s.plan.renormalize_kept) {
-      s.weights = device_buffer<float>(Tk);
+      s.weights = alloc<float>(Tk, stream);
       combine_weights(cuda, s.plan, s.topk_probs.data(), s.weights.data());
     }
-    out.y = device_buffer<float>(TH);
+    out.y = alloc<float>(TH, stream);
     unpermute(cuda, s.plan, s.rows_out.data(), s.combine(), H, out.y.data());
 
+    // Metrics per global expert (the counts are per slot), of the group with communicators.
+    std::vector<std::int64_t> routed(static_cast<std::size_t>(E)), kept(routed.size());
+    for (std::int64_t slot = 0; slot < E; ++slot) {
+      const auto e = static_cast<std::size_t>(placement_.expert_of_slot(slot));
+      routed[e] = host_counts[static_cast<std::size_t>(slot)];
+      kept[e] = host_counts[static_cast<std::size_t>(E + slot)];
+    }
     double aux = 0.0;
     for (std::size_t i = 0; i < lp.balance.size(); ++i) aux += values[i];
-    detail::set_metrics(out.metrics, std::move(routed), std::move(kept), T, lp, aux, values.back(),
-                        iters, dopt.capacity);
+    const std::int64_t group_tokens =
+        comms_.any() ? static_cast<std::int64_t>(group.tokens) : static_cast<std::int64_t>(T);
+    detail::set_metrics(out.metrics, std::move(routed), std::move(kept), group_tokens, lp, aux,
+                        values.back(), static_cast<int>(iters), dopt.capacity);
     return out;
   }
 
-  /// dx [T][H] (device) for dy [T][H] (device) on `stream`; ADDS the router and expert gradients
-  /// into `grads`. Consumes `s` (its expert buffers are released as backward goes).
+  /// dx [T][H] (device) for dy [T][H] (device) on the forward's stream; ADDS the router and
+  /// expert gradients into `grads`. Consumes `s` (its expert buffers are released as backward
+  /// goes).
   device_buffer<float> backward(DeviceMoESaved& s, const float* dy, cudaStream_t stream,
                                 DeviceMoEGrads& grads) {
-    SY_EXPECTS(!s.used,
-               "DeviceMoELayer::backward: this forward's saved state was already consumed");
-    s.used = true;
+    std::exception_ptr failed;
+    try {
+      SY_EXPECTS(!s.used,
+                 "DeviceMoELayer::backward: this forward's saved state was already consumed");
+      SY_EXPECTS(stream == s.stream,
+                 "DeviceMoELayer::backward: run it on the stream of its forward (the saved "
+                 "buffers are ordered on that stream)");
+      SY_EXPECTS(s.tokens == 0 || dy, "DeviceMoELayer::backward: dy is null");
+      s.used = true;
+    } catch (...) {
+      failed = std::current_exception();
+    }
+    fail_together(failed, stream, "DeviceMoELayer::backward");
     const exec::Cuda cuda{stream};
     const index_t T = s.tokens, H = cfg_.hidden_size, E = cfg_.num_experts;
     const int k = router_->k();
-    const index_t R = s.offsets.back();
+    const index_t R = s.offsets.back(), Re = s.expert_offsets.back();
     const auto Tk = static_cast<std::size_t>(T * k), TH = static_cast<std::size_t>(T * H);
 
-    device_buffer<float> d_rows(static_cast<std::size_t>(R * H)), d_weight(Tk);
+    device_buffer<float> d_rows = alloc<float>(static_cast<std::size_t>(R * H), stream);
+    device_buffer<float> d_weight = alloc<float>(Tk, stream);
     unpermute_backward(cuda, s.plan, s.rows_out.data(), s.combine(), dy, H, d_rows.data(),
                        d_weight.data());
     device_buffer<float> d_prob;
     if (s.plan.renormalize_kept) {
-      d_prob = device_buffer<float>(Tk);
+      d_prob = alloc<float>(Tk, stream);
       combine_weights_backward(cuda, s.plan, s.topk_probs.data(), d_weight.data(), d_prob.data());
     } else {
       d_prob = std::move(d_weight);  // unpermute_backward already gives 0 for dropped routes
     }
     s.rows_out = {};
 
-    device_buffer<float> d_in(static_cast<std::size_t>(R * H));
+    // Experts: the output gradients travel to the experts and the input gradients back.
+    if (s.exchanged) d_rows = to_experts(s, d_rows.data(), stream);
+    device_buffer<float> d_in = alloc<float>(static_cast<std::size_t>(Re * H), stream);
     experts_->backward(cuda, res_, expert_shape_of(), std::as_const(params_).experts(),
-                       matrix_view<const float>(s.rows_in.data(), R, H), s.offsets,
-                       matrix_view<const float>(d_rows.data(), R, H),
-                       matrix_view<float>(d_in.data(), R, H), grads.experts(),
+                       matrix_view<const float>(s.rows_in.data(), Re, H), s.expert_offsets,
+                       matrix_view<const float>(d_rows.data(), Re, H),
+                       matrix_view<float>(d_in.data(), Re, H), grads.experts(),
                        std::span<std::byte>(s.expert_workspace.data(), s.expert_workspace.size()),
                        s.expert_opts);
-    device_buffer<float> dx(TH);
+    d_rows = {};
+    s.rows_in = {};
+    s.expert_workspace = {};
+    if (s.exchanged) d_in = from_experts(s, d_in.data(), stream);
+    device_buffer<float> dx = alloc<float>(TH, stream);
     permute_backward(cuda, s.plan, d_in.data(), H, dx.data());
 
     // Router: d prob -> d logits (with the losses) -> dx, dW_r.
-    device_buffer<float> dlogits(static_cast<std::size_t>(T * E));
+    device_buffer<float> dlogits = alloc<float>(static_cast<std::size_t>(T * E), stream);
     router_->backward(cuda, matrix_view<const float>(s.logits.data(), T, E), s.topk_indices.data(),
-                      d_prob.data(), dlogits.data(), s.loss_workspace.data());
-    device_buffer<float> dx_router(TH), dw(static_cast<std::size_t>(E * H));
+                      d_prob.data(), dlogits.data(), s.loss_workspace.data(), s.loss_tokens);
+    device_buffer<float> dx_router = alloc<float>(TH, stream);
+    device_buffer<float> dw = alloc<float>(static_cast<std::size_t>(E * H), stream);
     router_linear_backward<float>(cuda, matrix_view<const float>(s.router_input(), T, H),
                                   params_.router(), matrix_view<const float>(dlogits.data(), T, E),
                                   matrix_view<float>(dx_router.data(), T, H),
@@ -376,9 +599,23 @@ class DeviceMoELayerCore {
         T * H, stream);
     kernels::launch_per_token(kernels::accumulate_body{dw.data(), grads.router_weight.data()},
                               E * H, stream);
-    // The temporaries above are freed by cudaFree, which waits for the device: they are not
-    // released while the kernels that read them are still queued.
+    // The temporaries go back to the memory resource ordered on `stream`: after the kernels
+    // above that read them.
     return dx;
+  }
+
+  /// Sums gradients over their groups (once per optimizer step, after the last micro-batch):
+  /// the router's over the dense data-parallel group, the experts' over the expert-data-parallel
+  /// group, on `stream`. Nothing to do on one GPU. Collective.
+  void reduce_gradients(DeviceMoEGrads& g, cudaStream_t stream) {
+    if (!comms_.any()) return;
+    comms_.dense_data_parallel->all_reduce(g.router_weight.data(),
+                                           static_cast<std::int64_t>(g.router_weight.size()),
+                                           ReduceOp::sum, stream);
+    for (device_buffer<float>* v : {&g.fc1, &g.fc2, &g.fc1_bias, &g.fc2_bias})
+      if (!v->empty())
+        comms_.expert_data_parallel->all_reduce(v->data(), static_cast<std::int64_t>(v->size()),
+                                                ReduceOp::sum, stream);
   }
 
   /// Aux-loss-free balancing (REFERENCE §5) from the kept_per_expert of a global batch.
@@ -389,14 +626,77 @@ class DeviceMoELayerCore {
 
  private:
   expert_shape expert_shape_of() const {
-    return {cfg_.num_experts, cfg_.hidden_size, cfg_.ffn_hidden_size, cfg_.add_bias_linear};
+    return {placement_.local_experts(), cfg_.hidden_size, cfg_.ffn_hidden_size,
+            cfg_.add_bias_linear};
+  }
+
+  template <class U>
+  device_buffer<U> alloc(std::size_t n, cudaStream_t stream) const {
+    return device_buffer<U>(n, *memory_, stream);
+  }
+
+  // With communicators, fail_together over the dense group (synchronises); else rethrows.
+  void fail_together(const std::exception_ptr& failed, cudaStream_t stream, const char* where) {
+    if (comms_.any()) {
+      DeviceCommunicator& dense = *comms_.dense_data_parallel;
+      detail::fail_together(dense.rank(), dense.size(), detail::host_gather_of(dense, stream),
+                            failed, where);
+    } else if (failed) {
+      std::rethrow_exception(failed);
+    }
+  }
+
+  // Copies blocks of s.recv_rows rows between source-major and expert-major order.
+  void reorder_blocks(const DeviceMoESaved& s, const float* in, float* out, bool to_expert_major,
+                      cudaStream_t stream) const {
+    const std::int64_t ep = placement_.ep(), El = placement_.local_experts();
+    const index_t H = cfg_.hidden_size;
+    const detail::block_offsets o = detail::exchange_block_offsets(s.recv_rows, ep, El);
+    for (std::size_t b = 0; b < s.recv_rows.size(); ++b) {
+      if (s.recv_rows[b] == 0) continue;
+      const std::int64_t from = to_expert_major ? o.source_major[b] : o.expert_major[b];
+      const std::int64_t to = to_expert_major ? o.expert_major[b] : o.source_major[b];
+      SY_CUDA_TRY(cudaMemcpyAsync(out + to * H, in + from * H,
+                                  sizeof(float) * static_cast<std::size_t>(s.recv_rows[b] * H),
+                                  cudaMemcpyDeviceToDevice, stream));
+    }
+  }
+
+  // Plan-order rows [R][H] -> the rows at this GPU's experts, expert-major (the EP exchange).
+  device_buffer<float> to_experts(const DeviceMoESaved& s, const float* rows, cudaStream_t stream) {
+    const std::int64_t ep = placement_.ep(), El = placement_.local_experts();
+    const index_t H = cfg_.hidden_size, Re = s.expert_offsets.back();
+    const std::vector<std::int64_t> send = detail::exchange_peer_elements(s.send_rows, ep, El, H);
+    const std::vector<std::int64_t> recv = detail::exchange_peer_elements(s.recv_rows, ep, El, H);
+    device_buffer<float> by_source = alloc<float>(static_cast<std::size_t>(Re * H), stream);
+    comms_.expert_parallel->all_to_all_v(rows, send, by_source.data(), recv, stream);
+    device_buffer<float> out = alloc<float>(static_cast<std::size_t>(Re * H), stream);
+    reorder_blocks(s, by_source.data(), out.data(), /*to_expert_major=*/true, stream);
+    return out;
+  }
+
+  // The reverse: expert-major rows here -> their senders, plan order [R][H].
+  device_buffer<float> from_experts(const DeviceMoESaved& s, const float* rows_e,
+                                    cudaStream_t stream) {
+    const std::int64_t ep = placement_.ep(), El = placement_.local_experts();
+    const index_t H = cfg_.hidden_size, Re = s.expert_offsets.back(), R = s.offsets.back();
+    const std::vector<std::int64_t> send = detail::exchange_peer_elements(s.send_rows, ep, El, H);
+    const std::vector<std::int64_t> recv = detail::exchange_peer_elements(s.recv_rows, ep, El, H);
+    device_buffer<float> by_source = alloc<float>(static_cast<std::size_t>(Re * H), stream);
+    reorder_blocks(s, rows_e, by_source.data(), /*to_expert_major=*/false, stream);
+    device_buffer<float> out = alloc<float>(static_cast<std::size_t>(R * H), stream);
+    comms_.expert_parallel->all_to_all_v(by_source.data(), recv, out.data(), send, stream);
+    return out;
   }
 
   Config cfg_;
+  DeviceMoEComms comms_;
+  device_memory_resource* memory_;
   ExpertPlacementMap placement_;
   std::unique_ptr<detail::device_router_hooks> router_;
   std::unique_ptr<detail::device_expert_hooks> experts_;
   DeviceMoEParams params_;
+  device_buffer<std::int32_t> slot_of_;  ///< expert -> placement slot [E]; empty on one GPU
   cuda_expert_resources res_;
 };
 
@@ -405,6 +705,7 @@ class DeviceMoELayerCore {
 ///     using Layer = sy::DeviceMoELayer<sy::TopK<2, sy::Softmax>, sy::Capacity<sy::DropByProbs>,
 ///                                      sy::GLU<sy::SiLU>>;
 ///     Layer layer(cfg, sy::TopK<2, sy::Softmax>(sy::router_params(cfg)), stream);
+///     // over GPUs: Layer layer(cfg, router, stream, {.comms = {&ep, &dense, &edp}});
 template <RouterPolicy Router, DispatchPolicy Dispatcher, ExpertPolicy Expert>
 class DeviceMoELayer : public DeviceMoELayerCore {
   static_assert(!(detail::is_sinkhorn_router<Router> && Dispatcher::has_capacity),
@@ -412,25 +713,32 @@ class DeviceMoELayer : public DeviceMoELayerCore {
                 "(REFERENCE 3): use Dropless");
 
  public:
-  DeviceMoELayer(const Config& cfg, Router router, cudaStream_t stream = nullptr)
+  using router_type = Router;
+  using dispatcher_type = Dispatcher;
+  using expert_type = Expert;
+
+  DeviceMoELayer(const Config& cfg, Router router, cudaStream_t stream = nullptr,
+                 DeviceLayerResources resources = {})
       : DeviceMoELayerCore(
             (detail::check_policies_match<Router, Dispatcher, Expert>(cfg), cfg),
             std::make_unique<detail::device_router_hooks_impl<Router>>(std::move(router), stream),
-            std::make_unique<detail::device_expert_hooks_impl<Expert>>(), stream) {}
+            std::make_unique<detail::device_expert_hooks_impl<Expert>>(), stream, resources) {}
 };
 
 /// A device layer for a runtime config: every router (TopK<K, Softmax | PreSoftmax | Sigmoid |
 /// SqrtSoftplus>, Sinkhorn<K>, K = 1..8) and expert policy make_layer() offers.
 inline std::unique_ptr<DeviceMoELayerCore> make_device_layer(const Config& c,
-                                                             cudaStream_t stream = nullptr) {
-  DeviceMoELayerCore::check_supported(c);
+                                                             cudaStream_t stream = nullptr,
+                                                             DeviceLayerResources resources = {}) {
+  DeviceMoELayerCore::check_supported(c, resources.comms);
   auto router = with_router(c, [&](auto r) -> std::unique_ptr<detail::device_router_hooks> {
     return std::make_unique<detail::device_router_hooks_impl<decltype(r)>>(std::move(r), stream);
   });
   auto experts = visit_expert_policy(c, [](auto p) -> std::unique_ptr<detail::device_expert_hooks> {
     return std::make_unique<detail::device_expert_hooks_impl<decltype(p)>>();
   });
-  return std::make_unique<DeviceMoELayerCore>(c, std::move(router), std::move(experts), stream);
+  return std::make_unique<DeviceMoELayerCore>(c, std::move(router), std::move(experts), stream,
+                                              resources);
 }
 
 }  // namespace switchyard

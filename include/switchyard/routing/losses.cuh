@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "switchyard/core/error.hpp"
@@ -24,6 +25,18 @@ namespace switchyard {
 struct DeviceGlobalAux {
   double* count_sum = nullptr;
   std::int64_t micro_batches = 0;
+};
+
+/// The reduction group of the losses (REFERENCE §5) when the batch is split over data-parallel
+/// ranks: the count map and the token count are the group's, so the per-rank loss terms add up
+/// to the loss of the group's whole batch (as the host's RouteContext::group_sum).
+struct DeviceLossGroup {
+  /// Sums `n` doubles in device memory over the group, in place, ordered on the stream of the
+  /// losses call (e.g. an NCCL all-reduce). Collective: every rank calls it the same number of
+  /// times, also with no tokens.
+  std::function<void(double* device_values, std::int64_t n)> sum;
+  double tokens = 0;     ///< Σ T over the group (aux, global aux and z-loss denominators)
+  double sequences = 0;  ///< Σ T / sequence_length over the group (seq_aux_loss)
 };
 
 namespace detail {
@@ -161,10 +174,10 @@ __global__ void aux_finalize_kernel(index_t n, index_t E, double scale, double* 
   *value = v;
 }
 
-/// One block: c_z · mean_t lse_t².
+/// One block: c_z · Σ_t lse_t² / tokens (tokens = T, or the group's tokens).
 template <class = void>
 __global__ void __launch_bounds__(loss_block)
-    z_loss_kernel(const float* lse, index_t T, double coeff, double* value) {
+    z_loss_kernel(const float* lse, index_t T, double tokens, double coeff, double* value) {
   __shared__ double shm[loss_block];
   double s = 0.0;
   for (index_t t = threadIdx.x; t < T; t += loss_block) {
@@ -172,7 +185,7 @@ __global__ void __launch_bounds__(loss_block)
     s += l * l;
   }
   s = block_sum(s, shm);
-  if (threadIdx.x == 0) *value = coeff * s / static_cast<double>(T);
+  if (threadIdx.x == 0) *value = tokens > 0 ? coeff * s / tokens : 0.0;
 }
 
 /// Per token: adds the gradient of one balance loss.
@@ -210,15 +223,17 @@ inline std::size_t losses_workspace_bytes(index_t T, index_t E, int K, const Los
 /// Loss values of logits [T][E] (device) into `values` (device, p.balance.size() + 1 doubles:
 /// each balance loss with its α, then the z-loss, 0 when off). `workspace` (device,
 /// losses_workspace_bytes) keeps what losses_backward needs. `global` is required for
-/// global_aux_loss.
+/// global_aux_loss. With a `group` the counts and token totals are the group's (a rank with no
+/// tokens still joins every group sum); losses_backward then takes group->tokens.
 template <int K, ScoreTag Score>
 void losses_forward(exec::Cuda cuda, matrix_view<const float> logits, const LossParams& p,
-                    void* workspace, double* values, DeviceGlobalAux* global = nullptr) {
+                    void* workspace, double* values, DeviceGlobalAux* global = nullptr,
+                    const DeviceLossGroup* group = nullptr) {
   const index_t T = logits.extent(0), E = logits.extent(1);
   const detail::loss_workspace ws = detail::carve_losses(workspace, T, E, K, p);
   const std::size_t n_values = p.balance.size() + 1;
   SY_CUDA_TRY(cudaMemsetAsync(values, 0, n_values * sizeof(double), cuda.stream));
-  if (T == 0) return;
+  if (T == 0 && !group) return;
   const float* z = logits.data_handle();
   kernels::launch_per_token(kernels::loss_token_body<K, Score>{z, E, ws.count_map, ws.stats,
                                                                ws.lse},
@@ -227,13 +242,25 @@ void losses_forward(exec::Cuda cuda, matrix_view<const float> logits, const Loss
   for (std::size_t i = 0; i < p.balance.size(); ++i) {
     const BalanceLoss& bl = p.balance[i];
     const auto& term = ws.terms[i];
-    const index_t B = term.num_sequences;
-    const index_t S = T / B;
-    kernels::aux_columns_kernel<K, Score>
-        <<<dim3(static_cast<unsigned>(E), static_cast<unsigned>(B)), kernels::loss_block, 0,
-           cuda.stream>>>(z, T, E, ws.count_map, ws.stats, B, p.sequence_length,
-                          p.token_layout, counted, term.qsum, term.cnt);
-    SY_CUDA_TRY(cudaGetLastError());
+    const index_t B = term.num_sequences;  // 0 for seq_aux_loss without tokens
+    if (B > 0) {
+      kernels::aux_columns_kernel<K, Score>
+          <<<dim3(static_cast<unsigned>(E), static_cast<unsigned>(B)), kernels::loss_block, 0,
+             cuda.stream>>>(z, T, E, ws.count_map, ws.stats, B, p.sequence_length, p.token_layout,
+                            counted, term.qsum, term.cnt);
+      SY_CUDA_TRY(cudaGetLastError());
+    }
+    // Tokens per sequence S and the number of sequences, of the group when there is one: the
+    // sequence loss keeps its per-sequence counts and averages over the group's sequences;
+    // the others sum the count map and the tokens over the group (Σ_t q stays local).
+    double S = B > 0 ? static_cast<double>(T / B) : 0.0, sequences = static_cast<double>(B);
+    if (group && bl.type == LoadBalancingType::seq_aux_loss) {
+      S = static_cast<double>(p.sequence_length);
+      sequences = group->sequences;
+    } else if (group) {
+      group->sum(term.cnt, B * E);
+      S = group->tokens;
+    }
     double* gsum = nullptr;
     double mb = 1.0;
     if (bl.type == LoadBalancingType::global_aux_loss) {
@@ -243,25 +270,26 @@ void losses_forward(exec::Cuda cuda, matrix_view<const float> logits, const Loss
       mb = static_cast<double>(++global->micro_batches);
     }
     // w[b][e] = α·E·c_be / (k·S²·B) (REFERENCE §5, §8); k = 1 when first choices only count.
-    const double scale = bl.coeff * static_cast<double>(E) /
-                         (static_cast<double>(counted) * static_cast<double>(S) *
-                          static_cast<double>(S) * static_cast<double>(B));
+    const double denom = static_cast<double>(counted) * S * S * sequences;
+    const double scale = denom > 0 ? bl.coeff * static_cast<double>(E) / denom : 0.0;
     kernels::aux_finalize_kernel<<<1, 1, 0, cuda.stream>>>(B * E, E, scale, term.cnt, term.qsum,
                                                            term.w, gsum, mb, values + i);
     SY_CUDA_TRY(cudaGetLastError());
   }
   if (p.z_loss_coeff > 0) {
     kernels::z_loss_kernel<<<1, kernels::loss_block, 0, cuda.stream>>>(
-        ws.lse, T, p.z_loss_coeff, values + p.balance.size());
+        ws.lse, T, group ? group->tokens : static_cast<double>(T), p.z_loss_coeff,
+        values + p.balance.size());
     SY_CUDA_TRY(cudaGetLastError());
   }
 }
 
 /// Adds the gradients of the losses of the last losses_forward (same logits, params and
-/// workspace) to dlogits [T][E] (device).
+/// workspace) to dlogits [T][E] (device). `loss_tokens`: the z-loss's token count, the group's
+/// when the forward had a group (negative: T).
 template <int K, ScoreTag Score>
 void losses_backward(exec::Cuda cuda, matrix_view<const float> logits, const LossParams& p,
-                     const void* workspace, matrix_view<float> dlogits) {
+                     const void* workspace, matrix_view<float> dlogits, double loss_tokens = -1.0) {
   const index_t T = logits.extent(0), E = logits.extent(1);
   SY_EXPECTS(dlogits.extent(0) == T && dlogits.extent(1) == E,
              "losses_backward: dlogits must have the shape of logits");
@@ -273,11 +301,11 @@ void losses_backward(exec::Cuda cuda, matrix_view<const float> logits, const Los
                                           ws.terms[i].num_sequences, p.sequence_length,
                                           p.token_layout, dlogits.data_handle()},
         T, cuda.stream);
-  if (p.z_loss_coeff > 0 && T > 0)
+  const double tokens = loss_tokens < 0 ? static_cast<double>(T) : loss_tokens;
+  if (p.z_loss_coeff > 0 && T > 0 && tokens > 0)
     kernels::launch_per_token(
         kernels::z_loss_gradient_body{logits.data_handle(), E,
-                                      static_cast<float>(p.z_loss_coeff * 2.0 /
-                                                         static_cast<double>(T)),
+                                      static_cast<float>(p.z_loss_coeff * 2.0 / tokens),
                                       dlogits.data_handle()},
         T, cuda.stream);
 }

@@ -34,6 +34,7 @@ struct device_route_io {
   void* loss_workspace = nullptr;        ///< losses_workspace_bytes: kept for backward
   double* loss_values = nullptr;         ///< losses().balance.size() + 1 doubles
   DeviceGlobalAux* global_aux = nullptr;
+  const DeviceLossGroup* group = nullptr;  ///< the losses' data-parallel group; null on one GPU
 };
 
 struct device_router_hooks {
@@ -43,10 +44,11 @@ struct device_router_hooks {
   virtual std::size_t scratch_bytes(index_t T, bool training) const = 0;
   virtual std::size_t loss_workspace_bytes(index_t T) const = 0;
   virtual void forward(exec::Cuda cuda, const device_route_io& io) const = 0;
-  /// dlogits [T][E] (overwritten) from d prob [T][k], plus the loss gradients.
+  /// dlogits [T][E] (overwritten) from d prob [T][k], plus the loss gradients (`loss_tokens`:
+  /// the z-loss's token count, the group's with a group; negative: T).
   virtual void backward(exec::Cuda cuda, matrix_view<const float> logits,
                         const std::int32_t* indices, const float* dprob, float* dlogits,
-                        const void* loss_workspace) const = 0;
+                        const void* loss_workspace, double loss_tokens) const = 0;
   virtual void update_expert_bias(std::span<const std::int64_t> counts, cudaStream_t stream) = 0;
   virtual std::vector<double> expert_bias() const = 0;
 };
@@ -71,15 +73,17 @@ struct device_router_hooks_impl<TopK<K, Score>> final : device_router_hooks {
                             matrix_view<float>(io.probs, T, K), io.status);
     SY_CUDA_TRY(cudaMemsetAsync(io.iterations, 0, sizeof(int), cuda.stream));
     losses_forward<K, Score>(cuda, io.logits, losses(), io.loss_workspace, io.loss_values,
-                             io.global_aux);
+                             io.global_aux, io.group);
   }
   void backward(exec::Cuda cuda, matrix_view<const float> logits, const std::int32_t* indices,
-                const float* dprob, float* dlogits, const void* loss_ws) const override {
+                const float* dprob, float* dlogits, const void* loss_ws,
+                double loss_tokens) const override {
     const index_t T = logits.extent(0), E = logits.extent(1);
     top_k_backward<K, Score>(cuda, args(), logits, matrix_view<const std::int32_t>(indices, T, K),
                              matrix_view<const float>(dprob, T, K),
                              matrix_view<float>(dlogits, T, E));
-    losses_backward<K, Score>(cuda, logits, losses(), loss_ws, matrix_view<float>(dlogits, T, E));
+    losses_backward<K, Score>(cuda, logits, losses(), loss_ws, matrix_view<float>(dlogits, T, E),
+                              loss_tokens);
   }
   void update_expert_bias(std::span<const std::int64_t> counts, cudaStream_t stream) override {
     router.update_expert_bias(counts);
@@ -122,14 +126,16 @@ struct device_router_hooks_impl<Sinkhorn<K>> final : device_router_hooks {
                         matrix_view<std::int32_t>(io.indices, T, K),
                         matrix_view<float>(io.probs, T, K), io.iterations, io.status);
     losses_forward<K, Softmax>(cuda, io.logits, losses(), io.loss_workspace, io.loss_values,
-                               io.global_aux);
+                               io.global_aux, io.group);
   }
   void backward(exec::Cuda cuda, matrix_view<const float> logits, const std::int32_t* indices,
-                const float* dprob, float* dlogits, const void* loss_ws) const override {
+                const float* dprob, float* dlogits, const void* loss_ws,
+                double loss_tokens) const override {
     const index_t T = logits.extent(0), E = logits.extent(1);
     sinkhorn_backward<K>(cuda, logits, matrix_view<const std::int32_t>(indices, T, K),
                          matrix_view<const float>(dprob, T, K), matrix_view<float>(dlogits, T, E));
-    losses_backward<K, Softmax>(cuda, logits, losses(), loss_ws, matrix_view<float>(dlogits, T, E));
+    losses_backward<K, Softmax>(cuda, logits, losses(), loss_ws, matrix_view<float>(dlogits, T, E),
+                                loss_tokens);
   }
   void update_expert_bias(std::span<const std::int64_t>, cudaStream_t) override {
     throw_no_expert_bias();
