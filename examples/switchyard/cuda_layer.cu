@@ -6,6 +6,11 @@
 #include <utility>
 
 #include "switchyard/layer/device_layer.cuh"
+#if defined(SWITCHYARD_HAS_NCCL)
+#include <cstring>
+
+#include "switchyard/comm/nccl.cuh"
+#endif
 
 namespace switchyard::cli {
 namespace {
@@ -31,12 +36,50 @@ device_buffer<float> upload(const std::vector<float>& h, cudaStream_t stream) {
   return d;
 }
 
+#if defined(SWITCHYARD_HAS_NCCL)
+// Three ncclComm_t (owned) and their NcclComm views.
+class comms_impl final : public CudaComms {
+ public:
+  comms_impl(const CudaGroup& ep, const CudaGroup& dense, const CudaGroup& edp) {
+    const CudaGroup* g[3] = {&ep, &dense, &edp};
+    for (int i = 0; i < 3; ++i) {
+      ncclUniqueId id{};
+      SY_EXPECTS(g[i]->id.size() == sizeof(id), "CudaGroup: the id is not an NCCL unique id");
+      std::memcpy(&id, g[i]->id.data(), sizeof(id));
+      try {
+        SY_NCCL_TRY(ncclCommInitRank(&raw_[i], g[i]->size, id, g[i]->rank));
+      } catch (...) {
+        destroy();
+        throw;
+      }
+      views_[i] = std::make_unique<NcclComm>(raw_[i], nullptr);
+    }
+  }
+  comms_impl(const comms_impl&) = delete;
+  comms_impl& operator=(const comms_impl&) = delete;
+  ~comms_impl() override { destroy(); }
+  DeviceMoEComms comms() const { return {views_[0].get(), views_[1].get(), views_[2].get()}; }
+
+ private:
+  void destroy() noexcept {
+    for (auto& r : raw_)
+      if (r) (void)ncclCommDestroy(std::exchange(r, nullptr));
+  }
+  ncclComm_t raw_[3] = {nullptr, nullptr, nullptr};
+  std::unique_ptr<NcclComm> views_[3];
+};
+#endif
+
 class block_impl final : public CudaMoEBlock {
  public:
-  explicit block_impl(const Config& c) {
+  block_impl(const Config& c, std::shared_ptr<CudaComms> comms) : comms_(std::move(comms)) {
     SY_CUDA_TRY(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     try {
-      layer_ = make_device_layer(c, stream_);
+      DeviceLayerResources resources;
+#if defined(SWITCHYARD_HAS_NCCL)
+      if (comms_) resources.comms = static_cast<const comms_impl&>(*comms_).comms();
+#endif
+      layer_ = make_device_layer(c, stream_, resources);
       grads_ = layer_->make_grads(stream_);
       host_grads_ = layer_->host_params();
     } catch (...) {
@@ -94,6 +137,7 @@ class block_impl final : public CudaMoEBlock {
   }
 
  private:
+  std::shared_ptr<CudaComms> comms_;  // outlives the layer, which holds views of it
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<DeviceMoELayerCore> layer_;
   DeviceMoEGrads grads_;
@@ -106,8 +150,49 @@ int cuda_device_count() {
   return exec::cuda_device_count();
 }
 
-std::unique_ptr<CudaMoEBlock> make_cuda_block(const Config& c) {
-  return std::make_unique<block_impl>(c);
+std::size_t nccl_unique_id_bytes() {
+#if defined(SWITCHYARD_HAS_NCCL)
+  return sizeof(ncclUniqueId);
+#else
+  return 0;
+#endif
+}
+
+std::vector<unsigned char> nccl_unique_id() {
+#if defined(SWITCHYARD_HAS_NCCL)
+  ncclUniqueId id{};
+  SY_NCCL_TRY(ncclGetUniqueId(&id));
+  const auto* b = reinterpret_cast<const unsigned char*>(&id);
+  return std::vector<unsigned char>(b, b + sizeof(id));
+#else
+  throw config_error("this switchyard was built without NCCL: the CUDA layer runs on one GPU");
+#endif
+}
+
+std::shared_ptr<CudaComms> make_cuda_comms(const CudaGroup& expert_parallel,
+                                           const CudaGroup& dense_data_parallel,
+                                           const CudaGroup& expert_data_parallel) {
+#if defined(SWITCHYARD_HAS_NCCL)
+  return std::make_shared<comms_impl>(expert_parallel, dense_data_parallel, expert_data_parallel);
+#else
+  (void)expert_parallel;
+  (void)dense_data_parallel;
+  (void)expert_data_parallel;
+  throw config_error("this switchyard was built without NCCL: the CUDA layer runs on one GPU");
+#endif
+}
+
+void select_cuda_device(int local_rank, int local_size) {
+  const int n = exec::cuda_device_count();
+  if (n < local_size)
+    throw config_error(detail::concat(
+        "--backend cuda: ", local_size, " processes on this node but ", n,
+        " visible GPU(s): NCCL needs one GPU per process (start at most ", n, " per node)"));
+  SY_CUDA_TRY(cudaSetDevice(local_rank));
+}
+
+std::unique_ptr<CudaMoEBlock> make_cuda_block(const Config& c, std::shared_ptr<CudaComms> comms) {
+  return std::make_unique<block_impl>(c, std::move(comms));
 }
 
 std::unique_ptr<CudaGlobalAux> make_cuda_global_aux(std::int64_t num_experts) {

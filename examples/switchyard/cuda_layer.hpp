@@ -5,8 +5,11 @@
 //
 // `train --backend cuda` keeps the master weights and the optimizer on the host: each step
 // uploads a block's weights, runs forward and backward on the GPU (x copied in, y copied out; dy
-// in, dx out) and adds the downloaded gradients to the host gradients.
+// in, dx out) and adds the downloaded gradients to the host gradients, which the host layer then
+// reduces over its MPI groups. Under mpirun (or with distributed_backend nccl) the device layers
+// exchange tokens and reduce their losses and counts over NCCL communicators of the same groups.
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -55,9 +58,38 @@ class CudaMoEBlock {
   virtual void update_expert_bias(std::span<const std::int64_t> kept_per_expert) = 0;
 };
 
-/// A device layer for the config (throws config_error for what it does not support, cuda_error
-/// without a usable device).
-std::unique_ptr<CudaMoEBlock> make_cuda_block(const Config& c);
+/// Bytes of an NCCL unique id; 0 in a build without NCCL.
+std::size_t nccl_unique_id_bytes();
+/// A fresh NCCL unique id (rank 0 of a group makes it and the others receive it).
+std::vector<unsigned char> nccl_unique_id();
+
+/// One process group of the device layers: rank 0's unique id, this process's rank, the size.
+struct CudaGroup {
+  std::vector<unsigned char> id;
+  int rank = 0, size = 1;
+};
+
+/// The NCCL communicators of the device layers (expert-parallel, dense data-parallel, expert
+/// data-parallel), shared by every MoE block of the model.
+class CudaComms {
+ public:
+  virtual ~CudaComms() = default;
+};
+
+/// Creates the three communicators (collective: every member of each group calls it, groups in
+/// the same order). Throws config_error in a build without NCCL.
+std::shared_ptr<CudaComms> make_cuda_comms(const CudaGroup& expert_parallel,
+                                           const CudaGroup& dense_data_parallel,
+                                           const CudaGroup& expert_data_parallel);
+
+/// Makes GPU `local_rank` this process's device (one GPU per process on a node, as NCCL needs):
+/// throws config_error when the node has fewer visible GPUs than `local_size` processes.
+void select_cuda_device(int local_rank, int local_size);
+
+/// A device layer for the config, on one GPU (`comms` null) or over the groups of `comms`
+/// (throws config_error for what it does not support, cuda_error without a usable device).
+std::unique_ptr<CudaMoEBlock> make_cuda_block(const Config& c,
+                                              std::shared_ptr<CudaComms> comms = nullptr);
 /// A zeroed accumulator for `num_experts` experts.
 std::unique_ptr<CudaGlobalAux> make_cuda_global_aux(std::int64_t num_experts);
 

@@ -58,9 +58,11 @@ std::string metrics_line(const train::StepMetrics& m) {
 }
 
 // Trains on communicator type Comm; only the rank that `prints` writes output.
+// `nccl`: the GPU MoE blocks use NCCL communicators of the groups of `comms`.
 template <class Comm>
-int train_loop(const Config& cfg, MoEComms<Comm> comms, const train_options& o, bool prints) {
-  train::Model<Comm> model(cfg, comms, o.seed, o.backend == "cuda");
+int train_loop(const Config& cfg, MoEComms<Comm> comms, const train_options& o, bool prints,
+               bool nccl) {
+  train::Model<Comm> model(cfg, comms, o.seed, o.backend == "cuda", nccl);
   std::ofstream jsonl;
   if (prints && !o.metrics.empty()) {
     jsonl.open(o.metrics);
@@ -68,11 +70,14 @@ int train_loop(const Config& cfg, MoEComms<Comm> comms, const train_options& o, 
   }
   const bool tty = prints && isatty(fileno(stdout));
   if (prints)
-    fmt::print("training {} MoE-or-dense blocks (H {}, F {}, E {}, k {}) on {} rank(s), {} tokens "
-               "per rank per step{}\n",
-               cfg.num_layers, cfg.hidden_size, cfg.ffn_hidden_size, cfg.num_experts,
-               cfg.num_experts_per_token, cfg.world(), cfg.tokens_per_rank(),
-               o.backend == "cuda" ? ", MoE blocks on the GPU" : "");
+    fmt::print(
+        "training {} MoE-or-dense blocks (H {}, F {}, E {}, k {}) on {} rank(s), {} tokens "
+        "per rank per step{}\n",
+        cfg.num_layers, cfg.hidden_size, cfg.ffn_hidden_size, cfg.num_experts,
+        cfg.num_experts_per_token, cfg.world(), cfg.tokens_per_rank(),
+        o.backend != "cuda" ? ""
+        : nccl              ? ", MoE blocks on the GPU, tokens exchanged over NCCL"
+                            : ", MoE blocks on the GPU");
   for (std::int64_t step = 1; step <= o.steps; ++step) {
     const train::StepMetrics m = model.step(step);
     if (!prints) continue;
@@ -101,11 +106,8 @@ bool launched_by_mpirun() {
   return false;
 }
 
-// --backend cuda: one process with a visible GPU, in a build that has the CUDA layer.
+// --backend cuda: a visible GPU, in a build that has the CUDA layer.
 void check_cuda_backend() {
-  if (launched_by_mpirun())
-    throw config_error("--backend cuda runs on one process: expert parallelism over NCCL is not "
-                       "built yet (run without mpirun, or use --backend host under mpirun)");
 #if defined(SWITCHYARD_CLI_HAS_CUDA)
   if (cli::cuda_device_count() == 0)
     throw config_error("--backend cuda: no CUDA device is visible (cudaGetDeviceCount found "
@@ -143,21 +145,20 @@ int run_train(const train_options& o) {
       if (!mpirun) throw config_error(where + ": mpi: launch the driver with mpirun");
       break;
     case DistributedBackend::nccl:
-      throw config_error(where + ": nccl needs the CUDA MoE layer with expert parallelism over "
-                                 "NCCL, which is not built yet (use auto or mpi on the host, "
-                                 "or auto or local with --backend cuda on one GPU)");
+      if (o.backend != "cuda")
+        throw config_error(where +
+                           ": nccl exchanges the MoE tokens between GPUs: add --backend "
+                           "cuda (the host backend exchanges over MPI: use auto or mpi)");
+      break;
   }
   if (!mpirun) {
-    if (o.backend == "cuda" && cfg.world() != 1)
-      throw config_error(fmt::format("--backend cuda runs on one GPU, but the config describes {} "
-                                     "ranks: expert and data parallelism over NCCL are not "
-                                     "built yet",
-                                     cfg.world()));
     if (cfg.world() != 1)
-      throw config_error(fmt::format("the config describes {} ranks: launch with mpirun -np {}",
-                                     cfg.world(), cfg.world()));
+      throw config_error(fmt::format("the config describes {} ranks: launch with mpirun -np {}{}",
+                                     cfg.world(), cfg.world(),
+                                     o.backend == "cuda" ? " (one GPU per process)" : ""));
     LocalComm one;
-    return train_loop<LocalComm>(cfg, {&one, &one, &one}, o, true);
+    return train_loop<LocalComm>(cfg, {&one, &one, &one}, o, true,
+                                 cfg.distributed_backend == DistributedBackend::nccl);
   }
 #if defined(SWITCHYARD_HAS_MPI)
   MPI_Init(nullptr, nullptr);
@@ -180,10 +181,20 @@ int run_train(const train_options& o) {
                                      cfg.world(), world.size()));
     const Layout layout(cfg);
     MpiGroups groups = make_mpi_groups(world, layout);
-    rc = train_loop<MpiComm>(cfg,
-                             {&groups.expert_parallel, &groups.dense_data_parallel,
-                              &groups.expert_data_parallel},
-                             o, world.rank() == 0);
+#if defined(SWITCHYARD_CLI_HAS_CUDA)
+    if (o.backend == "cuda") {  // one GPU per process of a node, as NCCL needs
+      MPI_Comm node = MPI_COMM_NULL;
+      MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, world.rank(), MPI_INFO_NULL, &node);
+      int local_rank = 0, local_size = 1;
+      MPI_Comm_rank(node, &local_rank);
+      MPI_Comm_size(node, &local_size);
+      MPI_Comm_free(&node);
+      cli::select_cuda_device(local_rank, local_size);
+    }
+#endif
+    rc = train_loop<MpiComm>(
+        cfg, {&groups.expert_parallel, &groups.dense_data_parallel, &groups.expert_data_parallel},
+        o, world.rank() == 0, /*nccl=*/true);
   } catch (const std::exception& e) {
     // One rank's error must not leave the others waiting: report it and abort the job.
     int rank = 0;
@@ -204,13 +215,15 @@ int run_train(const train_options& o) {
 void add_train_command(CLI::App& app, runner& run) {
   auto opts = std::make_shared<train_options>();
   CLI::App* cmd = app.add_subcommand(
-      "train", "Train residual MoE blocks on a synthetic teacher task (CPU, DP x EP under mpirun; "
-              "or the MoE blocks on one GPU with --backend cuda)");
+      "train",
+      "Train residual MoE blocks on a synthetic teacher task (CPU, DP x EP under mpirun; "
+      "the MoE blocks on GPUs with --backend cuda, one GPU per process)");
   cmd->add_option("config", opts->file, "config JSON (flat, nested or model_config dialect)")
       ->required();
   cmd->add_option("--steps", opts->steps, "optimizer steps (default 100)");
   cmd->add_option("--backend", opts->backend,
-                  "host (default) or cuda (MoE blocks on one GPU, one process)");
+                  "host (default) or cuda (MoE blocks on the GPU; under mpirun one GPU per "
+                  "process, tokens exchanged over NCCL)");
   cmd->add_option("--seed", opts->seed, "seed of weights, data and teacher (default 1234)");
   cmd->add_option("--metrics", opts->metrics, "write one JSON object per step to this file");
   cmd->callback([opts, &run] { run = [opts] { return run_train(*opts); }; });

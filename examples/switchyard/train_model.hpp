@@ -144,9 +144,21 @@ struct StepMetrics {
 template <class Comm>
 class Model {
  public:
-  /// `cuda`: run the MoE blocks on the GPU (one process; needs SWITCHYARD_CLI_HAS_CUDA).
-  Model(const Config& c, MoEComms<Comm> comms, std::uint64_t seed, bool cuda = false)
+  /// `cuda`: run the MoE blocks on the GPU (needs SWITCHYARD_CLI_HAS_CUDA); `nccl`: their
+  /// device layers exchange tokens and reduce losses over NCCL communicators of the groups of
+  /// `comms` (under mpirun, or with distributed_backend nccl), else they run on one GPU.
+  Model(const Config& c, MoEComms<Comm> comms, std::uint64_t seed, bool cuda = false,
+        bool nccl = false)
       : cfg_(c), comms_(comms), seed_(seed), opt_(c) {
+#if defined(SWITCHYARD_CLI_HAS_CUDA)
+    std::shared_ptr<cli::CudaComms> gpu_comms;
+    if (cuda && nccl)  // collective, in the same order on every rank: EP, dense DP, expert DP
+      gpu_comms = cli::make_cuda_comms(nccl_group(*comms.expert_parallel),
+                                       nccl_group(*comms.dense_data_parallel),
+                                       nccl_group(*comms.expert_data_parallel));
+#else
+    (void)nccl;
+#endif
     for (std::int64_t i = 0; i < c.num_layers; ++i) {
       block b;
       if (i % c.moe_layer_frequency == 0) {
@@ -155,7 +167,7 @@ class Model {
         b.moe_grads = b.moe->make_grads();
         if (cuda) {
 #if defined(SWITCHYARD_CLI_HAS_CUDA)
-          b.gpu = cli::make_cuda_block(c);
+          b.gpu = cli::make_cuda_block(c, gpu_comms);
 #else
           throw config_error("--backend cuda: this switchyard was built without CUDA");
 #endif
@@ -312,6 +324,19 @@ class Model {
   }
 
  private:
+#if defined(SWITCHYARD_CLI_HAS_CUDA)
+  // Rank 0 of the group makes the NCCL id, every member receives it over the host group.
+  static cli::CudaGroup nccl_group(Comm& c) {
+    const std::size_t n = cli::nccl_unique_id_bytes();
+    std::vector<unsigned char> mine =
+        c.rank() == 0 ? cli::nccl_unique_id() : std::vector<unsigned char>(n);
+    std::vector<unsigned char> all(n * static_cast<std::size_t>(c.size()));
+    c.all_gather(mine.data(), static_cast<std::int64_t>(n), all.data());
+    return {std::vector<unsigned char>(all.begin(), all.begin() + static_cast<std::ptrdiff_t>(n)),
+            c.rank(), c.size()};
+  }
+#endif
+
   // y* = x + B·tanh(A·x), A of N(0, 4/H) and B of N(0, 1/H) from the teacher's own seed.
   void teacher(const std::vector<float>& x, std::vector<float>& y, index_t T) const {
     const index_t H = cfg_.hidden_size;
