@@ -360,8 +360,8 @@ class DeviceMoELayerCore {
         if (lp.sequence_length > 0)
           group.sequences += static_cast<double>(static_cast<index_t>(t) / lp.sequence_length);
       }
-      group.sum = [&dense, stream](double* v, std::int64_t n) {
-        dense.all_reduce(v, n, ReduceOp::sum, stream);
+      group.sum = [d = &dense, stream](double* v, std::int64_t n) {
+        d->all_reduce(v, n, ReduceOp::sum, stream);
       };
       s.loss_tokens = group.tokens;
     }
