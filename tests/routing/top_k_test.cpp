@@ -3,6 +3,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <limits>
+#include <random>
 #include <set>
 #include <tuple>
 
@@ -204,6 +207,94 @@ BOOST_AUTO_TEST_CASE(group_limited_routing_keeps_the_best_groups) {
   const auto out3 = sy::TopK<2, sy::Softmax>(p3).forward(sy::exec::Host{}, cview(z3, 1, 8));
   // groups {0..3} score 5 + 0 = 5, {4..7} score 3 + 2.9 = 5.9: the second group wins.
   BOOST_TEST(out3.topk_indices == (std::vector<std::int32_t>{4, 5}), boost::test_tools::per_element());
+}
+
+namespace {
+
+/// Routes Tn random tokens (logits N(0, 4), or on a grid of 0.5 with a bias on a grid of 0.25
+/// when `ties`, so equal scores and equal group scores are frequent) with TopK<K, Score>::forward
+/// (blocks of lane_width tokens in SIMD lanes, then the tail per token) and with
+/// detail::route_token per token; returns the tokens whose indices or weights differ in any bit.
+template <int K, class Score, class T>
+int tokens_routed_differently(sy::index_t E, int G, int Gk, bool bias, sy::index_t Tn,
+                              unsigned seed, bool ties) {
+  std::mt19937 gen(seed);
+  std::normal_distribution<double> d(0.0, 2.0);
+  std::vector<T> z(static_cast<std::size_t>(Tn * E));
+  for (T& v : z) v = ties ? static_cast<T>(std::round(d(gen) * 2) / 2) : static_cast<T>(d(gen));
+  sy::RouterParams p = params(E);
+  if (G > 1) {
+    p.num_groups = G;
+    p.group_topk = Gk;
+  }
+  if (bias) {
+    p.expert_bias.resize(static_cast<std::size_t>(E));
+    for (double& b : p.expert_bias) b = ties ? 0.25 * static_cast<double>(gen() % 3) : 0.1 * d(gen);
+  }
+  p.topk_scaling_factor = 2.5;
+  const sy::TopK<K, Score> router(p);
+  const auto out = router.forward(sy::exec::Host{}, cview(z, Tn, E));
+  std::vector<T> converted_bias;
+  const auto a = router.template args<T>(converted_bias);
+  int differ = 0;
+  for (sy::index_t t = 0; t < Tn; ++t) {
+    std::int32_t idx[K];
+    T prob[K];
+    sy::detail::route_token<K, Score>(&z[static_cast<std::size_t>(t * E)], a, idx, prob);
+    differ +=
+        std::memcmp(idx, &out.topk_indices[static_cast<std::size_t>(t * K)], sizeof idx) != 0 ||
+        std::memcmp(prob, &out.topk_probs[static_cast<std::size_t>(t * K)], sizeof prob) != 0;
+  }
+  return differ;
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE_TEMPLATE(routing_in_lanes_is_bit_identical_to_routing_per_token, T,
+                              float_types) {
+  // Also on threads over the blocks (when OpenMP is linked).
+  const auto saved = sy::exec::min_parallel_work;
+  sy::exec::min_parallel_work = 1;
+  for (unsigned seed = 0; seed < 12; ++seed)
+    for (const bool ties : {false, true}) {
+      BOOST_TEST_CONTEXT("seed " << seed << (ties ? ", ties" : "")) {
+        // DeepSeek-V3-like: sigmoid, 8 groups choose 4, bias; and the bench's 64 / 8 / 3 / k 6.
+        BOOST_TEST(
+            (tokens_routed_differently<8, sy::Sigmoid, T>(256, 8, 4, true, 29, seed, ties)) == 0);
+        BOOST_TEST((tokens_routed_differently<6, sy::Sigmoid, T>(64, 8, 3, true, 37, seed, ties)) ==
+                   0);
+        BOOST_TEST((tokens_routed_differently<2, sy::Softmax, T>(8, 1, 1, false, 43, seed, ties)) ==
+                   0);
+        BOOST_TEST((tokens_routed_differently<4, sy::PreSoftmax, T>(16, 4, 2, false, 21, seed,
+                                                                    ties)) == 0);
+        BOOST_TEST((tokens_routed_differently<3, sy::SqrtSoftplus, T>(12, 1, 1, true, 16, seed,
+                                                                      ties)) == 0);
+        BOOST_TEST((tokens_routed_differently<1, sy::Sigmoid, T>(5, 1, 1, false, 17, seed, ties)) ==
+                   0);
+        BOOST_TEST((tokens_routed_differently<2, sy::Softmax, T>(6, 3, 1, false, 7, seed, ties)) ==
+                   0);
+        // More experts than the lanes buffer: per token only.
+        BOOST_TEST(
+            (tokens_routed_differently<2, sy::Sigmoid, T>(300, 1, 1, false, 9, seed, ties)) == 0);
+      }
+    }
+  sy::exec::min_parallel_work = saved;
+}
+
+BOOST_AUTO_TEST_CASE_TEMPLATE(non_finite_logits_in_a_block_name_their_token, T, float_types) {
+  std::vector<T> z(40 * 8, T(0.5));
+  sy::TopK<2, sy::Softmax> r(params(8));
+  for (const T bad : {std::numeric_limits<T>::quiet_NaN(), std::numeric_limits<T>::infinity(),
+                      -std::numeric_limits<T>::infinity()}) {
+    z[19 * 8 + 5] = bad;
+    BOOST_CHECK_EXCEPTION(r.forward(sy::exec::Host{}, cview(z, 40, 8)), sy::numeric_error,
+                          [](const sy::numeric_error& e) {
+                            return std::string(e.what()).find(
+                                       "token 19 are not finite (expert 5") != std::string::npos;
+                          });
+    z[19 * 8 + 5] = T(0.5);
+  }
+  BOOST_CHECK_NO_THROW(r.forward(sy::exec::Host{}, cview(z, 40, 8)));
 }
 
 BOOST_AUTO_TEST_CASE(nan_logits_throw_numeric_error_naming_the_token) {

@@ -4,10 +4,12 @@
 /// coefficients. Routers call these from forward (values) and backward (gradients).
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <span>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "switchyard/core/error.hpp"
@@ -31,6 +33,17 @@ inline index_t sequence_of(index_t t, const balance_state& b) {
 /// Throws numeric_error naming the first token whose logits hold NaN or Inf.
 template <class T>
 void check_logits_finite(matrix_view<const T> z) {
+  if constexpr (std::is_floating_point_v<T>) {
+    // All exponent bits set = Inf or NaN: a branch-free pass the compiler vectorises; the
+    // token is looked for only when one is found.
+    using U = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
+    constexpr U exponent = sizeof(T) == 4 ? U(0x7f800000u) : U(0x7ff0000000000000ull);
+    const T* p = z.data_handle();
+    U bad = 0;
+    for (index_t i = 0, n = z.extent(0) * z.extent(1); i < n; ++i)
+      bad |= U((std::bit_cast<U>(p[i]) & exponent) == exponent);
+    if (!bad) return;
+  }
   for (index_t t = 0; t < z.extent(0); ++t)
     for (index_t e = 0; e < z.extent(1); ++e)
       if (!math::isfinite(z(t, e)))
@@ -78,11 +91,13 @@ Routing<T> begin_routing(matrix_view<const T> logits, index_t num_experts, const
   return r;
 }
 
-/// Runs route(t) for every token of `r` (on threads: each writes only its own token's routes),
-/// then counts tokens_per_expert serially.
+/// Runs route(i) for the items that cover every token of `r`: blocks of `tokens_per_item` tokens
+/// first, then one item per remaining token (on threads: each writes only its own tokens'
+/// routes); then counts tokens_per_expert serially.
 template <int K, class T, class F>
-void route_tokens(Routing<T>& r, F&& route) {
-  exec::parallel_for(r.num_tokens, r.num_experts * (K + 4), route);
+void route_tokens(Routing<T>& r, index_t blocks, index_t tokens_per_item, F&& route) {
+  const index_t items = blocks + (r.num_tokens - blocks * tokens_per_item);
+  exec::parallel_for(items, tokens_per_item * r.num_experts * (K + 4), route);
   for (const std::int32_t e : r.topk_indices) ++r.tokens_per_expert[static_cast<std::size_t>(e)];
 }
 

@@ -104,7 +104,7 @@ class Sinkhorn {
       plan.resize(static_cast<std::size_t>(Tn * E));
       r.sinkhorn_iterations = sinkhorn(h, logits, matrix_view<T>(plan.data(), Tn, E), sp_);
     }
-    route_tokens<K>(r, [&](index_t t) {
+    route_tokens<K>(r, Tn, 1, [&](index_t t) {
       detail::sinkhorn_token<K>(&r.logits[t * E], ctx.training ? &plan[t * E] : nullptr, E,
                                 !ctx.training, &r.topk_indices[t * K], &r.topk_probs[t * K]);
     });

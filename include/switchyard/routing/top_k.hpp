@@ -13,6 +13,7 @@
 #include "switchyard/core/mdspan.hpp"
 #include "switchyard/exec/host.hpp"
 #include "switchyard/exec/parallel.hpp"
+#include "switchyard/routing/detail/token_lanes.hpp"
 #include "switchyard/routing/detail/token_math.hpp"
 #include "switchyard/routing/expert_bias.hpp"
 #include "switchyard/routing/losses.hpp"
@@ -105,12 +106,27 @@ class TopK {
     Routing<T> r = begin_routing<K>(logits, p_.num_experts, "TopK");
     std::vector<T> bias;
     const detail::route_args<T> a = args<T>(bias);
-    route_tokens<K>(r, [&](index_t t) {
+    const auto token = [&](index_t t) {
       detail::route_token<K, Score>(&r.logits[t * E], a, &r.topk_indices[t * K],
                                     &r.topk_probs[t * K]);
-    });
-    compute_losses<K, Score>(matrix_view<const T>(r.logits.data(), Tn, E), p_.losses, ctx, r);
-    return r;
+    };
+#if SY_ROUTE_LANES
+    if (detail::routes_in_lanes<T>(E)) {
+      // Blocks of lane_width tokens in SIMD lanes, the tail per token: the same bits either way.
+      constexpr index_t L = detail::lane_width;
+      const index_t blocks = Tn / L;
+      route_tokens<K>(r, blocks, L, [&](index_t i) {
+        if (i < blocks)
+          detail::route_block<K, Score>(&r.logits[i * L * E], a, &r.topk_indices[i * L * K],
+                                        &r.topk_probs[i * L * K]);
+        else
+          token(blocks * L + (i - blocks));
+      });
+      return finish(r, ctx);
+    }
+#endif
+    route_tokens<K>(r, Tn, 1, token);
+    return finish(r, ctx);
   }
 
   /// d logits [T][E] (overwritten) from d prob [T][K] of the selected routes, plus the
@@ -135,6 +151,13 @@ class TopK {
   }
 
  private:
+  template <class T>
+  Routing<T> finish(Routing<T>& r, const RouteContext& ctx) const {
+    compute_losses<K, Score>(matrix_view<const T>(r.logits.data(), r.num_tokens, r.num_experts),
+                             p_.losses, ctx, r);
+    return std::move(r);
+  }
+
   RouterParams p_;
 };
 

@@ -223,6 +223,14 @@ SY_HD inline void route_token(const T* z, const route_args<T>& a, std::int32_t* 
   {
     select_routes<K>(computed_scores<Score, T>{z, &st, a.expert_bias}, a, idx);
   }
+  route_token_weights<K, Score>(z, a, st, idx, prob);
+}
+
+/// The weights prob[0..K) of one token's selected experts idx[0..K) (REFERENCE §2, γ applied);
+/// `st` is the row's softmax statistics for pre-softmax (unused otherwise).
+template <int K, class Score, class T>
+SY_HD inline void route_token_weights(const T* z, const route_args<T>& a, const row_softmax<T>& st,
+                                      const std::int32_t* idx, T* prob) {
   if constexpr (std::is_same_v<Score, Softmax>) {
     // idx[0] holds the largest selected logit: subtracting it keeps every exp ≤ 1.
     const T m = z[idx[0]];
