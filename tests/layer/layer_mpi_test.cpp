@@ -153,6 +153,57 @@ BOOST_AUTO_TEST_CASE(capacity_dispatch_exchanges_fixed_blocks) {
   run_and_compare(c, -1);
 }
 
+BOOST_AUTO_TEST_CASE(capacity_with_uneven_token_counts_matches_each_rank_alone) {
+  // C comes from each rank's own T (as in Megatron), so with drops and ranks of different token
+  // counts (one with none) every rank's y and dx equal those of one rank routing its own tokens
+  // alone. No balance losses: those use the group's counts, which one rank alone does not see.
+  sy::MpiComm world(MPI_COMM_WORLD, std::chrono::seconds(60));
+  auto c = base_config();
+  c.expert_parallel_size = world.size();
+  c.token_dispatch = sy::TokenDispatch::capacity;
+  c.capacity_factor = 0.5;
+  c.load_balancing_type = sy::LoadBalancingType::none;
+  c.load_balance_loss_coeff = 0;
+  c.router_z_loss_coeff = 0;
+  const std::int64_t H = c.hidden_size;
+  const std::int64_t tokens_of_rank[] = {13, 0, 21, 6};
+  const std::int64_t T = tokens_of_rank[world.rank() % 4];
+  const auto x =
+      random_vector(30 + static_cast<std::uint32_t>(world.rank()), static_cast<std::size_t>(T * H));
+  const auto dy =
+      random_vector(40 + static_cast<std::uint32_t>(world.rank()), static_cast<std::size_t>(T * H));
+
+  sy::Config single = c;
+  single.expert_parallel_size = 1;
+  sy::LocalComm one;
+  auto ref = sy::make_layer<double>(single, sy::MoEComms<sy::LocalComm>{&one, &one, &one});
+  ref->initialize(21);
+  auto rf = ref->forward(sy::matrix_view<const double>(x.data(), T, H));
+  auto rg = ref->make_grads();
+  const auto rdx = ref->backward(rf.saved, sy::matrix_view<const double>(dy.data(), T, H), rg);
+
+  const sy::Layout layout(c);
+  auto groups = sy::make_mpi_groups(world, layout);
+  auto layer = sy::make_layer<double>(
+      c, sy::MoEComms<sy::MpiComm>{&groups.expert_parallel, &groups.dense_data_parallel,
+                                   &groups.expert_data_parallel});
+  layer->initialize(21);
+  auto fwd = layer->forward(sy::matrix_view<const double>(x.data(), T, H));
+  auto g = layer->make_grads();
+  const auto dx = layer->backward(fwd.saved, sy::matrix_view<const double>(dy.data(), T, H), g);
+
+  BOOST_TEST(fwd.metrics.capacity.value_or(-1) == rf.metrics.capacity.value_or(-1));
+  if (world.rank() == 0) BOOST_TEST(rf.metrics.dropped > 0);  // the case has drops
+  for (std::int64_t i = 0; i < T * H; ++i) {
+    BOOST_REQUIRE_MESSAGE(close(fwd.y[i], rf.y[i]), "y[" << i << "]");
+    BOOST_REQUIRE_MESSAGE(close(dx[i], rdx[i]), "dx[" << i << "]");
+  }
+  // The group's dropped routes are the sum of each rank's own.
+  std::int64_t dropped = rf.metrics.dropped;
+  MPI_Allreduce(MPI_IN_PLACE, &dropped, 1, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
+  BOOST_TEST(fwd.metrics.dropped == dropped);
+}
+
 BOOST_AUTO_TEST_CASE(a_config_mismatch_is_an_error_on_every_rank_not_a_hang) {
   sy::MpiComm world(MPI_COMM_WORLD, std::chrono::seconds(60));
   auto c = base_config();

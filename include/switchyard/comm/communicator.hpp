@@ -76,8 +76,9 @@ concept HostCommunicator = Communicator<C> && !requires {
 static_assert(HostCommunicator<LocalComm>);
 
 /// Exchanges per-peer counts: recv_counts[p] = what peer p sends to this rank (an all-to-all of
-/// one integer per peer). This is the count exchange that precedes a variable all_to_all_v.
-template <Communicator Comm>
+/// one integer per peer). This is the count exchange that precedes a variable all_to_all_v. The
+/// counts are host vectors, so the communicator must take host memory (not NcclComm).
+template <HostCommunicator Comm>
 std::vector<std::int64_t> exchange_counts(Comm& comm, std::span<const std::int64_t> send_counts) {
   SY_EXPECTS(static_cast<int>(send_counts.size()) == comm.size(),
              detail::concat("one count per peer: got ", send_counts.size(), " for ", comm.size(),

@@ -1,8 +1,10 @@
 #pragma once
 /// \file NcclComm: the device communicator. It wraps an ncclComm_t the framework already has
 /// (not owned) and runs every collective on the caller's stream; create_nccl_comm() builds one
-/// over a host communicator (e.g. MpiComm) for standalone use. Buffers are device memory; counts
-/// are host values (the count exchange itself runs over the device, see exchange_counts).
+/// over a host communicator (e.g. MpiComm) for standalone use. Buffers are device memory; the
+/// per-peer counts of all_to_all_v are host values. A count exchange over NCCL sends the counts
+/// from device memory too (as DeviceMoELayer does); exchange_counts() takes host communicators
+/// only.
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>

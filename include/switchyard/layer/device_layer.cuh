@@ -341,7 +341,7 @@ class DeviceMoELayerCore {
                      "DeviceForwardOptions");
       s.loss_workspace = alloc<std::byte>(router_->loss_workspace_bytes(T), stream);
       dopt = dispatch_options(cfg_, T);
-      if (dopt.capacity && placement_.ep() > 1) dopt.pad_to_capacity = true;  // fixed blocks
+      if (dopt.capacity && placement_.ep() > 1) dopt.pad_to_capacity = true;  // as the host
       s.plan_workspace = alloc<std::byte>(plan_workspace_bytes<float>(cuda, T, k, dopt), stream);
     } catch (...) {
       failed = std::current_exception();
@@ -424,8 +424,9 @@ class DeviceMoELayerCore {
                                 cudaMemcpyDeviceToDevice, stream));
     SY_CUDA_TRY(cudaMemcpyAsync(kept_d, s.plan.kept_per_expert, sizeof(std::int64_t) * E,
                                 cudaMemcpyDeviceToDevice, stream));
-    // Padded capacity blocks (EP > 1) hold C rows each way: no count exchange.
-    if (s.exchanged && !s.plan.padded) {
+    // Rows per (peer, local expert), also for padded capacity blocks: C comes from each rank's
+    // own T, which may differ across the EP group.
+    if (s.exchanged) {
       kernels::launch_per_token(kernels::offsets_to_rows_body{s.plan.expert_offsets, send_d}, E,
                                 stream);
       const std::vector<std::int64_t> per_peer(static_cast<std::size_t>(ep), El);
@@ -474,10 +475,7 @@ class DeviceMoELayerCore {
       s.send_rows.assign(static_cast<std::size_t>(E), 0);
       for (std::size_t slot = 0; slot < s.send_rows.size(); ++slot)
         s.send_rows[slot] = s.offsets[slot + 1] - s.offsets[slot];
-      if (s.plan.padded)
-        s.recv_rows.assign(static_cast<std::size_t>(E), s.plan.capacity);
-      else
-        s.recv_rows.assign(host_counts.begin() + 3 * E, host_counts.end());
+      s.recv_rows.assign(host_counts.begin() + 3 * E, host_counts.end());
       s.expert_offsets = detail::exchange_expert_offsets(s.recv_rows, ep, El);
       const std::int64_t self = comms_.expert_parallel->rank();
       for (std::int64_t p = 0; p < ep; ++p)

@@ -13,8 +13,9 @@
 /// Losses and counts in a multi-rank layer are those of the dense data-parallel group: the count
 /// map is summed over it and T is its token count (REFERENCE §5), so the per-rank loss terms sum
 /// to the loss of the group's whole batch and the summed gradients equal one rank's gradients on
-/// that batch (tested under mpirun). Capacity dispatch over more than one EP rank exchanges
-/// fixed blocks of C rows per expert (padding rows are zero and weigh 0): no count exchange.
+/// that batch (tested under mpirun). Capacity dispatch over more than one EP rank pads each
+/// expert's rows to C (padding rows are zero and weigh 0); C comes from the rank's own T, so the
+/// block sizes are exchanged as in dropless dispatch (ranks may hold different T, or none).
 
 #include <algorithm>
 #include <cmath>
@@ -208,7 +209,7 @@ class MoELayerCore {
     for (std::size_t i = 0; i < s.slots.size(); ++i)
       s.slots[i] = static_cast<std::int32_t>(placement_.slot(s.routing.topk_indices[i]));
     DispatchOptions dopt = dispatch_options(cfg_, Tn);
-    if (dopt.capacity && ep > 1) dopt.pad_to_capacity = true;  // fixed-size exchange blocks
+    if (dopt.capacity && ep > 1) dopt.pad_to_capacity = true;  // C rows per expert, as Megatron
     s.plan = build_plan(exec::Host{}, dopt, matrix_view<const std::int32_t>(s.slots.data(), Tn, k),
                         s.routing.probs());
     const index_t R = s.plan.rows();
@@ -221,9 +222,9 @@ class MoELayerCore {
       s.send_rows[static_cast<std::size_t>(slot)] = s.plan.rows_of(slot);
     if (ep == 1) {
       s.recv_rows = s.send_rows;
-    } else if (dopt.capacity) {
-      s.recv_rows.assign(static_cast<std::size_t>(ep * El), *dopt.capacity);
     } else {
+      // Counts both ways also for padded capacity blocks: C comes from each rank's own T, and T
+      // may differ across the EP group (a rank with no tokens has C = min_capacity).
       s.recv_rows.assign(static_cast<std::size_t>(ep * El), 0);
       const std::vector<std::int64_t> per_peer(static_cast<std::size_t>(ep), El);
       comms_.expert_parallel->all_to_all_v(s.send_rows.data(), per_peer, s.recv_rows.data(),
