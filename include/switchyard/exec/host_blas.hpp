@@ -2,9 +2,12 @@
 /// \file Row-major GEMM on the host: CBLAS when available (the switchyard::blas target defines
 /// SWITCHYARD_HAS_CBLAS), plain loops otherwise. Used by the router linear and the experts.
 
+#include <algorithm>
 #include <climits>
 #include <cstdint>
+#include <span>
 #include <type_traits>
+#include <vector>
 
 #include "switchyard/core/error.hpp"
 #include "switchyard/core/mdspan.hpp"
@@ -24,36 +27,59 @@ inline constexpr bool has_cblas =
     false;
 #endif
 
-/// C[m,n] = alpha·op(A)·op(B) + beta·C, row-major with row strides lda, ldb, ldc; op(A) is
-/// [m,k], op(B) is [k,n]. beta = 0 overwrites C (NaNs in C do not propagate).
+/// One row-major GEMM: C[m,n] = alpha·op(A)·op(B) + beta·C with row strides lda, ldb, ldc; op(A)
+/// is [m,k], op(B) is [k,n]. beta = 0 overwrites C (NaNs in C do not propagate).
+template <class T>
+struct gemm_call {
+  bool trans_a = false, trans_b = false;
+  index_t m = 0, n = 0, k = 0;
+  T alpha = T(1);
+  const T* a = nullptr;
+  index_t lda = 0;
+  const T* b = nullptr;
+  index_t ldb = 0;
+  T beta = T(0);
+  T* c = nullptr;
+  index_t ldc = 0;
+};
+
+/// Row i of a GEMM by plain loops: every element keeps the same order of additions whichever
+/// thread computes the row.
+template <class T>
+void gemm_loops_row(const gemm_call<T>& g, index_t i) {
+  const index_t n = g.n, k = g.k, lda = g.lda, ldb = g.ldb;
+  const T *a = g.a, *b = g.b;
+  T* ci = g.c + i * g.ldc;
+  for (index_t j = 0; j < n; ++j) ci[j] = g.beta == T(0) ? T(0) : g.beta * ci[j];
+  if (!g.trans_a && g.trans_b) {
+    // A·Bᵀ: both operands are read along contiguous rows, so a dot product per element.
+    for (index_t j = 0; j < n; ++j) {
+      T s = T(0);
+      for (index_t p = 0; p < k; ++p) s += a[i * lda + p] * b[j * ldb + p];
+      ci[j] += g.alpha * s;
+    }
+    return;
+  }
+  // Otherwise a rank-1 update per p, reading rows of op(B) and C contiguously.
+  for (index_t p = 0; p < k; ++p) {
+    const T av = g.alpha * (g.trans_a ? a[p * lda + i] : a[i * lda + p]);
+    if (av == T(0)) continue;
+    if (!g.trans_b) {
+      const T* bp = b + p * ldb;
+      for (index_t j = 0; j < n; ++j) ci[j] += av * bp[j];
+    } else {
+      for (index_t j = 0; j < n; ++j) ci[j] += av * b[j * ldb + p];
+    }
+  }
+}
+
+/// C = alpha·op(A)·op(B) + beta·C by plain loops, one row of C per item (any thread count gives
+/// the same bits).
 template <class T>
 void gemm_loops(bool trans_a, bool trans_b, index_t m, index_t n, index_t k, T alpha, const T* a,
                 index_t lda, const T* b, index_t ldb, T beta, T* c, index_t ldc) {
-  // One row of C per item: every element keeps the same order of additions on any thread count.
-  exec::parallel_for(m, n * k, [&](index_t i) {
-    T* ci = c + i * ldc;
-    for (index_t j = 0; j < n; ++j) ci[j] = beta == T(0) ? T(0) : beta * ci[j];
-    if (!trans_a && trans_b) {
-      // A·Bᵀ: both operands are read along contiguous rows, so a dot product per element.
-      for (index_t j = 0; j < n; ++j) {
-        T s = T(0);
-        for (index_t p = 0; p < k; ++p) s += a[i * lda + p] * b[j * ldb + p];
-        ci[j] += alpha * s;
-      }
-      return;
-    }
-    // Otherwise a rank-1 update per p, reading rows of op(B) and C contiguously.
-    for (index_t p = 0; p < k; ++p) {
-      const T av = alpha * (trans_a ? a[p * lda + i] : a[i * lda + p]);
-      if (av == T(0)) continue;
-      if (!trans_b) {
-        const T* bp = b + p * ldb;
-        for (index_t j = 0; j < n; ++j) ci[j] += av * bp[j];
-      } else {
-        for (index_t j = 0; j < n; ++j) ci[j] += av * b[j * ldb + p];
-      }
-    }
-  });
+  const gemm_call<T> g{trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc};
+  exec::parallel_for(m, n * k, [&](index_t i) { gemm_loops_row(g, i); });
 }
 
 /// Largest inner dimension of one CBLAS call, and rows of C per call. A BLAS result depends on
@@ -90,51 +116,92 @@ class blas_single_thread {
 struct blas_single_thread {};
 #endif
 
-/// C[m,n] = alpha·op(A)·op(B) + beta·C through CBLAS when `use_cblas` (and this build has it),
-/// else through gemm_loops; empty products are handled here (CBLAS rejects leading dimensions
-/// of 0). Not reentrant with other OpenBLAS callers of the process while it runs (it sets
-/// OpenBLAS's thread count, see blas_single_thread).
+#if defined(SWITCHYARD_HAS_CBLAS)
+/// Tile `tile` of C (row-block major, blas_m_block × blas_n_block) of one GEMM through CBLAS, one
+/// call per block of the inner dimension accumulated in block order (beta = 1 after the first),
+/// on the calling thread (inside blas_single_thread).
+template <class T>
+void cblas_tile(const gemm_call<T>& g, index_t tile) {
+  const exec::chunking rows{g.m, blas_m_block}, cols{g.n, blas_n_block};
+  const index_t i0 = rows.begin(tile / cols.count()), j0 = cols.begin(tile % cols.count());
+  const auto M = static_cast<int>(rows.end(tile / cols.count()) - i0);
+  const auto N = static_cast<int>(cols.end(tile % cols.count()) - j0);
+  const auto ta = g.trans_a ? CblasTrans : CblasNoTrans;
+  const auto tb = g.trans_b ? CblasTrans : CblasNoTrans;
+  const auto lda = static_cast<int>(g.lda), ldb = static_cast<int>(g.ldb),
+             ldc = static_cast<int>(g.ldc);
+  T* ct = g.c + i0 * g.ldc + j0;
+  for (index_t p0 = 0; p0 < g.k; p0 += blas_k_block) {
+    const auto kb = static_cast<int>(g.k - p0 < blas_k_block ? g.k - p0 : blas_k_block);
+    const T* ap = g.trans_a ? g.a + p0 * g.lda + i0 : g.a + i0 * g.lda + p0;
+    const T* bp = g.trans_b ? g.b + j0 * g.ldb + p0 : g.b + p0 * g.ldb + j0;
+    const T bt = p0 == 0 ? g.beta : T(1);
+    if constexpr (std::is_same_v<T, float>) {
+      cblas_sgemm(CblasRowMajor, ta, tb, M, N, kb, g.alpha, ap, lda, bp, ldb, bt, ct, ldc);
+    } else {
+      static_assert(std::is_same_v<T, double>, "the host backend computes in float or double");
+      cblas_dgemm(CblasRowMajor, ta, tb, M, N, kb, g.alpha, ap, lda, bp, ldb, bt, ct, ldc);
+    }
+  }
+}
+#endif
+
+/// Several independent GEMMs (their C must not overlap, nor any C overlap another call's A or B)
+/// in one parallel loop: through CBLAS when `use_cblas` (and this build has it) as fixed tiles
+/// (see blas_m_block), else by gemm_loops rows. The items of every call share the threads, so
+/// the many small GEMMs of a grouped GEMM (one per expert, often one tile each) run side by side;
+/// each item is computed as when its call runs alone, so the bits do not depend on the batching
+/// or the thread count. Empty products are handled here (CBLAS rejects leading dimensions of 0).
+/// Not reentrant with other OpenBLAS callers of the process while it runs (it sets OpenBLAS's
+/// thread count, see blas_single_thread).
+template <class T>
+void row_major_gemms(bool use_cblas, std::span<const gemm_call<T>> calls) {
+  // Per call: tiles through CBLAS, or rows through the loops; items numbered call after call.
+  std::vector<index_t> first(calls.size() + 1, 0);
+  std::vector<char> blas(calls.size(), 0);
+  double flops = 0;
+  for (std::size_t i = 0; i < calls.size(); ++i) {
+    const gemm_call<T>& g = calls[i];
+    index_t items = 0;
+    if (g.m > 0 && g.n > 0) {
+      blas[i] = has_cblas && use_cblas && g.k > 0;
+      if (blas[i]) {
+        SY_EXPECTS(g.m <= INT_MAX && g.n <= INT_MAX && g.k <= INT_MAX && g.lda <= INT_MAX &&
+                       g.ldb <= INT_MAX && g.ldc <= INT_MAX,
+                   concat("CBLAS takes 32-bit sizes; got m=", g.m, " n=", g.n, " k=", g.k));
+        items =
+            exec::chunking{g.m, blas_m_block}.count() * exec::chunking{g.n, blas_n_block}.count();
+      } else {
+        items = g.m;
+      }
+    }
+    first[i + 1] = first[i] + items;
+    flops += static_cast<double>(g.m) * static_cast<double>(g.n) * static_cast<double>(g.k + 1);
+  }
+  const index_t total = first.back();
+  if (total == 0) return;
+  [[maybe_unused]] const blas_single_thread one_thread;
+  const auto cost = static_cast<std::int64_t>(flops / static_cast<double>(total)) + 1;
+  exec::parallel_for(total, cost, [&](index_t item) {
+    const auto i = static_cast<std::size_t>(std::upper_bound(first.begin(), first.end(), item) -
+                                            first.begin() - 1);
+    if (blas[i]) {
+#if defined(SWITCHYARD_HAS_CBLAS)
+      cblas_tile(calls[i], item - first[i]);
+#endif
+    } else {
+      gemm_loops_row(calls[i], item - first[i]);
+    }
+  });
+}
+
+/// One GEMM through row_major_gemms: C[m,n] = alpha·op(A)·op(B) + beta·C.
 template <class T>
 void row_major_gemm(bool use_cblas, bool trans_a, bool trans_b, index_t m, index_t n, index_t k,
                     T alpha, const T* a, index_t lda, const T* b, index_t ldb, T beta, T* c,
                     index_t ldc) {
-  if (m == 0 || n == 0) return;
-  if (k == 0 || !has_cblas || !use_cblas) {
-    gemm_loops<T>(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-    return;
-  }
-#if defined(SWITCHYARD_HAS_CBLAS)
-  SY_EXPECTS(m <= INT_MAX && n <= INT_MAX && k <= INT_MAX && lda <= INT_MAX && ldb <= INT_MAX &&
-                 ldc <= INT_MAX,
-             concat("CBLAS takes 32-bit sizes; got m=", m, " n=", n, " k=", k));
-  const auto ta = trans_a ? CblasTrans : CblasNoTrans;
-  const auto tb = trans_b ? CblasTrans : CblasNoTrans;
-  const auto LDA = static_cast<int>(lda), LDB = static_cast<int>(ldb), LDC = static_cast<int>(ldc);
-  const blas_single_thread one_thread;
-  const exec::chunking rows{m, blas_m_block}, cols{n, blas_n_block};
-  // One tile of C per item; inside it one call per block of the inner dimension, accumulated in
-  // block order (beta = 1 after the first).
-  exec::parallel_for(
-      rows.count() * cols.count(), blas_m_block * blas_n_block * k, [&](index_t tile) {
-        const index_t i0 = rows.begin(tile / cols.count()), j0 = cols.begin(tile % cols.count());
-        const auto M = static_cast<int>(rows.end(tile / cols.count()) - i0);
-        const auto N = static_cast<int>(cols.end(tile % cols.count()) - j0);
-        T* ct = c + i0 * ldc + j0;
-        for (index_t p0 = 0; p0 < k; p0 += blas_k_block) {
-          const auto kb = static_cast<int>(k - p0 < blas_k_block ? k - p0 : blas_k_block);
-          const T* ap = trans_a ? a + p0 * lda + i0 : a + i0 * lda + p0;
-          const T* bp = trans_b ? b + j0 * ldb + p0 : b + p0 * ldb + j0;
-          const T bt = p0 == 0 ? beta : T(1);
-          if constexpr (std::is_same_v<T, float>) {
-            cblas_sgemm(CblasRowMajor, ta, tb, M, N, kb, alpha, ap, LDA, bp, LDB, bt, ct, LDC);
-          } else {
-            static_assert(std::is_same_v<T, double>,
-                          "the host backend computes in float or double");
-            cblas_dgemm(CblasRowMajor, ta, tb, M, N, kb, alpha, ap, LDA, bp, LDB, bt, ct, LDC);
-          }
-        }
-      });
-#endif
+  const gemm_call<T> g{trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc};
+  row_major_gemms<T>(use_cblas, std::span<const gemm_call<T>>(&g, 1));
 }
 
 }  // namespace switchyard::detail

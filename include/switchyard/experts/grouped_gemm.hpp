@@ -4,6 +4,7 @@
 
 #include <span>
 #include <type_traits>
+#include <vector>
 
 #include "switchyard/core/error.hpp"
 #include "switchyard/core/mdspan.hpp"
@@ -53,10 +54,12 @@ void grouped_gemm(exec::Host, std::span<const index_t> offsets,
              detail::concat("grouped_gemm: a is [", a.extent(0), "][", a.extent(1), "], b is [", E,
                             "][", N, "][", K, "], c is [", c.extent(0), "][", c.extent(1),
                             "]; want a [R][K], c [R][N]"));
+  std::vector<detail::gemm_call<T>> calls;
   for_each_expert_rows(offsets, [&](index_t e, index_t r0, index_t n) {
-    detail::gemm<T>(impl, false, true, n, N, K, T(1), a.data_handle() + r0 * K, K,
-                    b.data_handle() + e * N * K, K, beta, c.data_handle() + r0 * N, N);
+    calls.push_back({false, true, n, N, K, T(1), a.data_handle() + r0 * K, K,
+                     b.data_handle() + e * N * K, K, beta, c.data_handle() + r0 * N, N});
   });
+  detail::gemms<T>(impl, calls);
 }
 
 }  // namespace switchyard

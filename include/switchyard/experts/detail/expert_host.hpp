@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <vector>
 
 #include "switchyard/core/error.hpp"
 #include "switchyard/core/mdspan.hpp"
@@ -91,11 +92,14 @@ void expert_forward_host(P p, const expert_shape& s, const expert_weights<T>& w,
   T* act = region<T>(workspace, layout.act_offset);
   const host_gemm impl = resolve_host_gemm(opt.gemm);
 
+  // Each product is one batch over the experts (their GEMMs share the threads).
+  std::vector<gemm_call<T>> calls;
   for_each_expert_rows(offsets, [&](index_t e, index_t r0, index_t n) {
     if (s.bias) fill_rows(pre + r0 * F1, n, F1, &w.fc1_bias(e, 0));
-    gemm<T>(impl, false, true, n, F1, H, T(1), x.data_handle() + r0 * H, H,
-            w.fc1.data_handle() + e * F1 * H, H, s.bias ? T(1) : T(0), pre + r0 * F1, F1);
+    calls.push_back({false, true, n, F1, H, T(1), x.data_handle() + r0 * H, H,
+                     w.fc1.data_handle() + e * F1 * H, H, s.bias ? T(1) : T(0), pre + r0 * F1, F1});
   });
+  gemms<T>(impl, calls);
   const auto& d = opt.dropout;
   const bool drop = d.active();
   exec::parallel_for(R, 8 * F, [&](index_t r) {
@@ -107,11 +111,13 @@ void expert_forward_host(P p, const expert_shape& s, const expert_weights<T>& w,
                                                                  static_cast<std::uint64_t>(j));
     }
   });
+  calls.clear();
   for_each_expert_rows(offsets, [&](index_t e, index_t r0, index_t n) {
     if (s.bias) fill_rows(y.data_handle() + r0 * H, n, H, &w.fc2_bias(e, 0));
-    gemm<T>(impl, false, true, n, H, F, T(1), act + r0 * F, F, w.fc2.data_handle() + e * H * F, F,
-            s.bias ? T(1) : T(0), y.data_handle() + r0 * H, H);
+    calls.push_back({false, true, n, H, F, T(1), act + r0 * F, F, w.fc2.data_handle() + e * H * F,
+                     F, s.bias ? T(1) : T(0), y.data_handle() + r0 * H, H});
   });
+  gemms<T>(impl, calls);
 }
 
 template <ExpertPolicy P, class T>
@@ -132,14 +138,19 @@ void expert_backward_host(P p, const expert_shape& s, const expert_weights<T>& w
   const host_gemm impl = resolve_host_gemm(opt.gemm);
   const T* dyp = dy.data_handle();
 
-  // fc2: dW2_e += dy_eᵀ·a_e, db2_e += Σ dy_e, then d a_e = dy_e·W2_e overwrites a_e.
+  // fc2: dW2_e += dy_eᵀ·a_e, db2_e += Σ dy_e, then d a_e = dy_e·W2_e overwrites a_e (a second
+  // batch: it must not start before every dW2_e has read a_e). Each batch runs the experts'
+  // GEMMs side by side.
+  std::vector<gemm_call<T>> weight_calls, data_calls;
   for_each_expert_rows(offsets, [&](index_t e, index_t r0, index_t n) {
-    gemm<T>(impl, true, false, H, F, n, T(1), dyp + r0 * H, H, act + r0 * F, F, T(1),
-            g.fc2.data_handle() + e * H * F, F);
+    weight_calls.push_back({true, false, H, F, n, T(1), dyp + r0 * H, H, act + r0 * F, F, T(1),
+                            g.fc2.data_handle() + e * H * F, F});
     if (s.bias) add_column_sums(&g.fc2_bias(e, 0), dyp + r0 * H, n, H);
-    gemm<T>(impl, false, false, n, F, H, T(1), dyp + r0 * H, H, w.fc2.data_handle() + e * H * F, F,
-            T(0), act + r0 * F, F);
+    data_calls.push_back({false, false, n, F, H, T(1), dyp + r0 * H, H,
+                          w.fc2.data_handle() + e * H * F, F, T(0), act + r0 * F, F});
   });
+  gemms<T>(impl, weight_calls);
+  gemms<T>(impl, data_calls);
   // Through dropout and the activation: d h overwrites h (each element reads only its own g, l).
   const auto& d = opt.dropout;
   const bool drop = d.active();
@@ -154,14 +165,18 @@ void expert_backward_host(P p, const expert_shape& s, const expert_weights<T>& w
       if constexpr (P::gated) pre[r * F1 + F + j] = dl;
     }
   });
-  // fc1: dW1_e += dh_eᵀ·x_e, db1_e += Σ dh_e, dx_e = dh_e·W1_e.
+  // fc1: dW1_e += dh_eᵀ·x_e, db1_e += Σ dh_e, dx_e = dh_e·W1_e: both only read dh, one batch.
+  weight_calls.clear();
   for_each_expert_rows(offsets, [&](index_t e, index_t r0, index_t n) {
-    gemm<T>(impl, true, false, F1, H, n, T(1), pre + r0 * F1, F1, x.data_handle() + r0 * H, H, T(1),
-            g.fc1.data_handle() + e * F1 * H, H);
+    weight_calls.push_back({true, false, F1, H, n, T(1), pre + r0 * F1, F1,
+                            x.data_handle() + r0 * H, H, T(1), g.fc1.data_handle() + e * F1 * H,
+                            H});
     if (s.bias) add_column_sums(&g.fc1_bias(e, 0), pre + r0 * F1, n, F1);
-    gemm<T>(impl, false, false, n, H, F1, T(1), pre + r0 * F1, F1, w.fc1.data_handle() + e * F1 * H,
-            H, T(0), dx.data_handle() + r0 * H, H);
+    weight_calls.push_back({false, false, n, H, F1, T(1), pre + r0 * F1, F1,
+                            w.fc1.data_handle() + e * F1 * H, H, T(0), dx.data_handle() + r0 * H,
+                            H});
   });
+  gemms<T>(impl, weight_calls);
 }
 
 }  // namespace switchyard::detail

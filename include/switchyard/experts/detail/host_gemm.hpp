@@ -1,6 +1,8 @@
 #pragma once
 /// \file Row-major GEMM on the host: CBLAS when available, plain loops otherwise.
 
+#include <span>
+
 #include "switchyard/core/error.hpp"
 #include "switchyard/core/mdspan.hpp"
 #include "switchyard/exec/host_blas.hpp"
@@ -15,6 +17,13 @@ inline host_gemm resolve_host_gemm(host_gemm g) {
              "host_gemm::cblas requested, but Switchyard was built without CBLAS (link "
              "switchyard::blas, which defines SWITCHYARD_HAS_CBLAS)");
   return g;
+}
+
+/// Independent row-major GEMMs of exec/host_blas.hpp through the chosen implementation, in one
+/// parallel loop (the per-expert products of a grouped GEMM).
+template <class T>
+void gemms(host_gemm impl, std::span<const gemm_call<T>> calls) {
+  row_major_gemms<T>(resolve_host_gemm(impl) == host_gemm::cblas, calls);
 }
 
 /// The row-major GEMM of exec/host_blas.hpp through the chosen implementation.
