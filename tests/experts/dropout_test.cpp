@@ -41,6 +41,34 @@ BOOST_AUTO_TEST_CASE(mask_is_deterministic_and_changes_with_seed_and_step) {
   BOOST_TEST(max_rel_diff(run_forward<P>(p, ws, {.dropout = other}), a) > 1e-3);
 }
 
+BOOST_AUTO_TEST_CASE(rows_run_in_two_calls_with_a_row_offset_draw_the_masks_of_one_call) {
+  // The host layer runs its own and its received rows in two calls: with row_offset the second
+  // call's rows keep their keys, so the masks are those of one call over all rows (and no row
+  // of the second call repeats a mask of the first).
+  using P = sy::SwiGLU;
+  expert_problem<double> p(P{}, 1, 8, 16, false, {10}, 3);
+  const sy::expert_dropout d{.p = 0.5, .seed = 7, .step = 1, .training = true};
+  std::vector<std::byte> ws;
+  const auto whole = run_forward<P>(p, ws, {.dropout = d, .gemm = sy::host_gemm::loops});
+  const index_t H = p.shape.hidden, first = 4;
+  std::vector<double> split(whole.size(), -7.0), split_without_offset(whole.size(), -7.0);
+  for (const bool offset : {true, false}) {
+    auto& out = offset ? split : split_without_offset;
+    for (const index_t part : {0, 1}) {
+      const index_t r0 = part == 0 ? 0 : first, n = part == 0 ? first : p.rows - first;
+      const std::vector<index_t> offsets = {0, n};
+      sy::expert_options opt{.dropout = d, .gemm = sy::host_gemm::loops};
+      if (offset) opt.dropout.row_offset = static_cast<std::uint64_t>(r0);
+      ws.assign(sy::expert_workspace_bytes<double>(P{}, p.shape, n), std::byte{0});
+      sy::expert_forward(P{}, sy::exec::Host{}, p.shape, p.weights(),
+                         sy::matrix_view<const double>(p.x.data() + r0 * H, n, H), offsets,
+                         sy::matrix_view<double>(out.data() + r0 * H, n, H), ws, opt);
+    }
+  }
+  BOOST_TEST(split == whole, boost::test_tools::per_element());
+  BOOST_TEST(max_rel_diff(split_without_offset, whole) > 1e-3);
+}
+
 BOOST_AUTO_TEST_CASE(eval_is_the_identity_and_training_keeps_the_expectation) {
   using P = sy::FFN<sy::GeLU>;
   expert_problem<double> p(P{}, 2, 6, 4, true, {3, 2}, 4);

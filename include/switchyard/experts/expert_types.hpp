@@ -48,12 +48,16 @@ expert_weights<T> as_const(const expert_tensors<T>& t) {
 
 /// Expert dropout (docs/experts.md): inverted dropout on the expert hidden activations (the fc2
 /// input), active only when `training` and p > 0. The keep mask is Philox keyed by (seed, step,
-/// row, column), so forward and backward (and host and device) draw the same mask.
+/// row_offset + row, column), so forward and backward (and host and device) draw the same mask.
 struct expert_dropout {
   double p = 0.0;          ///< drop probability in [0, 1]
   std::uint64_t seed = 0;  ///< run seed
   std::uint32_t step = 0;  ///< training step (or micro-batch counter): a new mask each step
   bool training = false;   ///< eval: identity
+  /// Key of this call's row 0: a layer that runs its rows in several calls (the host layer's own
+  /// and received rows under expert parallelism) gives each call its own key range, so no two
+  /// rows of a step share a mask.
+  std::uint64_t row_offset = 0;
   constexpr bool active() const { return training && p > 0.0; }
 };
 

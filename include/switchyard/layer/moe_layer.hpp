@@ -240,7 +240,7 @@ class MoELayerCore {
       std::vector<T> y(static_cast<std::size_t>(n * H));
       experts_->forward(shape, std::as_const(params_).experts(),
                         matrix_view<const T>(g.in.data(), n, H), g.offsets,
-                        matrix_view<T>(y.data(), n, H), g.workspace, s.expert_opts);
+                        matrix_view<T>(y.data(), n, H), g.workspace, segment_options(s, seg));
       return y;
     });
 
@@ -292,7 +292,7 @@ class MoELayerCore {
                              matrix_view<const T>(g.in.data(), n, H), g.offsets,
                              matrix_view<const T>(d_out.data(), n, H),
                              matrix_view<T>(d_out.data(), n, H), grads.experts(), g.workspace,
-                             s.expert_opts);
+                             segment_options(s, seg));
           std::vector<T>().swap(g.in);
           std::vector<std::byte>().swap(g.workspace);
           return d_out;
@@ -338,6 +338,14 @@ class MoELayerCore {
   std::vector<double> expert_bias() const { return router_->expert_bias(); }
 
  private:
+  // The expert options of a segment: the received rows' dropout keys follow the own rows', so
+  // no two rows of a step share a mask.
+  static expert_options segment_options(const MoESaved<T>& s, int seg) {
+    expert_options o = s.expert_opts;
+    o.dropout.row_offset = seg == 0 ? 0 : static_cast<std::uint64_t>(s.local.offsets.back());
+    return o;
+  }
+
   // Runs `op(segment, rows)` on the rows of this rank's experts and brings the results back in
   // plan order (rows grouped by destination EP rank, then local expert). Segment 0 is this
   // rank's own block, which never leaves the rank: with communication_overlap the exchange of

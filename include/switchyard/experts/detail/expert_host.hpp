@@ -106,9 +106,10 @@ void expert_forward_host(P p, const expert_shape& s, const expert_weights<T>& w,
     for (index_t j = 0; j < F; ++j) {
       const T g = pre[r * F1 + j];
       const T l = P::gated ? pre[r * F1 + F + j] : T(0);
-      act[r * F + j] = hidden_value<P>(g, l) * dropout_factor<T>(drop, d.p, d.seed, d.step,
-                                                                 static_cast<std::uint64_t>(r),
-                                                                 static_cast<std::uint64_t>(j));
+      act[r * F + j] =
+          hidden_value<P>(g, l) * dropout_factor<T>(drop, d.p, d.seed, d.step,
+                                                    d.row_offset + static_cast<std::uint64_t>(r),
+                                                    static_cast<std::uint64_t>(j));
     }
   });
   calls.clear();
@@ -157,7 +158,7 @@ void expert_backward_host(P p, const expert_shape& s, const expert_weights<T>& w
   exec::parallel_for(R, 8 * F, [&](index_t r) {
     for (index_t j = 0; j < F; ++j) {
       const T da = act[r * F + j] * dropout_factor<T>(drop, d.p, d.seed, d.step,
-                                                      static_cast<std::uint64_t>(r),
+                                                      d.row_offset + static_cast<std::uint64_t>(r),
                                                       static_cast<std::uint64_t>(j));
       T dg{}, dl{};
       hidden_grad<P>(da, pre[r * F1 + j], P::gated ? pre[r * F1 + F + j] : T(0), dg, dl);

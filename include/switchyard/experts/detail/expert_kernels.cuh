@@ -49,10 +49,10 @@ __global__ void hidden_forward(const T* pre, T* act, index_t rows, index_t F, ex
     const index_t r = i / F, j = i % F;
     const float g = detail::to_float(pre[r * F1 + j]);
     const float l = P::gated ? detail::to_float(pre[r * F1 + F + j]) : 0.0f;
-    act[i] =
-        detail::from_float<T>(detail::hidden_value<P>(g, l) *
-                              detail::dropout_factor<float>(drop, d.p, d.seed, d.step,
-                                                            std::uint64_t(r), std::uint64_t(j)));
+    act[i] = detail::from_float<T>(detail::hidden_value<P>(g, l) *
+                                   detail::dropout_factor<float>(drop, d.p, d.seed, d.step,
+                                                                 d.row_offset + std::uint64_t(r),
+                                                                 std::uint64_t(j)));
   }
 }
 
@@ -64,9 +64,10 @@ __global__ void hidden_backward(T* pre, const T* dact, index_t rows, index_t F, 
   for (index_t i = blockIdx.x * index_t(blockDim.x) + threadIdx.x; i < total;
        i += index_t(gridDim.x) * blockDim.x) {
     const index_t r = i / F, j = i % F;
-    const float da = detail::to_float(dact[i]) *
-                     detail::dropout_factor<float>(drop, d.p, d.seed, d.step, std::uint64_t(r),
-                                                   std::uint64_t(j));
+    const float da =
+        detail::to_float(dact[i]) * detail::dropout_factor<float>(drop, d.p, d.seed, d.step,
+                                                                  d.row_offset + std::uint64_t(r),
+                                                                  std::uint64_t(j));
     const float g = detail::to_float(pre[r * F1 + j]);
     const float l = P::gated ? detail::to_float(pre[r * F1 + F + j]) : 0.0f;
     float dg = 0.0f, dl = 0.0f;
