@@ -219,6 +219,19 @@ BOOST_AUTO_TEST_CASE(device_layer_nan_input_is_an_error_naming_the_token) {
              e.message);
 }
 
+BOOST_AUTO_TEST_CASE(a_failed_forward_leaves_the_global_aux_accumulator_as_it_was) {
+  auto c = base(8, 2, true, sy::Activation::silu);
+  c.load_balancing_type = sy::LoadBalancingType::global_aux_loss;
+  const auto r = sy::test::device_layer_global_aux_after_failure(c, 16, 5);
+  BOOST_TEST(r.error.kind == "numeric_error");
+  BOOST_TEST(r.micro_batches_good == 1);
+  BOOST_TEST(r.micro_batches_after == 1);
+  double total = 0;
+  for (const double v : r.sums_good) total += v;
+  BOOST_TEST(total == 16.0 * 2);  // the good batch's 16 tokens × k = 2 routes
+  BOOST_TEST(r.sums_after == r.sums_good, boost::test_tools::per_element());
+}
+
 BOOST_AUTO_TEST_CASE(compile_time_device_layer_equals_the_runtime_bridge) {
   auto c = base(8, 2, true, sy::Activation::silu);
   c.token_dispatch = sy::TokenDispatch::capacity;

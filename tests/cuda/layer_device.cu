@@ -169,4 +169,40 @@ device_layer_error device_layer_nan_error(const Config& cfg, std::int64_t T,
   return catch_error([&] { (void)layer->forward(dx.data(), T, st.s); });
 }
 
+global_aux_after_failure device_layer_global_aux_after_failure(const Config& cfg, std::int64_t T,
+                                                               std::int64_t bad_token) {
+  test_stream st;
+  auto layer = make_device_layer(cfg, st.s);
+  layer->initialize(1, st.s);
+  const auto E = static_cast<std::size_t>(cfg.num_experts);
+  device_buffer<double> sums(E);
+  SY_CUDA_TRY(cudaMemsetAsync(sums.data(), 0, sizeof(double) * E, st.s));
+  DeviceGlobalAux global{sums.data(), 0};
+  const auto read_sums = [&] {
+    std::vector<double> h(E);
+    SY_CUDA_TRY(
+        cudaMemcpyAsync(h.data(), sums.data(), sizeof(double) * E, cudaMemcpyDeviceToHost, st.s));
+    SY_CUDA_TRY(cudaStreamSynchronize(st.s));
+    return h;
+  };
+  std::vector<float> x(static_cast<std::size_t>(T * cfg.hidden_size));
+  for (std::size_t i = 0; i < x.size(); ++i) x[i] = std::sin(0.7f * static_cast<float>(i));
+  global_aux_after_failure r;
+  {
+    const device_buffer<float> good = to_device(x, st.s);
+    (void)layer->forward(good.data(), T, st.s, {.training = true, .global_aux = &global});
+  }
+  r.micro_batches_good = global.micro_batches;
+  r.sums_good = read_sums();
+  x[static_cast<std::size_t>(bad_token * cfg.hidden_size)] =
+      std::numeric_limits<float>::quiet_NaN();
+  const device_buffer<float> bad = to_device(x, st.s);
+  r.error = catch_error([&] {
+    (void)layer->forward(bad.data(), T, st.s, {.training = true, .global_aux = &global});
+  });
+  r.micro_batches_after = global.micro_batches;
+  r.sums_after = read_sums();
+  return r;
+}
+
 }  // namespace switchyard::test

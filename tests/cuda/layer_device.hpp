@@ -55,4 +55,14 @@ device_layer_error device_layer_compile_time_error(const Config& cfg);
 device_layer_error device_layer_nan_error(const Config& cfg, std::int64_t T,
                                           std::int64_t bad_token);
 
+/// With global_aux_loss (cfg must select it): a good training forward, then one whose token
+/// `bad_token` has NaN logits; the accumulator after each (micro-batch count, count sums [E]).
+struct global_aux_after_failure {
+  device_layer_error error;  ///< what the failed forward threw
+  std::int64_t micro_batches_good = 0, micro_batches_after = 0;
+  std::vector<double> sums_good, sums_after;
+};
+global_aux_after_failure device_layer_global_aux_after_failure(const Config& cfg, std::int64_t T,
+                                                               std::int64_t bad_token);
+
 }  // namespace switchyard::test

@@ -27,6 +27,7 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -395,6 +396,20 @@ class DeviceMoELayerCore {
     s.topk_indices = alloc<std::int32_t>(Tk, stream);
     s.topk_probs = alloc<float>(Tk, stream);
     const matrix_view<const float> logits(s.logits.data(), T, E);
+    // The router adds this batch to the global-aux accumulator before its status is known: a
+    // forward that fails after routing (non-finite logits or a plan error, on any rank) puts it
+    // back as it was, so a caller that skips the batch keeps the right running mean (the host
+    // layer checks the logits before routing).
+    const bool global_loss = std::any_of(
+        lp.balance.begin(), lp.balance.end(),
+        [](const BalanceLoss& bl) { return bl.type == LoadBalancingType::global_aux_loss; });
+    device_buffer<double> global_before;
+    const std::int64_t micro_batches_before = global_loss ? opt.global_aux->micro_batches : 0;
+    if (global_loss) {
+      global_before = alloc<double>(static_cast<std::size_t>(E), stream);
+      SY_CUDA_TRY(cudaMemcpyAsync(global_before.data(), opt.global_aux->count_sum,
+                                  sizeof(double) * E, cudaMemcpyDeviceToDevice, stream));
+    }
     router_->forward(
         cuda, {logits, opt.training, scratch.data(), s.topk_indices.data(), s.topk_probs.data(),
                reinterpret_cast<int*>(iterations.data()), status.data(), s.loss_workspace.data(),
@@ -464,7 +479,16 @@ class DeviceMoELayerCore {
     } catch (...) {
       failed = std::current_exception();
     }
-    fail_together(failed, stream, "DeviceMoELayer::forward");
+    try {
+      fail_together(failed, stream, "DeviceMoELayer::forward");
+    } catch (...) {
+      if (global_loss) {
+        opt.global_aux->micro_batches = micro_batches_before;
+        SY_CUDA_TRY(cudaMemcpyAsync(opt.global_aux->count_sum, global_before.data(),
+                                    sizeof(double) * E, cudaMemcpyDeviceToDevice, stream));
+      }
+      throw;
+    }
 
     // Experts over the kept rows: here, or at their EP ranks and back.
     const index_t R = s.offsets.back();
