@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -42,6 +43,28 @@ split slice_of(std::int64_t T, int r, int n, int empty_rank) {
   return {first, base + (idx < extra ? 1 : 0)};
 }
 
+// The layer of `dist` on one rank (EP = DP = 1, weights of seed 21) run forward and backward on
+// T tokens x, dy.
+struct one_rank_run {
+  sy::LocalComm comm;
+  std::unique_ptr<sy::MoELayerCore<double, sy::LocalComm>> layer;
+  sy::MoEForward<double> fwd;
+  sy::MoEGrads<double> grads;
+  std::vector<double> dx;
+  one_rank_run(sy::Config dist, const std::vector<double>& x, const std::vector<double>& dy,
+               std::int64_t T) {
+    const std::int64_t H = dist.hidden_size;
+    dist.expert_parallel_size = 1;
+    dist.data_parallel_size = 1;
+    dist.world_size.reset();
+    layer = sy::make_layer<double>(dist, sy::MoEComms<sy::LocalComm>{&comm, &comm, &comm});
+    layer->initialize(21);
+    fwd = layer->forward(sy::matrix_view<const double>(x.data(), T, H));
+    grads = layer->make_grads();
+    dx = layer->backward(fwd.saved, sy::matrix_view<const double>(dy.data(), T, H), grads);
+  }
+};
+
 void run_and_compare(sy::Config dist, int empty_rank) {
   sy::MpiComm world(MPI_COMM_WORLD, std::chrono::seconds(60));
   const std::int64_t T = 24, H = dist.hidden_size;
@@ -49,16 +72,11 @@ void run_and_compare(sy::Config dist, int empty_rank) {
   const auto dy = random_vector(6, static_cast<std::size_t>(T * H));
 
   // One rank on the whole batch.
-  sy::Config single = dist;
-  single.expert_parallel_size = 1;
-  single.data_parallel_size = 1;
-  single.world_size.reset();
-  sy::LocalComm one;
-  auto ref = sy::make_layer<double>(single, sy::MoEComms<sy::LocalComm>{&one, &one, &one});
-  ref->initialize(21);
-  auto rf = ref->forward(sy::matrix_view<const double>(x.data(), T, H));
-  auto rg = ref->make_grads();
-  const auto rdx = ref->backward(rf.saved, sy::matrix_view<const double>(dy.data(), T, H), rg);
+  one_rank_run one(dist, x, dy, T);
+  auto& ref = one.layer;
+  const auto& rf = one.fwd;
+  const auto& rg = one.grads;
+  const auto& rdx = one.dx;
 
   // The distributed layer.
   const sy::Layout layout(dist);
@@ -173,14 +191,9 @@ BOOST_AUTO_TEST_CASE(capacity_with_uneven_token_counts_matches_each_rank_alone) 
   const auto dy =
       random_vector(40 + static_cast<std::uint32_t>(world.rank()), static_cast<std::size_t>(T * H));
 
-  sy::Config single = c;
-  single.expert_parallel_size = 1;
-  sy::LocalComm one;
-  auto ref = sy::make_layer<double>(single, sy::MoEComms<sy::LocalComm>{&one, &one, &one});
-  ref->initialize(21);
-  auto rf = ref->forward(sy::matrix_view<const double>(x.data(), T, H));
-  auto rg = ref->make_grads();
-  const auto rdx = ref->backward(rf.saved, sy::matrix_view<const double>(dy.data(), T, H), rg);
+  const one_rank_run one(c, x, dy, T);
+  const auto& rf = one.fwd;
+  const auto& rdx = one.dx;
 
   const sy::Layout layout(c);
   auto groups = sy::make_mpi_groups(world, layout);
