@@ -234,9 +234,13 @@ SY_HD inline void route_token_weights(const T* z, const route_args<T>& a, const 
   if constexpr (std::is_same_v<Score, Softmax>) {
     // idx[0] holds the largest selected logit: subtracting it keeps every exp ≤ 1.
     const T m = z[idx[0]];
+    T ex[K];
     T sum = T(0);
-    for (int j = 0; j < K; ++j) sum += math::exp(z[idx[j]] - m);
-    for (int j = 0; j < K; ++j) prob[j] = a.scaling * math::exp(z[idx[j]] - m) / sum;
+    for (int j = 0; j < K; ++j) {
+      ex[j] = math::exp(z[idx[j]] - m);
+      sum += ex[j];
+    }
+    for (int j = 0; j < K; ++j) prob[j] = a.scaling * ex[j] / sum;
   } else if constexpr (std::is_same_v<Score, PreSoftmax>) {
     for (int j = 0; j < K; ++j) prob[j] = a.scaling * math::exp(z[idx[j]] - st.max) / st.sum;
   } else {
