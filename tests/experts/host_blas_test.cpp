@@ -92,8 +92,8 @@ BOOST_AUTO_TEST_CASE(a_batch_of_gemms_gives_each_gemms_own_bits) {
       for (std::size_t i = 0; i < shapes.size(); ++i)
         BOOST_TEST_CONTEXT("gemm " << i << (blas ? " cblas" : " loops") << " threshold "
                                    << threshold) {
-          BOOST_TEST(std::memcmp(alone[i].data(), batched[i].data(),
-                                 sizeof(float) * alone[i].size()) == 0);
+          BOOST_TEST((alone[i].empty() || std::memcmp(alone[i].data(), batched[i].data(),
+                                                      sizeof(float) * alone[i].size()) == 0));
         }
       // k = 0: C = beta·C (gemm 3 has beta 0: zeros).
       BOOST_TEST(std::all_of(batched[3].begin(), batched[3].end(), [](float v) { return v == 0; }));

@@ -43,25 +43,45 @@ split slice_of(std::int64_t T, int r, int n, int empty_rank) {
   return {first, base + (idx < extra ? 1 : 0)};
 }
 
-// The layer of `dist` on one rank (EP = DP = 1, weights of seed 21) run forward and backward on
-// T tokens x, dy.
-struct one_rank_run {
-  sy::LocalComm comm;
-  std::unique_ptr<sy::MoELayerCore<double, sy::LocalComm>> layer;
+// A layer (weights of seed 21) run forward and backward on T tokens x, dy [T][H].
+template <class Comm>
+struct layer_run {
+  std::unique_ptr<sy::MoELayerCore<double, Comm>> layer;
   sy::MoEForward<double> fwd;
   sy::MoEGrads<double> grads;
   std::vector<double> dx;
-  one_rank_run(sy::Config dist, const std::vector<double>& x, const std::vector<double>& dy,
-               std::int64_t T) {
-    const std::int64_t H = dist.hidden_size;
+
+ protected:
+  void run(const double* x, const double* dy, std::int64_t T, std::int64_t H) {
+    layer->initialize(21);
+    fwd = layer->forward(sy::matrix_view<const double>(x, T, H));
+    grads = layer->make_grads();
+    dx = layer->backward(fwd.saved, sy::matrix_view<const double>(dy, T, H), grads);
+  }
+};
+
+// The layer of `dist` on one rank (EP = DP = 1).
+struct one_rank_run : layer_run<sy::LocalComm> {
+  sy::LocalComm comm;
+  one_rank_run(sy::Config dist, const double* x, const double* dy, std::int64_t T) {
     dist.expert_parallel_size = 1;
     dist.data_parallel_size = 1;
     dist.world_size.reset();
     layer = sy::make_layer<double>(dist, sy::MoEComms<sy::LocalComm>{&comm, &comm, &comm});
-    layer->initialize(21);
-    fwd = layer->forward(sy::matrix_view<const double>(x.data(), T, H));
-    grads = layer->make_grads();
-    dx = layer->backward(fwd.saved, sy::matrix_view<const double>(dy.data(), T, H), grads);
+    run(x, dy, T, dist.hidden_size);
+  }
+};
+
+// The layer of `c` over MPI_COMM_WORLD in its layout; this rank's T tokens.
+struct mpi_run : layer_run<sy::MpiComm> {
+  sy::MpiGroups groups;
+  mpi_run(sy::MpiComm& world, const sy::Config& c, const double* x, const double* dy,
+          std::int64_t T)
+      : groups(sy::make_mpi_groups(world, sy::Layout(c))) {
+    layer = sy::make_layer<double>(
+        c, sy::MoEComms<sy::MpiComm>{&groups.expert_parallel, &groups.dense_data_parallel,
+                                     &groups.expert_data_parallel});
+    run(x, dy, T, c.hidden_size);
   }
 };
 
@@ -72,25 +92,21 @@ void run_and_compare(sy::Config dist, int empty_rank) {
   const auto dy = random_vector(6, static_cast<std::size_t>(T * H));
 
   // One rank on the whole batch.
-  one_rank_run one(dist, x, dy, T);
-  auto& ref = one.layer;
+  const one_rank_run one(dist, x.data(), dy.data(), T);
+  const auto& ref = one.layer;
   const auto& rf = one.fwd;
   const auto& rg = one.grads;
   const auto& rdx = one.dx;
 
-  // The distributed layer.
-  const sy::Layout layout(dist);
-  auto groups = sy::make_mpi_groups(world, layout);
-  auto layer = sy::make_layer<double>(
-      dist, sy::MoEComms<sy::MpiComm>{&groups.expert_parallel, &groups.dense_data_parallel,
-                                      &groups.expert_data_parallel});
-  layer->initialize(21);
-  const auto sl = slice_of(T, groups.dense_data_parallel.rank(), groups.dense_data_parallel.size(),
-                           empty_rank);
-  auto fwd = layer->forward(sy::matrix_view<const double>(x.data() + sl.first * H, sl.count, H));
-  auto g = layer->make_grads();
-  const auto dx = layer->backward(
-      fwd.saved, sy::matrix_view<const double>(dy.data() + sl.first * H, sl.count, H), g);
+  // The distributed layer, each dense data-parallel rank on its slice.
+  const sy::MpiGroups probe = sy::make_mpi_groups(world, sy::Layout(dist));
+  const auto sl =
+      slice_of(T, probe.dense_data_parallel.rank(), probe.dense_data_parallel.size(), empty_rank);
+  mpi_run run(world, dist, x.data() + sl.first * H, dy.data() + sl.first * H, sl.count);
+  auto& layer = run.layer;
+  const auto& fwd = run.fwd;
+  auto& g = run.grads;
+  const auto& dx = run.dx;
   layer->reduce_gradients(g);
 
   for (std::int64_t i = 0; i < sl.count * H; ++i) {
@@ -191,19 +207,12 @@ BOOST_AUTO_TEST_CASE(capacity_with_uneven_token_counts_matches_each_rank_alone) 
   const auto dy =
       random_vector(40 + static_cast<std::uint32_t>(world.rank()), static_cast<std::size_t>(T * H));
 
-  const one_rank_run one(c, x, dy, T);
+  const one_rank_run one(c, x.data(), dy.data(), T);
   const auto& rf = one.fwd;
   const auto& rdx = one.dx;
-
-  const sy::Layout layout(c);
-  auto groups = sy::make_mpi_groups(world, layout);
-  auto layer = sy::make_layer<double>(
-      c, sy::MoEComms<sy::MpiComm>{&groups.expert_parallel, &groups.dense_data_parallel,
-                                   &groups.expert_data_parallel});
-  layer->initialize(21);
-  auto fwd = layer->forward(sy::matrix_view<const double>(x.data(), T, H));
-  auto g = layer->make_grads();
-  const auto dx = layer->backward(fwd.saved, sy::matrix_view<const double>(dy.data(), T, H), g);
+  const mpi_run run(world, c, x.data(), dy.data(), T);
+  const auto& fwd = run.fwd;
+  const auto& dx = run.dx;
 
   BOOST_TEST(fwd.metrics.capacity.value_or(-1) == rf.metrics.capacity.value_or(-1));
   if (world.rank() == 0) BOOST_TEST(rf.metrics.dropped > 0);  // the case has drops
