@@ -25,6 +25,7 @@ import importlib.metadata as md
 import json
 import math
 import os
+import signal
 import sys
 import types
 import warnings
@@ -746,15 +747,161 @@ SETS = {
 }
 
 
-def write_set(out_dir, name, p):
-    gen = torch.Generator().manual_seed(p["seed"])
-    T = p["S"] * p["B"]
-    d = os.path.join(out_dir, name)
+# ---------------------------------------------------------------------------------------------
+# Random configurations (--random N): combinations the hand-written cases above do not list
+# ---------------------------------------------------------------------------------------------
+
+ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
+
+
+def random_megatron_config(rng, layer):
+    """A config Megatron-Core and Switchyard both accept, drawn over the fields of
+    megatron_router()'s mapping: sizes, k, score function, pre-softmax, groups, expert bias,
+    scaling, balancing type and coefficients, z-loss, capacity (probs policy) and padding."""
+    E = rng.choice([4, 6, 8, 12, 16, 32])
+    score = rng.choice(["softmax", "sigmoid"])
+    S, B = rng.randint(1, 8), rng.randint(1, 4)
+    sinkhorn = not layer and rng.random() < 0.12
+    groups = gtopk = None
+    if sinkhorn:
+        # Sinkhorn has its own weights, no aux loss and no capacity (REFERENCE §3).
+        E = min(E, 16)
+        score, k = "softmax", rng.randint(1, min(E, 4))
+    elif rng.random() < 0.35:
+        groups = rng.choice([g for g in (2, 3, 4) if E % g == 0])
+        gtopk = rng.randint(1, groups)
+        # Megatron scores a group by its top k // group_topk, so k >= group_topk.
+        k = rng.randint(gtopk, min(gtopk * (E // groups), 6))
+    else:
+        k = rng.randint(1, min(E, 6))
+    pre = not sinkhorn and score == "softmax" and (k == 1 or rng.random() < 0.3)
+    lbt = "sinkhorn" if sinkhorn else rng.choice(["aux_loss", "seq_aux_loss", "global_aux_loss", "none"])
+    c = base_config(E, k, S, B, score_function=score, pre_softmax=pre, load_balancing_type=lbt,
+                    load_balance_loss_coeff=0.0 if lbt in ("none", "sinkhorn")
+                    else rng.choice([0.0, 0.01, 0.1]),
+                    router_z_loss_coeff=rng.choice([0.0, 0.001, 0.05]))
+    if groups:
+        c.update(num_groups=groups, group_topk=gtopk)
+    if lbt != "sinkhorn":
+        if score == "sigmoid" and rng.random() < 0.5:
+            c.update(enable_expert_bias=True,
+                     expert_bias=[rng.randint(-8, 8) / 32.0 for _ in range(E)])
+        if rng.random() < 0.4:
+            c["topk_scaling_factor"] = rng.choice([0.5, 1.5, 2.5])
+    if not sinkhorn and rng.random() < 0.45:
+        c.update(token_dispatch="capacity", capacity_factor=rng.choice([0.5, 0.75, 1.0, 1.25, 2.0]),
+                 pad_to_capacity=rng.random() < 0.4)
+    if layer:
+        c.update(hidden_size=rng.randint(2, 6), ffn_hidden_size=rng.randint(2, 5),
+                 activation=rng.choice(ACTIVATIONS), gated=rng.random() < 0.5)
+    return c
+
+
+def random_deepspeed_config(rng, layer):
+    E = rng.choice([4, 6, 8, 12])
+    k = rng.randint(1, min(E, 4))
+    S, B = rng.randint(2, 6), rng.randint(1, 3)
+    c = ds_config(E, k, S, B)
+    if k == 1 or rng.random() < 0.3:
+        # top1gating picks among over-full tokens by torch.topk over a 0/1 mask (unspecified
+        # order): top-1 fixtures never drop.
+        c["token_dispatch"] = "dropless" if k == 1 and rng.random() < 0.5 else c["token_dispatch"]
+        c["capacity_factor"] = float(E) if k == 1 else rng.choice([0.5, 1.0, 1.5])
+    else:
+        c["capacity_factor"] = rng.choice([0.5, 0.75, 1.0, 1.5])
+    if rng.random() < 0.3:
+        c["min_capacity"] = rng.randint(0, 4)
+    if k > 2:
+        c["drop_policy"] = rng.choice(["probs", "position"])
+    if rng.random() < 0.25:
+        c.update(load_balancing_type="none", load_balance_loss_coeff=0.0)
+    else:
+        c["load_balance_loss_coeff"] = rng.choice([0.01, 0.1, 1.0])
+    if layer:
+        c.update(hidden_size=rng.randint(2, 6), ffn_hidden_size=rng.randint(2, 5),
+                 activation=rng.choice(ACTIVATIONS), gated=rng.random() < 0.5)
+    return c
+
+
+def random_fixtures(n, seed):
+    """n fixtures of random configs, about 40 % Megatron routes, 25 % Megatron layers, 20 %
+    DeepSpeed routes, 15 % DeepSpeed layers. A draw whose float32 and float64 peers disagree (a
+    near tie) or that a peer cannot run is drawn again; the reasons are counted and printed."""
+    import random
+
+    def too_long(*_):
+        raise TimeoutError("over 20 s")
+
+    signal.signal(signal.SIGALRM, too_long)
+    rng = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
+    out, skipped = [], {}
+    while len(out) < n:
+        i = len(out)
+        u = rng.random()
+        layer = 0.4 <= u < 0.65 or u >= 0.85
+        deepspeed = u >= 0.65
+        cfg = random_deepspeed_config(rng, layer) if deepspeed else random_megatron_config(rng, layer)
+        T = cfg["sequence_length"] * cfg["batch_size_per_gpu"]
+        name = f"random{i:03d}"
+        src = ("random config (generate.py --random), "
+               + ("DeepSpeed " if deepspeed else "Megatron-Core ") + ("layer" if layer else "route"))
+        signal.alarm(20)  # Megatron's sinkhorn loops until converged, without a cap
+        try:
+            if deepspeed and layer:
+                fx = ds_layer_fixture(f"layer_{name}", cfg, gen, T, source=src)
+            elif deepspeed:
+                fx = ds_route_fixture(name, cfg, gen, T, H=rng.choice([None, None, 3]), source=src)
+            elif layer:
+                fx = layer_fixture(f"layer_{name}", cfg, gen, T, cfg["sequence_length"],
+                                   cfg["batch_size_per_gpu"], source=src)
+            else:
+                training = cfg["load_balancing_type"] == "sinkhorn" or rng.random() < 0.85
+                fx = route_fixture(name, cfg, gen, T, cfg["sequence_length"],
+                                   cfg["batch_size_per_gpu"], H=rng.choice([None, None, 4]),
+                                   training=training, source=src)
+        except Exception as e:  # noqa: BLE001 - a near tie or a config a peer rejects: draw again
+            why = f"{type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}"
+            skipped[why] = skipped.get(why, 0) + 1
+            continue
+        finally:
+            signal.alarm(0)
+        out.append(fx)
+    for why, count in sorted(skipped.items(), key=lambda kv: -kv[1]):
+        print(f"  drawn again {count}x: {why}")
+    return out
+
+
+# The committed random set (tests/conformance/data/random); --random N --random-seed S --out DIR
+# writes larger ones elsewhere, and the conformance test reads them with SY_CONFORMANCE_DATA=DIR.
+RANDOM = {"count": 30, "seed": 20261201}
+
+
+def write_fixtures(d, name, fixtures, manifest):
     os.makedirs(d, exist_ok=True)
     for f in os.listdir(d):
         if f.endswith(".json"):
             os.remove(os.path.join(d, f))
+    vers = versions()
     files = []
+    for fx in fixtures:
+        fx["versions"] = vers
+        fname = f"{fx['kind']}_{fx['name']}.json" if not fx["name"].startswith("layer_") else f"{fx['name']}.json"
+        with open(os.path.join(d, fname), "w") as fh:
+            json.dump(fx, fh, separators=(",", ":"))
+            fh.write("\n")
+        files.append(fname)
+    manifest = {"set": name, **manifest, "versions": vers,
+                "generator": "tools/conformance/generate.py", "fixtures": files}
+    with open(os.path.join(d, "manifest.json"), "w") as fh:
+        json.dump(manifest, fh, indent=1)
+        fh.write("\n")
+    return files
+
+
+def write_set(out_dir, name, p):
+    gen = torch.Generator().manual_seed(p["seed"])
+    T = p["S"] * p["B"]
     fixtures = []
     for cname, cfg, H, training, src in route_cases(p["E"], p["k"], p["S"], p["B"], p["groups"],
                                                      p["gtopk"], p["gk"]):
@@ -769,37 +916,34 @@ def write_set(out_dir, name, p):
         fixtures.append(ds_route_fixture(cname, cfg, ds_gen, T, H=H, source=src))
     for lname, cfg, src in ds_layer_cases(p["E"], p["S"], p["B"], p["H"], p["F"]):
         fixtures.append(ds_layer_fixture(lname, cfg, ds_gen, T, source=src))
-    vers = versions()
-    for fx in fixtures:
-        fx["versions"] = vers
-        fname = f"{fx['kind']}_{fx['name']}.json" if not fx["name"].startswith("layer_") else f"{fx['name']}.json"
-        with open(os.path.join(d, fname), "w") as fh:
-            json.dump(fx, fh, separators=(",", ":"))
-            fh.write("\n")
-        files.append(fname)
-    manifest = {"set": name, "seed": p["seed"], "tokens": T, "sequence_length": p["S"],
-                "batch_size_per_gpu": p["B"], "num_experts": p["E"], "versions": vers,
-                "generator": "tools/conformance/generate.py", "fixtures": files}
-    with open(os.path.join(d, "manifest.json"), "w") as fh:
-        json.dump(manifest, fh, indent=1)
-        fh.write("\n")
-    return files
+    manifest = {"seed": p["seed"], "tokens": T, "sequence_length": p["S"],
+                "batch_size_per_gpu": p["B"], "num_experts": p["E"]}
+    return write_fixtures(os.path.join(out_dir, name), name, fixtures, manifest)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                   "..", "..", "tests", "conformance", "data"))
-    ap.add_argument("--sets", nargs="*", default=list(SETS))
+    ap.add_argument("--sets", nargs="*", default=list(SETS) + ["random"],
+                    help=f"sets to write: {', '.join(SETS)} and/or random")
+    ap.add_argument("--random", type=int, default=RANDOM["count"], metavar="N",
+                    help="fixtures of the random set (random configurations)")
+    ap.add_argument("--random-seed", type=int, default=RANDOM["seed"])
     args = ap.parse_args()
     total = 0
     for name in args.sets:
-        files = write_set(args.out, name, SETS[name])
+        if name == "random":
+            fixtures = random_fixtures(args.random, args.random_seed)
+            files = write_fixtures(os.path.join(args.out, name), name, fixtures,
+                                   {"seed": args.random_seed})
+        else:
+            files = write_set(args.out, name, SETS[name])
         size = sum(os.path.getsize(os.path.join(args.out, name, f)) for f in files)
         total += size
         print(f"{name}: {len(files)} fixtures, {size / 1024:.0f} KiB")
     print(f"total {total / 1024:.0f} KiB; versions {versions()}")
-    if total > 2 * 1024 * 1024:
+    if total > 2 * 1024 * 1024 and os.path.abspath(args.out) == os.path.abspath(ap.get_default("out")):
         sys.exit("fixtures exceed 2 MB")
 
 
