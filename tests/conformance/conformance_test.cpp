@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -27,6 +28,7 @@
 #include <vector>
 
 #include "documents.hpp"
+#include "switchyard/config/layout.hpp"
 
 namespace json = boost::json;
 namespace fs = std::filesystem;
@@ -189,6 +191,44 @@ BOOST_AUTO_TEST_CASE(fixtures_set2) {
 // above do not list, for both peers.
 BOOST_AUTO_TEST_CASE(fixtures_random) {
   check_set("random");
+}
+
+// Process groups (`switchyard plan`'s "groups"): the same sets of ranks as Megatron-Core's
+// RankGenerator builds for tp x ep x dp x pp (data/layouts.json, generate.py layout_fixtures).
+BOOST_AUTO_TEST_CASE(layouts_match_megatron_rank_generator) {
+  const json::object doc = read_json(data_root() / "layouts.json").as_object();
+  const json::array& cases = doc.at("layouts").as_array();
+  BOOST_REQUIRE(cases.size() >= 50);
+  const std::map<std::string, switchyard::GroupKind> kinds = {
+      {"tensor_parallel", switchyard::GroupKind::tensor_parallel},
+      {"pipeline_parallel", switchyard::GroupKind::pipeline_parallel},
+      {"dense_data_parallel", switchyard::GroupKind::dense_data_parallel},
+      {"expert_parallel", switchyard::GroupKind::expert_parallel},
+      {"expert_data_parallel", switchyard::GroupKind::expert_data_parallel}};
+  using groups_t = std::vector<std::vector<std::int64_t>>;
+  auto sorted = [](groups_t g) {
+    for (auto& members : g) std::sort(members.begin(), members.end());
+    std::sort(g.begin(), g.end());
+    return g;
+  };
+  int compared = 0;
+  for (const auto& c : cases) {
+    const json::object& o = c.as_object();
+    const auto size = [&](const char* key) { return o.at(key).to_number<std::int64_t>(); };
+    const switchyard::Layout layout(size("data_parallel_size"), size("expert_parallel_size"),
+                                    size("tensor_parallel_size"), size("pipeline_parallel_size"));
+    const json::object& groups = o.at("groups").as_object();
+    BOOST_REQUIRE_EQUAL(groups.size(), kinds.size());
+    for (const auto& [key, kind] : kinds) {
+      BOOST_TEST_CONTEXT("dp " << layout.dp() << " ep " << layout.ep() << " tp " << layout.tp()
+                               << " pp " << layout.pp() << ": " << key) {
+        const auto expected = sorted(json::value_to<groups_t>(groups.at(key)));
+        BOOST_TEST((sorted(layout.groups(kind)) == expected));
+        ++compared;
+      }
+    }
+  }
+  BOOST_TEST_MESSAGE("layouts: " << cases.size() << " layouts, " << compared << " groups compared");
 }
 
 // The comparison itself catches a disagreement: a perturbed expected value, a changed count and

@@ -872,6 +872,41 @@ def random_fixtures(n, seed):
     return out
 
 
+# ---------------------------------------------------------------------------------------------
+# Process groups: Megatron-Core's RankGenerator (parallel_state.py)
+# ---------------------------------------------------------------------------------------------
+
+def layout_fixtures():
+    """The groups Megatron-Core's initialize_model_parallel builds for tp x ep x dp x pp (cp = 1,
+    expert tensor parallel = tp): the dense decoder RankGenerator(tp, ep=1, dp·ep, pp,
+    "tp-cp-ep-dp-pp") gives tensor, pipeline and (dense) data-parallel groups, the expert decoder
+    RankGenerator(tp, ep, dp, pp, "tp-ep-dp-pp") the expert-parallel and expert-data-parallel
+    groups. Switchyard's Layout (switchyard plan's "groups") must hold the same sets of ranks."""
+    from megatron.core.parallel_state import RankGenerator
+    cases = []
+    for tp in (1, 2, 4):
+        for ep in (1, 2, 4, 8):
+            for dp in (1, 2, 3):
+                for pp in (1, 2):
+                    if tp * ep * dp * pp > 64:
+                        continue
+                    dense = RankGenerator(tp=tp, ep=1, dp=dp * ep, pp=pp, cp=1, order="tp-cp-ep-dp-pp")
+                    expert = RankGenerator(tp=tp, ep=ep, dp=dp, pp=pp, cp=1, order="tp-ep-dp-pp")
+                    cases.append({
+                        "tensor_parallel_size": tp, "expert_parallel_size": ep,
+                        "data_parallel_size": dp, "pipeline_parallel_size": pp,
+                        "groups": {
+                            "tensor_parallel": dense.get_ranks("tp"),
+                            "pipeline_parallel": dense.get_ranks("pp"),
+                            "dense_data_parallel": dense.get_ranks("dp"),
+                            "expert_parallel": expert.get_ranks("ep"),
+                            "expert_data_parallel": expert.get_ranks("dp"),
+                        }})
+    return {"kind": "layouts", "source": "megatron.core.parallel_state.RankGenerator (dense and "
+            "expert decoders of initialize_model_parallel, cp = 1, expert tensor parallel = tp)",
+            "versions": versions(), "layouts": cases}
+
+
 # The committed random set (tests/conformance/data/random); --random N --random-seed S --out DIR
 # writes larger ones elsewhere, and the conformance test reads them with SY_CONFORMANCE_DATA=DIR.
 RANDOM = {"count": 30, "seed": 20261201}
@@ -925,14 +960,22 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                   "..", "..", "tests", "conformance", "data"))
-    ap.add_argument("--sets", nargs="*", default=list(SETS) + ["random"],
-                    help=f"sets to write: {', '.join(SETS)} and/or random")
+    ap.add_argument("--sets", nargs="*", default=list(SETS) + ["random", "layouts"],
+                    help=f"sets to write: {', '.join(SETS)}, random and/or layouts")
     ap.add_argument("--random", type=int, default=RANDOM["count"], metavar="N",
                     help="fixtures of the random set (random configurations)")
     ap.add_argument("--random-seed", type=int, default=RANDOM["seed"])
     args = ap.parse_args()
     total = 0
     for name in args.sets:
+        if name == "layouts":
+            path = os.path.join(args.out, "layouts.json")
+            with open(path, "w") as fh:
+                json.dump(layout_fixtures(), fh, separators=(",", ":"))
+                fh.write("\n")
+            total += os.path.getsize(path)
+            print(f"layouts: {len(layout_fixtures()['layouts'])} layouts, {os.path.getsize(path) / 1024:.0f} KiB")
+            continue
         if name == "random":
             fixtures = random_fixtures(args.random, args.random_seed)
             files = write_fixtures(os.path.join(args.out, name), name, fixtures,
