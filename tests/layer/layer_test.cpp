@@ -217,6 +217,41 @@ BOOST_AUTO_TEST_CASE(same_inputs_give_bit_identical_results) {
   BOOST_TEST((a == b));
 }
 
+// The expert workspace a backward hands back is reused by the next forward (its old contents
+// never reach a result): the same step on a layer that has run larger and smaller batches before
+// gives the bits of a fresh layer; release_cached_memory() frees what is kept.
+BOOST_AUTO_TEST_CASE(reused_expert_workspace_gives_the_bits_of_a_fresh_layer) {
+  sy::LocalComm one;
+  const auto c = small_config(8, 2, true, sy::Activation::silu, true);
+  const auto step = [&](sy::MoELayerCore<double, sy::LocalComm>& layer, std::int64_t T,
+                        unsigned seed) {
+    const auto x = random_vector(seed, T * 6), dy = random_vector(seed + 1, T * 6);
+    auto fwd = layer.forward(sy::matrix_view<const double>(x.data(), T, 6),
+                             {.training = true, .seed = 5, .step = 3});
+    auto g = layer.make_grads();
+    auto dx = layer.backward(fwd.saved, sy::matrix_view<const double>(dy.data(), T, 6), g);
+    return std::make_tuple(fwd.y, dx, g.router_weight, g.fc1, g.fc2);
+  };
+  auto fresh = sy::make_layer<double>(c, sy::MoEComms<sy::LocalComm>{&one, &one, &one});
+  fresh->initialize(7);
+  BOOST_TEST(fresh->cached_bytes() == 0u);
+  const auto expected = step(*fresh, 24, 11);
+  BOOST_TEST(fresh->cached_bytes() > 0u);
+
+  auto used = sy::make_layer<double>(c, sy::MoEComms<sy::LocalComm>{&one, &one, &one});
+  used->initialize(7);
+  step(*used, 64, 21);  // a larger workspace, full of other values
+  const std::size_t kept = used->cached_bytes();
+  BOOST_TEST(kept > fresh->cached_bytes());
+  BOOST_TEST((step(*used, 24, 11) == expected));  // runs in the larger cached buffer
+  BOOST_TEST(used->cached_bytes() == kept);
+  step(*used, 5, 31);
+  BOOST_TEST((step(*used, 24, 11) == expected));
+  used->release_cached_memory();
+  BOOST_TEST(used->cached_bytes() == 0u);
+  BOOST_TEST((step(*used, 24, 11) == expected));
+}
+
 // Bad numbers: a NaN in x is an error naming the first bad token, never a silent routing.
 BOOST_AUTO_TEST_CASE(nan_input_is_an_error_naming_the_token) {
   sy::LocalComm one;

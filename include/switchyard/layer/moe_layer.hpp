@@ -37,6 +37,7 @@
 #include "switchyard/dispatch/plan.hpp"
 #include "switchyard/dispatch/renormalize.hpp"
 #include "switchyard/dispatch/telemetry.hpp"
+#include "switchyard/layer/detail/buffer_cache.hpp"
 #include "switchyard/layer/detail/exchange.hpp"
 #include "switchyard/layer/detail/hooks.hpp"
 #include "switchyard/layer/detail/initialize.hpp"
@@ -236,7 +237,7 @@ class MoELayerCore {
       typename MoESaved<T>::segment& g = seg == 0 ? s.local : s.remote;
       g.in = std::move(in);
       const index_t n = g.offsets.back();
-      g.workspace.resize(experts_->workspace_bytes(shape, n));
+      g.workspace = workspace_cache_.take(experts_->workspace_bytes(shape, n));
       std::vector<T> y(static_cast<std::size_t>(n * H));
       experts_->forward(shape, std::as_const(params_).experts(),
                         matrix_view<const T>(g.in.data(), n, H), g.offsets,
@@ -294,7 +295,8 @@ class MoELayerCore {
                              matrix_view<T>(d_out.data(), n, H), grads.experts(), g.workspace,
                              segment_options(s, seg));
           std::vector<T>().swap(g.in);
-          std::vector<std::byte>().swap(g.workspace);
+          workspace_cache_.give(std::move(g.workspace));
+          g.workspace = {};
           return d_out;
         });
     std::vector<T> dx(static_cast<std::size_t>(Tn * H));
@@ -336,6 +338,12 @@ class MoELayerCore {
     router_->update_expert_bias(dispatched_counts);
   }
   std::vector<double> expert_bias() const { return router_->expert_bias(); }
+
+  /// Bytes of expert workspace kept between a backward and the next forward (at most two
+  /// buffers, see layer/detail/buffer_cache.hpp), and freeing them (e.g. before evaluation or a
+  /// phase that needs the memory).
+  std::size_t cached_bytes() const { return workspace_cache_.bytes(); }
+  void release_cached_memory() { workspace_cache_.clear(); }
 
  private:
   // The expert options of a segment: the received rows' dropout keys follow the own rows', so
@@ -476,6 +484,7 @@ class MoELayerCore {
   std::unique_ptr<detail::router_hooks<T>> router_;
   std::unique_ptr<detail::expert_hooks<T>> experts_;
   MoEParams<T> params_;
+  detail::buffer_cache workspace_cache_;
 };
 
 namespace detail {
