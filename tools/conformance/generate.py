@@ -969,12 +969,13 @@ def main():
     total = 0
     for name in args.sets:
         if name == "layouts":
-            path = os.path.join(args.out, "layouts.json")
+            os.makedirs(args.out, exist_ok=True)
+            path, doc = os.path.join(args.out, "layouts.json"), layout_fixtures()
             with open(path, "w") as fh:
-                json.dump(layout_fixtures(), fh, separators=(",", ":"))
+                json.dump(doc, fh, separators=(",", ":"))
                 fh.write("\n")
             total += os.path.getsize(path)
-            print(f"layouts: {len(layout_fixtures()['layouts'])} layouts, {os.path.getsize(path) / 1024:.0f} KiB")
+            print(f"layouts: {len(doc['layouts'])} layouts, {os.path.getsize(path) / 1024:.0f} KiB")
             continue
         if name == "random":
             fixtures = random_fixtures(args.random, args.random_seed)
