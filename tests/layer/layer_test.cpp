@@ -252,6 +252,51 @@ BOOST_AUTO_TEST_CASE(reused_expert_workspace_gives_the_bits_of_a_fresh_layer) {
   BOOST_TEST((step(*used, 24, 11) == expected));
 }
 
+// A forward whose saved state is dropped without a backward (evaluation) gives its workspace back
+// too; the next forward reuses it with the bits of a fresh layer; a saved state that outlives
+// its layer frees its workspace itself (the sanitizer preset checks that nothing leaks or is
+// used after free).
+BOOST_AUTO_TEST_CASE(dropped_saved_state_returns_its_workspace) {
+  sy::LocalComm one;
+  const auto c = small_config(8, 2, true, sy::Activation::silu, true);
+  const auto x = random_vector(41, 32 * 6);
+  const auto xv = sy::matrix_view<const double>(x.data(), 32, 6);
+  auto fresh = sy::make_layer<double>(c, sy::MoEComms<sy::LocalComm>{&one, &one, &one});
+  fresh->initialize(3);
+  const std::vector<double> expected = fresh->forward(xv, {.training = false}).y;
+
+  auto layer = sy::make_layer<double>(c, sy::MoEComms<sy::LocalComm>{&one, &one, &one});
+  layer->initialize(3);
+  std::size_t kept = 0;
+  {
+    auto fwd = layer->forward(xv, {.training = false});
+    BOOST_TEST(layer->cached_bytes() == 0u);  // held by fwd.saved for a possible backward
+    auto moved = std::move(fwd);              // a move hands the workspace over, not back
+    BOOST_TEST(layer->cached_bytes() == 0u);
+    BOOST_TEST((moved.y == expected));
+  }
+  kept = layer->cached_bytes();
+  BOOST_TEST(kept > 0u);
+  for (int i = 0; i < 3; ++i) {
+    const auto fwd = layer->forward(xv, {.training = false});
+    BOOST_TEST(layer->cached_bytes() == 0u);  // the forward took the cached buffer
+    BOOST_TEST((fwd.y == expected));
+  }
+  BOOST_TEST(layer->cached_bytes() == kept);  // one buffer, reused, not one per call
+
+  // Two forwards alive at once (micro-batches before their backwards): two buffers come back.
+  {
+    auto a = layer->forward(xv, {.training = false});
+    auto b = layer->forward(xv, {.training = false});
+    BOOST_TEST((b.y == expected));
+  }
+  BOOST_TEST(layer->cached_bytes() == 2 * kept);
+
+  auto outliving = layer->forward(xv, {.training = false});
+  layer.reset();  // the layer and its cache go first; outliving's workspace is freed with it
+  BOOST_TEST((outliving.y == expected));
+}
+
 // Bad numbers: a NaN in x is an error naming the first bad token, never a silent routing.
 BOOST_AUTO_TEST_CASE(nan_input_is_an_error_naming_the_token) {
   sy::LocalComm one;

@@ -85,11 +85,12 @@ struct MoESaved {
   std::vector<std::int64_t> send_rows, recv_rows;  ///< [ep][E_local] rows per block
   /// Rows at this rank's experts, in two segments: [0] this rank's own tokens (never sent),
   /// [1] the rows received from the other EP ranks. Each is expert-major with its offsets
-  /// [E_local + 1] and keeps its own expert workspace for backward.
+  /// [E_local + 1] and keeps its own expert workspace for backward; the workspace goes back to
+  /// the layer's cache when backward has used it or this state is dropped (move-only).
   struct segment {
     std::vector<T> in;
     std::vector<index_t> offsets;
-    std::vector<std::byte> workspace;
+    detail::cached_buffer workspace;
   };
   segment local, remote;
   std::vector<T> rows_out;          ///< expert outputs back in plan order [R][H]
@@ -295,8 +296,7 @@ class MoELayerCore {
                              matrix_view<T>(d_out.data(), n, H), grads.experts(), g.workspace,
                              segment_options(s, seg));
           std::vector<T>().swap(g.in);
-          workspace_cache_.give(std::move(g.workspace));
-          g.workspace = {};
+          g.workspace.reset();  // back to the cache for the next forward
           return d_out;
         });
     std::vector<T> dx(static_cast<std::size_t>(Tn * H));
@@ -339,9 +339,9 @@ class MoELayerCore {
   }
   std::vector<double> expert_bias() const { return router_->expert_bias(); }
 
-  /// Bytes of expert workspace kept between a backward and the next forward (at most two
-  /// buffers, see layer/detail/buffer_cache.hpp), and freeing them (e.g. before evaluation or a
-  /// phase that needs the memory).
+  /// Bytes of expert workspace kept for the next forward (at most two buffers, given back by
+  /// backward or by a dropped saved state: layer/detail/buffer_cache.hpp), and freeing them
+  /// (e.g. before a phase that needs the memory).
   std::size_t cached_bytes() const { return workspace_cache_.bytes(); }
   void release_cached_memory() { workspace_cache_.clear(); }
 
