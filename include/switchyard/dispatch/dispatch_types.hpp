@@ -68,7 +68,7 @@ struct DispatchOptions {
   /// top2gating). It decides which routes the position policy keeps, and the row order.
   bool queue_by_slot = false;
   /// Each token's kept weights are divided by their sum after dropping (DeepSpeed, k > 1):
-  /// see renormalized_weights() in dispatch/renormalize.hpp.
+  /// see combine_weights() in dispatch/renormalize.hpp.
   bool renormalize_kept = false;
 };
 
