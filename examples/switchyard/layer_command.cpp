@@ -20,7 +20,8 @@ struct layer_options {
 int run_layer(const layer_options& o) {
   if (o.backend != "host")
     throw config_error("--backend " + o.backend +
-                       ": the layer command runs the host layer only (the CUDA layer runs under `switchyard train --backend cuda`)");
+                       ": the layer command runs the host layer only (the CUDA layer runs under "
+                       "`switchyard train --backend cuda`)");
   std::vector<problem> syntax;
   const json::value doc = parse_json_text(read_text_file(o.file), syntax, o.file);
   if (!syntax.empty()) throw config_error(join_problems(syntax));

@@ -267,7 +267,6 @@ BOOST_AUTO_TEST_CASE(dropped_saved_state_returns_its_workspace) {
 
   auto layer = sy::make_layer<double>(c, sy::MoEComms<sy::LocalComm>{&one, &one, &one});
   layer->initialize(3);
-  std::size_t kept = 0;
   {
     auto fwd = layer->forward(xv, {.training = false});
     BOOST_TEST(layer->cached_bytes() == 0u);  // held by fwd.saved for a possible backward
@@ -275,7 +274,7 @@ BOOST_AUTO_TEST_CASE(dropped_saved_state_returns_its_workspace) {
     BOOST_TEST(layer->cached_bytes() == 0u);
     BOOST_TEST((moved.y == expected));
   }
-  kept = layer->cached_bytes();
+  const std::size_t kept = layer->cached_bytes();
   BOOST_TEST(kept > 0u);
   for (int i = 0; i < 3; ++i) {
     const auto fwd = layer->forward(xv, {.training = false});

@@ -70,9 +70,7 @@ class cached_buffer {
     }
   }
 
-  std::size_t size() const { return bytes_.size(); }
-  bool empty() const { return bytes_.empty(); }
-  std::span<std::byte> span() { return bytes_; }
+  /// What the experts write into (the cached bytes may be more than were asked for).
   operator std::span<std::byte>() { return bytes_; }
 
  private:
@@ -86,8 +84,6 @@ class cached_buffer {
 /// any thread.
 class buffer_cache {
  public:
-  static constexpr std::size_t max_buffers = buffer_pool::max_buffers;
-
   /// A buffer of at least `bytes` (a cached one when one is large enough, else a new one).
   cached_buffer take(std::size_t bytes) {
     if (bytes == 0) return {};
