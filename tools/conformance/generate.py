@@ -754,13 +754,20 @@ SETS = {
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
 
 
+# Sizes of the random draws: the committed set stays small (2 MB in all); --large draws longer
+# batches, more experts, larger k and wider layers for campaigns outside the repository.
+SIZES = dict(E=[4, 6, 8, 12, 16, 32], groups=(2, 3, 4), S=8, B=4, k=6, H=6, F=5, ds_E=[4, 6, 8, 12], ds_S=6, ds_k=4)
+LARGE_SIZES = dict(E=[4, 8, 16, 32, 64, 128], groups=(2, 4, 8), S=96, B=4, k=8, H=24, F=16, ds_E=[4, 8, 16, 32],
+                   ds_S=64, ds_k=6)
+
+
 def random_megatron_config(rng, layer):
     """A config Megatron-Core and Switchyard both accept, drawn over the fields of
     megatron_router()'s mapping: sizes, k, score function, pre-softmax, groups, expert bias,
     scaling, balancing type and coefficients, z-loss, capacity (probs policy) and padding."""
-    E = rng.choice([4, 6, 8, 12, 16, 32])
+    E = rng.choice(SIZES["E"])
     score = rng.choice(["softmax", "sigmoid"])
-    S, B = rng.randint(1, 8), rng.randint(1, 4)
+    S, B = rng.randint(1, SIZES["S"]), rng.randint(1, SIZES["B"])
     sinkhorn = not layer and rng.random() < 0.12
     groups = gtopk = None
     if sinkhorn:
@@ -768,12 +775,12 @@ def random_megatron_config(rng, layer):
         E = min(E, 16)
         score, k = "softmax", rng.randint(1, min(E, 4))
     elif rng.random() < 0.35:
-        groups = rng.choice([g for g in (2, 3, 4) if E % g == 0])
+        groups = rng.choice([g for g in SIZES["groups"] if E % g == 0])
         gtopk = rng.randint(1, groups)
         # Megatron scores a group by its top k // group_topk, so k >= group_topk.
-        k = rng.randint(gtopk, min(gtopk * (E // groups), 6))
+        k = rng.randint(gtopk, max(gtopk, min(gtopk * (E // groups), SIZES["k"])))
     else:
-        k = rng.randint(1, min(E, 6))
+        k = rng.randint(1, min(E, SIZES["k"]))
     pre = not sinkhorn and score == "softmax" and (k == 1 or rng.random() < 0.3)
     lbt = "sinkhorn" if sinkhorn else rng.choice(["aux_loss", "seq_aux_loss", "global_aux_loss", "none"])
     c = base_config(E, k, S, B, score_function=score, pre_softmax=pre, load_balancing_type=lbt,
@@ -792,15 +799,15 @@ def random_megatron_config(rng, layer):
         c.update(token_dispatch="capacity", capacity_factor=rng.choice([0.5, 0.75, 1.0, 1.25, 2.0]),
                  pad_to_capacity=rng.random() < 0.4)
     if layer:
-        c.update(hidden_size=rng.randint(2, 6), ffn_hidden_size=rng.randint(2, 5),
+        c.update(hidden_size=rng.randint(2, SIZES["H"]), ffn_hidden_size=rng.randint(2, SIZES["F"]),
                  activation=rng.choice(ACTIVATIONS), gated=rng.random() < 0.5)
     return c
 
 
 def random_deepspeed_config(rng, layer):
-    E = rng.choice([4, 6, 8, 12])
-    k = rng.randint(1, min(E, 4))
-    S, B = rng.randint(2, 6), rng.randint(1, 3)
+    E = rng.choice(SIZES["ds_E"])
+    k = rng.randint(1, min(E, SIZES["ds_k"]))
+    S, B = rng.randint(2, SIZES["ds_S"]), rng.randint(1, 3)
     c = ds_config(E, k, S, B)
     if k == 1 or rng.random() < 0.3:
         # top1gating picks among over-full tokens by torch.topk over a 0/1 mask (unspecified
@@ -818,7 +825,7 @@ def random_deepspeed_config(rng, layer):
     else:
         c["load_balance_loss_coeff"] = rng.choice([0.01, 0.1, 1.0])
     if layer:
-        c.update(hidden_size=rng.randint(2, 6), ffn_hidden_size=rng.randint(2, 5),
+        c.update(hidden_size=rng.randint(2, SIZES["H"]), ffn_hidden_size=rng.randint(2, SIZES["F"]),
                  activation=rng.choice(ACTIVATIONS), gated=rng.random() < 0.5)
     return c
 
@@ -965,7 +972,12 @@ def main():
     ap.add_argument("--random", type=int, default=RANDOM["count"], metavar="N",
                     help="fixtures of the random set (random configurations)")
     ap.add_argument("--random-seed", type=int, default=RANDOM["seed"])
+    ap.add_argument("--large", action="store_true",
+                    help="random draws with longer batches, more experts, larger k and wider "
+                         "layers (LARGE_SIZES; over 2 MB: use with --out)")
     args = ap.parse_args()
+    if args.large:
+        SIZES.update(LARGE_SIZES)
     total = 0
     for name in args.sets:
         if name == "layouts":
