@@ -192,9 +192,10 @@ int run_train(const train_options& o) {
       cli::select_cuda_device(local_rank, local_size);
     }
 #endif
-    rc = train_loop<MpiComm>(
-        cfg, {&groups.expert_parallel, &groups.dense_data_parallel, &groups.expert_data_parallel},
-        o, world.rank() == 0, /*nccl=*/true);
+    rc = train_loop<MpiComm>(cfg,
+                             {&groups.expert_parallel, &groups.dense_data_parallel,
+                              &groups.expert_data_parallel, &groups.tensor_parallel},
+                             o, world.rank() == 0, /*nccl=*/true);
   } catch (const std::exception& e) {
     // One rank's error must not leave the others waiting: report it and abort the job.
     int rank = 0;

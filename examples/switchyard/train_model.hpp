@@ -192,8 +192,11 @@ class Model {
   StepMetrics step(std::int64_t step_index) {
     const auto start = std::chrono::steady_clock::now();
     const index_t T = cfg_.tokens_per_rank(), H = cfg_.hidden_size;
-    const auto rank = static_cast<std::uint32_t>(comms_.dense_data_parallel->rank());
-    // Inputs differ per step and rank; the teacher is fixed.
+    // Inputs differ per step and rank (TP ranks hold other tokens, as under sequence
+    // parallelism); the teacher is fixed.
+    const auto rank =
+        static_cast<std::uint32_t>(comms_.dense_data_parallel->rank() * cfg_.tensor_parallel_size +
+                                   (tensor_parallel() ? comms_.tensor_parallel->rank() : 0));
     std::vector<float> x(static_cast<std::size_t>(T * H)), target(x.size());
     for (index_t t = 0; t < T; ++t)
       for (index_t h = 0; h < H; ++h)
@@ -265,7 +268,7 @@ class Model {
       const double d = h[j] - target[j];
       sq[0] += d * d;
     }
-    comms_.dense_data_parallel->all_reduce(sq, 2, ReduceOp::sum);
+    group_sum(sq, 2);
     const double denom = sq[1] * static_cast<double>(H);
     m.loss = denom > 0 ? sq[0] / denom : 0.0;
     if (m.tokens == 0) m.tokens = static_cast<std::int64_t>(sq[1]);
@@ -292,13 +295,11 @@ class Model {
       if (b.moe) {
         b.moe->reduce_gradients(b.moe_grads);
       } else {
-        // Dense weights are replicated on every rank of the dense group: sum their gradients.
+        // Dense weights are replicated on every rank of the dense group and of the TP group
+        // (the dense blocks are not split): sum their gradients.
         for (std::vector<float>* v : {&b.dense->grads().fc1, &b.dense->grads().fc2,
                                       &b.dense->grads().fc1_bias, &b.dense->grads().fc2_bias})
-          if (!v->empty())
-            comms_.dense_data_parallel->all_reduce(v->data(),
-                                                   static_cast<std::int64_t>(v->size()),
-                                                   ReduceOp::sum);
+          if (!v->empty()) group_sum(v->data(), static_cast<std::int64_t>(v->size()));
       }
     }
     opt_.step();
@@ -324,6 +325,16 @@ class Model {
   }
 
  private:
+  bool tensor_parallel() const {
+    return cfg_.tensor_parallel_size > 1;
+  }
+  // Sums over the ranks holding other tokens of this replica: dense DP, then TP.
+  template <class U>
+  void group_sum(U* v, std::int64_t n) {
+    comms_.dense_data_parallel->all_reduce(v, n, ReduceOp::sum);
+    if (tensor_parallel()) comms_.tensor_parallel->all_reduce(v, n, ReduceOp::sum);
+  }
+
 #if defined(SWITCHYARD_CLI_HAS_CUDA)
   // Rank 0 of the group makes the NCCL id, every member receives it over the host group.
   static cli::CudaGroup nccl_group(Comm& c) {

@@ -66,6 +66,7 @@ struct one_rank_run : layer_run<sy::LocalComm> {
   one_rank_run(sy::Config dist, const double* x, const double* dy, std::int64_t T) {
     dist.expert_parallel_size = 1;
     dist.data_parallel_size = 1;
+    dist.tensor_parallel_size = 1;
     dist.world_size.reset();
     layer = sy::make_layer<double>(dist, sy::MoEComms<sy::LocalComm>{&comm, &comm, &comm});
     run(x, dy, T, dist.hidden_size);
@@ -80,7 +81,7 @@ struct mpi_run : layer_run<sy::MpiComm> {
       : groups(sy::make_mpi_groups(world, sy::Layout(c))) {
     layer = sy::make_layer<double>(
         c, sy::MoEComms<sy::MpiComm>{&groups.expert_parallel, &groups.dense_data_parallel,
-                                     &groups.expert_data_parallel});
+                                     &groups.expert_data_parallel, &groups.tensor_parallel});
     run(x, dy, T, c.hidden_size);
   }
 };
@@ -98,10 +99,12 @@ void run_and_compare(sy::Config dist, int empty_rank) {
   const auto& rg = one.grads;
   const auto& rdx = one.dx;
 
-  // The distributed layer, each dense data-parallel rank on its slice.
+  // The distributed layer, each rank of the dense data-parallel x TP group on its slice (TP
+  // ranks hold other tokens, as under sequence parallelism; world-rank order).
   const sy::MpiGroups probe = sy::make_mpi_groups(world, sy::Layout(dist));
-  const auto sl =
-      slice_of(T, probe.dense_data_parallel.rank(), probe.dense_data_parallel.size(), empty_rank);
+  const int tp = probe.tensor_parallel.size(), tp_rank = probe.tensor_parallel.rank();
+  const auto sl = slice_of(T, probe.dense_data_parallel.rank() * tp + tp_rank,
+                           probe.dense_data_parallel.size() * tp, empty_rank);
   mpi_run run(world, dist, x.data() + sl.first * H, dy.data() + sl.first * H, sl.count);
   auto& layer = run.layer;
   const auto& fwd = run.fwd;
@@ -120,19 +123,32 @@ void run_and_compare(sy::Config dist, int empty_rank) {
   BOOST_TEST(close(fwd.metrics.z_loss.value(), rf.metrics.z_loss.value()));
   for (std::size_t i = 0; i < g.router_weight.size(); ++i)
     BOOST_REQUIRE_MESSAGE(close(g.router_weight[i], rg.router_weight[i]), "router grad " << i);
+  // Local expert le is global expert e; with TP this rank holds F columns [tp_rank·Fs, +Fs) of
+  // it: fc1 rows half·Fs + f are the whole expert's half·F + tp_rank·Fs + f, fc2 [h][f] its
+  // [h][tp_rank·Fs + f].
   const auto El = layer->placement().local_experts();
-  const auto fc1_size = static_cast<std::int64_t>(g.fc1.size()) / El;
-  const auto fc2_size = static_cast<std::int64_t>(g.fc2.size()) / El;
+  const std::int64_t F = dist.ffn_hidden_size, Fs = F / tp;
+  BOOST_TEST(layer->tp_rank() == tp_rank);
+  BOOST_TEST(layer->params().ffn_hidden == Fs);
+  const auto halves = static_cast<std::int64_t>(g.fc1.size()) / (El * Fs * H);
   for (std::int64_t le = 0; le < El; ++le) {
     const auto e = layer->placement().expert(layer->ep_rank(), le);
-    for (std::int64_t i = 0; i < fc1_size; ++i)
-      BOOST_REQUIRE_MESSAGE(close(g.fc1[le * fc1_size + i], rg.fc1[e * fc1_size + i]),
-                            "fc1 grad of expert " << e);
-    for (std::int64_t i = 0; i < fc2_size; ++i)
-      BOOST_REQUIRE_MESSAGE(close(g.fc2[le * fc2_size + i], rg.fc2[e * fc2_size + i]),
-                            "fc2 grad of expert " << e);
-    // The weights themselves are those of the same global expert.
-    BOOST_REQUIRE(layer->params().fc1[le * fc1_size] == ref->params().fc1[e * fc1_size]);
+    for (std::int64_t half = 0; half < halves; ++half)
+      for (std::int64_t f = 0; f < Fs; ++f)
+        for (std::int64_t h = 0; h < H; ++h) {
+          const std::int64_t mine = ((le * halves + half) * Fs + f) * H + h;
+          const std::int64_t whole = ((e * halves + half) * F + tp_rank * Fs + f) * H + h;
+          BOOST_REQUIRE_MESSAGE(close(g.fc1[mine], rg.fc1[whole]), "fc1 grad of expert " << e);
+          // The weights themselves are those of the same global expert.
+          BOOST_REQUIRE(layer->params().fc1[mine] == ref->params().fc1[whole]);
+        }
+    for (std::int64_t h = 0; h < H; ++h)
+      for (std::int64_t f = 0; f < Fs; ++f) {
+        const std::int64_t mine = (le * H + h) * Fs + f;
+        const std::int64_t whole = (e * H + h) * F + tp_rank * Fs + f;
+        BOOST_REQUIRE_MESSAGE(close(g.fc2[mine], rg.fc2[whole]), "fc2 grad of expert " << e);
+        BOOST_REQUIRE(layer->params().fc2[mine] == ref->params().fc2[whole]);
+      }
   }
   BOOST_TEST(fwd.metrics.bytes_sent + fwd.metrics.bytes_received >= 0);
 }
@@ -169,6 +185,37 @@ BOOST_AUTO_TEST_CASE(data_parallel_times_expert_parallel_matches_one_rank) {
   c.expert_parallel_size = 2;
   c.data_parallel_size = world.size() / 2;
   run_and_compare(c, -1);
+}
+
+// Tensor-parallel experts: F split over the TP group, tokens spread over DP x EP x TP.
+BOOST_AUTO_TEST_CASE(tensor_parallel_experts_match_one_rank) {
+  sy::MpiComm world(MPI_COMM_WORLD, std::chrono::seconds(60));
+  auto c = base_config();  // GLU (SiLU), dropless, aux + z-loss
+  c.ffn_hidden_size = 8;
+  c.tensor_parallel_size = 2;
+  c.expert_parallel_size = world.size() / 2;  // TP 2 (np 2), TP 2 x EP 2 (np 4)
+  run_and_compare(c, -1);
+}
+
+BOOST_AUTO_TEST_CASE(tensor_parallel_times_data_parallel_with_capacity_matches_one_rank) {
+  sy::MpiComm world(MPI_COMM_WORLD, std::chrono::seconds(60));
+  auto c = base_config();
+  c.ffn_hidden_size = 8;
+  c.tensor_parallel_size = 2;
+  c.data_parallel_size = world.size() / 2;  // TP 2 (np 2), TP 2 x DP 2 (np 4)
+  c.activation = sy::Activation::gelu;
+  c.gated = false;
+  c.token_dispatch = sy::TokenDispatch::capacity;
+  c.capacity_factor = 8.0;  // nothing dropped: equal to the dropless single rank
+  run_and_compare(c, -1);
+}
+
+BOOST_AUTO_TEST_CASE(a_tensor_parallel_rank_with_zero_tokens_takes_part) {
+  sy::MpiComm world(MPI_COMM_WORLD, std::chrono::seconds(60));
+  auto c = base_config();
+  c.ffn_hidden_size = 8;
+  c.tensor_parallel_size = world.size();  // TP 2 or TP 4
+  run_and_compare(c, 1);
 }
 
 BOOST_AUTO_TEST_CASE(a_rank_with_zero_tokens_takes_part) {

@@ -115,12 +115,16 @@ using MoEGrads = MoEParams<T>;
 
 /// The process groups a layer runs on (ARCHITECTURE.md, config/layout.hpp): the token
 /// all-to-all over the expert-parallel group, router gradients, global counts and losses over the
-/// dense data-parallel group, expert gradients over the expert-data-parallel group.
+/// dense data-parallel group, expert gradients over the expert-data-parallel group. With
+/// tensor_parallel_size > 1 also the TP group (tensor-parallel experts; the router gradients,
+/// counts and losses then sum over the dense data-parallel group and the TP group); it may stay
+/// null when tensor_parallel_size is 1.
 template <class Comm>
 struct MoEComms {
   Comm* expert_parallel;
   Comm* dense_data_parallel;
   Comm* expert_data_parallel;
+  Comm* tensor_parallel = nullptr;
 };
 
 /// Per-call options of a forward.
@@ -132,7 +136,7 @@ struct ForwardOptions {
 };
 
 /// What one forward measured. Counts and losses are global: summed over the dense data-parallel
-/// group (the same on every rank of it).
+/// group and the TP group (the same on every rank of them).
 struct MoEMetrics {
   std::int64_t tokens = 0;                         ///< tokens of the group in this forward
   std::vector<std::int64_t> tokens_per_expert;     ///< [E] routed, before dropping

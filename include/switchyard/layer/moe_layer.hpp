@@ -16,6 +16,10 @@
 /// that batch (tested under mpirun). Capacity dispatch over more than one EP rank pads each
 /// expert's rows to C (padding rows are zero and weigh 0); C comes from the rank's own T, so the
 /// block sizes are exchanged as in dropless dispatch (ranks may hold different T, or none).
+///
+/// Tensor-parallel experts (tensor_parallel_size > 1, MoEComms::tensor_parallel): each rank holds
+/// F/tp of every local expert (layer/detail/tensor_parallel.hpp); the TP ranks hold different
+/// tokens, so the loss group is the dense data-parallel group times the TP group.
 
 #include <algorithm>
 #include <cmath>
@@ -42,6 +46,7 @@
 #include "switchyard/layer/detail/hooks.hpp"
 #include "switchyard/layer/detail/initialize.hpp"
 #include "switchyard/layer/detail/metrics.hpp"
+#include "switchyard/layer/detail/tensor_parallel.hpp"
 #include "switchyard/layer/layer_types.hpp"
 #include "switchyard/routing/from_config.hpp"
 #include "switchyard/routing/router_linear.hpp"
@@ -86,11 +91,17 @@ struct MoESaved {
   /// Rows at this rank's experts, in two segments: [0] this rank's own tokens (never sent),
   /// [1] the rows received from the other EP ranks. Each is expert-major with its offsets
   /// [E_local + 1] and keeps its own expert workspace for backward; the workspace goes back to
-  /// the layer's cache when backward has used it or this state is dropped (move-only).
+  /// the layer's cache when backward has used it or this state is dropped (move-only). With
+  /// tensor-parallel experts `in` holds the segment's rows of the whole TP group (`tp`).
   struct segment {
     std::vector<T> in;
-    std::vector<index_t> offsets;
+    std::vector<index_t> offsets;  ///< this rank's rows
+    detail::tp_rows tp;            ///< the TP group's rows; empty without tensor parallelism
     detail::cached_buffer workspace;
+    /// Offsets of the rows the experts run on (`in`).
+    const std::vector<index_t>& expert_offsets() const {
+      return tp.offsets.empty() ? offsets : tp.offsets;
+    }
   };
   segment local, remote;
   std::vector<T> rows_out;          ///< expert outputs back in plan order [R][H]
@@ -128,10 +139,17 @@ class MoELayerCore {
     require_valid(cfg_);
     SY_EXPECTS(comms.expert_parallel && comms.dense_data_parallel && comms.expert_data_parallel,
                "MoELayer needs its three communicators (use the same LocalComm for one rank)");
-    if (cfg_.tensor_parallel_size != 1)
+    const std::int64_t tp = cfg_.tensor_parallel_size;
+    if (tp > 1 && !comms.tensor_parallel)
       throw config_error(detail::concat(
-          "tensor_parallel_size: ", cfg_.tensor_parallel_size,
-          " (the MoE layer does not split experts over tensor-parallel ranks yet: use 1)"));
+          "tensor_parallel_size: ", tp,
+          " needs MoEComms::tensor_parallel, the communicator of this rank's TP group"));
+    if (tp > 1 && cfg_.add_bias_linear)
+      throw config_error(detail::concat(
+          "add_bias_linear: expert biases with tensor_parallel_size ", tp,
+          " are not built yet (fc2's bias would be added once per TP rank): use false or tp 1"));
+    if (comms.tensor_parallel)
+      detail::check_comm_size(*comms.tensor_parallel, tp, "tensor-parallel");
     const std::int64_t ep = placement_.ep();
     const std::int64_t dense = cfg_.dp() * cfg_.expert_parallel_size;
     detail::check_comm_size(*comms.expert_parallel, ep, "expert-parallel");
@@ -142,11 +160,13 @@ class MoELayerCore {
                                         cfg_.num_experts_per_token, " but the router has k = ",
                                         router_->k()));
     const index_t El = placement_.local_experts();
-    params_ = MoEParams<T>(cfg_.num_experts, El, cfg_.hidden_size, cfg_.ffn_hidden_size,
+    params_ = MoEParams<T>(cfg_.num_experts, El, cfg_.hidden_size, cfg_.ffn_hidden_size / tp,
                            experts_->fc1_multiplier(), cfg_.add_bias_linear);
     // Collective safety: every rank agrees on the config before any exchange.
     require_agreement(*comms_.dense_data_parallel, detail::config_fingerprint(cfg_),
                       "layer config");
+    if (tp > 1)
+      require_agreement(*comms_.tensor_parallel, detail::config_fingerprint(cfg_), "layer config");
   }
 
   const Config& config() const { return cfg_; }
@@ -154,6 +174,8 @@ class MoELayerCore {
   const MoEParams<T>& params() const { return params_; }
   const ExpertPlacementMap& placement() const { return placement_; }
   int ep_rank() const { return comms_.expert_parallel->rank(); }
+  /// This rank's place in its TP group: it holds F columns [tp_rank·F/tp, (tp_rank+1)·F/tp).
+  int tp_rank() const { return tensor_parallel() ? comms_.tensor_parallel->rank() : 0; }
   /// Gradients with this layer's shapes, zero.
   MoEGrads<T> make_grads() const { return params_.zeros_like(); }
 
@@ -161,7 +183,8 @@ class MoELayerCore {
   /// Philox keyed by (seed, element); experts by the config's initialization_strategy, keyed by
   /// their global id, so every layout gets the same weights.
   void initialize(std::uint64_t seed) {
-    detail::initialize_params(params_, cfg_, placement_, ep_rank(), *experts_, seed);
+    detail::initialize_params(params_, cfg_, placement_, ep_rank(), *experts_, seed, tp_rank(),
+                              cfg_.tensor_parallel_size);
   }
 
   /// y = MoE(x) for x [T][H] (T may be 0 on some ranks: every rank joins every collective).
@@ -185,7 +208,7 @@ class MoELayerCore {
       if (opt.training && cfg_.input_jitter_eps) {
         s.x_router = s.x;
         JitterParams j{*cfg_.input_jitter_eps, opt.seed, opt.step,
-                       static_cast<std::uint32_t>(comms_.dense_data_parallel->rank() * Tn)};
+                       static_cast<std::uint32_t>(token_group_rank() * Tn)};
         apply_input_jitter(exec::Host{}, matrix_view<T>(s.x_router.data(), Tn, H), j);
       }
       router_linear_forward(exec::Host{}, matrix_view<const T>(s.router_input().data(), Tn, H),
@@ -196,12 +219,12 @@ class MoELayerCore {
     } catch (...) {
       failed = std::current_exception();
     }
-    fail_together(*comms_.dense_data_parallel, failed, "MoELayer::forward");
+    fail_together_in_group(failed, "MoELayer::forward");
 
-    // Group statistics for the losses (REFERENCE §5): counts and T over the dense DP group.
-    Comm* dense = comms_.dense_data_parallel;
-    ctx.group_sum = [dense](std::span<double> v) {
-      dense->all_reduce(v.data(), static_cast<std::int64_t>(v.size()), ReduceOp::sum);
+    // Group statistics for the losses (REFERENCE §5): counts and T over the dense DP group (and
+    // the TP group, whose ranks hold other tokens).
+    ctx.group_sum = [this](std::span<double> v) {
+      group_all_reduce(v.data(), static_cast<std::int64_t>(v.size()), ReduceOp::sum);
     };
     s.routing = router_->forward(matrix_view<const T>(logits.data(), Tn, E), ctx);
 
@@ -233,16 +256,22 @@ class MoELayerCore {
                                            per_peer);
     }
     s.expert_opts.dropout = expert_dropout{cfg_.expert_dropout, opt.seed, opt.step, opt.training};
-    const expert_shape shape{El, H, cfg_.ffn_hidden_size, params_.bias};
+    const expert_shape shape{El, H, params_.ffn_hidden, params_.bias};
     s.rows_out = exchange_apply(std::move(rows), s, H, R, &out.metrics, [&](int seg, std::vector<T> in) {
       typename MoESaved<T>::segment& g = seg == 0 ? s.local : s.remote;
+      if (tensor_parallel()) {  // the segment's rows of the whole TP group
+        g.tp = detail::tp_gather_counts(*comms_.tensor_parallel, g.offsets);
+        in = detail::tp_gather_rows(*comms_.tensor_parallel, g.tp, in, H);
+      }
       g.in = std::move(in);
-      const index_t n = g.offsets.back();
+      const std::vector<index_t>& off = g.expert_offsets();
+      const index_t n = off.back();
       g.workspace = workspace_cache_.take(experts_->workspace_bytes(shape, n));
       std::vector<T> y(static_cast<std::size_t>(n * H));
       experts_->forward(shape, std::as_const(params_).experts(),
-                        matrix_view<const T>(g.in.data(), n, H), g.offsets,
+                        matrix_view<const T>(g.in.data(), n, H), off,
                         matrix_view<T>(y.data(), n, H), g.workspace, segment_options(s, seg));
+      if (tensor_parallel()) return detail::tp_reduce_scatter(*comms_.tensor_parallel, g.tp, y, H);
       return y;
     });
 
@@ -282,21 +311,25 @@ class MoELayerCore {
     } catch (...) {
       failed = std::current_exception();
     }
-    fail_together(*comms_.dense_data_parallel, failed, "MoELayer::backward");
-    const expert_shape shape{placement_.local_experts(), H, cfg_.ffn_hidden_size, params_.bias};
+    fail_together_in_group(failed, "MoELayer::backward");
+    const expert_shape shape{placement_.local_experts(), H, params_.ffn_hidden, params_.bias};
     const std::vector<T> d_rows_in =
         exchange_apply(std::move(d_rows), s, H, R, nullptr, [&](int seg, std::vector<T> d_out) {
           typename MoESaved<T>::segment& g = seg == 0 ? s.local : s.remote;
-          const index_t n = g.offsets.back();
+          if (tensor_parallel())  // dy of the TP group's rows, as forward gathered them
+            d_out = detail::tp_gather_rows(*comms_.tensor_parallel, g.tp, d_out, H);
+          const std::vector<index_t>& off = g.expert_offsets();
+          const index_t n = off.back();
           // dx overwrites dy in place (the host experts read dy only before writing dx), and
           // the segment's inputs and workspace are released once used: backward keeps shrinking.
-          experts_->backward(shape, std::as_const(params_).experts(),
-                             matrix_view<const T>(g.in.data(), n, H), g.offsets,
-                             matrix_view<const T>(d_out.data(), n, H),
-                             matrix_view<T>(d_out.data(), n, H), grads.experts(), g.workspace,
-                             segment_options(s, seg));
+          experts_->backward(
+              shape, std::as_const(params_).experts(), matrix_view<const T>(g.in.data(), n, H), off,
+              matrix_view<const T>(d_out.data(), n, H), matrix_view<T>(d_out.data(), n, H),
+              grads.experts(), g.workspace, segment_options(s, seg));
           std::vector<T>().swap(g.in);
           g.workspace.reset();  // back to the cache for the next forward
+          if (tensor_parallel())  // each row's dx is the sum of its F shards' partials
+            return detail::tp_reduce_scatter(*comms_.tensor_parallel, g.tp, d_out, H);
           return d_out;
         });
     std::vector<T> dx(static_cast<std::size_t>(Tn * H));
@@ -320,12 +353,11 @@ class MoELayerCore {
   }
 
   /// Sums gradients over their groups (once per optimizer step, after the last micro-batch):
-  /// the router's over the dense data-parallel group, the experts' over the expert-data-parallel
-  /// group. Collective.
+  /// the router's over the dense data-parallel group (and the TP group), the experts' (each
+  /// rank's F shard) over the expert-data-parallel group. Collective.
   void reduce_gradients(MoEGrads<T>& g) {
-    comms_.dense_data_parallel->all_reduce(g.router_weight.data(),
-                                           static_cast<std::int64_t>(g.router_weight.size()),
-                                           ReduceOp::sum);
+    group_all_reduce(g.router_weight.data(), static_cast<std::int64_t>(g.router_weight.size()),
+                     ReduceOp::sum);
     for (std::vector<T>* v : {&g.fc1, &g.fc2, &g.fc1_bias, &g.fc2_bias})
       if (!v->empty())
         comms_.expert_data_parallel->all_reduce(v->data(), static_cast<std::int64_t>(v->size()),
@@ -346,11 +378,40 @@ class MoELayerCore {
   void release_cached_memory() { workspace_cache_.clear(); }
 
  private:
+  bool tensor_parallel() const { return cfg_.tensor_parallel_size > 1; }
+  // This rank among the ranks holding other tokens of the same model replica (dense DP × TP, in
+  // world-rank order: rank = tp + tp_size·dense).
+  std::int64_t token_group_rank() const {
+    return static_cast<std::int64_t>(comms_.dense_data_parallel->rank()) *
+               cfg_.tensor_parallel_size +
+           tp_rank();
+  }
+  // An all_reduce over the loss group: the dense DP group, then the TP group.
+  template <class U>
+  void group_all_reduce(U* v, std::int64_t n, ReduceOp op) {
+    comms_.dense_data_parallel->all_reduce(v, n, op);
+    if (tensor_parallel()) comms_.tensor_parallel->all_reduce(v, n, op);
+  }
+  // fail_together over the loss group: a failure on any of its ranks is an error on all of them
+  // (the TP stage carries the dense stage's outcome, so every rank joins both stages).
+  void fail_together_in_group(const std::exception_ptr& failed, const char* where) {
+    if (!tensor_parallel()) return fail_together(*comms_.dense_data_parallel, failed, where);
+    std::exception_ptr outcome;
+    try {
+      fail_together(*comms_.dense_data_parallel, failed, where);
+    } catch (...) {
+      outcome = std::current_exception();
+    }
+    fail_together(*comms_.tensor_parallel, outcome, where);
+  }
+
   // The expert options of a segment: the received rows' dropout keys follow the own rows', so
-  // no two rows of a step share a mask.
-  static expert_options segment_options(const MoESaved<T>& s, int seg) {
+  // no two rows of a step share a mask; each TP rank draws its F columns from its own stream.
+  expert_options segment_options(const MoESaved<T>& s, int seg) const {
     expert_options o = s.expert_opts;
-    o.dropout.row_offset = seg == 0 ? 0 : static_cast<std::uint64_t>(s.local.offsets.back());
+    o.dropout.row_offset =
+        seg == 0 ? 0 : static_cast<std::uint64_t>(s.local.expert_offsets().back());
+    o.dropout.seed += static_cast<std::uint64_t>(tp_rank()) * 0xD1B54A32D192ED03ull;
     return o;
   }
 
@@ -396,9 +457,11 @@ class MoELayerCore {
     std::vector<T> local_out = op(0, std::move(local_in));
     incoming.wait();
     std::vector<T> remote_out =
-        op(1, reorder_blocks(by_source, remote_block, ep, El, H, /*to_expert_major=*/true));
+        op(1, detail::reorder_exchange_blocks(by_source, remote_block, ep, El, H,
+                                              /*to_expert_major=*/true));
     const std::vector<T> back_by_source =
-        reorder_blocks(remote_out, remote_block, ep, El, H, /*to_expert_major=*/false);
+        detail::reorder_exchange_blocks(remote_out, remote_block, ep, El, H,
+                                        /*to_expert_major=*/false);
     std::vector<T> returned(outgoing.size());
     auto back = start_exchange(back_by_source.data(), recv, returned.data(), send);
     std::vector<T> out(static_cast<std::size_t>(R * H));
@@ -430,22 +493,6 @@ class MoELayerCore {
     }
   }
 
-  // Blocks of `block_rows[p][le]` rows: source-major [p][le] <-> expert-major [le][p].
-  static std::vector<T> reorder_blocks(const std::vector<T>& in,
-                                       const std::vector<std::int64_t>& block_rows,
-                                       std::int64_t ep, std::int64_t El, index_t H,
-                                       bool to_expert_major) {
-    const detail::block_offsets o = detail::exchange_block_offsets(block_rows, ep, El);
-    const std::vector<std::int64_t>&src_off = o.source_major, &exp_off = o.expert_major;
-    std::vector<T> out(in.size());
-    for (std::size_t b = 0; b < src_off.size(); ++b) {
-      const std::int64_t from = to_expert_major ? src_off[b] : exp_off[b];
-      const std::int64_t to = to_expert_major ? exp_off[b] : src_off[b];
-      std::copy_n(in.begin() + from * H, block_rows[b] * H, out.begin() + to * H);
-    }
-    return out;
-  }
-
   void fill_metrics(const MoESaved<T>& s, const DispatchOptions& dopt, MoEMetrics& m) {
     const std::int64_t E = cfg_.num_experts;
     // Per global expert (the plan counts slots), then summed over the group, with the tokens,
@@ -460,10 +507,9 @@ class MoELayerCore {
     v[static_cast<std::size_t>(2 * E)] = static_cast<double>(s.tokens);
     v[static_cast<std::size_t>(2 * E + 1)] = s.routing.aux_loss.value_or(0.0);
     v[static_cast<std::size_t>(2 * E + 2)] = s.routing.z_loss.value_or(0.0);
-    Comm* dense = comms_.dense_data_parallel;
-    dense->all_reduce(v.data(), static_cast<std::int64_t>(v.size()), ReduceOp::sum);
+    group_all_reduce(v.data(), static_cast<std::int64_t>(v.size()), ReduceOp::sum);
     std::int64_t iterations = s.routing.sinkhorn_iterations;
-    dense->all_reduce(&iterations, 1, ReduceOp::max);
+    group_all_reduce(&iterations, 1, ReduceOp::max);
     std::vector<std::int64_t> routed(static_cast<std::size_t>(E)), kept(routed.size());
     for (std::size_t e = 0; e < routed.size(); ++e) {
       routed[e] = std::llround(v[e]);

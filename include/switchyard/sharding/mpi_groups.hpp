@@ -7,11 +7,12 @@
 
 namespace switchyard {
 
-/// The three groups an MoE layer uses, as MPI communicators (owned).
+/// The groups an MoE layer uses, as MPI communicators (owned).
 struct MpiGroups {
   MpiComm expert_parallel;       ///< the token all-to-all
   MpiComm dense_data_parallel;   ///< router gradients, global counts, losses
   MpiComm expert_data_parallel;  ///< expert gradients
+  MpiComm tensor_parallel;       ///< tensor-parallel experts (one rank when tp = 1)
 };
 
 /// Splits `world` (size layout.world()) into this rank's groups; collective over `world`.
@@ -28,6 +29,7 @@ inline MpiGroups make_mpi_groups(const MpiComm& world, const Layout& layout) {
       world.split(color(c.tp, c.dp, c.pp), static_cast<int>(c.ep)),
       world.split(color(c.tp, c.pp, 0), world.rank()),
       world.split(color(c.tp, c.ep, c.pp), static_cast<int>(c.dp)),
+      world.split(color(c.ep, c.dp, c.pp), static_cast<int>(c.tp)),
   };
 }
 

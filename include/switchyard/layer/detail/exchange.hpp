@@ -5,6 +5,7 @@
 /// order, which is source-major on the receiver: [p][le]; the experts want them expert-major:
 /// [le][p].
 
+#include <algorithm>
 #include <cstdint>
 #include <span>
 #include <vector>
@@ -63,6 +64,22 @@ inline std::vector<index_t> exchange_expert_offsets(std::span<const std::int64_t
     off[static_cast<std::size_t>(le) + 1] = off[static_cast<std::size_t>(le)] + n;
   }
   return off;
+}
+
+/// Rows in blocks of `block_rows[p][le]` rows [..][H], source-major [p][le] <-> expert-major
+/// [le][p].
+template <class T>
+std::vector<T> reorder_exchange_blocks(const std::vector<T>& in,
+                                       std::span<const std::int64_t> block_rows, std::int64_t ep,
+                                       std::int64_t El, index_t H, bool to_expert_major) {
+  const block_offsets o = exchange_block_offsets(block_rows, ep, El);
+  std::vector<T> out(in.size());
+  for (std::size_t b = 0; b < o.source_major.size(); ++b) {
+    const std::int64_t from = to_expert_major ? o.source_major[b] : o.expert_major[b];
+    const std::int64_t to = to_expert_major ? o.expert_major[b] : o.source_major[b];
+    std::copy_n(in.begin() + from * H, block_rows[b] * H, out.begin() + to * H);
+  }
+  return out;
 }
 
 }  // namespace switchyard::detail

@@ -3,8 +3,10 @@
 /// (MoELayerCore::initialize) and the device layer (layer/device_layer.cuh), so both start from
 /// the same weights for the same seed.
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <vector>
 
 #include "switchyard/config/config_types.hpp"
 #include "switchyard/core/philox.hpp"
@@ -17,10 +19,13 @@ namespace switchyard::detail {
 
 /// Router N(0, σ²) with σ = 0.02 (Megatron's init_method_std) drawn by Philox keyed by (seed,
 /// element); the experts of `ep_rank` by the config's initialization_strategy, keyed by their
-/// global id, so every layout gets the same weights.
+/// global id, so every layout gets the same weights. With tp > 1 the whole expert is drawn (the
+/// init's fan-in and fan-out are the unsplit F's) and TP rank `tp_rank` keeps its F columns
+/// (layer/detail/tensor_parallel.hpp); biases are not split (the layer rejects them with tp > 1).
 template <class T>
 void initialize_params(MoEParams<T>& params, const Config& cfg, const ExpertPlacementMap& placement,
-                       int ep_rank, const expert_hooks<T>& experts, std::uint64_t seed) {
+                       int ep_rank, const expert_hooks<T>& experts, std::uint64_t seed,
+                       int tp_rank = 0, std::int64_t tp = 1) {
   const index_t E = cfg.num_experts, H = cfg.hidden_size;
   for (index_t i = 0; i < E * H; ++i) {
     const auto u1 =
@@ -30,20 +35,40 @@ void initialize_params(MoEParams<T>& params, const Config& cfg, const ExpertPlac
     params.router_weight[static_cast<std::size_t>(i)] =
         static_cast<T>(0.02 * std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2));
   }
-  const index_t El = params.local_experts, F = params.ffn_hidden;
-  const index_t F1 = params.fc1_multiplier * F;
+  SY_EXPECTS(tp == 1 || !params.bias, "initialize_params: biases are not split over TP ranks");
+  const index_t El = params.local_experts, F = params.ffn_hidden * tp, Fs = params.ffn_hidden;
+  const int m = params.fc1_multiplier;
   expert_tensors<T> all = params.experts();
+  std::vector<T> fc1, fc2;  // one whole expert when tp > 1
   for (index_t le = 0; le < El; ++le) {
     expert_init init;
     init.strategy = cfg.initialization_strategy;
     init.seed = seed;
     init.first_expert = placement.expert(ep_rank, le);
     const expert_shape one{1, H, F, params.bias};
-    expert_tensors<T> w{
-        tensor3_view<T>(&all.fc1(le, 0, 0), 1, F1, H), tensor3_view<T>(&all.fc2(le, 0, 0), 1, H, F),
-        params.bias ? matrix_view<T>(&all.fc1_bias(le, 0), 1, F1) : matrix_view<T>(),
-        params.bias ? matrix_view<T>(&all.fc2_bias(le, 0), 1, H) : matrix_view<T>()};
-    experts.initialize(one, init, w);
+    if (tp == 1) {
+      expert_tensors<T> w{
+          tensor3_view<T>(&all.fc1(le, 0, 0), 1, m * F, H),
+          tensor3_view<T>(&all.fc2(le, 0, 0), 1, H, F),
+          params.bias ? matrix_view<T>(&all.fc1_bias(le, 0), 1, m * F) : matrix_view<T>(),
+          params.bias ? matrix_view<T>(&all.fc2_bias(le, 0), 1, H) : matrix_view<T>()};
+      experts.initialize(one, init, w);
+      continue;
+    }
+    fc1.assign(static_cast<std::size_t>(m * F * H), T(0));
+    fc2.assign(static_cast<std::size_t>(H * F), T(0));
+    experts.initialize(one, init,
+                       expert_tensors<T>{tensor3_view<T>(fc1.data(), 1, m * F, H),
+                                         tensor3_view<T>(fc2.data(), 1, H, F),
+                                         {},
+                                         {}});
+    // fc1 rows: each of the m halves (activation, then gate) gives rows [tp_rank·Fs, +Fs).
+    for (int half = 0; half < m; ++half)
+      for (index_t f = 0; f < Fs; ++f)
+        std::copy_n(fc1.begin() + (half * F + tp_rank * Fs + f) * H, H,
+                    &all.fc1(le, half * Fs + f, 0));
+    for (index_t h = 0; h < H; ++h)
+      std::copy_n(fc2.begin() + h * F + tp_rank * Fs, Fs, &all.fc2(le, h, 0));
   }
 }
 
