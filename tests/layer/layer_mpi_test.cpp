@@ -299,14 +299,15 @@ BOOST_AUTO_TEST_CASE(blocking_exchange_without_overlap_matches_one_rank) {
 // Issue 11: bad input on one rank only (NaN in its x, then a dy of the wrong shape) fails on that
 // rank before any exchange, and every other rank gets an error naming it, not a hang. The group
 // stays usable: a good step runs afterwards on every rank.
-BOOST_AUTO_TEST_CASE(a_rank_with_bad_input_is_an_error_on_every_rank_not_a_hang) {
+namespace {
+// Bad input on the last rank only; the others' errors name the failed rank in their group (with
+// TP, in the dense group or the TP group through which the failure reached them).
+void bad_input_fails_on_every_rank(const sy::Config& c) {
   sy::MpiComm world(MPI_COMM_WORLD, std::chrono::seconds(60));
-  auto c = base_config();
-  c.expert_parallel_size = world.size();
   auto groups = sy::make_mpi_groups(world, sy::Layout(c));
   auto layer = sy::make_layer<double>(
       c, sy::MoEComms<sy::MpiComm>{&groups.expert_parallel, &groups.dense_data_parallel,
-                                   &groups.expert_data_parallel});
+                                   &groups.expert_data_parallel, &groups.tensor_parallel});
   layer->initialize(3);
   const int bad = world.size() - 1;
   const bool is_bad = world.rank() == bad;
@@ -316,7 +317,13 @@ BOOST_AUTO_TEST_CASE(a_rank_with_bad_input_is_an_error_on_every_rank_not_a_hang)
   const auto has = [](const std::exception& e, const std::string& what) {
     return std::string(e.what()).find(what) != std::string::npos;
   };
-  const std::string rank_text = "rank " + std::to_string(bad) + " of " + std::to_string(world.size());
+  // "<where>: rank r of n failed: ...": the world's rank without TP; with TP the failure may
+  // reach a rank through its TP group, whose message nests the dense group's.
+  const auto failed_text = [&](const std::string& where) {
+    return c.tensor_parallel_size > 1 ? where + ": rank "
+                                      : where + ": rank " + std::to_string(bad) + " of " +
+                                            std::to_string(world.size()) + " failed";
+  };
   if (is_bad) {
     BOOST_CHECK_EXCEPTION(layer->forward(sy::matrix_view<const double>(x.data(), T, H)),
                           sy::numeric_error, [&](const sy::numeric_error& e) {
@@ -325,7 +332,7 @@ BOOST_AUTO_TEST_CASE(a_rank_with_bad_input_is_an_error_on_every_rank_not_a_hang)
   } else {
     BOOST_CHECK_EXCEPTION(layer->forward(sy::matrix_view<const double>(x.data(), T, H)),
                           sy::comm_error, [&](const sy::comm_error& e) {
-                            return has(e, "MoELayer::forward: " + rank_text + " failed") &&
+                            return has(e, failed_text("MoELayer::forward")) &&
                                    has(e, "router logits of token 2 are not finite");
                           });
   }
@@ -345,7 +352,7 @@ BOOST_AUTO_TEST_CASE(a_rank_with_bad_input_is_an_error_on_every_rank_not_a_hang)
     BOOST_CHECK_EXCEPTION(
         layer->backward(fwd.saved, sy::matrix_view<const double>(dy.data(), dy_rows, H), g),
         sy::comm_error, [&](const sy::comm_error& e) {
-          return has(e, "MoELayer::backward: " + rank_text + " failed") && has(e, "dy is [3]");
+          return has(e, failed_text("MoELayer::backward")) && has(e, "dy is [3]");
         });
   }
 
@@ -354,4 +361,23 @@ BOOST_AUTO_TEST_CASE(a_rank_with_bad_input_is_an_error_on_every_rank_not_a_hang)
   std::vector<double> dy2 = random_vector(61, static_cast<std::size_t>(T * H));
   const auto dx = layer->backward(fwd2.saved, sy::matrix_view<const double>(dy2.data(), T, H), g);
   for (double v : dx) BOOST_REQUIRE(std::isfinite(v));
+}
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(a_rank_with_bad_input_is_an_error_on_every_rank_not_a_hang) {
+  sy::MpiComm world(MPI_COMM_WORLD, std::chrono::seconds(60));
+  auto c = base_config();
+  c.expert_parallel_size = world.size();
+  bad_input_fails_on_every_rank(c);
+}
+
+// With TP the failure crosses the dense group and the TP group (the last rank is in another
+// dense group than rank 0 under TP 2).
+BOOST_AUTO_TEST_CASE(a_tensor_parallel_rank_with_bad_input_is_an_error_on_every_rank) {
+  sy::MpiComm world(MPI_COMM_WORLD, std::chrono::seconds(60));
+  auto c = base_config();
+  c.ffn_hidden_size = 8;
+  c.tensor_parallel_size = 2;
+  c.expert_parallel_size = world.size() / 2;
+  bad_input_fails_on_every_rank(c);
 }
