@@ -46,6 +46,24 @@ split slice_of(std::int64_t T, int r, int n, int empty_rank) {
 // A layer (weights of seed 21) run forward and backward on T tokens x, dy [T][H].
 template <class Comm>
 struct layer_run {
+  // Biases (when the config has them) of the global expert and column, not zero, so that a bias
+  // added more than once shows: this rank's local experts and its TP columns of F.
+  void set_biases() {
+    auto& p = layer->params();
+    if (!p.bias) return;
+    const std::int64_t tp = layer->config().tensor_parallel_size, r = layer->tp_rank();
+    const std::int64_t Fs = p.ffn_hidden, F = Fs * tp, m = p.fc1_multiplier, H = p.hidden;
+    for (std::int64_t le = 0; le < p.local_experts; ++le) {
+      const auto e = static_cast<double>(layer->placement().expert(layer->ep_rank(), le));
+      for (std::int64_t half = 0; half < m; ++half)
+        for (std::int64_t f = 0; f < Fs; ++f)
+          p.fc1_bias[static_cast<std::size_t>(le * m * Fs + half * Fs + f)] =
+              0.05 * std::sin(e + 0.3 * static_cast<double>(half * F + r * Fs + f));
+      for (std::int64_t h = 0; h < H; ++h)
+        p.fc2_bias[static_cast<std::size_t>(le * H + h)] = 0.07 * std::cos(e + 0.2 * double(h));
+    }
+  }
+
   std::unique_ptr<sy::MoELayerCore<double, Comm>> layer;
   sy::MoEForward<double> fwd;
   sy::MoEGrads<double> grads;
@@ -54,6 +72,7 @@ struct layer_run {
  protected:
   void run(const double* x, const double* dy, std::int64_t T, std::int64_t H) {
     layer->initialize(21);
+    set_biases();
     fwd = layer->forward(sy::matrix_view<const double>(x, T, H));
     grads = layer->make_grads();
     dx = layer->backward(fwd.saved, sy::matrix_view<const double>(dy, T, H), grads);
@@ -149,6 +168,16 @@ void run_and_compare(sy::Config dist, int empty_rank) {
         BOOST_REQUIRE_MESSAGE(close(g.fc2[mine], rg.fc2[whole]), "fc2 grad of expert " << e);
         BOOST_REQUIRE(layer->params().fc2[mine] == ref->params().fc2[whole]);
       }
+    if (!layer->params().bias) continue;
+    // fc1's bias is split as fc1's rows; fc2's is whole on every TP rank, with its whole grad.
+    for (std::int64_t half = 0; half < halves; ++half)
+      for (std::int64_t f = 0; f < Fs; ++f)
+        BOOST_REQUIRE_MESSAGE(close(g.fc1_bias[(le * halves + half) * Fs + f],
+                                    rg.fc1_bias[(e * halves + half) * F + tp_rank * Fs + f]),
+                              "fc1 bias grad of expert " << e);
+    for (std::int64_t h = 0; h < H; ++h)
+      BOOST_REQUIRE_MESSAGE(close(g.fc2_bias[le * H + h], rg.fc2_bias[e * H + h]),
+                            "fc2 bias grad of expert " << e);
   }
   BOOST_TEST(fwd.metrics.bytes_sent + fwd.metrics.bytes_received >= 0);
 }
@@ -192,6 +221,7 @@ BOOST_AUTO_TEST_CASE(tensor_parallel_experts_match_one_rank) {
   sy::MpiComm world(MPI_COMM_WORLD, std::chrono::seconds(60));
   auto c = base_config();  // GLU (SiLU), dropless, aux + z-loss
   c.ffn_hidden_size = 8;
+  c.add_bias_linear = true;
   c.tensor_parallel_size = 2;
   c.expert_parallel_size = world.size() / 2;  // TP 2 (np 2), TP 2 x EP 2 (np 4)
   run_and_compare(c, -1);
@@ -201,6 +231,7 @@ BOOST_AUTO_TEST_CASE(tensor_parallel_times_data_parallel_with_capacity_matches_o
   sy::MpiComm world(MPI_COMM_WORLD, std::chrono::seconds(60));
   auto c = base_config();
   c.ffn_hidden_size = 8;
+  c.add_bias_linear = true;
   c.tensor_parallel_size = 2;
   c.data_parallel_size = world.size() / 2;  // TP 2 (np 2), TP 2 x DP 2 (np 4)
   c.activation = sy::Activation::gelu;

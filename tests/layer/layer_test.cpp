@@ -373,8 +373,8 @@ BOOST_AUTO_TEST_CASE(exchange_blocks_between_source_major_and_expert_major_order
   BOOST_TEST(o.expert_major.back() + rows.back() == total);
 }
 
-// Tensor-parallel experts need their communicator, of the config's size, and no expert biases
-// (fc2's bias would be added once per TP rank); the run itself is tested under mpirun.
+// Tensor-parallel experts need their communicator, of the config's size; the run itself is
+// tested under mpirun.
 BOOST_AUTO_TEST_CASE(tensor_parallel_experts_need_their_group) {
   auto c = sy_test::small_config(4, 2, true, sy::Activation::silu, false);
   c.ffn_hidden_size = 8;
@@ -390,12 +390,8 @@ BOOST_AUTO_TEST_CASE(tensor_parallel_experts_need_their_group) {
                         has("tensor_parallel_size: 2 needs MoEComms::tensor_parallel"));
   BOOST_CHECK_EXCEPTION(sy::make_layer<double>(c, Comms{&one, &one, &one, &one}), sy::config_error,
                         has("the tensor-parallel communicator has 1 ranks but the config needs 2"));
-  c.add_bias_linear = true;
-  BOOST_CHECK_EXCEPTION(sy::make_layer<double>(c, Comms{&one, &one, &one, &one}), sy::config_error,
-                        has("add_bias_linear: expert biases with tensor_parallel_size 2"));
   // tp 1 may pass a one-rank TP communicator or none.
   c.tensor_parallel_size = 1;
-  c.add_bias_linear = false;
   const auto layer = sy::make_layer<double>(c, Comms{&one, &one, &one, &one});
   BOOST_TEST(layer->tp_rank() == 0);
   BOOST_TEST(layer->params().ffn_hidden == 8);

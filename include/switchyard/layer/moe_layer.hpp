@@ -144,10 +144,6 @@ class MoELayerCore {
       throw config_error(detail::concat(
           "tensor_parallel_size: ", tp,
           " needs MoEComms::tensor_parallel, the communicator of this rank's TP group"));
-    if (tp > 1 && cfg_.add_bias_linear)
-      throw config_error(detail::concat(
-          "add_bias_linear: expert biases with tensor_parallel_size ", tp,
-          " are not built yet (fc2's bias would be added once per TP rank): use false or tp 1"));
     if (comms.tensor_parallel)
       detail::check_comm_size(*comms.tensor_parallel, tp, "tensor-parallel");
     const std::int64_t ep = placement_.ep();
@@ -162,6 +158,9 @@ class MoELayerCore {
     const index_t El = placement_.local_experts();
     params_ = MoEParams<T>(cfg_.num_experts, El, cfg_.hidden_size, cfg_.ffn_hidden_size / tp,
                            experts_->fc1_multiplier(), cfg_.add_bias_linear);
+    // fc2's bias is added once per row: by TP rank 0; the others add zeros in its place.
+    if (tp > 1 && cfg_.add_bias_linear && tp_rank() != 0)
+      zero_fc2_bias_.assign(static_cast<std::size_t>(El * cfg_.hidden_size), T(0));
     // Collective safety: every rank agrees on the config before any exchange.
     require_agreement(*comms_.dense_data_parallel, detail::config_fingerprint(cfg_),
                       "layer config");
@@ -268,8 +267,7 @@ class MoELayerCore {
       const index_t n = off.back();
       g.workspace = workspace_cache_.take(experts_->workspace_bytes(shape, n));
       std::vector<T> y(static_cast<std::size_t>(n * H));
-      experts_->forward(shape, std::as_const(params_).experts(),
-                        matrix_view<const T>(g.in.data(), n, H), off,
+      experts_->forward(shape, forward_weights(), matrix_view<const T>(g.in.data(), n, H), off,
                         matrix_view<T>(y.data(), n, H), g.workspace, segment_options(s, seg));
       if (tensor_parallel()) return detail::tp_reduce_scatter(*comms_.tensor_parallel, g.tp, y, H);
       return y;
@@ -379,6 +377,16 @@ class MoELayerCore {
 
  private:
   bool tensor_parallel() const { return cfg_.tensor_parallel_size > 1; }
+  // The expert weights forward runs: with TP, fc2's bias on TP rank 0 only (the partial outputs
+  // are summed). Backward needs no bias values: every TP rank gets fc2's whole bias gradient
+  // (the column sums of the gathered dy), so the replicas stay equal.
+  expert_weights<T> forward_weights() const {
+    expert_weights<T> w = params_.experts();
+    if (!zero_fc2_bias_.empty())
+      w.fc2_bias =
+          matrix_view<const T>(zero_fc2_bias_.data(), params_.local_experts, params_.hidden);
+    return w;
+  }
   // This rank among the ranks holding other tokens of the same model replica (dense DP × TP, in
   // world-rank order: rank = tp + tp_size·dense).
   std::int64_t token_group_rank() const {
@@ -531,6 +539,7 @@ class MoELayerCore {
   std::unique_ptr<detail::expert_hooks<T>> experts_;
   MoEParams<T> params_;
   detail::buffer_cache workspace_cache_;
+  std::vector<T> zero_fc2_bias_;  ///< fc2's bias on TP ranks other than 0; else empty
 };
 
 namespace detail {

@@ -21,7 +21,7 @@ namespace switchyard::detail {
 /// element); the experts of `ep_rank` by the config's initialization_strategy, keyed by their
 /// global id, so every layout gets the same weights. With tp > 1 the whole expert is drawn (the
 /// init's fan-in and fan-out are the unsplit F's) and TP rank `tp_rank` keeps its F columns
-/// (layer/detail/tensor_parallel.hpp); biases are not split (the layer rejects them with tp > 1).
+/// (layer/detail/tensor_parallel.hpp); biases start at zero.
 template <class T>
 void initialize_params(MoEParams<T>& params, const Config& cfg, const ExpertPlacementMap& placement,
                        int ep_rank, const expert_hooks<T>& experts, std::uint64_t seed,
@@ -35,7 +35,6 @@ void initialize_params(MoEParams<T>& params, const Config& cfg, const ExpertPlac
     params.router_weight[static_cast<std::size_t>(i)] =
         static_cast<T>(0.02 * std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2));
   }
-  SY_EXPECTS(tp == 1 || !params.bias, "initialize_params: biases are not split over TP ranks");
   const index_t El = params.local_experts, F = params.ffn_hidden * tp, Fs = params.ffn_hidden;
   const int m = params.fc1_multiplier;
   expert_tensors<T> all = params.experts();
@@ -57,7 +56,11 @@ void initialize_params(MoEParams<T>& params, const Config& cfg, const ExpertPlac
     }
     fc1.assign(static_cast<std::size_t>(m * F * H), T(0));
     fc2.assign(static_cast<std::size_t>(H * F), T(0));
-    experts.initialize(one, init,
+    if (params.bias) {
+      std::fill_n(&all.fc1_bias(le, 0), m * Fs, T(0));
+      std::fill_n(&all.fc2_bias(le, 0), H, T(0));
+    }
+    experts.initialize(expert_shape{1, H, F, false}, init,
                        expert_tensors<T>{tensor3_view<T>(fc1.data(), 1, m * F, H),
                                          tensor3_view<T>(fc2.data(), 1, H, F),
                                          {},
