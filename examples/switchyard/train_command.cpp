@@ -217,7 +217,7 @@ void add_train_command(CLI::App& app, runner& run) {
   auto opts = std::make_shared<train_options>();
   CLI::App* cmd = app.add_subcommand(
       "train",
-      "Train residual MoE blocks on a synthetic teacher task (CPU, DP x EP under mpirun; "
+      "Train residual MoE blocks on a synthetic teacher task (CPU, DP x EP x TP under mpirun; "
       "the MoE blocks on GPUs with --backend cuda, one GPU per process)");
   cmd->add_option("config", opts->file, "config JSON (flat, nested or model_config dialect)")
       ->required();

@@ -129,7 +129,7 @@ class Optimizer {
   std::int64_t t_ = 0;
 };
 
-/// What one training step measured (global over the dense data-parallel group).
+/// What one training step measured (global over the dense data-parallel group and the TP group).
 struct StepMetrics {
   std::int64_t step = 0;
   double loss = 0, aux_loss = 0, z_loss = 0, dropped_fraction = 0, load_cv = 0;

@@ -59,3 +59,26 @@ BOOST_AUTO_TEST_CASE(memory_estimate_with_capacity_bf16_and_pipeline_stages) {
   // bf16 AdamW: 2 bytes weights, 2 bytes grads, 8 bytes moments + 4 bytes master copy.
   BOOST_TEST(m0.optimizer_state == m0.expert_parameters / 2 * 12);
 }
+
+// Tensor-parallel experts: each rank holds F/tp of its experts and runs them on the rows of the
+// whole TP group (its ranks hold other tokens).
+BOOST_AUTO_TEST_CASE(memory_estimate_with_tensor_parallel_experts) {
+  sy::Config c;
+  c.num_experts = 8;
+  c.hidden_size = 64;
+  c.ffn_hidden_size = 256;
+  c.gated = true;
+  c.batch_size_per_gpu = 2;
+  c.sequence_length = 32;  // T = 64, dropless: T·k = 128 rows per rank
+  BOOST_REQUIRE(sy::validate(c).empty());
+  const auto one = sy::estimate_memory(c, 0);
+  c.tensor_parallel_size = 4;
+  BOOST_REQUIRE(sy::validate(c).empty());
+  const auto four = sy::estimate_memory(c, 0);
+  BOOST_TEST(one.rows_per_layer == 128);
+  BOOST_TEST(four.rows_per_layer == 4 * 128);
+  BOOST_TEST(four.expert_parameters * 4 == one.expert_parameters);  // no biases: exactly F/4
+  // Expert input rows grow 4x; fc1 and activation outputs (4x rows, F/4 columns) stay.
+  const std::int64_t H = 64, b = 4;
+  BOOST_TEST(four.activations - one.activations == one.moe_layers * 3 * 128 * H * b);
+}

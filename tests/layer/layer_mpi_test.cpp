@@ -304,19 +304,37 @@ BOOST_AUTO_TEST_CASE(capacity_with_uneven_token_counts_matches_each_rank_alone) 
   BOOST_TEST(fwd.metrics.dropped == dropped);
 }
 
+namespace {
+// The last rank's config differs: every rank's constructor throws (with TP the dense groups
+// check first, then the TP groups, which hear whether a dense group failed), none hangs.
+void config_mismatch_fails_on_every_rank(sy::Config c) {
+  sy::MpiComm world(MPI_COMM_WORLD, std::chrono::seconds(60));
+  if (world.rank() == world.size() - 1) c.router_z_loss_coeff = 0.002;
+  auto groups = sy::make_mpi_groups(world, sy::Layout(c));
+  BOOST_CHECK_EXCEPTION(
+      sy::make_layer<double>(
+          c, sy::MoEComms<sy::MpiComm>{&groups.expert_parallel, &groups.dense_data_parallel,
+                                       &groups.expert_data_parallel, &groups.tensor_parallel}),
+      sy::comm_error, [](const sy::comm_error& e) {
+        return std::string(e.what()).find("ranks disagree on the layer config") != std::string::npos;
+      });
+}
+}  // namespace
+
 BOOST_AUTO_TEST_CASE(a_config_mismatch_is_an_error_on_every_rank_not_a_hang) {
   sy::MpiComm world(MPI_COMM_WORLD, std::chrono::seconds(60));
   auto c = base_config();
   c.expert_parallel_size = world.size();
-  if (world.rank() == world.size() - 1) c.router_z_loss_coeff = 0.002;
-  auto groups = sy::make_mpi_groups(world, sy::Layout(c));
-  BOOST_CHECK_EXCEPTION(
-      sy::make_layer<double>(c, sy::MoEComms<sy::MpiComm>{&groups.expert_parallel,
-                                                          &groups.dense_data_parallel,
-                                                          &groups.expert_data_parallel}),
-      sy::comm_error, [](const sy::comm_error& e) {
-        return std::string(e.what()).find("ranks disagree on the layer config") != std::string::npos;
-      });
+  config_mismatch_fails_on_every_rank(c);
+}
+
+BOOST_AUTO_TEST_CASE(a_config_mismatch_under_tensor_parallelism_is_an_error_on_every_rank) {
+  sy::MpiComm world(MPI_COMM_WORLD, std::chrono::seconds(60));
+  auto c = base_config();
+  c.ffn_hidden_size = 8;
+  c.tensor_parallel_size = 2;
+  c.expert_parallel_size = world.size() / 2;  // TP 2 (np 2), TP 2 x EP 2 (np 4)
+  config_mismatch_fails_on_every_rank(c);
 }
 
 BOOST_AUTO_TEST_CASE(blocking_exchange_without_overlap_matches_one_rank) {

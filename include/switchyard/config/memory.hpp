@@ -88,7 +88,9 @@ inline MemoryEstimate estimate_memory(const Config& c, std::int64_t rank = 0) {
   const std::int64_t H = c.hidden_size, E = c.num_experts, k = c.num_experts_per_token;
   const std::int64_t F = c.ffn_hidden_size / c.tensor_parallel_size;
   const auto cap = capacity(c, T);
-  m.rows_per_layer = cap ? E * *cap : T * k;
+  // With tensor-parallel experts the TP ranks hold other tokens and each runs its F shard on
+  // the rows of the whole TP group: tp times the rows of one rank.
+  m.rows_per_layer = (cap ? E * *cap : T * k) * c.tensor_parallel_size;
   const std::int64_t R = m.rows_per_layer;
   const std::int64_t per_layer = T * H * b            // layer input x
                                  + 2 * T * E * 4      // logits and scores, fp32

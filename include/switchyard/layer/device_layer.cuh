@@ -263,7 +263,8 @@ class DeviceMoELayerCore {
     if (c.tensor_parallel_size != 1)
       throw config_error(detail::concat(
           "tensor_parallel_size: ", c.tensor_parallel_size,
-          " (the MoE layer does not split experts over tensor-parallel ranks yet: use 1)"));
+          " (the CUDA layer does not split experts over tensor-parallel ranks yet: use 1, or "
+          "the host layer, which has tensor-parallel experts)"));
     if (!comms.any()) {
       if (c.expert_parallel_size != 1)
         throw config_error(detail::concat(

@@ -161,11 +161,22 @@ class MoELayerCore {
     // fc2's bias is added once per row: by TP rank 0; the others add zeros in its place.
     if (tp > 1 && cfg_.add_bias_linear && tp_rank() != 0)
       zero_fc2_bias_.assign(static_cast<std::size_t>(El * cfg_.hidden_size), T(0));
-    // Collective safety: every rank agrees on the config before any exchange.
-    require_agreement(*comms_.dense_data_parallel, detail::config_fingerprint(cfg_),
-                      "layer config");
-    if (tp > 1)
-      require_agreement(*comms_.tensor_parallel, detail::config_fingerprint(cfg_), "layer config");
+    // Collective safety: every rank agrees on the config before any exchange. With TP, over
+    // the dense group and then the TP group, which first hears whether the dense stage failed
+    // (so no rank waits in the TP stage for a peer that has thrown).
+    const std::uint64_t fingerprint = detail::config_fingerprint(cfg_);
+    if (tp == 1) {
+      require_agreement(*comms_.dense_data_parallel, fingerprint, "layer config");
+      return;
+    }
+    std::exception_ptr dense_outcome;
+    try {
+      require_agreement(*comms_.dense_data_parallel, fingerprint, "layer config");
+    } catch (...) {
+      dense_outcome = std::current_exception();
+    }
+    fail_together(*comms_.tensor_parallel, dense_outcome, "MoELayer: layer config");
+    require_agreement(*comms_.tensor_parallel, fingerprint, "layer config");
   }
 
   const Config& config() const { return cfg_; }

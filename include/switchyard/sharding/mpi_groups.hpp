@@ -21,15 +21,16 @@ inline MpiGroups make_mpi_groups(const MpiComm& world, const Layout& layout) {
              detail::concat("the layout has ", layout.world(), " ranks but MPI has ",
                             world.size(), " processes"));
   const RankCoords c = layout.coords(world.rank());
-  // The color names the group (the coordinates its members share), the key orders it.
-  const auto color = [&](std::int64_t a, std::int64_t b, std::int64_t d) {
-    return static_cast<int>((a * layout.world() + b) * layout.world() + d);
+  // The color names the group: its lowest world rank (an int for any world MPI has); the key
+  // orders it by the coordinate that varies inside the group.
+  const auto color = [&](GroupKind kind) {
+    return static_cast<int>(layout.group(kind, world.rank()).front());
   };
   return MpiGroups{
-      world.split(color(c.tp, c.dp, c.pp), static_cast<int>(c.ep)),
-      world.split(color(c.tp, c.pp, 0), world.rank()),
-      world.split(color(c.tp, c.ep, c.pp), static_cast<int>(c.dp)),
-      world.split(color(c.ep, c.dp, c.pp), static_cast<int>(c.tp)),
+      world.split(color(GroupKind::expert_parallel), static_cast<int>(c.ep)),
+      world.split(color(GroupKind::dense_data_parallel), world.rank()),
+      world.split(color(GroupKind::expert_data_parallel), static_cast<int>(c.dp)),
+      world.split(color(GroupKind::tensor_parallel), static_cast<int>(c.tp)),
   };
 }
 

@@ -65,7 +65,7 @@ void initialize_params(MoEParams<T>& params, const Config& cfg, const ExpertPlac
                                          tensor3_view<T>(fc2.data(), 1, H, F),
                                          {},
                                          {}});
-    // fc1 rows: each of the m halves (activation, then gate) gives rows [tp_rank·Fs, +Fs).
+    // fc1 rows: each of the m halves (GLU: gate, then linear) gives rows [tp_rank·Fs, +Fs).
     for (int half = 0; half < m; ++half)
       for (index_t f = 0; f < Fs; ++f)
         std::copy_n(fc1.begin() + (half * F + tp_rank * Fs + f) * H, H,
