@@ -43,6 +43,14 @@ split slice_of(std::int64_t T, int r, int n, int empty_rank) {
   return {first, base + (idx < extra ? 1 : 0)};
 }
 
+// The layer of `c` on its MPI groups.
+std::unique_ptr<sy::MoELayerCore<double, sy::MpiComm>> mpi_layer(const sy::Config& c,
+                                                                 sy::MpiGroups& groups) {
+  return sy::make_layer<double>(
+      c, sy::MoEComms<sy::MpiComm>{&groups.expert_parallel, &groups.dense_data_parallel,
+                                   &groups.expert_data_parallel, &groups.tensor_parallel});
+}
+
 // A layer (weights of seed 21) run forward and backward on T tokens x, dy [T][H].
 template <class Comm>
 struct layer_run {
@@ -98,9 +106,7 @@ struct mpi_run : layer_run<sy::MpiComm> {
   mpi_run(sy::MpiComm& world, const sy::Config& c, const double* x, const double* dy,
           std::int64_t T)
       : groups(sy::make_mpi_groups(world, sy::Layout(c))) {
-    layer = sy::make_layer<double>(
-        c, sy::MoEComms<sy::MpiComm>{&groups.expert_parallel, &groups.dense_data_parallel,
-                                     &groups.expert_data_parallel, &groups.tensor_parallel});
+    layer = mpi_layer(c, groups);
     run(x, dy, T, c.hidden_size);
   }
 };
@@ -311,13 +317,9 @@ void config_mismatch_fails_on_every_rank(sy::Config c) {
   sy::MpiComm world(MPI_COMM_WORLD, std::chrono::seconds(60));
   if (world.rank() == world.size() - 1) c.router_z_loss_coeff = 0.002;
   auto groups = sy::make_mpi_groups(world, sy::Layout(c));
-  BOOST_CHECK_EXCEPTION(
-      sy::make_layer<double>(
-          c, sy::MoEComms<sy::MpiComm>{&groups.expert_parallel, &groups.dense_data_parallel,
-                                       &groups.expert_data_parallel, &groups.tensor_parallel}),
-      sy::comm_error, [](const sy::comm_error& e) {
-        return std::string(e.what()).find("ranks disagree on the layer config") != std::string::npos;
-      });
+  BOOST_CHECK_EXCEPTION(mpi_layer(c, groups), sy::comm_error, [](const sy::comm_error& e) {
+    return std::string(e.what()).find("ranks disagree on the layer config") != std::string::npos;
+  });
 }
 }  // namespace
 
@@ -354,9 +356,7 @@ namespace {
 void bad_input_fails_on_every_rank(const sy::Config& c) {
   sy::MpiComm world(MPI_COMM_WORLD, std::chrono::seconds(60));
   auto groups = sy::make_mpi_groups(world, sy::Layout(c));
-  auto layer = sy::make_layer<double>(
-      c, sy::MoEComms<sy::MpiComm>{&groups.expert_parallel, &groups.dense_data_parallel,
-                                   &groups.expert_data_parallel, &groups.tensor_parallel});
+  auto layer = mpi_layer(c, groups);
   layer->initialize(3);
   const int bad = world.size() - 1;
   const bool is_bad = world.rank() == bad;

@@ -165,18 +165,10 @@ class MoELayerCore {
     // the dense group and then the TP group, which first hears whether the dense stage failed
     // (so no rank waits in the TP stage for a peer that has thrown).
     const std::uint64_t fingerprint = detail::config_fingerprint(cfg_);
-    if (tp == 1) {
-      require_agreement(*comms_.dense_data_parallel, fingerprint, "layer config");
-      return;
-    }
-    std::exception_ptr dense_outcome;
-    try {
-      require_agreement(*comms_.dense_data_parallel, fingerprint, "layer config");
-    } catch (...) {
-      dense_outcome = std::current_exception();
-    }
-    fail_together(*comms_.tensor_parallel, dense_outcome, "MoELayer: layer config");
-    require_agreement(*comms_.tensor_parallel, fingerprint, "layer config");
+    dense_then_tensor_parallel(
+        [&] { require_agreement(*comms_.dense_data_parallel, fingerprint, "layer config"); },
+        "MoELayer: layer config");
+    if (tp > 1) require_agreement(*comms_.tensor_parallel, fingerprint, "layer config");
   }
 
   const Config& config() const { return cfg_; }
@@ -411,17 +403,24 @@ class MoELayerCore {
     comms_.dense_data_parallel->all_reduce(v, n, op);
     if (tensor_parallel()) comms_.tensor_parallel->all_reduce(v, n, op);
   }
-  // fail_together over the loss group: a failure on any of its ranks is an error on all of them
-  // (the TP stage carries the dense stage's outcome, so every rank joins both stages).
-  void fail_together_in_group(const std::exception_ptr& failed, const char* where) {
-    if (!tensor_parallel()) return fail_together(*comms_.dense_data_parallel, failed, where);
+  // Runs `dense_stage`, a collective over the dense group that may throw (on all of its ranks
+  // together), then, with TP, tells the TP group whether it threw: every rank joins both stages
+  // and the loss group (dense x TP) throws together, so no rank waits for a peer that has thrown.
+  template <class Stage>
+  void dense_then_tensor_parallel(Stage&& dense_stage, const char* where) {
+    if (!tensor_parallel()) return dense_stage();
     std::exception_ptr outcome;
     try {
-      fail_together(*comms_.dense_data_parallel, failed, where);
+      dense_stage();
     } catch (...) {
       outcome = std::current_exception();
     }
     fail_together(*comms_.tensor_parallel, outcome, where);
+  }
+  // fail_together over the loss group: a failure on any of its ranks is an error on all of them.
+  void fail_together_in_group(const std::exception_ptr& failed, const char* where) {
+    dense_then_tensor_parallel([&] { fail_together(*comms_.dense_data_parallel, failed, where); },
+                               where);
   }
 
   // The expert options of a segment: the received rows' dropout keys follow the own rows', so
