@@ -5,7 +5,11 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstddef>
 #include <memory>
+#include <new>
+#include <span>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -185,7 +189,22 @@ void run_and_compare(sy::Config dist, int empty_rank) {
       BOOST_REQUIRE_MESSAGE(close(g.fc2_bias[le * H + h], rg.fc2_bias[e * H + h]),
                             "fc2 bias grad of expert " << e);
   }
-  BOOST_TEST(fwd.metrics.bytes_sent + fwd.metrics.bytes_received >= 0);
+  // Bytes of the EP exchange: this rank's rows to and from the other EP ranks (its own block
+  // stays); over the world, what is sent is received, and with EP > 1 rows do travel.
+  const std::int64_t ep = layer->placement().ep(), me = layer->ep_rank();
+  std::int64_t rows_sent = 0, rows_received = 0;
+  for (std::int64_t p = 0; p < ep; ++p)
+    for (std::int64_t le = 0; p != me && le < El; ++le) {
+      rows_sent += fwd.saved.send_rows[static_cast<std::size_t>(p * El + le)];
+      rows_received += fwd.saved.recv_rows[static_cast<std::size_t>(p * El + le)];
+    }
+  const auto row_bytes = static_cast<std::int64_t>(sizeof(double)) * H;
+  BOOST_TEST(fwd.metrics.bytes_sent == rows_sent * row_bytes);
+  BOOST_TEST(fwd.metrics.bytes_received == rows_received * row_bytes);
+  std::int64_t world_bytes[2] = {fwd.metrics.bytes_sent, fwd.metrics.bytes_received};
+  MPI_Allreduce(MPI_IN_PLACE, world_bytes, 2, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
+  BOOST_TEST(world_bytes[0] == world_bytes[1]);
+  BOOST_TEST((world_bytes[0] > 0) == (ep > 1));
 }
 
 sy::Config base_config() {
@@ -429,4 +448,111 @@ BOOST_AUTO_TEST_CASE(a_tensor_parallel_rank_with_bad_input_is_an_error_on_every_
   c.tensor_parallel_size = 2;
   c.expert_parallel_size = world.size() / 2;
   bad_input_fails_on_every_rank(c);
+}
+
+// A failure inside one rank's experts (out of memory for the workspace, say) comes after the
+// first exchange, while peers wait for the rank's rows: the rank still joins every exchange and
+// the group fails together after the last one, then runs a good step.
+namespace {
+// The config's experts, throwing on demand.
+struct failing_experts final : sy::detail::expert_hooks<double> {
+  explicit failing_experts(const sy::Config& c) : inner(sy::detail::make_expert_hooks<double>(c)) {}
+  int fc1_multiplier() const override { return inner->fc1_multiplier(); }
+  std::size_t workspace_bytes(const sy::expert_shape& s, sy::index_t rows) const override {
+    return inner->workspace_bytes(s, rows);
+  }
+  void forward(const sy::expert_shape& s, const sy::expert_weights<double>& w,
+               sy::matrix_view<const double> x, std::span<const sy::index_t> offsets,
+               sy::matrix_view<double> y, std::span<std::byte> ws,
+               const sy::expert_options& opt) const override {
+    if (fail_forward) throw std::bad_alloc();
+    inner->forward(s, w, x, offsets, y, ws, opt);
+  }
+  void backward(const sy::expert_shape& s, const sy::expert_weights<double>& w,
+                sy::matrix_view<const double> x, std::span<const sy::index_t> offsets,
+                sy::matrix_view<const double> dy, sy::matrix_view<double> dx,
+                const sy::expert_grads<double>& g, std::span<std::byte> ws,
+                const sy::expert_options& opt) const override {
+    if (fail_backward) throw std::runtime_error("expert backward ran out of memory");
+    inner->backward(s, w, x, offsets, dy, dx, g, ws, opt);
+  }
+  void initialize(const sy::expert_shape& s, const sy::expert_init& init,
+                  const sy::expert_tensors<double>& w) const override {
+    inner->initialize(s, init, w);
+  }
+  std::unique_ptr<sy::detail::expert_hooks<double>> inner;
+  bool fail_forward = false, fail_backward = false;
+};
+
+void expert_failure_fails_on_every_rank(const sy::Config& c) {
+  sy::MpiComm world(MPI_COMM_WORLD, std::chrono::seconds(60));
+  auto groups = sy::make_mpi_groups(world, sy::Layout(c));
+  auto owned = std::make_unique<failing_experts>(c);
+  failing_experts& experts = *owned;
+  sy::MoELayerCore<double, sy::MpiComm> layer(
+      c,
+      {&groups.expert_parallel, &groups.dense_data_parallel, &groups.expert_data_parallel,
+       &groups.tensor_parallel},
+      sy::detail::make_router_hooks<double>(c), std::move(owned));
+  layer.initialize(5);
+  const bool is_bad = world.rank() == world.size() - 1;
+  const std::int64_t T = 6, H = c.hidden_size;
+  const auto x =
+      random_vector(70 + static_cast<std::uint32_t>(world.rank()), static_cast<std::size_t>(T * H));
+  const auto dy =
+      random_vector(80 + static_cast<std::uint32_t>(world.rank()), static_cast<std::size_t>(T * H));
+  const sy::matrix_view<const double> xv(x.data(), T, H), dyv(dy.data(), T, H);
+  const auto has = [](const std::exception& e, const std::string& what) {
+    return std::string(e.what()).find(what) != std::string::npos;
+  };
+  const auto reference = layer.forward(xv);  // a good forward first
+
+  experts.fail_forward = is_bad;
+  if (is_bad) {
+    BOOST_CHECK_THROW(layer.forward(xv), std::bad_alloc);
+  } else {
+    BOOST_CHECK_EXCEPTION(layer.forward(xv), sy::comm_error, [&](const sy::comm_error& e) {
+      return has(e, "MoELayer::forward: experts: rank ") && has(e, "failed: std::bad_alloc");
+    });
+  }
+  experts.fail_forward = false;
+
+  auto fwd = layer.forward(xv);
+  BOOST_TEST(fwd.y == reference.y, boost::test_tools::per_element());  // the same step again
+  auto g = layer.make_grads();
+  experts.fail_backward = is_bad;
+  if (is_bad) {
+    BOOST_CHECK_EXCEPTION(layer.backward(fwd.saved, dyv, g), std::runtime_error,
+                          [&](const std::runtime_error& e) { return has(e, "ran out of memory"); });
+  } else {
+    BOOST_CHECK_EXCEPTION(layer.backward(fwd.saved, dyv, g), sy::comm_error,
+                          [&](const sy::comm_error& e) {
+                            return has(e, "MoELayer::backward: experts: rank ") &&
+                                   has(e, "expert backward ran out of memory");
+                          });
+  }
+  experts.fail_backward = false;
+
+  // Still usable: a full step on every rank, with the forward's bits of the first one.
+  auto fwd2 = layer.forward(xv);
+  BOOST_TEST(fwd2.y == reference.y, boost::test_tools::per_element());
+  auto g2 = layer.make_grads();
+  const auto dx = layer.backward(fwd2.saved, dyv, g2);
+  for (double v : dx) BOOST_REQUIRE(std::isfinite(v));
+}
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(an_expert_failure_on_one_rank_is_an_error_on_every_rank) {
+  sy::MpiComm world(MPI_COMM_WORLD, std::chrono::seconds(60));
+  auto c = base_config();
+  c.expert_parallel_size = world.size();  // EP: the failed rank's peers wait in the exchange
+  expert_failure_fails_on_every_rank(c);
+  c.expert_parallel_size = 1;
+  c.data_parallel_size = world.size();  // DP only: no exchange, the metrics reduction waits
+  expert_failure_fails_on_every_rank(c);
+  c.ffn_hidden_size = 8;
+  c.tensor_parallel_size = 2;
+  c.data_parallel_size = 1;
+  c.expert_parallel_size = world.size() / 2;  // TP 2 (x EP 2): peers wait in the TP reduce
+  expert_failure_fails_on_every_rank(c);
 }

@@ -14,17 +14,28 @@
 
 namespace switchyard {
 
+namespace detail {
+/// The router and expert hooks the config names (make_layer's parts).
+template <class T>
+std::unique_ptr<router_hooks<T>> make_router_hooks(const Config& c) {
+  return with_router(c, [](auto r) -> std::unique_ptr<router_hooks<T>> {
+    return std::make_unique<router_hooks_impl<decltype(r), T>>(std::move(r));
+  });
+}
+template <class T>
+std::unique_ptr<expert_hooks<T>> make_expert_hooks(const Config& c) {
+  return visit_expert_policy(c, [](auto p) -> std::unique_ptr<expert_hooks<T>> {
+    return std::make_unique<expert_hooks_impl<decltype(p), T>>();
+  });
+}
+}  // namespace detail
+
 /// A layer for a validated runtime config (throws config_error listing every problem).
 template <class T, Communicator Comm>
 std::unique_ptr<MoELayerCore<T, Comm>> make_layer(const Config& c, MoEComms<Comm> comms) {
   require_valid(c);
-  auto router = with_router(c, [](auto r) -> std::unique_ptr<detail::router_hooks<T>> {
-    return std::make_unique<detail::router_hooks_impl<decltype(r), T>>(std::move(r));
-  });
-  auto experts = visit_expert_policy(c, [](auto p) -> std::unique_ptr<detail::expert_hooks<T>> {
-    return std::make_unique<detail::expert_hooks_impl<decltype(p), T>>();
-  });
-  return std::make_unique<MoELayerCore<T, Comm>>(c, comms, std::move(router), std::move(experts));
+  return std::make_unique<MoELayerCore<T, Comm>>(c, comms, detail::make_router_hooks<T>(c),
+                                                 detail::make_expert_hooks<T>(c));
 }
 
 }  // namespace switchyard

@@ -259,6 +259,7 @@ class MoELayerCore {
     }
     s.expert_opts.dropout = expert_dropout{cfg_.expert_dropout, opt.seed, opt.step, opt.training};
     const expert_shape shape{El, H, params_.ffn_hidden, params_.bias};
+    std::exception_ptr expert_failed;  // kept until every exchange is done (keep_failure)
     s.rows_out = exchange_apply(std::move(rows), s, H, R, &out.metrics, [&](int seg, std::vector<T> in) {
       typename MoESaved<T>::segment& g = seg == 0 ? s.local : s.remote;
       if (tensor_parallel()) {  // the segment's rows of the whole TP group
@@ -268,13 +269,18 @@ class MoELayerCore {
       g.in = std::move(in);
       const std::vector<index_t>& off = g.expert_offsets();
       const index_t n = off.back();
-      g.workspace = workspace_cache_.take(experts_->workspace_bytes(shape, n));
-      std::vector<T> y(static_cast<std::size_t>(n * H));
-      experts_->forward(shape, forward_weights(), matrix_view<const T>(g.in.data(), n, H), off,
-                        matrix_view<T>(y.data(), n, H), g.workspace, segment_options(s, seg));
+      std::vector<T> y;
+      keep_failure(expert_failed, [&] {
+        g.workspace = workspace_cache_.take(experts_->workspace_bytes(shape, n));
+        y.resize(static_cast<std::size_t>(n * H));
+        experts_->forward(shape, forward_weights(), matrix_view<const T>(g.in.data(), n, H), off,
+                          matrix_view<T>(y.data(), n, H), g.workspace, segment_options(s, seg));
+      });
+      if (expert_failed) y.assign(static_cast<std::size_t>(n * H), T(0));  // sizes the peers expect
       if (tensor_parallel()) return detail::tp_reduce_scatter(*comms_.tensor_parallel, g.tp, y, H);
       return y;
     });
+    fail_together_in_group(expert_failed, "MoELayer::forward: experts");
 
     out.y.assign(static_cast<std::size_t>(Tn * H), T(0));
     s.weights.resize(static_cast<std::size_t>(Tn * k));
@@ -314,6 +320,7 @@ class MoELayerCore {
     }
     fail_together_in_group(failed, "MoELayer::backward");
     const expert_shape shape{placement_.local_experts(), H, params_.ffn_hidden, params_.bias};
+    std::exception_ptr expert_failed;  // as in forward; this step's expert grads are then partial
     const std::vector<T> d_rows_in =
         exchange_apply(std::move(d_rows), s, H, R, nullptr, [&](int seg, std::vector<T> d_out) {
           typename MoESaved<T>::segment& g = seg == 0 ? s.local : s.remote;
@@ -323,16 +330,19 @@ class MoELayerCore {
           const index_t n = off.back();
           // dx overwrites dy in place (the host experts read dy only before writing dx), and
           // the segment's inputs and workspace are released once used: backward keeps shrinking.
-          experts_->backward(
-              shape, std::as_const(params_).experts(), matrix_view<const T>(g.in.data(), n, H), off,
-              matrix_view<const T>(d_out.data(), n, H), matrix_view<T>(d_out.data(), n, H),
-              grads.experts(), g.workspace, segment_options(s, seg));
+          keep_failure(expert_failed, [&] {
+            experts_->backward(
+                shape, std::as_const(params_).experts(), matrix_view<const T>(g.in.data(), n, H),
+                off, matrix_view<const T>(d_out.data(), n, H), matrix_view<T>(d_out.data(), n, H),
+                grads.experts(), g.workspace, segment_options(s, seg));
+          });
           std::vector<T>().swap(g.in);
           g.workspace.reset();  // back to the cache for the next forward
           if (tensor_parallel())  // each row's dx is the sum of its F shards' partials
             return detail::tp_reduce_scatter(*comms_.tensor_parallel, g.tp, d_out, H);
           return d_out;
         });
+    fail_together_in_group(expert_failed, "MoELayer::backward: experts");
     std::vector<T> dx(static_cast<std::size_t>(Tn * H));
     permute_backward(exec::Host{}, s.plan, matrix_view<const T>(d_rows_in.data(), R, H),
                      matrix_view<T>(dx.data(), Tn, H));
@@ -421,6 +431,20 @@ class MoELayerCore {
   void fail_together_in_group(const std::exception_ptr& failed, const char* where) {
     dense_then_tensor_parallel([&] { fail_together(*comms_.dense_data_parallel, failed, where); },
                                where);
+  }
+
+  // Runs `stage` (this rank's expert computation between two exchanges) unless an earlier one
+  // failed, and keeps its exception instead of throwing it: the rank still joins the exchanges
+  // that follow (its peers wait for them), with rows of the sizes they expect, and the group
+  // fails together after the last one (out of memory on one rank is an error on every rank).
+  template <class Stage>
+  static void keep_failure(std::exception_ptr& failed, Stage&& stage) {
+    if (failed) return;
+    try {
+      stage();
+    } catch (...) {
+      failed = std::current_exception();
+    }
   }
 
   // The expert options of a segment: the received rows' dropout keys follow the own rows', so
