@@ -213,6 +213,15 @@ sy::Config base_config() {
   return c;
 }
 
+// TP 2 (np 2) or TP 2 x EP 2 (np 4); F = 8 splits in two.
+sy::Config tensor_parallel_config(int world_size) {
+  auto c = base_config();
+  c.ffn_hidden_size = 8;
+  c.tensor_parallel_size = 2;
+  c.expert_parallel_size = world_size / 2;
+  return c;
+}
+
 }  // namespace
 
 BOOST_AUTO_TEST_CASE(expert_parallel_over_every_rank_matches_one_rank) {
@@ -244,21 +253,17 @@ BOOST_AUTO_TEST_CASE(data_parallel_times_expert_parallel_matches_one_rank) {
 // Tensor-parallel experts: F split over the TP group, tokens spread over DP x EP x TP.
 BOOST_AUTO_TEST_CASE(tensor_parallel_experts_match_one_rank) {
   sy::MpiComm world(MPI_COMM_WORLD, std::chrono::seconds(60));
-  auto c = base_config();  // GLU (SiLU), dropless, aux + z-loss
-  c.ffn_hidden_size = 8;
+  auto c = tensor_parallel_config(world.size());  // GLU (SiLU), dropless, aux + z-loss
   c.add_bias_linear = true;
-  c.tensor_parallel_size = 2;
-  c.expert_parallel_size = world.size() / 2;  // TP 2 (np 2), TP 2 x EP 2 (np 4)
   run_and_compare(c, -1);
 }
 
 BOOST_AUTO_TEST_CASE(tensor_parallel_times_data_parallel_with_capacity_matches_one_rank) {
   sy::MpiComm world(MPI_COMM_WORLD, std::chrono::seconds(60));
-  auto c = base_config();
-  c.ffn_hidden_size = 8;
+  auto c = tensor_parallel_config(world.size());
   c.add_bias_linear = true;
-  c.tensor_parallel_size = 2;
   c.data_parallel_size = world.size() / 2;  // TP 2 (np 2), TP 2 x DP 2 (np 4)
+  c.expert_parallel_size = 1;
   c.activation = sy::Activation::gelu;
   c.gated = false;
   c.token_dispatch = sy::TokenDispatch::capacity;
@@ -351,11 +356,7 @@ BOOST_AUTO_TEST_CASE(a_config_mismatch_is_an_error_on_every_rank_not_a_hang) {
 
 BOOST_AUTO_TEST_CASE(a_config_mismatch_under_tensor_parallelism_is_an_error_on_every_rank) {
   sy::MpiComm world(MPI_COMM_WORLD, std::chrono::seconds(60));
-  auto c = base_config();
-  c.ffn_hidden_size = 8;
-  c.tensor_parallel_size = 2;
-  c.expert_parallel_size = world.size() / 2;  // TP 2 (np 2), TP 2 x EP 2 (np 4)
-  config_mismatch_fails_on_every_rank(c);
+  config_mismatch_fails_on_every_rank(tensor_parallel_config(world.size()));
 }
 
 BOOST_AUTO_TEST_CASE(blocking_exchange_without_overlap_matches_one_rank) {
@@ -443,11 +444,7 @@ BOOST_AUTO_TEST_CASE(a_rank_with_bad_input_is_an_error_on_every_rank_not_a_hang)
 // dense group than rank 0 under TP 2).
 BOOST_AUTO_TEST_CASE(a_tensor_parallel_rank_with_bad_input_is_an_error_on_every_rank) {
   sy::MpiComm world(MPI_COMM_WORLD, std::chrono::seconds(60));
-  auto c = base_config();
-  c.ffn_hidden_size = 8;
-  c.tensor_parallel_size = 2;
-  c.expert_parallel_size = world.size() / 2;
-  bad_input_fails_on_every_rank(c);
+  bad_input_fails_on_every_rank(tensor_parallel_config(world.size()));
 }
 
 // A failure inside one rank's experts (out of memory for the workspace, say) comes after the
@@ -550,9 +547,6 @@ BOOST_AUTO_TEST_CASE(an_expert_failure_on_one_rank_is_an_error_on_every_rank) {
   c.expert_parallel_size = 1;
   c.data_parallel_size = world.size();  // DP only: no exchange, the metrics reduction waits
   expert_failure_fails_on_every_rank(c);
-  c.ffn_hidden_size = 8;
-  c.tensor_parallel_size = 2;
-  c.data_parallel_size = 1;
-  c.expert_parallel_size = world.size() / 2;  // TP 2 (x EP 2): peers wait in the TP reduce
-  expert_failure_fails_on_every_rank(c);
+  // TP 2 (x EP 2): the failed rank's TP peers wait in the gather and reduce-scatter.
+  expert_failure_fails_on_every_rank(tensor_parallel_config(world.size()));
 }
