@@ -3,6 +3,7 @@
 #define BOOST_TEST_MODULE layer_mpi
 #include <boost/test/unit_test.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstddef>
@@ -201,10 +202,31 @@ void run_and_compare(sy::Config dist, int empty_rank) {
   const auto row_bytes = static_cast<std::int64_t>(sizeof(double)) * H;
   BOOST_TEST(fwd.metrics.bytes_sent == rows_sent * row_bytes);
   BOOST_TEST(fwd.metrics.bytes_received == rows_received * row_bytes);
-  std::int64_t world_bytes[2] = {fwd.metrics.bytes_sent, fwd.metrics.bytes_received};
-  MPI_Allreduce(MPI_IN_PLACE, world_bytes, 2, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
+  // With TP, per segment: the gather moves the largest TP rank's rows to and from each peer,
+  // the reduce-scatter sends the partials of the peers' rows and receives each peer's partials
+  // of this rank's own.
+  std::int64_t tp_sent = 0, tp_received = 0;
+  for (const auto* seg : {&fwd.saved.local, &fwd.saved.remote}) {
+    if (seg->tp.counts.empty()) continue;  // no TP, or the remote segment of one EP rank
+    std::int64_t most = 0;
+    for (int p = 0; p < tp; ++p) {
+      std::int64_t rows = 0;
+      for (std::int64_t le = 0; le < El; ++le) rows += seg->tp.counts[p * El + le];
+      most = std::max(most, rows);
+    }
+    const std::int64_t own = seg->offsets.back(), gathered = seg->tp.offsets.back();
+    tp_sent += ((tp - 1) * most + gathered - own) * row_bytes;
+    tp_received += ((tp - 1) * most + (tp - 1) * own) * row_bytes;
+  }
+  BOOST_TEST(fwd.metrics.tp_bytes_sent == tp_sent);
+  BOOST_TEST(fwd.metrics.tp_bytes_received == tp_received);
+  std::int64_t world_bytes[4] = {fwd.metrics.bytes_sent, fwd.metrics.bytes_received,
+                                 fwd.metrics.tp_bytes_sent, fwd.metrics.tp_bytes_received};
+  MPI_Allreduce(MPI_IN_PLACE, world_bytes, 4, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
   BOOST_TEST(world_bytes[0] == world_bytes[1]);
   BOOST_TEST((world_bytes[0] > 0) == (ep > 1));
+  BOOST_TEST(world_bytes[2] == world_bytes[3]);
+  BOOST_TEST((world_bytes[2] > 0) == (tp > 1));
 }
 
 sy::Config base_config() {

@@ -392,7 +392,9 @@ def layer_fixture(name, cfg, gen, T, S, B, source=""):
         C = mu.get_capacity(num_tokens=T * cfg["num_experts_per_token"], num_experts=E,
                             capacity_factor=cfg["capacity_factor"])
         permuted, _, sorted_idx = mu.permute(x, final_map, num_out_tokens=C * E, drop_and_pad=True)
-        counts = [C] * E
+        # min(C, T) rows per expert: with C > T every token is in every expert's block (the
+        # capacity mask is all ones), and permute keeps the T of them.
+        counts = [min(C, T)] * E
     else:
         permuted, _, sorted_idx = mu.permute(x, final_map)
         counts = [int(v) for v in final_map.sum(0)]

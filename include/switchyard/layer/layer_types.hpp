@@ -150,6 +150,8 @@ struct MoEMetrics {
   int sinkhorn_iterations = 0;                     ///< Sinkhorn routers
   std::int64_t bytes_sent = 0;                     ///< this rank, token all-to-all, forward
   std::int64_t bytes_received = 0;
+  std::int64_t tp_bytes_sent = 0;  ///< this rank, TP gather and reduce-scatter of rows, forward
+  std::int64_t tp_bytes_received = 0;
   std::optional<std::int64_t> capacity;            ///< C per expert on this rank; none: dropless
 };
 

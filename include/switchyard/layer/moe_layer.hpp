@@ -260,11 +260,12 @@ class MoELayerCore {
     s.expert_opts.dropout = expert_dropout{cfg_.expert_dropout, opt.seed, opt.step, opt.training};
     const expert_shape shape{El, H, params_.ffn_hidden, params_.bias};
     std::exception_ptr expert_failed;  // kept until every exchange is done (keep_failure)
+    detail::tp_traffic tp_moved;
     s.rows_out = exchange_apply(std::move(rows), s, H, R, &out.metrics, [&](int seg, std::vector<T> in) {
       typename MoESaved<T>::segment& g = seg == 0 ? s.local : s.remote;
       if (tensor_parallel()) {  // the segment's rows of the whole TP group
         g.tp = detail::tp_gather_counts(*comms_.tensor_parallel, g.offsets);
-        in = detail::tp_gather_rows(*comms_.tensor_parallel, g.tp, in, H);
+        in = detail::tp_gather_rows(*comms_.tensor_parallel, g.tp, in, H, &tp_moved);
       }
       g.in = std::move(in);
       const std::vector<index_t>& off = g.expert_offsets();
@@ -277,10 +278,13 @@ class MoELayerCore {
                           matrix_view<T>(y.data(), n, H), g.workspace, segment_options(s, seg));
       });
       if (expert_failed) y.assign(static_cast<std::size_t>(n * H), T(0));  // sizes the peers expect
-      if (tensor_parallel()) return detail::tp_reduce_scatter(*comms_.tensor_parallel, g.tp, y, H);
+      if (tensor_parallel())
+        return detail::tp_reduce_scatter(*comms_.tensor_parallel, g.tp, y, H, &tp_moved);
       return y;
     });
     fail_together_in_group(expert_failed, "MoELayer::forward: experts");
+    out.metrics.tp_bytes_sent = tp_moved.sent;
+    out.metrics.tp_bytes_received = tp_moved.received;
 
     out.y.assign(static_cast<std::size_t>(Tn * H), T(0));
     s.weights.resize(static_cast<std::size_t>(Tn * k));

@@ -23,6 +23,11 @@ struct tp_rows {
   std::vector<index_t> offsets;      ///< [El + 1]: the gathered rows, expert-major [le][p]
 };
 
+/// Bytes of expert rows a TP collective moved for this rank (the gather's padding included).
+struct tp_traffic {
+  std::int64_t sent = 0, received = 0;
+};
+
 /// Rows per local expert of every TP rank, from this rank's expert offsets [El + 1]. Collective
 /// over `tp`.
 template <class Comm>
@@ -39,7 +44,8 @@ tp_rows tp_gather_counts(Comm& tp, std::span<const index_t> own_offsets) {
 
 /// This rank's rows (expert-major) of every TP rank, expert-major [le][p]. Collective over `tp`.
 template <class T, class Comm>
-std::vector<T> tp_gather_rows(Comm& tp, const tp_rows& g, const std::vector<T>& rows, index_t H) {
+std::vector<T> tp_gather_rows(Comm& tp, const tp_rows& g, const std::vector<T>& rows, index_t H,
+                              tp_traffic* traffic = nullptr) {
   const std::int64_t n = tp.size(), El = static_cast<std::int64_t>(g.offsets.size()) - 1;
   // all_gather moves equal sizes: each rank's rows padded to the largest rank's.
   std::int64_t most = 0;
@@ -52,6 +58,11 @@ std::vector<T> tp_gather_rows(Comm& tp, const tp_rows& g, const std::vector<T>& 
   std::copy(rows.begin(), rows.end(), padded.begin());
   std::vector<T> all(static_cast<std::size_t>(n * most * H));
   tp.all_gather(padded.data(), most * H, all.data());
+  if (traffic) {
+    const auto bytes = static_cast<std::int64_t>(sizeof(T)) * (n - 1) * most * H;
+    traffic->sent += bytes;
+    traffic->received += bytes;
+  }
   // Rank p's blocks start at p·most; in the packed source-major order they start at the rank's
   // first block offset, so shift each rank's blocks by the padding before it.
   const block_offsets o = exchange_block_offsets(g.counts, n, El);
@@ -72,7 +83,7 @@ std::vector<T> tp_gather_rows(Comm& tp, const tp_rows& g, const std::vector<T>& 
 /// Collective over `tp`.
 template <class T, class Comm>
 std::vector<T> tp_reduce_scatter(Comm& tp, const tp_rows& g, const std::vector<T>& partial,
-                                 index_t H) {
+                                 index_t H, tp_traffic* traffic = nullptr) {
   const std::int64_t n = tp.size(), El = static_cast<std::int64_t>(g.offsets.size()) - 1;
   const std::int64_t me = tp.rank();
   // Back to source-major [p][le]: peer p's rows are contiguous and in its own order.
@@ -82,6 +93,12 @@ std::vector<T> tp_reduce_scatter(Comm& tp, const tp_rows& g, const std::vector<T
   const std::vector<std::int64_t> recv(static_cast<std::size_t>(n), own);
   std::vector<T> parts(static_cast<std::size_t>(n * own));
   tp.all_to_all_v(by_rank.data(), send, parts.data(), recv);
+  if (traffic) {
+    for (std::int64_t p = 0; p < n; ++p)
+      if (p != me)
+        traffic->sent += static_cast<std::int64_t>(sizeof(T)) * send[static_cast<std::size_t>(p)];
+    traffic->received += static_cast<std::int64_t>(sizeof(T)) * (n - 1) * own;
+  }
   std::vector<T> out(parts.begin(), parts.begin() + own);
   for (std::int64_t p = 1; p < n; ++p) {
     const T* src = parts.data() + p * own;
