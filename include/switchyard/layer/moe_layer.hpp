@@ -166,7 +166,9 @@ class MoELayerCore {
     // (so no rank waits in the TP stage for a peer that has thrown).
     const std::uint64_t fingerprint = detail::config_fingerprint(cfg_);
     dense_then_tensor_parallel(
-        [&] { require_agreement(*comms_.dense_data_parallel, fingerprint, "layer config"); },
+        [&](const std::string&) {
+          require_agreement(*comms_.dense_data_parallel, fingerprint, "layer config");
+        },
         "MoELayer: layer config");
     if (tp > 1) require_agreement(*comms_.tensor_parallel, fingerprint, "layer config");
   }
@@ -417,24 +419,27 @@ class MoELayerCore {
     comms_.dense_data_parallel->all_reduce(v, n, op);
     if (tensor_parallel()) comms_.tensor_parallel->all_reduce(v, n, op);
   }
-  // Runs `dense_stage`, a collective over the dense group that may throw (on all of its ranks
-  // together), then, with TP, tells the TP group whether it threw: every rank joins both stages
-  // and the loss group (dense x TP) throws together, so no rank waits for a peer that has thrown.
+  // Runs `dense_stage(where)`, a collective over the dense group that may throw (on all of its
+  // ranks together), then, with TP, tells the TP group whether it threw: every rank joins both
+  // stages and the loss group (dense x TP) throws together, so no rank waits for a peer that has
+  // thrown. With TP the messages name the group ("<where>, TP group: rank 1 of 2 failed:
+  // <where>, dense group: rank 3 of 4 failed: ..."): a failure may reach a rank through both.
   template <class Stage>
   void dense_then_tensor_parallel(Stage&& dense_stage, const char* where) {
-    if (!tensor_parallel()) return dense_stage();
+    if (!tensor_parallel()) return dense_stage(std::string(where));
     std::exception_ptr outcome;
     try {
-      dense_stage();
+      dense_stage(detail::concat(where, ", dense group"));
     } catch (...) {
       outcome = std::current_exception();
     }
-    fail_together(*comms_.tensor_parallel, outcome, where);
+    fail_together(*comms_.tensor_parallel, outcome, detail::concat(where, ", TP group"));
   }
   // fail_together over the loss group: a failure on any of its ranks is an error on all of them.
   void fail_together_in_group(const std::exception_ptr& failed, const char* where) {
-    dense_then_tensor_parallel([&] { fail_together(*comms_.dense_data_parallel, failed, where); },
-                               where);
+    dense_then_tensor_parallel(
+        [&](const std::string& w) { fail_together(*comms_.dense_data_parallel, failed, w); },
+        where);
   }
 
   // Runs `stage` (this rank's expert computation between two exchanges) unless an earlier one
