@@ -34,6 +34,10 @@ namespace {
 // partials): 1e-12 relative in double, as CONVENTIONS states for reordering.
 bool close(double a, double b) { return std::abs(a - b) <= 1e-12 * std::max(1.0, std::abs(b)); }
 
+bool has(const std::exception& e, const std::string& what) {
+  return std::string(e.what()).find(what) != std::string::npos;
+}
+
 struct split {
   std::int64_t first, count;
 };
@@ -405,9 +409,6 @@ void bad_input_fails_on_every_rank(const sy::Config& c) {
   const std::int64_t T = 4, H = c.hidden_size;
   std::vector<double> x = random_vector(40 + static_cast<std::uint32_t>(world.rank()), static_cast<std::size_t>(T * H));
   if (is_bad) x[2 * H + 1] = std::nan("");
-  const auto has = [](const std::exception& e, const std::string& what) {
-    return std::string(e.what()).find(what) != std::string::npos;
-  };
   // "<where>: rank r of n failed: ...": the world's rank without TP. With TP the failure
   // reaches a rank through its dense group or its TP group (whose message then nests the dense
   // group's), and the message names the group.
@@ -487,7 +488,7 @@ struct failing_experts final : sy::detail::expert_hooks<double> {
                sy::matrix_view<const double> x, std::span<const sy::index_t> offsets,
                sy::matrix_view<double> y, std::span<std::byte> ws,
                const sy::expert_options& opt) const override {
-    if (fail_forward) throw std::bad_alloc();
+    if (due(fail_forward_call)) throw std::bad_alloc();
     inner->forward(s, w, x, offsets, y, ws, opt);
   }
   void backward(const sy::expert_shape& s, const sy::expert_weights<double>& w,
@@ -495,7 +496,7 @@ struct failing_experts final : sy::detail::expert_hooks<double> {
                 sy::matrix_view<const double> dy, sy::matrix_view<double> dx,
                 const sy::expert_grads<double>& g, std::span<std::byte> ws,
                 const sy::expert_options& opt) const override {
-    if (fail_backward) throw std::runtime_error("expert backward ran out of memory");
+    if (due(fail_backward_call)) throw std::runtime_error("expert backward ran out of memory");
     inner->backward(s, w, x, offsets, dy, dx, g, ws, opt);
   }
   void initialize(const sy::expert_shape& s, const sy::expert_init& init,
@@ -503,7 +504,10 @@ struct failing_experts final : sy::detail::expert_hooks<double> {
     inner->initialize(s, init, w);
   }
   std::unique_ptr<sy::detail::expert_hooks<double>> inner;
-  bool fail_forward = false, fail_backward = false;
+  // The n-th call from now throws (0: none), forward and backward counted apart: a forward
+  // calls the experts once per segment (its own rows, then with EP the received ones).
+  mutable int fail_forward_call = 0, fail_backward_call = 0;
+  static bool due(int& n) { return n > 0 && --n == 0; }
 };
 
 void expert_failure_fails_on_every_rank(const sy::Config& c) {
@@ -524,36 +528,41 @@ void expert_failure_fails_on_every_rank(const sy::Config& c) {
   const auto dy =
       random_vector(80 + static_cast<std::uint32_t>(world.rank()), static_cast<std::size_t>(T * H));
   const sy::matrix_view<const double> xv(x.data(), T, H), dyv(dy.data(), T, H);
-  const auto has = [](const std::exception& e, const std::string& what) {
-    return std::string(e.what()).find(what) != std::string::npos;
-  };
   const auto reference = layer.forward(xv);  // a good forward first
 
-  experts.fail_forward = is_bad;
-  if (is_bad) {
-    BOOST_CHECK_THROW(layer.forward(xv), std::bad_alloc);
-  } else {
-    BOOST_CHECK_EXCEPTION(layer.forward(xv), sy::comm_error, [&](const sy::comm_error& e) {
-      return has(e, "MoELayer::forward: experts") && has(e, "failed: std::bad_alloc");
-    });
-  }
-  experts.fail_forward = false;
+  // A failure in the first segment (while the EP exchange is in flight), then in the second
+  // (after the first segment took its workspace).
+  const int segments = layer.placement().ep() > 1 ? 2 : 1;
+  for (int seg = 1; seg <= segments; ++seg) {
+    BOOST_TEST_CONTEXT("the experts fail in segment " << seg) {
+      experts.fail_forward_call = is_bad ? seg : 0;
+      if (is_bad) {
+        BOOST_CHECK_THROW(layer.forward(xv), std::bad_alloc);
+      } else {
+        BOOST_CHECK_EXCEPTION(layer.forward(xv), sy::comm_error, [&](const sy::comm_error& e) {
+          return has(e, "MoELayer::forward: experts") && has(e, "failed: std::bad_alloc");
+        });
+      }
+      experts.fail_forward_call = 0;
 
-  auto fwd = layer.forward(xv);
-  BOOST_TEST(fwd.y == reference.y, boost::test_tools::per_element());  // the same step again
-  auto g = layer.make_grads();
-  experts.fail_backward = is_bad;
-  if (is_bad) {
-    BOOST_CHECK_EXCEPTION(layer.backward(fwd.saved, dyv, g), std::runtime_error,
-                          [&](const std::runtime_error& e) { return has(e, "ran out of memory"); });
-  } else {
-    BOOST_CHECK_EXCEPTION(layer.backward(fwd.saved, dyv, g), sy::comm_error,
-                          [&](const sy::comm_error& e) {
-                            return has(e, "MoELayer::backward: experts") &&
-                                   has(e, "expert backward ran out of memory");
-                          });
+      auto fwd = layer.forward(xv);
+      BOOST_TEST(fwd.y == reference.y, boost::test_tools::per_element());  // the same step
+      auto g = layer.make_grads();
+      experts.fail_backward_call = is_bad ? seg : 0;
+      if (is_bad) {
+        BOOST_CHECK_EXCEPTION(
+            layer.backward(fwd.saved, dyv, g), std::runtime_error,
+            [&](const std::runtime_error& e) { return has(e, "ran out of memory"); });
+      } else {
+        BOOST_CHECK_EXCEPTION(layer.backward(fwd.saved, dyv, g), sy::comm_error,
+                              [&](const sy::comm_error& e) {
+                                return has(e, "MoELayer::backward: experts") &&
+                                       has(e, "expert backward ran out of memory");
+                              });
+      }
+      experts.fail_backward_call = 0;
+    }
   }
-  experts.fail_backward = false;
 
   // Still usable: a full step on every rank, with the forward's bits of the first one.
   auto fwd2 = layer.forward(xv);

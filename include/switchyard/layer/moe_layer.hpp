@@ -166,11 +166,11 @@ class MoELayerCore {
     // (so no rank waits in the TP stage for a peer that has thrown).
     const std::uint64_t fingerprint = detail::config_fingerprint(cfg_);
     dense_then_tensor_parallel(
-        [&](const std::string&) {
-          require_agreement(*comms_.dense_data_parallel, fingerprint, "layer config");
+        [&](const std::string& where) {
+          require_agreement(*comms_.dense_data_parallel, fingerprint, where);
         },
-        "MoELayer: layer config");
-    if (tp > 1) require_agreement(*comms_.tensor_parallel, fingerprint, "layer config");
+        "layer config");
+    if (tp > 1) require_agreement(*comms_.tensor_parallel, fingerprint, "layer config, TP group");
   }
 
   const Config& config() const { return cfg_; }
@@ -279,7 +279,10 @@ class MoELayerCore {
         experts_->forward(shape, forward_weights(), matrix_view<const T>(g.in.data(), n, H), off,
                           matrix_view<T>(y.data(), n, H), g.workspace, segment_options(s, seg));
       });
-      if (expert_failed) y.assign(static_cast<std::size_t>(n * H), T(0));  // sizes the peers expect
+      if (expert_failed) {  // zero rows of the sizes the peers expect, in memory already held
+        y = std::move(g.in);
+        std::fill(y.begin(), y.end(), T(0));
+      }
       if (tensor_parallel())
         return detail::tp_reduce_scatter(*comms_.tensor_parallel, g.tp, y, H, &tp_moved);
       return y;
