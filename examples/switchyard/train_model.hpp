@@ -215,7 +215,7 @@ class Model {
 #if defined(SWITCHYARD_CLI_HAS_CUDA)
     std::vector<std::unique_ptr<cli::CudaSaved>> gpu_saved(blocks_.size());
     std::unique_ptr<cli::CudaGlobalAux> gpu_global_aux;
-    if (cfg_.load_balancing_type == LoadBalancingType::global_aux_loss)
+    if (cfg_.load_balancing_type.contains(LoadBalancingType::global_aux_loss))
       gpu_global_aux = cli::make_cuda_global_aux(cfg_.num_experts);
 #endif
     std::int64_t routes = 0, dropped = 0;

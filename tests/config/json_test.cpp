@@ -4,6 +4,7 @@
 
 #include "switchyard/config.hpp"
 #include "switchyard/config/json.hpp"
+#include "switchyard/routing/from_config.hpp"
 
 namespace sy = switchyard;
 
@@ -23,7 +24,6 @@ sy::Config unusual_config() {
   c.num_experts = 64;
   c.num_experts_per_token = 6;
   c.capacity_factor = 1.0625;
-  c.load_balance_loss_coeff = 0.02;
   c.router_z_loss_coeff = 0.0005;
   c.expert_dropout = 0.125;
   c.enable_load_balancing = false;
@@ -51,7 +51,8 @@ sy::Config unusual_config() {
   c.expert_bias.assign(64, 0.0);
   c.expert_bias[5] = -0.001;
   c.expert_bias_update_rate = 0.01;
-  c.load_balancing_type = sy::LoadBalancingType::seq_aux_loss;
+  c.load_balancing_type = {sy::LoadBalancingType::seq_aux_loss, sy::LoadBalancingType::aux_loss};
+  c.load_balance_loss_coeff = {0.02, 0.0};
   c.input_jitter_eps = 0.01;
   c.token_layout = sy::TokenLayout::batch_seq;
   c.token_dispatch = sy::TokenDispatch::capacity;
@@ -145,6 +146,76 @@ BOOST_AUTO_TEST_CASE(write_then_read_gives_the_same_config_in_every_dialect) {
       }
     }
   }
+}
+
+BOOST_AUTO_TEST_CASE(several_aux_losses_in_megatrons_list_form) {
+  using LB = sy::LoadBalancingType;
+  // Megatron-Core's moe_router_load_balancing_type / moe_aux_loss_coeff lists, paired by position.
+  auto p = sy::parse_and_validate(R"({"num_experts": 8, "sequence_length": 4,
+      "load_balancing_type": ["global_aux_loss", "seq_aux_loss"],
+      "load_balance_loss_coeff": [0.001, 0.0001]})");
+  BOOST_TEST(p.problems.empty(), sy::join_problems(p.problems));
+  const sy::Config& c = p.config;
+  BOOST_TEST(c.load_balancing_type.size() == 2u);
+  BOOST_TEST((c.load_balancing_type[0] == LB::global_aux_loss));
+  BOOST_TEST(c.aux_loss_coeff(LB::seq_aux_loss) == 0.0001);
+  BOOST_TEST(c.aux_loss_coeff(LB::global_aux_loss) == 0.001);
+  BOOST_TEST(c.aux_loss_coeff(LB::aux_loss) == 0.0);
+  BOOST_TEST(c.has_aux_loss());
+  BOOST_TEST(!(c.load_balancing_type == LB::global_aux_loss));  // a list is not one value
+  BOOST_TEST(sy::detail::field_text(c, "load_balancing_type") == "[global_aux_loss, seq_aux_loss]");
+  const auto flat = sy::to_json(c);
+  BOOST_TEST(boost::json::serialize(flat.at("load_balancing_type")) ==
+             R"(["global_aux_loss","seq_aux_loss"])");
+  BOOST_TEST(boost::json::serialize(flat.at("load_balance_loss_coeff")) == "[1E-3,1E-4]");
+  // The losses in Megatron's order (aux, seq, global); a zero coefficient turns one off.
+  const sy::LossParams lp = sy::loss_params(c);
+  BOOST_TEST(lp.balance.size() == 2u);
+  BOOST_TEST((lp.balance.at(0).type == LB::seq_aux_loss));
+  BOOST_TEST(lp.balance.at(0).coeff == 0.0001);
+  BOOST_TEST((lp.balance.at(1).type == LB::global_aux_loss));
+  sy::Config off = c;
+  off.load_balance_loss_coeff = {0.0, 0.0001};
+  BOOST_TEST(sy::loss_params(off).balance.size() == 1u);
+
+  // A one-entry list is the single value.
+  p = sy::parse_and_validate(R"({"load_balancing_type": ["seq_aux_loss"],
+      "load_balance_loss_coeff": [0.02]})");
+  BOOST_TEST(p.problems.empty(), sy::join_problems(p.problems));
+  BOOST_TEST((p.config.load_balancing_type == LB::seq_aux_loss));
+  BOOST_TEST((p.config.load_balance_loss_coeff == 0.02));
+
+  // Malformed lists name the entry; rules catch what parses.
+  p = sy::parse_and_validate(
+      R"({"load_balancing_type": [], "load_balance_loss_coeff": [1, 2, 3, 4]})");
+  BOOST_TEST(mentions(p.problems, "load_balancing_type: expected 1 to 3 entries, got 0"));
+  BOOST_TEST(mentions(p.problems, "load_balance_loss_coeff: expected 1 to 3 entries, got 4"));
+  p = sy::parse_and_validate(R"({"load_balancing_type": ["aux_loss", "seq_aux_los"],
+      "load_balance_loss_coeff": [0.01, "x"]})");
+  BOOST_TEST(mentions(p.problems, R"(load_balancing_type: entry 1: "seq_aux_los" is not one of)"));
+  BOOST_TEST(mentions(p.problems, R"(did you mean "seq_aux_loss"?)"));
+  BOOST_TEST(
+      mentions(p.problems, "load_balance_loss_coeff: entry 1: expected a number, got a string"));
+  p = sy::parse_and_validate(R"({"load_balancing_type": ["aux_loss", "seq_aux_loss"],
+      "load_balance_loss_coeff": 0.01})");
+  BOOST_TEST(mentions(p.problems,
+                      "load_balance_loss_coeff: 1 coefficient (0.01) for 2 "
+                      "load_balancing_type entries ([aux_loss, seq_aux_loss])"));
+  p = sy::parse_and_validate(R"({"load_balancing_type": ["aux_loss", "sinkhorn"],
+      "load_balance_loss_coeff": [0.01, 0]})");
+  BOOST_TEST(mentions(p.problems,
+                      "load_balancing_type: got [aux_loss, sinkhorn] (a list in "
+                      "load_balancing_type combines aux losses"));
+  p = sy::parse_and_validate(R"({"load_balancing_type": ["aux_loss", "aux_loss"],
+      "load_balance_loss_coeff": [0.01, -0.5]})");
+  BOOST_TEST(mentions(p.problems, "load_balancing_type: got [aux_loss, aux_loss]"));
+  BOOST_TEST(
+      mentions(p.problems,
+               "load_balance_loss_coeff: got [0.01, -0.5] (load_balance_loss_coeff must be >= 0)"));
+  p = sy::parse_and_validate(R"({"semantics": "deepspeed", "pre_softmax": true,
+      "router_z_loss_coeff": 0, "load_balancing_type": ["aux_loss", "seq_aux_loss"],
+      "load_balance_loss_coeff": [0.01, 0.01]})");
+  BOOST_TEST(mentions(p.problems, "semantics deepspeed has DeepSpeed's aux loss only"));
 }
 
 BOOST_AUTO_TEST_CASE(boost_json_value_from_and_value_to) {

@@ -23,7 +23,11 @@ struct rule_case {
 std::vector<rule_case> rule_cases() {
   using R = sy::rule_id;
   return {
-      {"zero experts", [](sy::Config& c) { c.num_experts = 0; c.num_experts_per_token = 0; },
+      {"zero experts",
+       [](sy::Config& c) {
+         c.num_experts = 0;
+         c.num_experts_per_token = 0;
+       },
        R::num_experts_positive, "got 0"},
       {"k above E", [](sy::Config& c) { c.num_experts_per_token = 9; }, R::topk_range,
        "k = 9 with 8 experts"},
@@ -65,21 +69,41 @@ std::vector<rule_case> rule_cases() {
          c.capacity_factor = 0;
        },
        R::capacity_factor_positive, "got 0"},
-      {"aux negative", [](sy::Config& c) { c.load_balance_loss_coeff = -0.1; },
-       R::aux_coeff_nonneg, "got -0.1"},
+      {"aux negative", [](sy::Config& c) { c.load_balance_loss_coeff = -0.1; }, R::aux_coeff_nonneg,
+       "got -0.1"},
       {"z negative", [](sy::Config& c) { c.router_z_loss_coeff = -1; }, R::z_coeff_nonneg,
        "got -1"},
       {"bias rate negative", [](sy::Config& c) { c.expert_bias_update_rate = -1e-3; },
        R::bias_rate_nonneg, "got -0.001"},
-      {"learning rate zero", [](sy::Config& c) { c.learning_rate = 0; },
-       R::learning_rate_positive, "got 0"},
+      {"learning rate zero", [](sy::Config& c) { c.learning_rate = 0; }, R::learning_rate_positive,
+       "got 0"},
       {"weight decay negative", [](sy::Config& c) { c.weight_decay = -0.1; },
        R::weight_decay_nonneg, "got -0.1"},
-      {"dropout above one", [](sy::Config& c) { c.expert_dropout = 1.5; },
-       R::expert_dropout_range, "got 1.5"},
+      {"dropout above one", [](sy::Config& c) { c.expert_dropout = 1.5; }, R::expert_dropout_range,
+       "got 1.5"},
       {"migration threshold", [](sy::Config& c) { c.migration_threshold = -0.5; },
        R::migration_threshold_range, "got -0.5"},
       {"jitter", [](sy::Config& c) { c.input_jitter_eps = 1.0; }, R::jitter_range, "got 1"},
+      {"balancing list with sinkhorn",
+       [](sy::Config& c) {
+         c.load_balancing_type = {sy::LoadBalancingType::aux_loss, sy::LoadBalancingType::sinkhorn};
+         c.load_balance_loss_coeff = {0.01, 0.0};
+       },
+       R::balancing_list_aux_only, "got [aux_loss, sinkhorn]"},
+      {"balancing list twice",
+       [](sy::Config& c) {
+         c.load_balancing_type = {sy::LoadBalancingType::seq_aux_loss,
+                                  sy::LoadBalancingType::seq_aux_loss};
+         c.load_balance_loss_coeff = {0.01, 0.01};
+       },
+       R::balancing_list_aux_only, "got [seq_aux_loss, seq_aux_loss]"},
+      {"coefficients unpaired",
+       [](sy::Config& c) {
+         c.load_balancing_type = {sy::LoadBalancingType::aux_loss,
+                                  sy::LoadBalancingType::global_aux_loss};
+       },
+       R::balance_coeffs_paired,
+       "1 coefficient (0.01) for 2 load_balancing_type entries ([aux_loss, global_aux_loss])"},
       {"sinkhorn with aux",
        [](sy::Config& c) { c.load_balancing_type = sy::LoadBalancingType::sinkhorn; },
        R::sinkhorn_no_aux, "got 0.01"},
@@ -148,8 +172,8 @@ std::vector<rule_case> rule_cases() {
        R::balancing_disabled_conflict, "got false"},
       {"pad without capacity", [](sy::Config& c) { c.pad_to_capacity = true; },
        R::pad_needs_capacity, "got true"},
-      {"min capacity negative", [](sy::Config& c) { c.min_capacity = -1; },
-       R::min_capacity_nonneg, "got -1"},
+      {"min capacity negative", [](sy::Config& c) { c.min_capacity = -1; }, R::min_capacity_nonneg,
+       "got -1"},
       {"deepspeed with top-k-first softmax",
        [](sy::Config& c) {
          c.semantics = sy::Semantics::deepspeed;
@@ -188,13 +212,13 @@ std::vector<rule_case> rule_cases() {
          c.capacity_formula = sy::CapacityFormula::deepspeed;
        },
        R::deepspeed_drop_position, "got probs"},
-      {"max batch zero", [](sy::Config& c) { c.max_expert_batch_size = 0; },
-       R::max_batch_positive, "got 0"},
+      {"max batch zero", [](sy::Config& c) { c.max_expert_batch_size = 0; }, R::max_batch_positive,
+       "got 0"},
       {"hidden zero", [](sy::Config& c) { c.hidden_size = 0; }, R::hidden_positive, "got 0"},
       {"ffn zero", [](sy::Config& c) { c.ffn_hidden_size = 0; }, R::ffn_positive, "got 0"},
       {"layers zero", [](sy::Config& c) { c.num_layers = 0; }, R::layers_positive, "got 0"},
-      {"frequency zero", [](sy::Config& c) { c.moe_layer_frequency = 0; },
-       R::frequency_positive, "got 0"},
+      {"frequency zero", [](sy::Config& c) { c.moe_layer_frequency = 0; }, R::frequency_positive,
+       "got 0"},
       {"heads", [](sy::Config& c) { c.num_attention_heads = 3; }, R::heads_divide_hidden,
        "hidden_size 1024 over 3 heads"},
       {"heads over tp",

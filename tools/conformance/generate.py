@@ -75,6 +75,18 @@ def _one_rank_group():
     return dist.group.WORLD
 
 
+def balance_types(cfg):
+    """load_balancing_type as a list: one name, or Megatron's list form (several aux losses, each
+    with its coefficient at the same position of load_balance_loss_coeff)."""
+    t = cfg["load_balancing_type"]
+    return list(t) if isinstance(t, list) else [t]
+
+
+def balance_coeffs(cfg):
+    c = cfg["load_balance_loss_coeff"]
+    return list(c) if isinstance(c, list) else [c]
+
+
 def megatron_router(cfg):
     """A TopKRouter whose routing() is Megatron's code, configured from a flat Switchyard config.
 
@@ -126,7 +138,7 @@ def megatron_router(cfg):
         torch.tensor(cfg["expert_bias"], dtype=torch.float32) if r.enable_expert_bias else None
     )
     r.local_tokens_per_expert = torch.zeros(E, dtype=torch.float32)
-    if lbt == "global_aux_loss":
+    if "global_aux_loss" in balance_types(cfg):
         # One micro-batch of a fresh global batch (the route and layer commands see one).
         r.global_tokens_per_expert = torch.zeros(E, dtype=torch.float32)
         r.ga_steps = torch.tensor(0, dtype=torch.float32)
@@ -217,8 +229,11 @@ def megatron_route(cfg, logits, seq_length, bsz, training=True):
     aux = None
     names = {"aux_loss": "load_balancing_loss", "seq_aux_loss": "seq_load_balancing_loss",
              "global_aux_loss": "global_load_balancing_loss"}
-    if r.routing_type in names and cfg["load_balance_loss_coeff"] > 0 and training:
-        aux = r.recorded[names[r.routing_type]]
+    if training:
+        # Each aux loss Megatron attached (coefficient included), summed in its order.
+        on = {t for t, c in zip(balance_types(cfg), balance_coeffs(cfg)) if t in names and c > 0}
+        if on:
+            aux = sum(r.recorded[names[t]] for t in names if t in on)
     z = _z_record.get("z") if training else None
     return probs, routing_map, routed, aux, z
 
@@ -742,6 +757,35 @@ def layer_cases(E, k, S, B, H, F, groups, gtopk, gk):
     return out
 
 
+def combined_loss_cases(E, k, S, B, H, F):
+    """Megatron's list form of moe_router_load_balancing_type / moe_aux_loss_coeff: several aux
+    losses at once, each with its coefficient (a zero one is off). (route cases as route_cases
+    gives them, layer cases as layer_cases gives them)."""
+    c = lambda **kw: base_config(E, k, S, B, **kw)  # noqa: E731
+    routes = [
+        ("combined_aux_seq", c(load_balancing_type=["aux_loss", "seq_aux_loss"],
+                               load_balance_loss_coeff=[0.01, 0.001]), None, True,
+         f"{TOPK}; aux_loss and seq_aux_loss (list form); z_loss"),
+        ("combined_seq_global_sigmoid", c(score_function="sigmoid",
+                                          load_balancing_type=["seq_aux_loss", "global_aux_loss"],
+                                          load_balance_loss_coeff=[0.1, 0.05]), None, True,
+         f"{TOPK} sigmoid; seq_aux_loss and global_aux_loss (list form); z_loss"),
+        ("combined_linear_capacity", c(load_balancing_type=["global_aux_loss", "aux_loss", "seq_aux_loss"],
+                                       load_balance_loss_coeff=[0.02, 0.01, 0.0],
+                                       token_dispatch="capacity", capacity_factor=1.0), 5, True,
+         f"x W^T; {TOPK}; apply_router_token_dropping probs; global_aux_loss and aux_loss "
+         "(seq_aux_loss with coefficient 0); z_loss; autograd to x, W"),
+    ]
+    cfg = base_config(E, k, S, B, hidden_size=H, ffn_hidden_size=F, activation="silu", gated=True,
+                      load_balancing_type=["aux_loss", "seq_aux_loss", "global_aux_loss"],
+                      load_balance_loss_coeff=[0.01, 0.001, 0.02])
+    layers = [("layer_silu_glu_combined_losses", cfg,
+               "torch layer: x W_r^T, Megatron TopKRouter.routing (aux_loss, seq_aux_loss and "
+               "global_aux_loss in list form), moe_utils.permute, GLU experts with silu, "
+               "moe_utils.unpermute; autograd")]
+    return routes, layers
+
+
 SETS = {
     # seed, experts, k, seq, batch, hidden, ffn, groups, group_topk, k for group routing
     "set1": dict(seed=1234, E=8, k=2, S=8, B=2, H=6, F=5, groups=4, gtopk=2, gk=4),
@@ -763,10 +807,15 @@ LARGE_SIZES = dict(E=[4, 8, 16, 32, 64, 128], groups=(2, 4, 8), S=96, B=4, k=8, 
                    ds_S=64, ds_k=6)
 
 
-def random_megatron_config(rng, layer):
+AUX_TYPES = ("aux_loss", "seq_aux_loss", "global_aux_loss")
+
+
+def random_megatron_config(rng, layer, lists_rng=None):
     """A config Megatron-Core and Switchyard both accept, drawn over the fields of
     megatron_router()'s mapping: sizes, k, score function, pre-softmax, groups, expert bias,
-    scaling, balancing type and coefficients, z-loss, capacity (probs policy) and padding."""
+    scaling, balancing type and coefficients (with lists_rng, a quarter of the aux-loss draws
+    combine 2 or 3 aux losses in the list form), z-loss, capacity (probs policy) and padding.
+    The list choice draws from lists_rng so that the other draws stay the same."""
     E = rng.choice(SIZES["E"])
     score = rng.choice(["softmax", "sigmoid"])
     S, B = rng.randint(1, SIZES["S"]), rng.randint(1, SIZES["B"])
@@ -789,6 +838,10 @@ def random_megatron_config(rng, layer):
                     load_balance_loss_coeff=0.0 if lbt in ("none", "sinkhorn")
                     else rng.choice([0.0, 0.01, 0.1]),
                     router_z_loss_coeff=rng.choice([0.0, 0.001, 0.05]))
+    if lists_rng is not None and lbt in AUX_TYPES and lists_rng.random() < 0.25:
+        types = lists_rng.sample(AUX_TYPES, lists_rng.randint(2, 3))
+        c.update(load_balancing_type=types,
+                 load_balance_loss_coeff=[lists_rng.choice([0.0, 0.01, 0.1]) for _ in types])
     if groups:
         c.update(num_groups=groups, group_topk=gtopk)
     if lbt != "sinkhorn":
@@ -843,6 +896,7 @@ def random_fixtures(n, seed):
 
     signal.signal(signal.SIGALRM, too_long)
     rng = random.Random(seed)
+    lists_rng = random.Random(seed + 1)
     gen = torch.Generator().manual_seed(seed)
     out, skipped = [], {}
     while len(out) < n:
@@ -850,7 +904,7 @@ def random_fixtures(n, seed):
         u = rng.random()
         layer = 0.4 <= u < 0.65 or u >= 0.85
         deepspeed = u >= 0.65
-        cfg = random_deepspeed_config(rng, layer) if deepspeed else random_megatron_config(rng, layer)
+        cfg = random_deepspeed_config(rng, layer) if deepspeed else random_megatron_config(rng, layer, lists_rng)
         T = cfg["sequence_length"] * cfg["batch_size_per_gpu"]
         name = f"random{i:03d}"
         src = ("random config (generate.py --random), "
@@ -960,6 +1014,14 @@ def write_set(out_dir, name, p):
         fixtures.append(ds_route_fixture(cname, cfg, ds_gen, T, H=H, source=src))
     for lname, cfg, src in ds_layer_cases(p["E"], p["S"], p["B"], p["H"], p["F"]):
         fixtures.append(ds_layer_fixture(lname, cfg, ds_gen, T, source=src))
+    # The list-form losses draw from a third stream, so the fixtures above stay as they were.
+    lists_gen = torch.Generator().manual_seed(p["seed"] + 2)
+    routes, layers = combined_loss_cases(p["E"], p["k"], p["S"], p["B"], p["H"], p["F"])
+    for cname, cfg, H, training, src in routes:
+        fixtures.append(route_fixture(cname, cfg, lists_gen, T, p["S"], p["B"], H=H,
+                                      training=training, source=src))
+    for lname, cfg, src in layers:
+        fixtures.append(layer_fixture(lname, cfg, lists_gen, T, p["S"], p["B"], source=src))
     manifest = {"seed": p["seed"], "tokens": T, "sequence_length": p["S"],
                 "batch_size_per_gpu": p["B"], "num_experts": p["E"]}
     return write_fixtures(os.path.join(out_dir, name), name, fixtures, manifest)

@@ -4,8 +4,12 @@
 /// and training sizes). It is a literal type: a Config can be built and validated at compile time
 /// (see config/static_check.hpp). docs/config.md describes every field.
 
+#include <array>
+#include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 #include <optional>
+#include <stdexcept>
 #include <vector>
 
 #include "switchyard/config/enums.hpp"
@@ -19,83 +23,133 @@ struct unbuilt_object {
   friend constexpr bool operator==(const unbuilt_object&, const unbuilt_object&) = default;
 };
 
+/// A field that holds one value or, in Megatron-Core's list form, up to N of them:
+/// load_balancing_type and load_balance_loss_coeff name several aux losses at once, each with its
+/// own coefficient. Built from one value (so `c.load_balancing_type =
+/// LoadBalancingType::none` works); compares equal to one value only when it holds exactly that
+/// value. A literal type, like Config.
+template <class T, std::size_t N>
+class one_or_more {
+ public:
+  static constexpr std::size_t capacity = N;
+  constexpr one_or_more(T v = T{}) : v_{v}, n_(1) {}  // NOLINT(google-explicit-constructor)
+  /// The list form: 1 to N values.
+  constexpr one_or_more(std::initializer_list<T> values) : n_(0) {
+    if (values.size() < 1 || values.size() > N)
+      throw std::length_error("one_or_more: a list holds 1 to N values");
+    for (const T& v : values) push_back(v);
+  }
+  /// Appends a value; false when N are held already. clear() first to build a list.
+  constexpr bool push_back(T v) {
+    if (n_ == N) return false;
+    v_[n_++] = v;
+    return true;
+  }
+  constexpr void clear() {
+    v_ = {};
+    n_ = 0;
+  }
+  constexpr std::size_t size() const { return n_; }
+  constexpr bool is_list() const { return n_ != 1; }
+  constexpr const T& operator[](std::size_t i) const { return v_[i]; }
+  constexpr const T* begin() const { return v_.data(); }
+  constexpr const T* end() const { return v_.data() + n_; }
+  constexpr bool contains(const T& x) const {
+    for (const T& v : *this)
+      if (v == x) return true;
+    return false;
+  }
+  friend constexpr bool operator==(const one_or_more&, const one_or_more&) = default;
+  friend constexpr bool operator==(const one_or_more& a, const T& b) {
+    return a.n_ == 1 && a.v_[0] == b;
+  }
+
+ private:
+  std::array<T, N> v_{};  // unused entries stay T{} so that == compares the held values only
+  std::size_t n_ = 1;
+};
+
+/// The aux losses Megatron-Core can combine (aux_loss, seq_aux_loss, global_aux_loss).
+inline constexpr std::size_t max_balance_losses = 3;
+using balancing_types = one_or_more<LoadBalancingType, max_balance_losses>;
+using balance_coeffs = one_or_more<double, max_balance_losses>;
+
 using opt_int = std::optional<std::int64_t>;
 using opt_double = std::optional<double>;
 
 // X(type, name, default value, section) for every field, in the order of docs/config.md.
 // section names the group a field belongs to in the nested dialects (config/json.hpp).
-#define SY_CONFIG_FIELDS(X)                                                               \
-  /* torsh ExpertParallelismConfig (seed 000), same names and defaults */                  \
-  X(std::int64_t, num_experts, 8, moe)                                                    \
-  X(std::int64_t, num_experts_per_token, 2, moe)                                          \
-  X(double, capacity_factor, 1.25, balance)                                               \
-  X(double, load_balance_loss_coeff, 0.01, balance)                                       \
-  X(double, router_z_loss_coeff, 0.001, balance)                                          \
-  X(double, expert_dropout, 0.0, moe)                                                     \
-  X(bool, enable_load_balancing, true, balance)                                           \
-  X(::switchyard::ShardingStrategy, sharding_strategy,                                    \
-    ::switchyard::ShardingStrategy::ModelParallel, distributed)                           \
-  X(::switchyard::opt_int, max_expert_batch_size, std::nullopt, moe)                      \
-  X(bool, enable_gradient_accumulation, false, training)                                  \
-  X(std::int64_t, gradient_accumulation_steps, 1, training)                               \
-  X(::switchyard::InitStrategy, initialization_strategy, ::switchyard::InitStrategy::Xavier, \
-    moe)                                                                                  \
-  X(bool, enable_expert_sync, false, distributed)                                         \
-  X(std::int64_t, sync_frequency, 100, distributed)                                       \
-  X(::switchyard::unbuilt_object, gate_network, {}, moe)                                  \
-  X(::switchyard::unbuilt_object, load_balancing, {}, balance)                            \
-  X(::switchyard::unbuilt_object, migration, {}, balance)                                 \
-  X(bool, enable_expert_migration, false, balance)                                        \
-  X(double, migration_threshold, 0.3, balance)                                            \
-  X(std::int64_t, memory_per_expert_mb, 512, balance)                                     \
-  X(bool, communication_overlap, true, distributed)                                       \
-  X(bool, gradient_compression, false, distributed)                                       \
-  /* routing (REFERENCE §1-3, §5) */                                                      \
-  X(::switchyard::ScoreFunction, score_function, ::switchyard::ScoreFunction::softmax, moe) \
-  X(bool, pre_softmax, false, moe)                                                        \
-  X(::switchyard::opt_double, topk_scaling_factor, std::nullopt, moe)                     \
-  X(::switchyard::opt_int, num_groups, std::nullopt, moe)                                 \
-  X(::switchyard::opt_int, group_topk, std::nullopt, moe)                                 \
-  X(bool, enable_expert_bias, false, moe)                                                 \
-  X(std::vector<double>, expert_bias, {}, moe)                                            \
-  X(double, expert_bias_update_rate, 1e-3, moe)                                           \
-  X(::switchyard::LoadBalancingType, load_balancing_type,                                 \
-    ::switchyard::LoadBalancingType::aux_loss, balance)                                   \
-  X(::switchyard::opt_double, input_jitter_eps, std::nullopt, moe)                        \
-  X(::switchyard::TokenLayout, token_layout, ::switchyard::TokenLayout::seq_batch, training) \
-  /* dispatch (REFERENCE §4) */                                                           \
-  X(::switchyard::TokenDispatch, token_dispatch, ::switchyard::TokenDispatch::dropless, moe) \
-  X(::switchyard::DropPolicy, drop_policy, ::switchyard::DropPolicy::probs, moe)           \
-  X(bool, pad_to_capacity, false, moe)                                                    \
-  X(::switchyard::CapacityFormula, capacity_formula, ::switchyard::CapacityFormula::megatron, \
-    balance)                                                                              \
-  X(std::int64_t, min_capacity, 0, balance)                                               \
-  X(::switchyard::Semantics, semantics, ::switchyard::Semantics::megatron, moe)           \
-  /* model sizes */                                                                       \
-  X(std::int64_t, hidden_size, 1024, model)                                               \
-  X(std::int64_t, ffn_hidden_size, 4096, model)                                           \
-  X(std::int64_t, num_layers, 1, model)                                                   \
-  X(std::int64_t, moe_layer_frequency, 1, model)                                          \
-  X(::switchyard::Activation, activation, ::switchyard::Activation::gelu, model)          \
-  X(bool, gated, false, model)                                                            \
-  X(bool, add_bias_linear, false, model)                                                  \
-  X(::switchyard::opt_int, num_attention_heads, std::nullopt, model)                      \
-  /* parallel sizes */                                                                    \
-  X(::switchyard::opt_int, world_size, std::nullopt, distributed)                         \
-  X(::switchyard::opt_int, data_parallel_size, std::nullopt, distributed)                 \
-  X(std::int64_t, expert_parallel_size, 1, distributed)                                   \
-  X(std::int64_t, tensor_parallel_size, 1, distributed)                                   \
-  X(std::int64_t, pipeline_parallel_size, 1, distributed)                                 \
-  X(::switchyard::ExpertPlacement, expert_placement,                                      \
-    ::switchyard::ExpertPlacement::contiguous, distributed)                               \
-  X(::switchyard::DistributedBackend, distributed_backend,                                \
-    ::switchyard::DistributedBackend::automatic, distributed)                             \
-  /* tokens and training */                                                               \
-  X(std::int64_t, batch_size_per_gpu, 1, training)                                        \
-  X(std::int64_t, sequence_length, 1024, training)                                        \
-  X(::switchyard::Optimizer, optimizer, ::switchyard::Optimizer::adamw, training)         \
-  X(double, learning_rate, 1e-4, training)                                                \
-  X(double, weight_decay, 0.0, training)                                                  \
+#define SY_CONFIG_FIELDS(X)                                                                        \
+  /* torsh ExpertParallelismConfig (seed 000), same names and defaults */                          \
+  X(std::int64_t, num_experts, 8, moe)                                                             \
+  X(std::int64_t, num_experts_per_token, 2, moe)                                                   \
+  X(double, capacity_factor, 1.25, balance)                                                        \
+  X(::switchyard::balance_coeffs, load_balance_loss_coeff, 0.01, balance)                          \
+  X(double, router_z_loss_coeff, 0.001, balance)                                                   \
+  X(double, expert_dropout, 0.0, moe)                                                              \
+  X(bool, enable_load_balancing, true, balance)                                                    \
+  X(::switchyard::ShardingStrategy, sharding_strategy,                                             \
+    ::switchyard::ShardingStrategy::ModelParallel, distributed)                                    \
+  X(::switchyard::opt_int, max_expert_batch_size, std::nullopt, moe)                               \
+  X(bool, enable_gradient_accumulation, false, training)                                           \
+  X(std::int64_t, gradient_accumulation_steps, 1, training)                                        \
+  X(::switchyard::InitStrategy, initialization_strategy, ::switchyard::InitStrategy::Xavier, moe)  \
+  X(bool, enable_expert_sync, false, distributed)                                                  \
+  X(std::int64_t, sync_frequency, 100, distributed)                                                \
+  X(::switchyard::unbuilt_object, gate_network, {}, moe)                                           \
+  X(::switchyard::unbuilt_object, load_balancing, {}, balance)                                     \
+  X(::switchyard::unbuilt_object, migration, {}, balance)                                          \
+  X(bool, enable_expert_migration, false, balance)                                                 \
+  X(double, migration_threshold, 0.3, balance)                                                     \
+  X(std::int64_t, memory_per_expert_mb, 512, balance)                                              \
+  X(bool, communication_overlap, true, distributed)                                                \
+  X(bool, gradient_compression, false, distributed)                                                \
+  /* routing (REFERENCE §1-3, §5) */                                                             \
+  X(::switchyard::ScoreFunction, score_function, ::switchyard::ScoreFunction::softmax, moe)        \
+  X(bool, pre_softmax, false, moe)                                                                 \
+  X(::switchyard::opt_double, topk_scaling_factor, std::nullopt, moe)                              \
+  X(::switchyard::opt_int, num_groups, std::nullopt, moe)                                          \
+  X(::switchyard::opt_int, group_topk, std::nullopt, moe)                                          \
+  X(bool, enable_expert_bias, false, moe)                                                          \
+  X(std::vector<double>, expert_bias, {}, moe)                                                     \
+  X(double, expert_bias_update_rate, 1e-3, moe)                                                    \
+  X(::switchyard::balancing_types, load_balancing_type, ::switchyard::LoadBalancingType::aux_loss, \
+    balance)                                                                                       \
+  X(::switchyard::opt_double, input_jitter_eps, std::nullopt, moe)                                 \
+  X(::switchyard::TokenLayout, token_layout, ::switchyard::TokenLayout::seq_batch, training)       \
+  /* dispatch (REFERENCE §4) */                                                                   \
+  X(::switchyard::TokenDispatch, token_dispatch, ::switchyard::TokenDispatch::dropless, moe)       \
+  X(::switchyard::DropPolicy, drop_policy, ::switchyard::DropPolicy::probs, moe)                   \
+  X(bool, pad_to_capacity, false, moe)                                                             \
+  X(::switchyard::CapacityFormula, capacity_formula, ::switchyard::CapacityFormula::megatron,      \
+    balance)                                                                                       \
+  X(std::int64_t, min_capacity, 0, balance)                                                        \
+  X(::switchyard::Semantics, semantics, ::switchyard::Semantics::megatron, moe)                    \
+  /* model sizes */                                                                                \
+  X(std::int64_t, hidden_size, 1024, model)                                                        \
+  X(std::int64_t, ffn_hidden_size, 4096, model)                                                    \
+  X(std::int64_t, num_layers, 1, model)                                                            \
+  X(std::int64_t, moe_layer_frequency, 1, model)                                                   \
+  X(::switchyard::Activation, activation, ::switchyard::Activation::gelu, model)                   \
+  X(bool, gated, false, model)                                                                     \
+  X(bool, add_bias_linear, false, model)                                                           \
+  X(::switchyard::opt_int, num_attention_heads, std::nullopt, model)                               \
+  /* parallel sizes */                                                                             \
+  X(::switchyard::opt_int, world_size, std::nullopt, distributed)                                  \
+  X(::switchyard::opt_int, data_parallel_size, std::nullopt, distributed)                          \
+  X(std::int64_t, expert_parallel_size, 1, distributed)                                            \
+  X(std::int64_t, tensor_parallel_size, 1, distributed)                                            \
+  X(std::int64_t, pipeline_parallel_size, 1, distributed)                                          \
+  X(::switchyard::ExpertPlacement, expert_placement, ::switchyard::ExpertPlacement::contiguous,    \
+    distributed)                                                                                   \
+  X(::switchyard::DistributedBackend, distributed_backend,                                         \
+    ::switchyard::DistributedBackend::automatic, distributed)                                      \
+  /* tokens and training */                                                                        \
+  X(std::int64_t, batch_size_per_gpu, 1, training)                                                 \
+  X(std::int64_t, sequence_length, 1024, training)                                                 \
+  X(::switchyard::Optimizer, optimizer, ::switchyard::Optimizer::adamw, training)                  \
+  X(double, learning_rate, 1e-4, training)                                                         \
+  X(double, weight_decay, 0.0, training)                                                           \
   X(::switchyard::Precision, precision, ::switchyard::Precision::float32, training)
 
 /// Every runtime setting of a Switchyard MoE model. Plain aggregate; defaults are torsh's for its
@@ -125,11 +179,19 @@ struct Config {
   constexpr std::int64_t local_experts() const {
     return expert_parallel_size > 0 ? num_experts / expert_parallel_size : 0;
   }
-  /// True when load_balancing_type is one of the aux losses (REFERENCE §5).
+  /// True when load_balancing_type names one of the aux losses (REFERENCE §5).
   constexpr bool has_aux_loss() const {
-    return load_balancing_type == LoadBalancingType::aux_loss ||
-           load_balancing_type == LoadBalancingType::seq_aux_loss ||
-           load_balancing_type == LoadBalancingType::global_aux_loss;
+    return load_balancing_type.contains(LoadBalancingType::aux_loss) ||
+           load_balancing_type.contains(LoadBalancingType::seq_aux_loss) ||
+           load_balancing_type.contains(LoadBalancingType::global_aux_loss);
+  }
+  /// The coefficient of aux loss `t` (0 when load_balancing_type does not name it), paired by
+  /// position as in Megatron-Core's list form.
+  constexpr double aux_loss_coeff(LoadBalancingType t) const {
+    for (std::size_t i = 0; i < load_balancing_type.size() && i < load_balance_loss_coeff.size();
+         ++i)
+      if (load_balancing_type[i] == t) return load_balance_loss_coeff[i];
+    return 0.0;
   }
 };
 

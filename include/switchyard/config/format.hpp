@@ -34,6 +34,13 @@ inline std::string to_text(const std::vector<double>& v) {
   for (std::size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + to_text(v[i]);
   return s + "]";
 }
+template <class T, std::size_t N>
+std::string to_text(const one_or_more<T, N>& v) {
+  if (!v.is_list()) return to_text(v[0]);
+  std::string s = "[";
+  for (std::size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + to_text(v[i]);
+  return s + "]";
+}
 
 /// The value of the field named `field` as text; empty when there is no such field.
 inline std::string field_text(const Config& c, std::string_view field) {
@@ -45,3 +52,16 @@ inline std::string field_text(const Config& c, std::string_view field) {
 }
 
 }  // namespace switchyard::detail
+
+namespace switchyard {
+/// Prints a one-or-more field as its config text ("aux_loss", "[aux_loss, seq_aux_loss]") on
+/// any stream (test frameworks print field values they compare).
+template <class Os, class T, std::size_t N>
+requires requires(Os& os, const std::string& s) {
+  os << s;
+}
+Os& operator<<(Os& os, const one_or_more<T, N>& v) {
+  os << detail::to_text(v);
+  return os;
+}
+}  // namespace switchyard

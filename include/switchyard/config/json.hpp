@@ -187,6 +187,28 @@ std::string read_value(const boost::json::value& v, std::optional<T>& out) {
   return err;
 }
 
+/// One value, or Megatron-Core's list form: an array of 1 to N values.
+template <class T, std::size_t N>
+std::string read_value(const boost::json::value& v, one_or_more<T, N>& out) {
+  if (!v.is_array()) {
+    T t{};
+    std::string err = read_value(v, t);
+    if (err.empty()) out = t;
+    return err;
+  }
+  const auto& a = v.get_array();
+  if (a.empty() || a.size() > N) return concat("expected 1 to ", N, " entries, got ", a.size());
+  one_or_more<T, N> list;
+  list.clear();
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    T t{};
+    if (std::string err = read_value(a[i], t); !err.empty()) return concat("entry ", i, ": ", err);
+    list.push_back(t);
+  }
+  out = list;
+  return {};
+}
+
 inline std::string read_field(Config& c, std::string_view field, const boost::json::value& v) {
 #define SY_DETAIL_READ_FIELD(type, name, def, section) \
   if (field == #name) return read_value(v, c.name);
@@ -216,6 +238,14 @@ boost::json::value write_value(E e) {
 template <class T>
 boost::json::value write_value(const std::optional<T>& v) {
   return v ? write_value(*v) : boost::json::value(nullptr);
+}
+
+template <class T, std::size_t N>
+boost::json::value write_value(const one_or_more<T, N>& v) {
+  if (!v.is_list()) return write_value(v[0]);
+  boost::json::array a;
+  for (const T& e : v) a.push_back(write_value(e));
+  return a;
 }
 
 inline void put_path(boost::json::object& root, std::string_view path, boost::json::value v) {

@@ -9,114 +9,122 @@
 namespace switchyard {
 
 // X(id, field, sentence): `field` is the field whose JSON path a problem is reported at.
-#define SY_CONFIG_RULES(X)                                                                      \
-  X(num_experts_positive, num_experts, "num_experts must be at least 1")                        \
-  X(topk_range, num_experts_per_token, "num_experts_per_token must be between 1 and num_experts") \
-  X(ep_positive, expert_parallel_size, "expert_parallel_size must be at least 1")               \
-  X(tp_positive, tensor_parallel_size, "tensor_parallel_size must be at least 1")               \
-  X(pp_positive, pipeline_parallel_size, "pipeline_parallel_size must be at least 1")           \
-  X(dp_positive, data_parallel_size, "data_parallel_size must be at least 1")                   \
-  X(world_product, world_size,                                                                  \
-    "world_size must equal data_parallel_size x expert_parallel_size x tensor_parallel_size x " \
-    "pipeline_parallel_size")                                                                   \
-  X(experts_divisible_by_ep, expert_parallel_size,                                              \
-    "num_experts must be a multiple of expert_parallel_size")                                   \
-  X(data_parallel_sharding_ep1, sharding_strategy,                                              \
+#define SY_CONFIG_RULES(X)                                                                         \
+  X(num_experts_positive, num_experts, "num_experts must be at least 1")                           \
+  X(topk_range, num_experts_per_token, "num_experts_per_token must be between 1 and num_experts")  \
+  X(ep_positive, expert_parallel_size, "expert_parallel_size must be at least 1")                  \
+  X(tp_positive, tensor_parallel_size, "tensor_parallel_size must be at least 1")                  \
+  X(pp_positive, pipeline_parallel_size, "pipeline_parallel_size must be at least 1")              \
+  X(dp_positive, data_parallel_size, "data_parallel_size must be at least 1")                      \
+  X(world_product, world_size,                                                                     \
+    "world_size must equal data_parallel_size x expert_parallel_size x tensor_parallel_size x "    \
+    "pipeline_parallel_size")                                                                      \
+  X(experts_divisible_by_ep, expert_parallel_size,                                                 \
+    "num_experts must be a multiple of expert_parallel_size")                                      \
+  X(data_parallel_sharding_ep1, sharding_strategy,                                                 \
     "DataParallel sharding replicates every expert on every rank: expert_parallel_size must be 1") \
-  X(sharding_not_built, sharding_strategy,                                                      \
-    "Hybrid and Dynamic sharding (hot-expert replication, migration) are not built yet: use "   \
-    "ModelParallel or DataParallel")                                                            \
-  X(capacity_factor_positive, capacity_factor,                                                  \
-    "capacity_factor must be > 0 with capacity dispatch (only the tutel formula reads <= 0 as " \
-    "dropless)")                                                                                \
-  X(aux_coeff_nonneg, load_balance_loss_coeff, "load_balance_loss_coeff must be >= 0")          \
-  X(z_coeff_nonneg, router_z_loss_coeff, "router_z_loss_coeff must be >= 0")                    \
-  X(bias_rate_nonneg, expert_bias_update_rate, "expert_bias_update_rate must be >= 0")          \
-  X(learning_rate_positive, learning_rate, "learning_rate must be > 0")                         \
-  X(weight_decay_nonneg, weight_decay, "weight_decay must be >= 0")                             \
+  X(sharding_not_built, sharding_strategy,                                                         \
+    "Hybrid and Dynamic sharding (hot-expert replication, migration) are not built yet: use "      \
+    "ModelParallel or DataParallel")                                                               \
+  X(capacity_factor_positive, capacity_factor,                                                     \
+    "capacity_factor must be > 0 with capacity dispatch (only the tutel formula reads <= 0 as "    \
+    "dropless)")                                                                                   \
+  X(aux_coeff_nonneg, load_balance_loss_coeff, "load_balance_loss_coeff must be >= 0")             \
+  X(balancing_list_aux_only, load_balancing_type,                                                  \
+    "a list in load_balancing_type combines aux losses: each entry aux_loss, seq_aux_loss or "     \
+    "global_aux_loss, none twice")                                                                 \
+  X(balance_coeffs_paired, load_balance_loss_coeff,                                                \
+    "load_balance_loss_coeff must hold one coefficient per entry of load_balancing_type (a "       \
+    "list pairs with a list of the same length)")                                                  \
+  X(z_coeff_nonneg, router_z_loss_coeff, "router_z_loss_coeff must be >= 0")                       \
+  X(bias_rate_nonneg, expert_bias_update_rate, "expert_bias_update_rate must be >= 0")             \
+  X(learning_rate_positive, learning_rate, "learning_rate must be > 0")                            \
+  X(weight_decay_nonneg, weight_decay, "weight_decay must be >= 0")                                \
   X(expert_dropout_range, expert_dropout, "expert_dropout is a probability: it must be in [0, 1]") \
-  X(migration_threshold_range, migration_threshold,                                             \
-    "migration_threshold is a fraction: it must be in [0, 1]")                                  \
-  X(jitter_range, input_jitter_eps, "input_jitter_eps must be in (0, 1)")                       \
-  X(sinkhorn_no_aux, load_balance_loss_coeff,                                                   \
-    "sinkhorn balances by itself and takes no aux loss: set load_balance_loss_coeff to 0")      \
-  X(sinkhorn_no_capacity, token_dispatch,                                                       \
-    "sinkhorn routing cannot be combined with capacity dispatch")                               \
-  X(sinkhorn_plain, score_function,                                                             \
-    "sinkhorn routing has its own weights (REFERENCE 3): score_function softmax, no "           \
-    "pre_softmax, no groups, no expert bias and no topk_scaling_factor")                        \
-  X(expert_bias_needs_sigmoid, enable_expert_bias,                                              \
-    "expert bias needs score_function sigmoid or sqrtsoftplus (with softmax it would change "   \
-    "the weights)")                                                                             \
-  X(expert_bias_length, expert_bias, "expert_bias must be empty or have num_experts entries")   \
-  X(expert_bias_without_enable, expert_bias,                                                    \
-    "expert_bias is given but enable_expert_bias is false")                                     \
-  X(softmax_k1, num_experts_per_token,                                                          \
-    "k = 1 with softmax top-k-first has a zero gradient: set pre_softmax true or use k >= 2")   \
-  X(pre_softmax_needs_softmax, pre_softmax, "pre_softmax applies only to score_function softmax") \
-  X(scaling_positive, topk_scaling_factor, "topk_scaling_factor must be > 0")                   \
-  X(groups_pair, num_groups, "num_groups and group_topk must be given together")                \
-  X(groups_positive, num_groups, "num_groups and group_topk must be at least 1")                \
-  X(group_topk_le_groups, group_topk, "group_topk must not exceed num_groups")                  \
-  X(experts_divisible_by_groups, num_groups, "num_experts must be a multiple of num_groups")    \
-  X(groups_hold_k, group_topk,                                                                  \
-    "the chosen groups must hold at least k experts: group_topk x num_experts / num_groups >= " \
-    "num_experts_per_token")                                                                    \
-  X(balancing_disabled_conflict, enable_load_balancing,                                         \
-    "enable_load_balancing false turns balancing off: load_balancing_type must be none and "    \
-    "enable_expert_bias false")                                                                 \
-  X(pad_needs_capacity, pad_to_capacity, "pad_to_capacity needs token_dispatch capacity")       \
-  X(deepspeed_router, semantics,                                                                \
-    "semantics deepspeed routes as DeepSpeed's gating: score_function softmax with pre_softmax " \
-    "true (softmax over every expert, then the top k), no groups, no expert bias and no "       \
-    "topk_scaling_factor")                                                                      \
-  X(deepspeed_balance, load_balancing_type,                                                     \
-    "semantics deepspeed has DeepSpeed's aux loss only: load_balancing_type aux_loss or none")  \
-  X(deepspeed_no_z_loss, router_z_loss_coeff,                                                   \
-    "semantics deepspeed has no z-loss (DeepSpeed's gating has none): set router_z_loss_coeff to 0") \
-  X(deepspeed_capacity_formula, capacity_formula,                                               \
-    "semantics deepspeed with capacity dispatch needs capacity_formula deepspeed")              \
-  X(deepspeed_drop_position, drop_policy,                                                       \
-    "semantics deepspeed with k = 1 or 2 drops by position (DeepSpeed's top1gating and "        \
-    "top2gating): set drop_policy position")                                                    \
-  X(min_capacity_nonneg, min_capacity, "min_capacity must be >= 0")                             \
-  X(max_batch_positive, max_expert_batch_size, "max_expert_batch_size must be at least 1")      \
-  X(hidden_positive, hidden_size, "hidden_size must be at least 1")                             \
-  X(ffn_positive, ffn_hidden_size, "ffn_hidden_size must be at least 1")                        \
-  X(layers_positive, num_layers, "num_layers must be at least 1")                               \
-  X(frequency_positive, moe_layer_frequency, "moe_layer_frequency must be at least 1")          \
-  X(heads_divide_hidden, num_attention_heads,                                                   \
-    "num_attention_heads must be at least 1 and divide hidden_size")                            \
-  X(heads_divisible_by_tp, num_attention_heads,                                                 \
-    "num_attention_heads must be a multiple of tensor_parallel_size")                           \
-  X(ffn_divisible_by_tp, tensor_parallel_size,                                                  \
-    "ffn_hidden_size must be a multiple of tensor_parallel_size (experts split F over TP)")     \
-  X(layers_divisible_by_pp, pipeline_parallel_size,                                             \
-    "num_layers must be a multiple of pipeline_parallel_size")                                  \
-  X(batch_positive, batch_size_per_gpu, "batch_size_per_gpu must be at least 1")                \
-  X(sequence_positive, sequence_length, "sequence_length must be at least 1")                   \
-  X(accumulation_steps_positive, gradient_accumulation_steps,                                   \
-    "gradient_accumulation_steps must be at least 1")                                           \
-  X(accumulation_steps_unused, gradient_accumulation_steps,                                     \
-    "gradient_accumulation_steps has no effect unless enable_gradient_accumulation is true")    \
-  X(sync_frequency_positive, sync_frequency, "sync_frequency must be at least 1")               \
-  X(sync_frequency_unused, sync_frequency,                                                      \
-    "sync_frequency has no effect unless enable_expert_sync is true")                           \
-  X(memory_per_expert_positive, memory_per_expert_mb, "memory_per_expert_mb must be at least 1") \
-  /* fields whose behaviour is not built yet: only their default is accepted */                 \
-  X(accumulation_not_built, enable_gradient_accumulation,                                       \
-    "enable_gradient_accumulation is not built yet: leave it false")                            \
-  X(expert_sync_not_built, enable_expert_sync, "enable_expert_sync is not built yet: leave it false") \
-  X(gate_network_not_built, gate_network, "gate_network is not built yet: leave it null")        \
-  X(load_balancing_object_not_built, load_balancing,                                            \
-    "the load_balancing object (device rebalancing) is not built yet: leave it null; "          \
-    "load_balancing_type chooses the loss")                                                     \
-  X(migration_not_built, migration, "migration is not built yet: leave it null")                \
-  X(expert_migration_not_built, enable_expert_migration,                                        \
-    "enable_expert_migration is not built yet: leave it false")                                 \
-  X(migration_threshold_not_built, migration_threshold,                                         \
-    "migration_threshold has no effect: expert migration is not built yet (leave it at 0.3)")   \
-  X(gradient_compression_not_built, gradient_compression,                                       \
+  X(migration_threshold_range, migration_threshold,                                                \
+    "migration_threshold is a fraction: it must be in [0, 1]")                                     \
+  X(jitter_range, input_jitter_eps, "input_jitter_eps must be in (0, 1)")                          \
+  X(sinkhorn_no_aux, load_balance_loss_coeff,                                                      \
+    "sinkhorn balances by itself and takes no aux loss: set load_balance_loss_coeff to 0")         \
+  X(sinkhorn_no_capacity, token_dispatch,                                                          \
+    "sinkhorn routing cannot be combined with capacity dispatch")                                  \
+  X(sinkhorn_plain, score_function,                                                                \
+    "sinkhorn routing has its own weights (REFERENCE 3): score_function softmax, no "              \
+    "pre_softmax, no groups, no expert bias and no topk_scaling_factor")                           \
+  X(expert_bias_needs_sigmoid, enable_expert_bias,                                                 \
+    "expert bias needs score_function sigmoid or sqrtsoftplus (with softmax it would change "      \
+    "the weights)")                                                                                \
+  X(expert_bias_length, expert_bias, "expert_bias must be empty or have num_experts entries")      \
+  X(expert_bias_without_enable, expert_bias,                                                       \
+    "expert_bias is given but enable_expert_bias is false")                                        \
+  X(softmax_k1, num_experts_per_token,                                                             \
+    "k = 1 with softmax top-k-first has a zero gradient: set pre_softmax true or use k >= 2")      \
+  X(pre_softmax_needs_softmax, pre_softmax, "pre_softmax applies only to score_function softmax")  \
+  X(scaling_positive, topk_scaling_factor, "topk_scaling_factor must be > 0")                      \
+  X(groups_pair, num_groups, "num_groups and group_topk must be given together")                   \
+  X(groups_positive, num_groups, "num_groups and group_topk must be at least 1")                   \
+  X(group_topk_le_groups, group_topk, "group_topk must not exceed num_groups")                     \
+  X(experts_divisible_by_groups, num_groups, "num_experts must be a multiple of num_groups")       \
+  X(groups_hold_k, group_topk,                                                                     \
+    "the chosen groups must hold at least k experts: group_topk x num_experts / num_groups >= "    \
+    "num_experts_per_token")                                                                       \
+  X(balancing_disabled_conflict, enable_load_balancing,                                            \
+    "enable_load_balancing false turns balancing off: load_balancing_type must be none and "       \
+    "enable_expert_bias false")                                                                    \
+  X(pad_needs_capacity, pad_to_capacity, "pad_to_capacity needs token_dispatch capacity")          \
+  X(deepspeed_router, semantics,                                                                   \
+    "semantics deepspeed routes as DeepSpeed's gating: score_function softmax with pre_softmax "   \
+    "true (softmax over every expert, then the top k), no groups, no expert bias and no "          \
+    "topk_scaling_factor")                                                                         \
+  X(deepspeed_balance, load_balancing_type,                                                        \
+    "semantics deepspeed has DeepSpeed's aux loss only: load_balancing_type aux_loss or none")     \
+  X(deepspeed_no_z_loss, router_z_loss_coeff,                                                      \
+    "semantics deepspeed has no z-loss (DeepSpeed's gating has none): set router_z_loss_coeff to " \
+    "0")                                                                                           \
+  X(deepspeed_capacity_formula, capacity_formula,                                                  \
+    "semantics deepspeed with capacity dispatch needs capacity_formula deepspeed")                 \
+  X(deepspeed_drop_position, drop_policy,                                                          \
+    "semantics deepspeed with k = 1 or 2 drops by position (DeepSpeed's top1gating and "           \
+    "top2gating): set drop_policy position")                                                       \
+  X(min_capacity_nonneg, min_capacity, "min_capacity must be >= 0")                                \
+  X(max_batch_positive, max_expert_batch_size, "max_expert_batch_size must be at least 1")         \
+  X(hidden_positive, hidden_size, "hidden_size must be at least 1")                                \
+  X(ffn_positive, ffn_hidden_size, "ffn_hidden_size must be at least 1")                           \
+  X(layers_positive, num_layers, "num_layers must be at least 1")                                  \
+  X(frequency_positive, moe_layer_frequency, "moe_layer_frequency must be at least 1")             \
+  X(heads_divide_hidden, num_attention_heads,                                                      \
+    "num_attention_heads must be at least 1 and divide hidden_size")                               \
+  X(heads_divisible_by_tp, num_attention_heads,                                                    \
+    "num_attention_heads must be a multiple of tensor_parallel_size")                              \
+  X(ffn_divisible_by_tp, tensor_parallel_size,                                                     \
+    "ffn_hidden_size must be a multiple of tensor_parallel_size (experts split F over TP)")        \
+  X(layers_divisible_by_pp, pipeline_parallel_size,                                                \
+    "num_layers must be a multiple of pipeline_parallel_size")                                     \
+  X(batch_positive, batch_size_per_gpu, "batch_size_per_gpu must be at least 1")                   \
+  X(sequence_positive, sequence_length, "sequence_length must be at least 1")                      \
+  X(accumulation_steps_positive, gradient_accumulation_steps,                                      \
+    "gradient_accumulation_steps must be at least 1")                                              \
+  X(accumulation_steps_unused, gradient_accumulation_steps,                                        \
+    "gradient_accumulation_steps has no effect unless enable_gradient_accumulation is true")       \
+  X(sync_frequency_positive, sync_frequency, "sync_frequency must be at least 1")                  \
+  X(sync_frequency_unused, sync_frequency,                                                         \
+    "sync_frequency has no effect unless enable_expert_sync is true")                              \
+  X(memory_per_expert_positive, memory_per_expert_mb, "memory_per_expert_mb must be at least 1")   \
+  /* fields whose behaviour is not built yet: only their default is accepted */                    \
+  X(accumulation_not_built, enable_gradient_accumulation,                                          \
+    "enable_gradient_accumulation is not built yet: leave it false")                               \
+  X(expert_sync_not_built, enable_expert_sync,                                                     \
+    "enable_expert_sync is not built yet: leave it false")                                         \
+  X(gate_network_not_built, gate_network, "gate_network is not built yet: leave it null")          \
+  X(load_balancing_object_not_built, load_balancing,                                               \
+    "the load_balancing object (device rebalancing) is not built yet: leave it null; "             \
+    "load_balancing_type chooses the loss")                                                        \
+  X(migration_not_built, migration, "migration is not built yet: leave it null")                   \
+  X(expert_migration_not_built, enable_expert_migration,                                           \
+    "enable_expert_migration is not built yet: leave it false")                                    \
+  X(migration_threshold_not_built, migration_threshold,                                            \
+    "migration_threshold has no effect: expert migration is not built yet (leave it at 0.3)")      \
+  X(gradient_compression_not_built, gradient_compression,                                          \
     "gradient_compression is not built yet: leave it false")
 
 /// Identifies one validation rule.
@@ -154,7 +162,24 @@ constexpr bool rule_ok(const Config& c, rule_id r) {
              c.sharding_strategy == ShardingStrategy::DataParallel;
     case rule_id::capacity_factor_positive:
       return !capacity || c.capacity_factor > 0 || c.capacity_formula == CapacityFormula::tutel;
-    case rule_id::aux_coeff_nonneg: return c.load_balance_loss_coeff >= 0;
+    case rule_id::aux_coeff_nonneg:
+      for (const double a : c.load_balance_loss_coeff)
+        if (!(a >= 0)) return false;
+      return true;
+    case rule_id::balancing_list_aux_only: {
+      if (!c.load_balancing_type.is_list()) return true;
+      const auto& t = c.load_balancing_type;
+      for (std::size_t i = 0; i < t.size(); ++i) {
+        if (t[i] != LoadBalancingType::aux_loss && t[i] != LoadBalancingType::seq_aux_loss &&
+            t[i] != LoadBalancingType::global_aux_loss)
+          return false;
+        for (std::size_t j = 0; j < i; ++j)
+          if (t[j] == t[i]) return false;
+      }
+      return true;
+    }
+    case rule_id::balance_coeffs_paired:
+      return c.load_balance_loss_coeff.size() == c.load_balancing_type.size();
     case rule_id::z_coeff_nonneg: return c.router_z_loss_coeff >= 0;
     case rule_id::bias_rate_nonneg: return c.expert_bias_update_rate >= 0;
     case rule_id::learning_rate_positive: return c.learning_rate > 0;

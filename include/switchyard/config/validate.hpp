@@ -84,6 +84,11 @@ inline std::string rule_detail(const Config& c, rule_id r) {
                     " ranks");
     case rule_id::layers_divisible_by_pp:
       return concat(c.num_layers, " layers over ", c.pipeline_parallel_size, " stages");
+    case rule_id::balance_coeffs_paired:
+      return concat(c.load_balance_loss_coeff.size(),
+                    c.load_balance_loss_coeff.size() == 1 ? " coefficient (" : " coefficients (",
+                    to_text(c.load_balance_loss_coeff), ") for ", c.load_balancing_type.size(),
+                    " load_balancing_type entries (", to_text(c.load_balancing_type), ")");
     case rule_id::dp_positive:
       if (!c.data_parallel_size && c.world_size)
         return concat("world_size ", *c.world_size, " leaves no room for data parallelism");

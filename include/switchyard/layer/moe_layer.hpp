@@ -597,7 +597,7 @@ void check_policies_match(const Config& c) {
                               c.num_experts_per_token, " but the layer is compiled for k = ", R::k));
   if (is_sinkhorn_router<R> != (c.load_balancing_type == LoadBalancingType::sinkhorn))
     throw config_error(concat("load_balancing_type: the config has ",
-                              enum_name(c.load_balancing_type), " but the layer's router is ",
+                              to_text(c.load_balancing_type), " but the layer's router is ",
                               is_sinkhorn_router<R> ? "Sinkhorn" : "TopK"));
   if (c.token_dispatch != D::dispatch)
     throw config_error(concat("token_dispatch: the config has ", enum_name(c.token_dispatch),

@@ -16,12 +16,15 @@ namespace switchyard {
 /// Largest k that with_router() instantiates.
 inline constexpr int max_config_k = 8;
 
-/// The losses a config asks for: its load_balancing_type with load_balance_loss_coeff (when an
-/// aux loss and the coefficient is > 0) and the z-loss with router_z_loss_coeff.
+/// The losses a config asks for: each aux loss load_balancing_type names whose coefficient in
+/// load_balance_loss_coeff is > 0, in Megatron-Core's order (aux_loss, seq_aux_loss,
+/// global_aux_loss, whatever order the list gives), and the z-loss with router_z_loss_coeff.
 inline LossParams loss_params(const Config& c) {
   LossParams p;
-  if (c.has_aux_loss() && c.load_balance_loss_coeff > 0)
-    p.balance.push_back(BalanceLoss{c.load_balancing_type, c.load_balance_loss_coeff});
+  for (const LoadBalancingType t : {LoadBalancingType::aux_loss, LoadBalancingType::seq_aux_loss,
+                                    LoadBalancingType::global_aux_loss})
+    if (const double coeff = c.aux_loss_coeff(t); coeff > 0)
+      p.balance.push_back(BalanceLoss{t, coeff});
   p.z_loss_coeff = c.router_z_loss_coeff;
   p.token_layout = c.token_layout;
   p.sequence_length = c.sequence_length;
