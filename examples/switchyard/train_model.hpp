@@ -11,6 +11,7 @@
 // step uploads every MoE block's weights before its forward and adds the downloaded gradients to
 // the host gradients after its backward.
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -215,7 +216,10 @@ class Model {
 #if defined(SWITCHYARD_CLI_HAS_CUDA)
     std::vector<std::unique_ptr<cli::CudaSaved>> gpu_saved(blocks_.size());
     std::unique_ptr<cli::CudaGlobalAux> gpu_global_aux;
-    if (cfg_.load_balancing_type.contains(LoadBalancingType::global_aux_loss))
+    // Only with MoE blocks on the GPU: the host backend must run where there is no GPU.
+    if (cfg_.load_balancing_type.contains(LoadBalancingType::global_aux_loss) &&
+        std::any_of(blocks_.begin(), blocks_.end(),
+                    [](const block& b) { return b.gpu != nullptr; }))
       gpu_global_aux = cli::make_cuda_global_aux(cfg_.num_experts);
 #endif
     std::int64_t routes = 0, dropped = 0;
