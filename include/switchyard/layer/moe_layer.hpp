@@ -204,7 +204,7 @@ class MoELayerCore {
     // The local stage: a failure here (a wrong shape, NaN or Inf in x·W_r) on any rank is an
     // error on every rank before the first collective (fail_together), never a hang.
     std::exception_ptr failed;
-    try {
+    keep_failure(failed, [&] {
       SY_EXPECTS(x.extent(1) == H, detail::concat("MoELayer::forward: x has ", x.extent(1),
                                                   " columns, hidden_size is ", H));
       s.tokens = Tn;
@@ -220,9 +220,7 @@ class MoELayerCore {
                             matrix_view<T>(logits.data(), Tn, E));
       check_logits_finite(matrix_view<const T>(logits.data(), Tn, E));
       check_balance_inputs(loss_params(cfg_), Tn, ctx);
-    } catch (...) {
-      failed = std::current_exception();
-    }
+    });
     fail_together_in_group(failed, "MoELayer::forward");
 
     // Group statistics for the losses (REFERENCE §5): counts and T over the dense DP group (and
@@ -310,7 +308,7 @@ class MoELayerCore {
     std::vector<T> d_weight(static_cast<std::size_t>(Tn * k)), d_prob(d_weight.size());
     // The local stage, failing together as in forward.
     std::exception_ptr failed;
-    try {
+    keep_failure(failed, [&] {
       SY_EXPECTS(!s.used, "MoELayer::backward: this forward's saved state was already consumed");
       SY_EXPECTS(dy.extent(0) == Tn && dy.extent(1) == H,
                  detail::concat("MoELayer::backward: dy is [", dy.extent(0), "][", dy.extent(1),
@@ -324,9 +322,7 @@ class MoELayerCore {
       combine_weights_backward(exec::Host{}, s.plan, s.routing.probs(),
                                matrix_view<const T>(d_weight.data(), Tn, k),
                                matrix_view<T>(d_prob.data(), Tn, k));
-    } catch (...) {
-      failed = std::current_exception();
-    }
+    });
     fail_together_in_group(failed, "MoELayer::backward");
     const expert_shape shape{placement_.local_experts(), H, params_.ffn_hidden, params_.bias};
     std::exception_ptr expert_failed;  // as in forward; this step's expert grads are then partial
@@ -431,11 +427,7 @@ class MoELayerCore {
   void dense_then_tensor_parallel(Stage&& dense_stage, const char* where) {
     if (!tensor_parallel()) return dense_stage(std::string(where));
     std::exception_ptr outcome;
-    try {
-      dense_stage(detail::concat(where, ", dense group"));
-    } catch (...) {
-      outcome = std::current_exception();
-    }
+    keep_failure(outcome, [&] { dense_stage(detail::concat(where, ", dense group")); });
     fail_together(*comms_.tensor_parallel, outcome, detail::concat(where, ", TP group"));
   }
   // fail_together over the loss group: a failure on any of its ranks is an error on all of them.
@@ -445,10 +437,13 @@ class MoELayerCore {
         where);
   }
 
-  // Runs `stage` (this rank's expert computation between two exchanges) unless an earlier one
-  // failed, and keeps its exception instead of throwing it: the rank still joins the exchanges
-  // that follow (its peers wait for them), with rows of the sizes they expect, and the group
-  // fails together after the last one (out of memory on one rank is an error on every rank).
+  // Runs `stage` unless an earlier one failed, and keeps its exception instead of throwing it, so
+  // that the rank still joins the collectives that follow and the group fails together
+  // (fail_together). Used for the local stages before the first exchange, for the dense stage
+  // before the TP group's verdict, and for this rank's expert computation between two
+  // exchanges: there the rank joins the exchanges that follow (its peers wait for them) with rows
+  // of the sizes they expect, and the group fails together after the last one (out of memory on
+  // one rank is an error on every rank).
   template <class Stage>
   static void keep_failure(std::exception_ptr& failed, Stage&& stage) {
     if (failed) return;
