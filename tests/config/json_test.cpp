@@ -204,11 +204,20 @@ BOOST_AUTO_TEST_CASE(several_aux_losses_in_megatrons_list_form) {
   p = sy::parse_and_validate(R"({"load_balancing_type": ["aux_loss", "sinkhorn"],
       "load_balance_loss_coeff": [0.01, 0]})");
   BOOST_TEST(mentions(p.problems,
-                      "load_balancing_type: got [aux_loss, sinkhorn] (a list in "
-                      "load_balancing_type combines aux losses"));
+                      "load_balancing_type: entry 1: sinkhorn is not an aux loss; a "
+                      "list combines aux_loss, seq_aux_loss and global_aux_loss"));
+  // Megatron routes a list ["sinkhorn"] with plain top-k: not the same as "sinkhorn", so rejected.
+  p = sy::parse_and_validate(
+      R"({"load_balancing_type": ["sinkhorn"], "load_balance_loss_coeff": [0]})");
+  BOOST_TEST(mentions(p.problems, "load_balancing_type: entry 0: sinkhorn is not an aux loss"));
+  p = sy::parse_and_validate(
+      R"({"load_balancing_type": ["none"], "load_balance_loss_coeff": [0]})");
+  BOOST_TEST(mentions(p.problems, "load_balancing_type: entry 0: none is not an aux loss"));
   p = sy::parse_and_validate(R"({"load_balancing_type": ["aux_loss", "aux_loss"],
       "load_balance_loss_coeff": [0.01, -0.5]})");
-  BOOST_TEST(mentions(p.problems, "load_balancing_type: got [aux_loss, aux_loss]"));
+  BOOST_TEST(mentions(p.problems,
+                      "load_balancing_type: got [aux_loss, aux_loss] (a list in "
+                      "load_balancing_type combines 1 to 3 aux losses"));
   BOOST_TEST(
       mentions(p.problems,
                "load_balance_loss_coeff: got [0.01, -0.5] (load_balance_loss_coeff must be >= 0)"));

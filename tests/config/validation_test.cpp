@@ -90,6 +90,12 @@ std::vector<rule_case> rule_cases() {
          c.load_balance_loss_coeff = {0.01, 0.0};
        },
        R::balancing_list_aux_only, "got [aux_loss, sinkhorn]"},
+      {"balancing list empty",
+       [](sy::Config& c) {
+         c.load_balancing_type.clear();
+         c.load_balance_loss_coeff.clear();
+       },
+       R::balancing_list_aux_only, "got []"},
       {"balancing list twice",
        [](sy::Config& c) {
          c.load_balancing_type = {sy::LoadBalancingType::seq_aux_loss,

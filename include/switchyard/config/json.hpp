@@ -209,6 +209,22 @@ std::string read_value(const boost::json::value& v, one_or_more<T, N>& out) {
   return {};
 }
 
+/// load_balancing_type: a list is Megatron-Core's form that combines aux losses, so sinkhorn and
+/// none are not list entries (Megatron would route ["sinkhorn"] with plain top-k, not Sinkhorn).
+inline std::string read_value(const boost::json::value& v, balancing_types& out) {
+  balancing_types t;
+  if (std::string err = read_value<LoadBalancingType, max_balance_losses>(v, t); !err.empty())
+    return err;
+  if (v.is_array())
+    for (std::size_t i = 0; i < t.size(); ++i)
+      if (t[i] == LoadBalancingType::sinkhorn || t[i] == LoadBalancingType::none)
+        return concat("entry ", i, ": ", enum_name(t[i]),
+                      " is not an aux loss; a list combines aux_loss, seq_aux_loss and "
+                      "global_aux_loss");
+  out = t;
+  return {};
+}
+
 inline std::string read_field(Config& c, std::string_view field, const boost::json::value& v) {
 #define SY_DETAIL_READ_FIELD(type, name, def, section) \
   if (field == #name) return read_value(v, c.name);

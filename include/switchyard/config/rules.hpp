@@ -31,8 +31,9 @@ namespace switchyard {
     "dropless)")                                                                                   \
   X(aux_coeff_nonneg, load_balance_loss_coeff, "load_balance_loss_coeff must be >= 0")             \
   X(balancing_list_aux_only, load_balancing_type,                                                  \
-    "a list in load_balancing_type combines aux losses: each entry aux_loss, seq_aux_loss or "     \
-    "global_aux_loss, none twice")                                                                 \
+    "a list in load_balancing_type combines 1 to 3 aux losses: each entry aux_loss, seq_aux_loss " \
+    "or "                                                                                          \
+    "global_aux_loss, no type twice")                                                              \
   X(balance_coeffs_paired, load_balance_loss_coeff,                                                \
     "load_balance_loss_coeff must hold one coefficient per entry of load_balancing_type (a "       \
     "list pairs with a list of the same length)")                                                  \
@@ -169,6 +170,7 @@ constexpr bool rule_ok(const Config& c, rule_id r) {
     case rule_id::balancing_list_aux_only: {
       if (!c.load_balancing_type.is_list()) return true;
       const auto& t = c.load_balancing_type;
+      if (t.size() == 0) return false;  // an empty list (clear()) names no loss
       for (std::size_t i = 0; i < t.size(); ++i) {
         if (t[i] != LoadBalancingType::aux_loss && t[i] != LoadBalancingType::seq_aux_loss &&
             t[i] != LoadBalancingType::global_aux_loss)
