@@ -11,7 +11,6 @@
 // step uploads every MoE block's weights before its forward and adds the downloaded gradients to
 // the host gradients after its backward.
 
-#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -212,15 +211,13 @@ class Model {
     std::vector<float> h = x;
     std::vector<MoEForward<float>> saved(blocks_.size());
     std::vector<std::vector<std::int64_t>> kept(blocks_.size());
-    GlobalAuxLoss global_aux;
+    // global_aux_loss: one accumulator per MoE layer (each Megatron router keeps its own), fresh
+    // each step (a step is one micro-batch of one global batch).
+    std::vector<GlobalAuxLoss> global_aux(blocks_.size());
 #if defined(SWITCHYARD_CLI_HAS_CUDA)
     std::vector<std::unique_ptr<cli::CudaSaved>> gpu_saved(blocks_.size());
-    std::unique_ptr<cli::CudaGlobalAux> gpu_global_aux;
-    // Only with MoE blocks on the GPU: the host backend must run where there is no GPU.
-    if (cfg_.load_balancing_type.contains(LoadBalancingType::global_aux_loss) &&
-        std::any_of(blocks_.begin(), blocks_.end(),
-                    [](const block& b) { return b.gpu != nullptr; }))
-      gpu_global_aux = cli::make_cuda_global_aux(cfg_.num_experts);
+    std::vector<std::unique_ptr<cli::CudaGlobalAux>> gpu_global_aux(blocks_.size());
+    const bool global_loss = cfg_.aux_loss_coeff(LoadBalancingType::global_aux_loss) > 0;
 #endif
     std::int64_t routes = 0, dropped = 0;
     int moe_layers = 0;
@@ -234,7 +231,9 @@ class Model {
         cli::CudaForward gpu;
         if (blocks_[i].gpu) {
           blocks_[i].gpu->set_params(blocks_[i].moe->params());
-          gpu = blocks_[i].gpu->forward(h, T, true, seed_, step32, gpu_global_aux.get());
+          // Only for MoE blocks on the GPU: the host backend runs where there is no GPU.
+          if (global_loss) gpu_global_aux[i] = cli::make_cuda_global_aux(cfg_.num_experts);
+          gpu = blocks_[i].gpu->forward(h, T, true, seed_, step32, gpu_global_aux[i].get());
           gpu_saved[i] = std::move(gpu.saved);
           out = std::move(gpu.y);
           metrics = &gpu.metrics;
@@ -244,7 +243,7 @@ class Model {
         if (!on_gpu) {
           saved[i] = blocks_[i].moe->forward(
               matrix_view<const float>(h.data(), T, H),
-              {.training = true, .seed = seed_, .step = step32, .global_aux = &global_aux});
+              {.training = true, .seed = seed_, .step = step32, .global_aux = &global_aux[i]});
           out = saved[i].y;
           metrics = &saved[i].metrics;
         }

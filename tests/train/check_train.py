@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Runs `switchyard train` on the shipped configs and checks what seed 003 describes:
 the quick start's loss falls below half of its start; a load-balancing coefficient of 0.01
-ends with a lower load CV than 0 on the same seed; a larger capacity factor drops fewer tokens.
+ends with a lower load CV than 0 on the same seed; a larger capacity factor drops fewer tokens;
+global_aux_loss (alone, and in the list form) trains as aux_loss with one micro-batch per step.
 Usage: check_train.py SWITCHYARD CONFIG_DIR WORK_DIR"""
 import json
 import subprocess
@@ -17,6 +18,24 @@ def run(exe, cfg, out, steps):
                 "tokens_per_second", "tokens_per_expert"):
         assert key in rows[0], f"{out}: no '{key}' in the metrics"
     return rows
+
+
+def derived(configs, work, name, **fields):
+    """The quick start's config with `fields` changed, written to WORK_DIR/name.json."""
+    cfg = json.load(open(f"{configs}/quickstart.json"))
+    cfg.update(fields)
+    path = f"{work}/{name}.json"
+    with open(path, "w") as fh:
+        json.dump(cfg, fh)
+    return path
+
+
+def same_run(a, b, rel):
+    """Each step's loss and aux loss of runs a and b agree within rel (relative)."""
+    for ra, rb in zip(a, b):
+        for key in ("loss", "aux_loss"):
+            x, y = ra[key], rb[key]
+            assert abs(x - y) <= rel * abs(y), f"step {ra['step']}: {key} {x!r} vs {y!r}"
 
 
 def tail_mean(rows, key, n=20):
@@ -38,6 +57,21 @@ def main():
     d1, d2 = tail_mean(c1, "dropped_fraction"), tail_mean(c2, "dropped_fraction")
     print(f"dropped fraction over the last 20 steps: capacity factor 1.0 {d1:.4f}, 2.0 {d2:.4f}")
     assert d1 > d2, "a larger capacity factor did not lower the dropped fraction"
+    # With one micro-batch per global batch the global aux loss is each layer's Switch aux loss,
+    # so training follows the aux_loss run step for step; each MoE layer keeps its own running
+    # counts (as each Megatron router does). The list form gives the same loss in two halves.
+    aux = run(exe, derived(configs, work, "aux", load_balancing_type="aux_loss"),
+              f"{work}/aux.jsonl", 10)
+    glob = run(exe, derived(configs, work, "global", load_balancing_type="global_aux_loss"),
+               f"{work}/global.jsonl", 10)
+    halves = run(exe, derived(configs, work, "halves",
+                              load_balancing_type=["global_aux_loss", "aux_loss"],
+                              load_balance_loss_coeff=[0.005, 0.005]),
+                 f"{work}/halves.jsonl", 10)
+    same_run(glob, aux, 1e-12)
+    same_run(halves, aux, 1e-6)
+    print(f"global_aux_loss and [global_aux_loss, aux_loss] halves follow aux_loss: aux "
+          f"{aux[-1]['aux_loss']:.6g}, {glob[-1]['aux_loss']:.6g}, {halves[-1]['aux_loss']:.6g}")
     print("1 passed, 0 failed")
 
 
