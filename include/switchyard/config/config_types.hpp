@@ -31,7 +31,6 @@ struct unbuilt_object {
 template <class T, std::size_t N>
 class one_or_more {
  public:
-  static constexpr std::size_t capacity = N;
   constexpr one_or_more(T v = T{}) : v_{v}, n_(1) {}  // NOLINT(google-explicit-constructor)
   /// The list form: 1 to N values.
   constexpr one_or_more(std::initializer_list<T> values) : n_(0) {

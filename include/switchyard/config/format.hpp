@@ -29,17 +29,19 @@ template <class T>
 std::string to_text(const std::optional<T>& v) {
   return v ? to_text(*v) : std::string("null");
 }
-inline std::string to_text(const std::vector<double>& v) {
+/// "[a, b, c]" of the values of a range.
+template <class Range>
+std::string list_text(const Range& r) {
   std::string s = "[";
-  for (std::size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + to_text(v[i]);
+  for (const auto& v : r) s += (s.size() > 1 ? ", " : "") + to_text(v);
   return s + "]";
+}
+inline std::string to_text(const std::vector<double>& v) {
+  return list_text(v);
 }
 template <class T, std::size_t N>
 std::string to_text(const one_or_more<T, N>& v) {
-  if (!v.is_list()) return to_text(v[0]);
-  std::string s = "[";
-  for (std::size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + to_text(v[i]);
-  return s + "]";
+  return v.is_list() ? list_text(v) : to_text(v[0]);
 }
 
 /// The value of the field named `field` as text; empty when there is no such field.

@@ -241,10 +241,11 @@ inline boost::json::value write_value(bool v) { return v; }
 inline boost::json::value write_value(const unbuilt_object& v) {
   return v.present ? boost::json::value(boost::json::object{}) : boost::json::value(nullptr);
 }
+/// A JSON array of the values of a range.
+template <class Range>
+boost::json::value write_array(const Range& r);
 inline boost::json::value write_value(const std::vector<double>& v) {
-  boost::json::array a;
-  for (double d : v) a.push_back(d);
-  return a;
+  return write_array(v);
 }
 template <class E>
   requires std::is_enum_v<E>
@@ -256,12 +257,15 @@ boost::json::value write_value(const std::optional<T>& v) {
   return v ? write_value(*v) : boost::json::value(nullptr);
 }
 
+template <class Range>
+boost::json::value write_array(const Range& r) {
+  boost::json::array a;
+  for (const auto& e : r) a.push_back(write_value(e));
+  return a;
+}
 template <class T, std::size_t N>
 boost::json::value write_value(const one_or_more<T, N>& v) {
-  if (!v.is_list()) return write_value(v[0]);
-  boost::json::array a;
-  for (const T& e : v) a.push_back(write_value(e));
-  return a;
+  return v.is_list() ? write_array(v) : write_value(v[0]);
 }
 
 inline void put_path(boost::json::object& root, std::string_view path, boost::json::value v) {
