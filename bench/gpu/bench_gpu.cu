@@ -72,6 +72,7 @@ struct Options {
   std::vector<index_t> tokens = {128, 4096, 16384};
   double case_seconds = 1.5;
   bool layer = true;
+  bool help = false;
 };
 
 std::vector<std::string> split(const std::string& s) {
@@ -110,6 +111,8 @@ Options parse(int argc, char** argv) {
       if (!(o.case_seconds > 0)) throw std::invalid_argument("--case-seconds must be > 0");
     } else if (a == "--skip-layer") {
       o.layer = false;
+    } else if (a == "--help" || a == "-h") {
+      o.help = true;
     } else {
       throw std::invalid_argument("unknown argument '" + a +
                                   "' (--out, --shapes, --tokens, --case-seconds, --skip-layer)");
@@ -305,9 +308,12 @@ std::string json_escape(const std::string& s) {
   return o;
 }
 
+/// Writes `path` through a temporary file and a rename, so a run stopped mid-write leaves the
+/// previous, whole file.
 void write_json(const std::string& path, const cudaDeviceProp& prop, const std::string& date) {
-  FILE* f = std::fopen(path.c_str(), "w");
-  if (!f) throw std::runtime_error("cannot write " + path);
+  const std::string tmp = path + ".tmp";
+  FILE* f = std::fopen(tmp.c_str(), "w");
+  if (!f) throw std::runtime_error("cannot write " + tmp);
   std::fprintf(f, "{\n  \"date\": \"%s\",\n", date.c_str());
   std::fprintf(f,
                "  \"device\": {\"name\": \"%s\", \"sm\": \"%d.%d\", \"memory_gib\": %.1f, "
@@ -335,7 +341,8 @@ void write_json(const std::string& path, const cudaDeviceProp& prop, const std::
     std::fprintf(f, "%s\n", i + 1 < results.size() ? "," : "");
   }
   std::fprintf(f, "  ]\n}\n");
-  std::fclose(f);
+  if (std::fclose(f) != 0 || std::rename(tmp.c_str(), path.c_str()) != 0)
+    throw std::runtime_error("cannot write " + path);
 }
 
 // ---------------------------------------------------------------- ceilings
@@ -605,7 +612,10 @@ void bench_shape(const Shape& sh, index_t T, const Options& o, cudaStream_t s) {
       r.t = time_runs(
           s, secs,
           [&](int) { sy::device_buffer<float> dx = layer->backward(fwd->saved, dy.data(), s, g); },
-          [&](int i) { fwd.emplace(layer->forward(x[i], T, s)); });
+          [&](int i) {
+            fwd.reset();  // the last forward's buffers go before the next one takes its own
+            fwd.emplace(layer->forward(x[i], T, s));
+          });
       fwd.reset();
       r.note = "dx and the parameter gradients";
       return r;
@@ -628,6 +638,12 @@ std::string today() {
 int main(int argc, char** argv) {
   try {
     const Options o = parse(argc, argv);
+    if (o.help) {
+      std::printf(
+          "bench_gpu [--out FILE.json] [--shapes mixtral,deepseek] [--tokens "
+          "128,4096,16384] [--case-seconds S] [--skip-layer]\n(docs/benchmarks.md)\n");
+      return 0;
+    }
     int devices = 0;
     if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
       std::fprintf(stderr, "bench_gpu: no CUDA device\n");
@@ -655,7 +671,18 @@ int main(int argc, char** argv) {
     for (const Shape& sh : all_shapes)
       if (std::find(o.shapes.begin(), o.shapes.end(), sh.name) != o.shapes.end())
         for (const index_t T : o.tokens) {
-          bench_shape(sh, T, o, s);
+          try {
+            bench_shape(sh, T, o, s);
+          } catch (const std::exception& e) {  // outside a case (its shared set-up): go on
+            (void)cudaGetLastError();
+            Result r;
+            r.name = "setup";
+            r.shape = sh.name;
+            r.tokens = T;
+            r.skipped = true;
+            r.note = std::string("the cases after this failed set-up did not run: ") + e.what();
+            record(std::move(r));
+          }
           // Give the pool's kept memory back before the next, larger case sizes itself.
           SY_CUDA_TRY(cudaStreamSynchronize(s));
           SY_CUDA_TRY(cudaMemPoolTrimTo(pool, 0));

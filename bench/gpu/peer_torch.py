@@ -141,6 +141,7 @@ def grouped_mm(a, w, counts):
 
 
 def loop_mm(a, w, counts):
+    """a [R][K] x w[e]^T per expert group; w a stacked tensor or a list of per-expert tensors."""
     out, start = [], 0
     for e, n in enumerate(counts):
         out.append(a[start:start + n] @ w[e].T)
@@ -163,61 +164,16 @@ def layer_forward(x, wr, fc1, fc2, k, aux_coeff=0.01, z_coeff=0.001):
     aux = aux_coeff * E / (k * T * T) * torch.sum(scores.sum(0) * counts.to(scores.dtype))
     z = z_coeff * torch.mean(torch.logsumexp(logits, dim=-1) ** 2)
     rows = x.index_select(0, sorted_indices)
-    h = loop_mm(rows, fc1, counts.tolist())
+    c = counts.tolist()
+    h = loop_mm(rows, fc1, c)
     gate, up = h.chunk(2, dim=-1)
-    rows_out = loop_mm(torch.nn.functional.silu(gate) * up, fc2, counts.tolist())
+    rows_out = loop_mm(torch.nn.functional.silu(gate) * up, fc2, c)
     y = unpermute(rows_out, full_probs, routing_map, sorted_indices, T, H)
     return y, aux + z
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default="peer_torch.json")
-    ap.add_argument("--shapes", default="mixtral,deepseek")
-    ap.add_argument("--tokens", default="128,4096,16384")
-    ap.add_argument("--case-seconds", type=float, default=1.5)
-    ap.add_argument("--skip-layer", action="store_true")
-    ap.add_argument("--device", default="cuda")
-    ap.add_argument("--tiny", action="store_true",
-                    help="shapes divided by 64 (H, F) for a smoke test of this script")
-    ap.add_argument("--compare", help="bench_gpu's JSON: write the side-by-side table")
-    ap.add_argument("--md", help="where the side-by-side table goes (default stdout)")
-    a = ap.parse_args()
-
-    device = torch.device(a.device)
-    cuda = device.type == "cuda"
-    if cuda and not torch.cuda.is_available():
-        print("peer_torch: no CUDA device", file=sys.stderr)
-        return 77
-    l2 = torch.cuda.get_device_properties(device).L2_cache_size if cuda else 32 << 20
-    timer = Timer(device, a.case_seconds, l2)
-    gen = torch.Generator(device=device)
-    gen.manual_seed(2026)
-    results = []
-
-    def save():
-        with open(a.out, "w") as f:
-            json.dump(dict(info, results=results), f, indent=1)
-    info = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
-            "torch": torch.__version__,
-            "device": torch.cuda.get_device_name(device) if cuda else "cpu"}
-
-    def case(name, shape, T, fn):
-        try:
-            r = fn()
-        except (RuntimeError, MemoryError) as e:
-            r = {"skipped": str(e).splitlines()[0][:300]}
-            if cuda:
-                torch.cuda.empty_cache()
-        r.update({"case": name, "shape": shape, "tokens": T})
-        results.append(r)
-        save()  # after every case: a run stopped at its time limit keeps what it measured
-        if "skipped" in r:
-            print(f"{name:16} {shape:9} {T:6}  skipped: {r['skipped']}", flush=True)
-        else:
-            print(f"{name:16} {shape:9} {T:6} {r['median_ms']:10.4f} {r['min_ms']:10.4f} "
-                  f"{r['runs']:4}  {r.get('note', '')}", flush=True)
-
+def run_all(a, device, cuda, l2, timer, gen, case):
+    """Every shape, T and case; `case` records each result (and saves the JSON)."""
     for shape in a.shapes.split(","):
         H, F, E, k = SHAPES[shape]
         if a.tiny:
@@ -284,54 +240,126 @@ def main():
                 torch.cuda.empty_cache()
             free = torch.cuda.mem_get_info(device)[0] if cuda else float("inf")
 
-            def layer_cases():
+            def layer_setup():
                 if need > 0.9 * free:
                     raise MemoryError(f"needs about {need >> 30} GiB, {int(free) >> 30} GiB free")
                 wr = random_tensor((E, H), torch.float32, device, 0.02, gen).requires_grad_()
-                fc1 = random_tensor((E, 2 * F, H), torch.float32, device, 1 / math.sqrt(H),
-                                    gen).requires_grad_()
-                fc2 = random_tensor((E, H, F), torch.float32, device, 1 / math.sqrt(F),
-                                    gen).requires_grad_()
+                # One leaf per expert, as SequentialMLP's parameters: slices of one stacked leaf
+                # would make autograd zero-fill and add a whole-weight gradient per expert.
+                fc1 = [random_tensor((2 * F, H), torch.float32, device, 1 / math.sqrt(H),
+                                     gen).requires_grad_() for _ in range(E)]
+                fc2 = [random_tensor((H, F), torch.float32, device, 1 / math.sqrt(F),
+                                     gen).requires_grad_() for _ in range(E)]
                 xs = rotating(rotations(4 * T * H, l2), (T, H), torch.float32, device, 1.0, gen)
                 dy = random_tensor((T, H), torch.float32, device, 1e-3, gen)
-                one = torch.ones((), device=device)
-                with torch.no_grad():
-                    fwd = timer.run(lambda i: layer_forward(xs[i % len(xs)], wr, fc1, fc2, k))
-                out = {}
-
-                def before(i):  # x needs its gradient too, as Switchyard's backward gives dx
-                    x = xs[i % len(xs)].detach().requires_grad_()
-                    out["y"] = layer_forward(x, wr, fc1, fc2, k)
-
-                bwd = timer.run(lambda i: torch.autograd.backward(list(out["y"]), [dy, one]),
-                                before)
-                return fwd, bwd
+                return wr, fc1, fc2, xs, dy
 
             try:
-                fwd, bwd = layer_cases()
-                fwd["note"] = bwd["note"] = "fp32, per-expert loop (SequentialMLP)"
-                case("layer_forward", shape, T, lambda: fwd)
-                case("layer_backward", shape, T, lambda: bwd)
+                wr, fc1, fc2, xs, dy = layer_setup()
             except (RuntimeError, MemoryError) as e:
                 msg = str(e).splitlines()[0][:300]
                 for name in ("layer_forward", "layer_backward"):
                     case(name, shape, T, lambda: {"skipped": msg})
-                if cuda:
-                    torch.cuda.empty_cache()
+                continue
+            note = "fp32, per-expert loop (SequentialMLP)"
+
+            def forward_case():  # a training forward (autograd on), as Switchyard's keeps state
+                r = timer.run(lambda i: layer_forward(xs[i % len(xs)], wr, fc1, fc2, k))
+                r["note"] = note
+                return r
+            case("layer_forward", shape, T, forward_case)
+
+            def backward_case():
+                one = torch.ones((), device=device)
+                out = {}
+
+                def before(i):  # x needs its gradient too, as Switchyard's backward gives dx
+                    out.clear()
+                    x = xs[i % len(xs)].detach().requires_grad_()
+                    out["y"] = layer_forward(x, wr, fc1, fc2, k)
+
+                r = timer.run(lambda i: torch.autograd.backward(list(out["y"]), [dy, one]),
+                              before)
+                out.clear()
+                r["note"] = note + "; dx and every gradient"
+                return r
+            case("layer_backward", shape, T, backward_case)
+            del wr, fc1, fc2, xs, dy
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="peer_torch.json")
+    ap.add_argument("--shapes", default="mixtral,deepseek")
+    ap.add_argument("--tokens", default="128,4096,16384")
+    ap.add_argument("--case-seconds", type=float, default=1.5)
+    ap.add_argument("--skip-layer", action="store_true")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--tiny", action="store_true",
+                    help="shapes divided by 64 (H, F) for a smoke test of this script")
+    ap.add_argument("--compare", help="bench_gpu's JSON: write the side-by-side table")
+    ap.add_argument("--md", help="where the side-by-side table goes (default stdout)")
+    a = ap.parse_args()
+
+    device = torch.device(a.device)
+    cuda = device.type == "cuda"
+    if cuda and not torch.cuda.is_available():
+        print("peer_torch: no CUDA device", file=sys.stderr)
+        return 77
+    l2 = torch.cuda.get_device_properties(device).L2_cache_size if cuda else 32 << 20
+    timer = Timer(device, a.case_seconds, l2)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(2026)
+    results = []
+
+    def save():  # write then rename: a stop mid-write leaves the previous, whole file
+        with open(a.out + ".tmp", "w") as f:
+            json.dump(dict(info, results=results), f, indent=1)
+        os.replace(a.out + ".tmp", a.out)
+    info = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
+            "torch": torch.__version__,
+            "device": torch.cuda.get_device_name(device) if cuda else "cpu"}
+
+    def case(name, shape, T, fn):
+        try:
+            r = fn()
+        except (RuntimeError, MemoryError) as e:
+            r = {"skipped": str(e).splitlines()[0][:300]}
+            if cuda:
+                torch.cuda.empty_cache()
+        r.update({"case": name, "shape": shape, "tokens": T})
+        results.append(r)
+        save()  # after every case: a run stopped at its time limit keeps what it measured
+        if "skipped" in r:
+            print(f"{name:16} {shape:9} {T:6}  skipped: {r['skipped']}", flush=True)
+        else:
+            print(f"{name:16} {shape:9} {T:6} {r['median_ms']:10.4f} {r['min_ms']:10.4f} "
+                  f"{r['runs']:4}  {r.get('note', '')}", flush=True)
+
+    interrupted = False
+    try:
+        run_all(a, device, cuda, l2, timer, gen, case)
+    except KeyboardInterrupt:  # gpu_checks.sh's time limit: keep what was measured
+        interrupted = True
+        print("peer_torch: stopped; the JSON and the table hold the cases measured so far",
+              file=sys.stderr)
+    save()
 
     doc = dict(info, results=results)
     print(f"wrote {a.out}")
+    status = 130 if interrupted else 0
     if a.compare and not os.path.exists(a.compare):
         print(f"peer_torch: no {a.compare} to compare with (did bench_gpu run?)", file=sys.stderr)
         return 1
     if a.compare:
         table = compare(json.load(open(a.compare)), doc)
         if a.md:
-            with open(a.md, "w") as f:
+            with open(a.md + ".tmp", "w") as f:
                 f.write(table)
+            os.replace(a.md + ".tmp", a.md)
         else:
             print(table)
-    return 0
+    return status
 
 
 def compare(sy, pt):
@@ -363,8 +391,4 @@ def compare(sy, pt):
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:  # gpu_checks.sh's time limit sends SIGINT
-        print("peer_torch: stopped; the JSON holds the cases measured so far", file=sys.stderr)
-        sys.exit(130)
+    sys.exit(main())
