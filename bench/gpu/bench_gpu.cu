@@ -347,6 +347,23 @@ void write_json(const std::string& path, const cudaDeviceProp& prop, const std::
 
 // ---------------------------------------------------------------- ceilings
 
+/// TFLOP/s of one 8192^3 GEMM through cuBLAS over storage T (`type`), fp32 accumulation, on
+/// random inputs.
+template <class T>
+double gemm_tflops(cublasHandle_t h, cudaDataType type, cudaStream_t s, double seconds) {
+  const int n = 8192;
+  const auto nn = static_cast<std::size_t>(n) * n;
+  auto a = random_buffer<T>(nn, 11, 0.1f, s), b = random_buffer<T>(nn, 12, 0.1f, s);
+  sy::device_buffer<T> c(nn);
+  const float one = 1, zero = 0;
+  const Timing t = time_runs(s, seconds, [&](int) {
+    SY_CUBLAS_TRY(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, n, n, n, &one, a.data(), type, n,
+                               b.data(), type, n, &zero, c.data(), type, n, CUBLAS_COMPUTE_32F,
+                               CUBLAS_GEMM_DEFAULT));
+  });
+  return 2.0 * n * n * n / (t.median_ms * 1e-3) / 1e12;
+}
+
 void measure_ceilings(cudaStream_t s, double seconds) {
   {
     const std::size_t bytes = std::size_t{2} << 30;
@@ -357,35 +374,17 @@ void measure_ceilings(cudaStream_t s, double seconds) {
     });
     ceilings.copy_gbps = 2.0 * static_cast<double>(bytes) / (t.median_ms * 1e-3) / 1e9;
   }
-  cublasHandle_t h = nullptr;
-  SY_CUBLAS_TRY(cublasCreate(&h));
-  SY_CUBLAS_TRY(cublasSetStream(h, s));
-  const int n = 8192;
-  const auto nn = static_cast<std::size_t>(n) * n;
-  const double flops = 2.0 * n * n * n;
-  {
-    auto a = random_buffer<bf16>(nn, 11, 0.1f, s), b = random_buffer<bf16>(nn, 12, 0.1f, s);
-    sy::device_buffer<bf16> c(nn);
-    const float one = 1, zero = 0;
-    const Timing t = time_runs(s, seconds, [&](int) {
-      SY_CUBLAS_TRY(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, n, n, n, &one, a.data(), CUDA_R_16BF,
-                                 n, b.data(), CUDA_R_16BF, n, &zero, c.data(), CUDA_R_16BF, n,
-                                 CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    });
-    ceilings.bf16_tflops = flops / (t.median_ms * 1e-3) / 1e12;
-  }
-  {
-    auto a = random_buffer<float>(nn, 13, 0.1f, s), b = random_buffer<float>(nn, 14, 0.1f, s);
-    sy::device_buffer<float> c(nn);
-    const float one = 1, zero = 0;
-    const Timing t = time_runs(s, seconds, [&](int) {
-      SY_CUBLAS_TRY(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, n, n, n, &one, a.data(), CUDA_R_32F,
-                                 n, b.data(), CUDA_R_32F, n, &zero, c.data(), CUDA_R_32F, n,
-                                 CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    });
-    ceilings.fp32_tflops = flops / (t.median_ms * 1e-3) / 1e12;
-  }
-  (void)cublasDestroy(h);
+  // One handle for both GEMMs, destroyed also when one throws.
+  const std::unique_ptr<cublasContext, decltype(&cublasDestroy)> h(
+      [] {
+        cublasHandle_t raw = nullptr;
+        SY_CUBLAS_TRY(cublasCreate(&raw));
+        return raw;
+      }(),
+      &cublasDestroy);
+  SY_CUBLAS_TRY(cublasSetStream(h.get(), s));
+  ceilings.bf16_tflops = gemm_tflops<bf16>(h.get(), CUDA_R_16BF, s, seconds);
+  ceilings.fp32_tflops = gemm_tflops<float>(h.get(), CUDA_R_32F, s, seconds);
   std::printf(
       "ceilings: copy %.0f GB/s (read + write), bf16 GEMM %.0f TFLOP/s, fp32 GEMM %.1f "
       "TFLOP/s\n\n",
