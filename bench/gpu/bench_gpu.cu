@@ -43,6 +43,7 @@
 #include <vector>
 
 #include <switchyard/core/dtype.cuh>
+#include <switchyard/core/philox.hpp>
 #include <switchyard/dispatch/permute.cuh>
 #include <switchyard/dispatch/plan.cuh>
 #include <switchyard/experts/experts.cuh>
@@ -127,13 +128,14 @@ template <class T>
 __global__ void fill_random_kernel(T* p, std::size_t n, std::uint64_t seed, float scale) {
   for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<std::size_t>(gridDim.x) * blockDim.x) {
-    // splitmix64 of (seed, i): |v| in [0.25, 1), random sign, never zero.
-    std::uint64_t z = seed + 0x9E3779B97F4A7C15ull * (i + 1);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    const float u = static_cast<float>(z >> 40) * (1.0f / 16777216.0f);
-    const float v = (0.25f + 0.75f * u) * ((z & 1) ? 1.0f : -1.0f);
+    // The library's Philox keyed by seed, addressed by i (64 bits): |v| in (0.25, 1], random
+    // sign, never zero.
+    const sy::philox4x32_ctr r =
+        sy::philox4x32<10>(sy::philox4x32_ctr{static_cast<std::uint32_t>(i),
+                                              static_cast<std::uint32_t>(i >> 32), 0u, 0u},
+                           sy::philox4x32_key{static_cast<std::uint32_t>(seed),
+                                              static_cast<std::uint32_t>(seed >> 32)});
+    const float v = (0.25f + 0.75f * sy::u01_open_closed(r.c0)) * ((r.c1 & 1u) ? 1.0f : -1.0f);
     p[i] = sy::storage_traits<T>::from_acc(v * scale);
   }
 }
@@ -270,6 +272,17 @@ void record(Result r) {
   results.push_back(std::move(r));
 }
 
+/// Records `name` at (shape, T) as skipped, with the reason.
+void record_skipped(const std::string& name, const Shape& sh, index_t T, std::string why) {
+  Result r;
+  r.name = name;
+  r.shape = sh.name;
+  r.tokens = T;
+  r.skipped = true;
+  r.note = std::move(why);
+  record(std::move(r));
+}
+
 /// Runs one case; a failure (out of memory, a CUDA error) is recorded as skipped with its
 /// message and the harness goes on with the next case.
 void run_case(const std::string& name, const Shape& sh, index_t T,
@@ -283,13 +296,7 @@ void run_case(const std::string& name, const Shape& sh, index_t T,
   } catch (const std::exception& e) {
     (void)cudaGetLastError();  // a failed allocation is not sticky; clear it
     (void)cudaDeviceSynchronize();
-    Result r;
-    r.name = name;
-    r.shape = sh.name;
-    r.tokens = T;
-    r.skipped = true;
-    r.note = e.what();
-    record(std::move(r));
+    record_skipped(name, sh, T, e.what());
   }
 }
 
@@ -571,8 +578,7 @@ void bench_shape(const Shape& sh, index_t T, const Options& o, cudaStream_t s) {
   SY_CUDA_TRY(cudaMemGetInfo(&free_b, &total_b));
   const double layer_flops = 2.0 * T * E * H + 6.0 * R * H * sh.F;  // router + fc1 + fc2
   const auto skip = [&](const std::string& why) {
-    for (const char* name : {"layer_forward", "layer_backward"})
-      run_case(name, sh, T, [&]() -> Result { throw std::runtime_error(why); });
+    for (const char* name : {"layer_forward", "layer_backward"}) record_skipped(name, sh, T, why);
   };
   if (need > 0.9 * static_cast<double>(free_b)) {
     skip("needs about " + std::to_string(static_cast<long long>(need / (1 << 30))) + " GiB, " +
@@ -674,13 +680,9 @@ int main(int argc, char** argv) {
             bench_shape(sh, T, o, s);
           } catch (const std::exception& e) {  // outside a case (its shared set-up): go on
             (void)cudaGetLastError();
-            Result r;
-            r.name = "setup";
-            r.shape = sh.name;
-            r.tokens = T;
-            r.skipped = true;
-            r.note = std::string("the cases after this failed set-up did not run: ") + e.what();
-            record(std::move(r));
+            record_skipped(
+                "setup", sh, T,
+                std::string("the cases after this failed set-up did not run: ") + e.what());
           }
           // Give the pool's kept memory back before the next, larger case sizes itself.
           SY_CUDA_TRY(cudaStreamSynchronize(s));
