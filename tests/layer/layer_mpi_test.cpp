@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstddef>
+#include <cstdlib>
 #include <memory>
 #include <new>
 #include <span>
@@ -21,6 +22,53 @@
 
 namespace sy = switchyard;
 using sy_test::random_vector;
+
+// Allocation faults on demand: the program's operator new counts, on the thread that armed it,
+// the allocations of at least `min_bytes`, and the `fail_at`-th of them throws std::bad_alloc.
+namespace alloc_fault {
+thread_local bool armed = false;
+thread_local std::size_t min_bytes = 0;
+thread_local std::int64_t seen = 0, fail_at = 0;  // fail_at 0: count only
+}  // namespace alloc_fault
+
+// Out of line, so that GCC does not pair the malloc it inlines with a delete elsewhere.
+[[gnu::noinline]] void* operator new(std::size_t n) {
+  if (alloc_fault::armed && n >= alloc_fault::min_bytes &&
+      ++alloc_fault::seen == alloc_fault::fail_at)
+    throw std::bad_alloc();
+  if (void* p = std::malloc(n == 0 ? 1 : n)) return p;
+  throw std::bad_alloc();
+}
+[[gnu::noinline]] void* operator new[](std::size_t n) {
+  return ::operator new(n);
+}
+// The nothrow forms (std::stable_sort's temporary buffer) have a fallback: never failed here.
+[[gnu::noinline]] void* operator new(std::size_t n, const std::nothrow_t&) noexcept {
+  return std::malloc(n == 0 ? 1 : n);
+}
+[[gnu::noinline]] void* operator new[](std::size_t n, const std::nothrow_t&) noexcept {
+  return std::malloc(n == 0 ? 1 : n);
+}
+// Every unaligned delete frees what these allocated (a sanitizer's own operator new must not
+// allocate what they free).
+[[gnu::noinline]] void operator delete(void* p) noexcept {
+  std::free(p);
+}
+[[gnu::noinline]] void operator delete(void* p, std::size_t) noexcept {
+  std::free(p);
+}
+[[gnu::noinline]] void operator delete[](void* p) noexcept {
+  std::free(p);
+}
+[[gnu::noinline]] void operator delete[](void* p, std::size_t) noexcept {
+  std::free(p);
+}
+[[gnu::noinline]] void operator delete(void* p, const std::nothrow_t&) noexcept {
+  std::free(p);
+}
+[[gnu::noinline]] void operator delete[](void* p, const std::nothrow_t&) noexcept {
+  std::free(p);
+}
 
 struct mpi_environment {
   mpi_environment() { MPI_Init(nullptr, nullptr); }
@@ -540,7 +588,10 @@ void expert_failure_fails_on_every_rank(const sy::Config& c) {
         BOOST_CHECK_THROW(layer.forward(xv), std::bad_alloc);
       } else {
         BOOST_CHECK_EXCEPTION(layer.forward(xv), sy::comm_error, [&](const sy::comm_error& e) {
-          return has(e, "MoELayer::forward: experts") && has(e, "failed: std::bad_alloc");
+          // With one EP rank the check after the experts also covers the dispatch.
+          return has(e, c.expert_parallel_size > 1 ? "MoELayer::forward: experts"
+                                                   : "MoELayer::forward: dispatch and experts") &&
+                 has(e, "failed: std::bad_alloc");
         });
       }
       experts.fail_forward_call = 0;
@@ -583,4 +634,115 @@ BOOST_AUTO_TEST_CASE(an_expert_failure_on_one_rank_is_an_error_on_every_rank) {
   expert_failure_fails_on_every_rank(c);
   // TP 2 (x EP 2): the failed rank's TP peers wait in the gather and reduce-scatter.
   expert_failure_fails_on_every_rank(tensor_parallel_config(world.size()));
+}
+
+// Out of memory at any of the row-sized allocations of a forward or a backward on one rank (the
+// copies of x, the dispatched rows, every buffer of the EP exchange, the experts' workspace
+// and outputs, the outputs and gradients) is an error on every rank, never a peer waiting
+// until its timeout: the failed rank rethrows std::bad_alloc, its peers throw comm_error
+// naming it, and the next step gives the same bits. Every such allocation is failed in turn
+// (counted first on an armed run that fails none). Smaller allocations (counts, offsets,
+// metrics, the router's [T][E] arrays, messages) are not swept, nor are TP's gather buffers
+// (docs/reliability.md).
+namespace {
+void allocation_failure_fails_on_every_rank(sy::Config c) {
+  sy::MpiComm world(MPI_COMM_WORLD, std::chrono::seconds(30));
+  c.hidden_size = 256;  // a row (2 KiB) is larger than every allocation that is not swept
+  auto groups = sy::make_mpi_groups(world, sy::Layout(c));
+  auto layer = mpi_layer(c, groups);
+  layer->initialize(5);
+  const bool is_bad = world.rank() == world.size() - 1;
+  const std::int64_t T = 6, H = c.hidden_size;
+  const auto x =
+      random_vector(90 + static_cast<std::uint32_t>(world.rank()), static_cast<std::size_t>(T * H));
+  const auto dy =
+      random_vector(95 + static_cast<std::uint32_t>(world.rank()), static_cast<std::size_t>(T * H));
+  const sy::matrix_view<const double> xv(x.data(), T, H), dyv(dy.data(), T, H);
+  const auto reference = layer->forward(xv);
+  auto reference_grads = layer->make_grads();
+  auto reference_step = layer->forward(xv);
+  const auto reference_dx = layer->backward(reference_step.saved, dyv, reference_grads);
+
+  // Runs `call` with the faults armed on the failing rank (fail_at 0 counts only) and returns
+  // how many allocations it counted, the most of any rank.
+  const auto armed = [&](std::int64_t fail_at, auto&& call) -> std::int64_t {
+    layer->release_cached_memory();  // the workspace is allocated in every run
+    alloc_fault::seen = 0;
+    alloc_fault::fail_at = fail_at;
+    alloc_fault::min_bytes = static_cast<std::size_t>(H) * sizeof(double);
+    alloc_fault::armed = is_bad;
+    try {
+      call();
+    } catch (...) {
+      alloc_fault::armed = false;
+      throw;
+    }
+    alloc_fault::armed = false;
+    std::int64_t n = alloc_fault::seen;
+    world.all_reduce(&n, 1, sy::ReduceOp::max);  // with a deadline: a failed check never hangs
+    return n;
+  };
+  const auto fails_on_every_rank = [&](auto&& call, const char* where) {
+    if (is_bad) {
+      BOOST_CHECK_THROW(call(), std::bad_alloc);
+    } else {
+      BOOST_CHECK_EXCEPTION(call(), sy::comm_error, [&](const sy::comm_error& e) {
+        return has(e, where) && has(e, "failed: std::bad_alloc");
+      });
+    }
+  };
+
+  const std::int64_t forward_allocations = armed(0, [&] { (void)layer->forward(xv); });
+  BOOST_TEST_MESSAGE("EP " << c.expert_parallel_size << ", DP " << c.dp() << ", "
+                           << sy::enum_name(c.token_dispatch) << ": " << forward_allocations
+                           << " allocations in forward");
+  BOOST_TEST(forward_allocations >= 4);  // x, y, the rows, the experts' output at least
+  for (std::int64_t n = 1; n <= forward_allocations; ++n) {
+    BOOST_TEST_CONTEXT("forward, allocation " << n << " of " << forward_allocations) {
+      fails_on_every_rank([&] { armed(n, [&] { (void)layer->forward(xv); }); },
+                          "MoELayer::forward");
+      const auto fwd = layer->forward(xv);
+      BOOST_TEST(fwd.y == reference.y, boost::test_tools::per_element());
+    }
+  }
+  auto fwd = layer->forward(xv);
+  auto g = layer->make_grads();
+  const std::int64_t backward_allocations =
+      armed(0, [&] { (void)layer->backward(fwd.saved, dyv, g); });
+  BOOST_TEST_MESSAGE(backward_allocations << " allocations in backward");
+  BOOST_TEST(backward_allocations >= 3);  // dx, the router's dx, its weight gradient at least
+  for (std::int64_t n = 1; n <= backward_allocations; ++n) {
+    BOOST_TEST_CONTEXT("backward, allocation " << n << " of " << backward_allocations) {
+      auto f = layer->forward(xv);
+      auto partial = layer->make_grads();
+      fails_on_every_rank([&] { armed(n, [&] { (void)layer->backward(f.saved, dyv, partial); }); },
+                          "MoELayer::backward");
+    }
+  }
+  // A good step afterwards: the same dx and gradients.
+  auto f = layer->forward(xv);
+  auto g2 = layer->make_grads();
+  const auto dx = layer->backward(f.saved, dyv, g2);
+  BOOST_TEST(dx == reference_dx, boost::test_tools::per_element());
+  BOOST_TEST(g2.router_weight == reference_grads.router_weight, boost::test_tools::per_element());
+  BOOST_TEST(g2.fc1 == reference_grads.fc1, boost::test_tools::per_element());
+}
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(out_of_memory_on_one_rank_is_an_error_on_every_rank) {
+  sy::MpiComm world(MPI_COMM_WORLD, std::chrono::seconds(60));
+  auto c = base_config();
+  c.expert_parallel_size = world.size();  // EP: peers wait in the exchanges
+  allocation_failure_fails_on_every_rank(c);
+  c.token_dispatch = sy::TokenDispatch::capacity;  // padded capacity blocks
+  c.capacity_factor = 1.0;
+  allocation_failure_fails_on_every_rank(c);
+  c = base_config();
+  c.data_parallel_size = world.size();  // DP only: the metrics reduction waits
+  allocation_failure_fails_on_every_rank(c);
+  if (world.size() >= 4) {  // DP 2 x EP 2
+    c.data_parallel_size = world.size() / 2;
+    c.expert_parallel_size = 2;
+    allocation_failure_fails_on_every_rank(c);
+  }
 }

@@ -18,6 +18,7 @@
 #include <span>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "switchyard/comm/communicator.hpp"
@@ -106,15 +107,43 @@ class MpiComm {
     return c;
   }
 
-  /// An exchange in flight: the buffers must stay alive until wait().
+  /// An exchange in flight: the data buffers must stay alive until wait(). It owns the count
+  /// and displacement arrays MPI reads until the exchange completes (MPI 3.1 section 5.12: the
+  /// arrays of a non-blocking vector collective must not be modified or freed before it
+  /// completes; some MPI libraries copy them, others read them while it runs). Destroyed before
+  /// wait() (an exception between start and wait), it waits with the communicator's deadline,
+  /// so the caller's buffers are not freed under a running exchange; past the deadline it
+  /// leaves the request to finish_pending(), as a timed-out wait() does.
   class pending {
    public:
-    pending(MpiComm* c, MPI_Request r) : comm_(c), req_(r) {}
-    void wait() { comm_->wait(req_, "all_to_all_v"); }
+    pending(const pending&) = delete;
+    pending& operator=(const pending&) = delete;
+    pending(pending&& o) noexcept
+        : comm_(o.comm_),
+          req_(std::exchange(o.req_, MPI_REQUEST_NULL)),
+          arrays_(std::move(o.arrays_)) {}
+    pending& operator=(pending&&) = delete;
+    ~pending() {
+      if (req_ == MPI_REQUEST_NULL) return;
+      try {
+        wait();
+      } catch (...) {  // a timeout (kept as the communicator's pending request) or an MPI error
+      }
+    }
+    /// Past the deadline the request passes to the communicator (finish_pending()), so the
+    /// destructor does not wait a second time.
+    void wait() {
+      MPI_Request r = std::exchange(req_, MPI_REQUEST_NULL);
+      comm_->wait(r, "all_to_all_v");
+    }
 
    private:
+    friend class MpiComm;
+    explicit pending(MpiComm* c) : comm_(c) {}
     MpiComm* comm_;
-    MPI_Request req_;
+    MPI_Request req_ = MPI_REQUEST_NULL;
+    std::vector<int>
+        arrays_;  ///< send counts, send displacements, receive counts, receive displacements
   };
 
   /// Starts all_to_all_v and returns at once (the layer overlaps it with expert compute).
@@ -125,8 +154,11 @@ class MpiComm {
     SY_EXPECTS(static_cast<int>(send_counts.size()) == size_ &&
                    static_cast<int>(recv_counts.size()) == size_,
                detail::concat("all_to_all_v needs one count per peer (", size_, ")"));
-    std::vector<int> sc(static_cast<std::size_t>(size_)), sd(sc.size()), rc(sc.size()),
-        rd(sc.size());
+    pending started(this);
+    const auto n = static_cast<std::size_t>(size_);
+    started.arrays_.resize(4 * n);
+    int* sc = started.arrays_.data();
+    int *sd = sc + n, *rc = sd + n, *rd = rc + n;
     std::int64_t so = 0, ro = 0;
     for (int p = 0; p < size_; ++p) {
       sc[p] = detail::to_mpi_count(send_counts[p], "all_to_all_v send block");
@@ -136,11 +168,9 @@ class MpiComm {
       so += send_counts[p];
       ro += recv_counts[p];
     }
-    MPI_Request req;
     const auto type = detail::mpi_type<T>();
-    SY_MPI_TRY(MPI_Ialltoallv(send, sc.data(), sd.data(), type, recv, rc.data(), rd.data(), type,
-                              comm_, &req));
-    return pending(this, req);
+    SY_MPI_TRY(MPI_Ialltoallv(send, sc, sd, type, recv, rc, rd, type, comm_, &started.req_));
+    return started;
   }
 
   template <class T>

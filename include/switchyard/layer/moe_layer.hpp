@@ -197,18 +197,23 @@ class MoELayerCore {
     const int k = router_->k();
     MoEForward<T> out;
     MoESaved<T>& s = out.saved;
-    std::vector<T> logits(static_cast<std::size_t>(Tn * E));
+    std::vector<T> logits;
     RouteContext ctx;
     ctx.training = opt.training;
     ctx.global_aux = opt.global_aux;
-    // The local stage: a failure here (a wrong shape, NaN or Inf in x·W_r) on any rank is an
-    // error on every rank before the first collective (fail_together), never a hang.
+    // The local stage: a failure here (a wrong shape, NaN or Inf in x·W_r, out of memory) on
+    // any rank is an error on every rank before the first collective (fail_together), never a
+    // hang. The outputs are allocated here too: after the exchanges only the metrics' reduction
+    // is left, which a rank failing then would leave its peers waiting in.
     std::exception_ptr failed;
     keep_failure(failed, [&] {
       SY_EXPECTS(x.extent(1) == H, detail::concat("MoELayer::forward: x has ", x.extent(1),
                                                   " columns, hidden_size is ", H));
       s.tokens = Tn;
       s.x.assign(x.data_handle(), x.data_handle() + Tn * H);
+      out.y.resize(static_cast<std::size_t>(Tn * H));
+      s.weights.resize(static_cast<std::size_t>(Tn * k));
+      logits.resize(static_cast<std::size_t>(Tn * E));
       if (opt.training && cfg_.input_jitter_eps) {
         s.x_router = s.x;
         JitterParams j{*cfg_.input_jitter_eps, opt.seed, opt.step,
@@ -230,23 +235,33 @@ class MoELayerCore {
     };
     s.routing = router_->forward(matrix_view<const T>(logits.data(), Tn, E), ctx);
 
-    // Dispatch over placement slots, so the rows of each EP rank are contiguous.
+    // Dispatch over placement slots, so the rows of each EP rank are contiguous. A failure
+    // here (out of memory for the rows) is kept (keep_failure): the rank sends no rows and the
+    // group fails together before any row moves (exchange_apply), or with one EP rank after
+    // the experts.
     const std::int64_t ep = placement_.ep(), El = placement_.local_experts();
-    s.slots.resize(s.routing.topk_indices.size());
-    for (std::size_t i = 0; i < s.slots.size(); ++i)
-      s.slots[i] = static_cast<std::int32_t>(placement_.slot(s.routing.topk_indices[i]));
     DispatchOptions dopt = dispatch_options(cfg_, Tn);
     if (dopt.capacity && ep > 1) dopt.pad_to_capacity = true;  // C rows per expert, as Megatron
-    s.plan = build_plan(exec::Host{}, dopt, matrix_view<const std::int32_t>(s.slots.data(), Tn, k),
-                        s.routing.probs());
+    std::vector<T> rows;
+    keep_failure(failed, [&] {
+      s.slots.resize(s.routing.topk_indices.size());
+      for (std::size_t i = 0; i < s.slots.size(); ++i)
+        s.slots[i] = static_cast<std::int32_t>(placement_.slot(s.routing.topk_indices[i]));
+      s.plan =
+          build_plan(exec::Host{}, dopt, matrix_view<const std::int32_t>(s.slots.data(), Tn, k),
+                     s.routing.probs());
+      rows.resize(static_cast<std::size_t>(s.plan.rows() * H));
+      permute(exec::Host{}, s.plan, x, matrix_view<T>(rows.data(), s.plan.rows(), H));
+      // Rows per (peer, local expert) both ways.
+      s.send_rows.assign(static_cast<std::size_t>(ep * El), 0);
+      for (std::int64_t slot = 0; slot < ep * El; ++slot)
+        s.send_rows[static_cast<std::size_t>(slot)] = s.plan.rows_of(slot);
+    });
+    if (failed) {  // no rows leave this rank
+      std::vector<T>().swap(rows);
+      s.send_rows.assign(static_cast<std::size_t>(ep * El), 0);
+    }
     const index_t R = s.plan.rows();
-    std::vector<T> rows(static_cast<std::size_t>(R * H));
-    permute(exec::Host{}, s.plan, x, matrix_view<T>(rows.data(), R, H));
-
-    // Rows per (peer, local expert) both ways.
-    s.send_rows.assign(static_cast<std::size_t>(ep * El), 0);
-    for (std::int64_t slot = 0; slot < ep * El; ++slot)
-      s.send_rows[static_cast<std::size_t>(slot)] = s.plan.rows_of(slot);
     if (ep == 1) {
       s.recv_rows = s.send_rows;
     } else {
@@ -259,38 +274,41 @@ class MoELayerCore {
     }
     s.expert_opts.dropout = expert_dropout{cfg_.expert_dropout, opt.seed, opt.step, opt.training};
     const expert_shape shape{El, H, params_.ffn_hidden, params_.bias};
-    std::exception_ptr expert_failed;  // kept until every exchange is done (keep_failure)
     detail::tp_traffic tp_moved;
-    s.rows_out = exchange_apply(std::move(rows), s, H, R, &out.metrics, [&](int seg, std::vector<T> in) {
-      typename MoESaved<T>::segment& g = seg == 0 ? s.local : s.remote;
-      if (tensor_parallel()) {  // the segment's rows of the whole TP group
-        g.tp = detail::tp_gather_counts(*comms_.tensor_parallel, g.offsets);
-        in = detail::tp_gather_rows(*comms_.tensor_parallel, g.tp, in, H, &tp_moved);
-      }
-      g.in = std::move(in);
-      const std::vector<index_t>& off = g.expert_offsets();
-      const index_t n = off.back();
-      std::vector<T> y;
-      keep_failure(expert_failed, [&] {
-        g.workspace = workspace_cache_.take(experts_->workspace_bytes(shape, n));
-        y.resize(static_cast<std::size_t>(n * H));
-        experts_->forward(shape, forward_weights(), matrix_view<const T>(g.in.data(), n, H), off,
-                          matrix_view<T>(y.data(), n, H), g.workspace, segment_options(s, seg));
-      });
-      if (expert_failed) {  // zero rows of the sizes the peers expect, in memory already held
-        y = std::move(g.in);
-        std::fill(y.begin(), y.end(), T(0));
-      }
-      if (tensor_parallel())
-        return detail::tp_reduce_scatter(*comms_.tensor_parallel, g.tp, y, H, &tp_moved);
-      return y;
-    });
-    fail_together_in_group(expert_failed, "MoELayer::forward: experts");
+    // With EP the group checks before the first rows move (the dispatch, its buffers); with one
+    // EP rank nothing waits for this rank until the check after the experts.
+    s.rows_out = exchange_apply(
+        std::move(rows), s, H, failed, ep > 1 ? "MoELayer::forward: dispatch" : nullptr,
+        &out.metrics, [&](int seg, std::vector<T> in) {
+          typename MoESaved<T>::segment& g = seg == 0 ? s.local : s.remote;
+          if (tensor_parallel()) {  // the segment's rows of the whole TP group
+            g.tp = detail::tp_gather_counts(*comms_.tensor_parallel, g.offsets);
+            in = detail::tp_gather_rows(*comms_.tensor_parallel, g.tp, in, H, &tp_moved);
+          }
+          g.in = std::move(in);
+          const std::vector<index_t>& off = g.expert_offsets();
+          const index_t n = off.back();
+          std::vector<T> y;
+          keep_failure(failed, [&] {
+            g.workspace = workspace_cache_.take(experts_->workspace_bytes(shape, n));
+            y.resize(static_cast<std::size_t>(n * H));
+            experts_->forward(shape, forward_weights(), matrix_view<const T>(g.in.data(), n, H),
+                              off, matrix_view<T>(y.data(), n, H), g.workspace,
+                              segment_options(s, seg));
+          });
+          if (failed) {  // zero rows of the sizes the peers expect, in memory already held
+            y = std::move(g.in);
+            std::fill(y.begin(), y.end(), T(0));
+          }
+          if (tensor_parallel())
+            return detail::tp_reduce_scatter(*comms_.tensor_parallel, g.tp, y, H, &tp_moved);
+          return y;
+        });
+    fail_together_in_group(
+        failed, ep > 1 ? "MoELayer::forward: experts" : "MoELayer::forward: dispatch and experts");
     out.metrics.tp_bytes_sent = tp_moved.sent;
     out.metrics.tp_bytes_received = tp_moved.received;
 
-    out.y.assign(static_cast<std::size_t>(Tn * H), T(0));
-    s.weights.resize(static_cast<std::size_t>(Tn * k));
     combine_weights(exec::Host{}, s.plan, s.routing.probs(),
                     matrix_view<T>(s.weights.data(), Tn, k));
     unpermute(exec::Host{}, s.plan, matrix_view<const T>(s.rows_out.data(), R, H),
@@ -305,8 +323,11 @@ class MoELayerCore {
     const int k = router_->k();
     const index_t R = s.plan.rows();
     std::vector<T> d_rows;  // takes over the expert outputs' buffer (unpermute_backward allows it)
-    std::vector<T> d_weight(static_cast<std::size_t>(Tn * k)), d_prob(d_weight.size());
-    // The local stage, failing together as in forward.
+    std::vector<T> d_weight, d_prob, dx, dlogits, dx_router, dw;
+    // The local stage, failing together as in forward (the check runs in exchange_apply, after
+    // the exchange's buffers are allocated). Every buffer of the router's part is allocated
+    // here: no collective follows the experts' check, so a rank failing later would throw
+    // alone and leave its peers waiting in the step's next collective.
     std::exception_ptr failed;
     keep_failure(failed, [&] {
       SY_EXPECTS(!s.used, "MoELayer::backward: this forward's saved state was already consumed");
@@ -314,6 +335,10 @@ class MoELayerCore {
                  detail::concat("MoELayer::backward: dy is [", dy.extent(0), "][", dy.extent(1),
                                 "], the forward had [", Tn, "][", H, "]"));
       s.used = true;
+      for (std::vector<T>* v : {&d_weight, &d_prob}) v->resize(static_cast<std::size_t>(Tn * k));
+      for (std::vector<T>* v : {&dx, &dx_router}) v->resize(static_cast<std::size_t>(Tn * H));
+      dlogits.resize(static_cast<std::size_t>(Tn * E));
+      dw.resize(static_cast<std::size_t>(E * H));
       d_rows = std::move(s.rows_out);
       unpermute_backward(exec::Host{}, s.plan, matrix_view<const T>(d_rows.data(), R, H),
                          matrix_view<const T>(s.weights.data(), Tn, k), dy,
@@ -323,11 +348,11 @@ class MoELayerCore {
                                matrix_view<const T>(d_weight.data(), Tn, k),
                                matrix_view<T>(d_prob.data(), Tn, k));
     });
-    fail_together_in_group(failed, "MoELayer::backward");
     const expert_shape shape{placement_.local_experts(), H, params_.ffn_hidden, params_.bias};
-    std::exception_ptr expert_failed;  // as in forward; this step's expert grads are then partial
-    const std::vector<T> d_rows_in =
-        exchange_apply(std::move(d_rows), s, H, R, nullptr, [&](int seg, std::vector<T> d_out) {
+    // As in forward; a failure in the experts leaves this step's expert grads partial.
+    const std::vector<T> d_rows_in = exchange_apply(
+        std::move(d_rows), s, H, failed, "MoELayer::backward", nullptr,
+        [&](int seg, std::vector<T> d_out) {
           typename MoESaved<T>::segment& g = seg == 0 ? s.local : s.remote;
           if (tensor_parallel())  // dy of the TP group's rows, as forward gathered them
             d_out = detail::tp_gather_rows(*comms_.tensor_parallel, g.tp, d_out, H);
@@ -335,7 +360,7 @@ class MoELayerCore {
           const index_t n = off.back();
           // dx overwrites dy in place (the host experts read dy only before writing dx), and
           // the segment's inputs and workspace are released once used: backward keeps shrinking.
-          keep_failure(expert_failed, [&] {
+          keep_failure(failed, [&] {
             experts_->backward(
                 shape, std::as_const(params_).experts(), matrix_view<const T>(g.in.data(), n, H),
                 off, matrix_view<const T>(d_out.data(), n, H), matrix_view<T>(d_out.data(), n, H),
@@ -347,16 +372,13 @@ class MoELayerCore {
             return detail::tp_reduce_scatter(*comms_.tensor_parallel, g.tp, d_out, H);
           return d_out;
         });
-    fail_together_in_group(expert_failed, "MoELayer::backward: experts");
-    std::vector<T> dx(static_cast<std::size_t>(Tn * H));
+    fail_together_in_group(failed, "MoELayer::backward: experts");
     permute_backward(exec::Host{}, s.plan, matrix_view<const T>(d_rows_in.data(), R, H),
                      matrix_view<T>(dx.data(), Tn, H));
 
     // Router: d prob (0 for dropped routes) -> d logits (with the losses) -> dx, dW_r.
-    std::vector<T> dlogits(static_cast<std::size_t>(Tn * E));
     router_->backward(s.routing, matrix_view<const T>(d_prob.data(), Tn, k),
                       matrix_view<T>(dlogits.data(), Tn, E));
-    std::vector<T> dx_router(static_cast<std::size_t>(Tn * H)), dw(static_cast<std::size_t>(E * H));
     router_linear_backward(exec::Host{}, matrix_view<const T>(s.router_input().data(), Tn, H),
                            std::as_const(params_).router(), matrix_view<const T>(dlogits.data(), Tn, E),
                            matrix_view<T>(dx_router.data(), Tn, H), matrix_view<T>(dw.data(), E, H),
@@ -469,9 +491,18 @@ class MoELayerCore {
   // rank's own block, which never leaves the rank: with communication_overlap the exchange of
   // the other blocks runs while op works on it, and the return exchange runs while op's local
   // result is copied back. Segment 1 is what the other ranks sent, expert-major.
+  //
+  // Every buffer of the exchange is allocated before the first row moves, under keep_failure
+  // into `failed`; then, when `check` names it, the loss group fails together (fail_together:
+  // out of memory on one rank is an error on every rank, not a peer waiting for rows that never
+  // come). With EP `check` is required. The buffers serve both ways: the return exchange sends
+  // from the received rows' buffer, lands in the sent rows' buffer, and the result takes the
+  // place of `rows`. op keeps its own failures (keep_failure into `failed`) and returns rows of
+  // the sizes its peers expect.
   template <class Op>
-  std::vector<T> exchange_apply(std::vector<T> rows, MoESaved<T>& s, index_t H, index_t R,
-                                MoEMetrics* m, Op&& op) {
+  std::vector<T> exchange_apply(std::vector<T> rows, MoESaved<T>& s, index_t H,
+                                std::exception_ptr& failed, const char* check, MoEMetrics* m,
+                                Op&& op) {
     const std::int64_t ep = placement_.ep(), El = placement_.local_experts();
     const std::int64_t self = ep == 1 ? 0 : comms_.expert_parallel->rank();
     // This rank's block in plan order, and the per-expert offsets of both segments.
@@ -482,22 +513,30 @@ class MoELayerCore {
     s.local.offsets = detail::exchange_expert_offsets(own, 1, El);
     const std::int64_t self_rows = s.local.offsets.back();
     s.remote.offsets = detail::exchange_expert_offsets(s.recv_rows, ep, El, self);
+    if (ep == 1) {  // one rank: every row is local, no copy
+      if (check) fail_together_in_group(failed, check);
+      return op(0, std::move(rows));
+    }
+    SY_EXPECTS(check, "MoELayer: an expert-parallel exchange needs its failure check");
     std::vector<std::int64_t> remote_block = s.recv_rows;  // [p][le], 0 for this rank
     std::fill_n(remote_block.begin() + self * El, El, std::int64_t{0});
-    if (ep == 1) return op(0, std::move(rows));  // one rank: every row is local, no copy
-    std::vector<T> local_in(rows.begin() + self_off * H, rows.begin() + (self_off + self_rows) * H);
-
-    // Elements per peer both ways, this rank excluded, and the rows to send without our block.
+    // Elements per peer both ways, this rank excluded.
     const std::vector<std::int64_t> send =
         detail::exchange_peer_elements(s.send_rows, ep, El, H, self);
     const std::vector<std::int64_t> recv =
         detail::exchange_peer_elements(s.recv_rows, ep, El, H, self);
-    std::vector<T> outgoing;
-    outgoing.reserve(rows.size() - local_in.size());
-    outgoing.insert(outgoing.end(), rows.begin(), rows.begin() + self_off * H);
-    outgoing.insert(outgoing.end(), rows.begin() + (self_off + self_rows) * H, rows.end());
     const std::int64_t total_recv = std::accumulate(recv.begin(), recv.end(), std::int64_t{0});
-    std::vector<T> by_source(static_cast<std::size_t>(total_recv));
+    std::vector<T> local_in, outgoing, by_source, expert_major;
+    keep_failure(failed, [&] {
+      const auto self_begin = rows.begin() + self_off * H, self_end = self_begin + self_rows * H;
+      local_in.assign(self_begin, self_end);
+      outgoing.reserve(rows.size() - local_in.size());  // the rows to send, without our block
+      outgoing.insert(outgoing.end(), rows.begin(), self_begin);
+      outgoing.insert(outgoing.end(), self_end, rows.end());
+      by_source.resize(static_cast<std::size_t>(total_recv));
+      expert_major.resize(by_source.size());
+    });
+    fail_together_in_group(failed, check);
     if (m) {
       m->bytes_sent += static_cast<std::int64_t>(sizeof(T) * outgoing.size());
       m->bytes_received += static_cast<std::int64_t>(sizeof(T)) * total_recv;
@@ -505,21 +544,18 @@ class MoELayerCore {
     auto incoming = start_exchange(outgoing.data(), send, by_source.data(), recv);
     std::vector<T> local_out = op(0, std::move(local_in));
     incoming.wait();
-    std::vector<T> remote_out =
-        op(1, detail::reorder_exchange_blocks(by_source, remote_block, ep, El, H,
-                                              /*to_expert_major=*/true));
-    const std::vector<T> back_by_source =
-        detail::reorder_exchange_blocks(remote_out, remote_block, ep, El, H,
-                                        /*to_expert_major=*/false);
-    std::vector<T> returned(outgoing.size());
-    auto back = start_exchange(back_by_source.data(), recv, returned.data(), send);
-    std::vector<T> out(static_cast<std::size_t>(R * H));
-    std::copy(local_out.begin(), local_out.end(), out.begin() + self_off * H);
+    detail::reorder_exchange_blocks(std::span<const T>(by_source), std::span<T>(expert_major),
+                                    remote_block, ep, El, H, /*to_expert_major=*/true);
+    const std::vector<T> remote_out = op(1, std::move(expert_major));
+    detail::reorder_exchange_blocks(std::span<const T>(remote_out), std::span<T>(by_source),
+                                    remote_block, ep, El, H, /*to_expert_major=*/false);
+    auto back = start_exchange(by_source.data(), recv, outgoing.data(), send);
+    std::copy(local_out.begin(), local_out.end(), rows.begin() + self_off * H);
     back.wait();
-    std::copy(returned.begin(), returned.begin() + self_off * H, out.begin());
-    std::copy(returned.begin() + self_off * H, returned.end(),
-              out.begin() + (self_off + self_rows) * H);
-    return out;
+    std::copy(outgoing.begin(), outgoing.begin() + self_off * H, rows.begin());
+    std::copy(outgoing.begin() + self_off * H, outgoing.end(),
+              rows.begin() + (self_off + self_rows) * H);
+    return rows;
   }
 
   // A started all_to_all_v: non-blocking when the config asks for overlap and the communicator

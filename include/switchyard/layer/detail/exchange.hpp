@@ -67,18 +67,27 @@ inline std::vector<index_t> exchange_expert_offsets(std::span<const std::int64_t
 }
 
 /// Rows in blocks of `block_rows[p][le]` rows [..][H], source-major [p][le] <-> expert-major
-/// [le][p].
+/// [le][p], from `in` into `out` (as large as `in`, another buffer).
 template <class T>
-std::vector<T> reorder_exchange_blocks(const std::vector<T>& in,
-                                       std::span<const std::int64_t> block_rows, std::int64_t ep,
-                                       std::int64_t El, index_t H, bool to_expert_major) {
+void reorder_exchange_blocks(std::span<const T> in, std::span<T> out,
+                             std::span<const std::int64_t> block_rows, std::int64_t ep,
+                             std::int64_t El, index_t H, bool to_expert_major) {
   const block_offsets o = exchange_block_offsets(block_rows, ep, El);
-  std::vector<T> out(in.size());
   for (std::size_t b = 0; b < o.source_major.size(); ++b) {
     const std::int64_t from = to_expert_major ? o.source_major[b] : o.expert_major[b];
     const std::int64_t to = to_expert_major ? o.expert_major[b] : o.source_major[b];
     std::copy_n(in.begin() + from * H, block_rows[b] * H, out.begin() + to * H);
   }
+}
+
+/// The same into a new vector.
+template <class T>
+std::vector<T> reorder_exchange_blocks(const std::vector<T>& in,
+                                       std::span<const std::int64_t> block_rows, std::int64_t ep,
+                                       std::int64_t El, index_t H, bool to_expert_major) {
+  std::vector<T> out(in.size());
+  reorder_exchange_blocks(std::span<const T>(in), std::span<T>(out), block_rows, ep, El, H,
+                          to_expert_major);
   return out;
 }
 
