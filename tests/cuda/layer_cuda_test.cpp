@@ -219,6 +219,30 @@ BOOST_AUTO_TEST_CASE(device_layer_nan_input_is_an_error_naming_the_token) {
              e.message);
 }
 
+// Out of memory at any buffer of a row or more, in forward or backward: the call throws
+// (std::bad_alloc through fail_together), nothing leaks, and the next step has the same bits.
+// Every such allocation comes before the check that precedes the NCCL exchanges, so with
+// several ranks it is an error on every rank instead of a hang (device_layer.cuh).
+BOOST_AUTO_TEST_CASE(device_layer_out_of_memory_is_an_error_and_the_layer_stays_usable) {
+  if (!sy::test::device_framework_mode_available()) return;  // needs NCCL
+  auto c = base(8, 2, true, sy::Activation::silu);
+  for (const bool capacity : {false, true}) BOOST_TEST_CONTEXT("capacity " << capacity) {
+      if (capacity) {
+        c.token_dispatch = sy::TokenDispatch::capacity;
+        c.capacity_factor = 1.0;
+      }
+      // H = 32 floats: 128 bytes a row; T = 64 tokens.
+      const auto r = sy::test::device_layer_allocation_sweep(c, 64, 128);
+      BOOST_TEST(r.forward_allocations >= 6);   // x, logits, rows, exchange, expert out, y
+      BOOST_TEST(r.backward_allocations >= 5);  // d_rows, exchange, d_in, dx, dx_router
+      BOOST_TEST(static_cast<std::int64_t>(r.errors.size()) ==
+                 r.forward_allocations + r.backward_allocations);
+      for (const std::string& e : r.errors) BOOST_TEST(e.find("bad_alloc") != std::string::npos, e);
+      BOOST_TEST(r.steps_differing == 0);
+      BOOST_TEST(r.bytes_outstanding == 0);
+    }
+}
+
 BOOST_AUTO_TEST_CASE(a_failed_forward_leaves_the_global_aux_accumulator_as_it_was) {
   auto c = base(8, 2, true, sy::Activation::silu);
   c.load_balancing_type = sy::LoadBalancingType::global_aux_loss;

@@ -4,7 +4,9 @@
 #include <cmath>
 #include <exception>
 #include <limits>
+#include <new>
 #include <stdexcept>
+#include <utility>
 
 #include <switchyard/layer/device_layer.cuh>
 #if defined(SWITCHYARD_HAS_NCCL)
@@ -60,6 +62,24 @@ class counting_memory final : public device_memory_resource {
 };
 
 #if defined(SWITCHYARD_HAS_NCCL)
+/// A memory resource failing on demand: it counts, while armed, the allocations of at least
+/// `min_bytes`, and the `fail_at`-th of them throws std::bad_alloc (0: count only).
+class failing_memory final : public device_memory_resource {
+ public:
+  void* allocate(std::size_t bytes, cudaStream_t stream) override {
+    if (armed && bytes >= min_bytes && ++seen == fail_at) throw std::bad_alloc();
+    outstanding += static_cast<std::int64_t>(bytes);
+    return default_device_memory().allocate(bytes, stream);
+  }
+  void deallocate(void* p, std::size_t bytes, cudaStream_t stream) noexcept override {
+    outstanding -= static_cast<std::int64_t>(bytes);
+    default_device_memory().deallocate(p, bytes, stream);
+  }
+  bool armed = false;
+  std::size_t min_bytes = 0;
+  std::int64_t seen = 0, fail_at = 0, outstanding = 0;
+};
+
 /// An ncclComm_t of one rank on device 0 (RAII), as a framework would own it.
 struct one_rank_nccl {
   ncclComm_t raw = nullptr;
@@ -203,6 +223,75 @@ global_aux_after_failure device_layer_global_aux_after_failure(const Config& cfg
   r.micro_batches_after = global.micro_batches;
   r.sums_after = read_sums();
   return r;
+}
+
+device_allocation_sweep device_layer_allocation_sweep(const Config& cfg, std::int64_t T,
+                                                      std::size_t min_bytes) {
+#if defined(SWITCHYARD_HAS_NCCL)
+  test_stream st;
+  failing_memory memory;
+  memory.min_bytes = min_bytes;
+  one_rank_nccl nccl;
+  NcclComm comm(nccl.raw, st.s);
+  device_allocation_sweep r;
+  {
+    auto layer = make_device_layer(cfg, st.s, {.comms = {&comm, &comm, &comm}, .memory = &memory});
+    layer->initialize(3, st.s);
+    std::vector<float> x(static_cast<std::size_t>(T * cfg.hidden_size)), dy(x.size());
+    for (std::size_t i = 0; i < x.size(); ++i) {
+      x[i] = std::sin(0.37f * static_cast<float>(i));
+      dy[i] = std::cos(0.23f * static_cast<float>(i));
+    }
+    const device_buffer<float> dx_in = to_device(x, st.s), ddy = to_device(dy, st.s);
+    const auto step = [&] {
+      DeviceMoEForward f = layer->forward(dx_in.data(), T, st.s);
+      DeviceMoEGrads g = layer->make_grads(st.s);
+      const device_buffer<float> dx = layer->backward(f.saved, ddy.data(), st.s, g);
+      return std::make_pair(f.y.download(st.s), dx.download(st.s));
+    };
+    // Runs `call` armed (fail_at 0 counts only); returns the allocations counted.
+    const auto armed = [&](std::int64_t fail_at, auto&& call) {
+      memory.seen = 0;
+      memory.fail_at = fail_at;
+      memory.armed = true;
+      std::string error;
+      try {
+        call();
+      } catch (const std::exception& e) {
+        error = e.what();
+      }
+      memory.armed = false;
+      SY_CUDA_TRY(cudaStreamSynchronize(st.s));
+      if (fail_at > 0) r.errors.push_back(error);
+      return memory.seen;
+    };
+    const auto reference = step();
+    const auto good_step_after = [&] {
+      if (step() != reference) ++r.steps_differing;
+    };
+    r.forward_allocations = armed(0, [&] { (void)layer->forward(dx_in.data(), T, st.s); });
+    for (std::int64_t n = 1; n <= r.forward_allocations; ++n) {
+      armed(n, [&] { (void)layer->forward(dx_in.data(), T, st.s); });
+      good_step_after();
+    }
+    const auto backward_armed = [&](std::int64_t fail_at) {
+      DeviceMoEForward f = layer->forward(dx_in.data(), T, st.s);
+      DeviceMoEGrads g = layer->make_grads(st.s);
+      return armed(fail_at, [&] { (void)layer->backward(f.saved, ddy.data(), st.s, g); });
+    };
+    r.backward_allocations = backward_armed(0);
+    for (std::int64_t n = 1; n <= r.backward_allocations; ++n) {
+      backward_armed(n);
+      good_step_after();
+    }
+  }
+  SY_CUDA_TRY(cudaStreamSynchronize(st.s));
+  r.bytes_outstanding = memory.outstanding;
+  return r;
+#else
+  (void)cfg, (void)T, (void)min_bytes;
+  throw std::logic_error("device_layer_allocation_sweep needs NCCL");
+#endif
 }
 
 }  // namespace switchyard::test

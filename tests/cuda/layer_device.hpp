@@ -65,4 +65,18 @@ struct global_aux_after_failure {
 global_aux_after_failure device_layer_global_aux_after_failure(const Config& cfg, std::int64_t T,
                                                                std::int64_t bad_token);
 
+/// Out of memory in the device layer (framework mode, NCCL communicators of one rank, so
+/// fail_together runs): a memory resource that fails on demand counts the layer's allocations
+/// of at least `min_bytes` in one forward and in one backward, then fails each of them in turn
+/// (a forward; a backward after a good forward). Every failed call must throw, the good step
+/// after each must give the first step's y and dx bit for bit, and nothing may stay allocated.
+struct device_allocation_sweep {
+  std::int64_t forward_allocations = 0, backward_allocations = 0;
+  std::vector<std::string> errors;     ///< what each failed call threw ("" when it did not throw)
+  std::int64_t steps_differing = 0;    ///< good steps after a failure whose y or dx differ
+  std::int64_t bytes_outstanding = 0;  ///< after the layer is gone
+};
+device_allocation_sweep device_layer_allocation_sweep(const Config& cfg, std::int64_t T,
+                                                      std::size_t min_bytes);
+
 }  // namespace switchyard::test

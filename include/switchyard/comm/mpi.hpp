@@ -79,7 +79,8 @@ class MpiComm {
         rank_(o.rank_),
         size_(o.size_),
         timeout_(o.timeout_),
-        pending_(o.pending_) {
+        pending_(o.pending_),
+        pending_arrays_(std::move(o.pending_arrays_)) {
     o.owned_ = false;
     o.pending_ = MPI_REQUEST_NULL;
   }
@@ -96,6 +97,7 @@ class MpiComm {
   /// After a timeout error: waits, without a deadline, for the collective that timed out.
   void finish_pending() {
     if (pending_ != MPI_REQUEST_NULL) SY_MPI_TRY(MPI_Wait(&pending_, MPI_STATUS_IGNORE));
+    pending_arrays_.clear();
   }
 
   /// The sub-group of the ranks that pass the same `color`, ordered by `key` (MPI_Comm_split).
@@ -112,8 +114,9 @@ class MpiComm {
   /// arrays of a non-blocking vector collective must not be modified or freed before it
   /// completes; some MPI libraries copy them, others read them while it runs). Destroyed before
   /// wait() (an exception between start and wait), it waits with the communicator's deadline,
-  /// so the caller's buffers are not freed under a running exchange; past the deadline it
-  /// leaves the request to finish_pending(), as a timed-out wait() does.
+  /// so the caller's buffers are not freed under a running exchange (the exception then reaches
+  /// the caller up to one deadline later); past the deadline it leaves the request and the
+  /// arrays to the communicator (finish_pending()), as a timed-out wait() does.
   class pending {
    public:
     pending(const pending&) = delete;
@@ -134,7 +137,7 @@ class MpiComm {
     /// destructor does not wait a second time.
     void wait() {
       MPI_Request r = std::exchange(req_, MPI_REQUEST_NULL);
-      comm_->wait(r, "all_to_all_v");
+      comm_->wait(r, "all_to_all_v", &arrays_);
     }
 
    private:
@@ -169,7 +172,9 @@ class MpiComm {
       ro += recv_counts[p];
     }
     const auto type = detail::mpi_type<T>();
-    SY_MPI_TRY(MPI_Ialltoallv(send, sc, sd, type, recv, rc, rd, type, comm_, &started.req_));
+    MPI_Request req;  // undefined when the call fails: kept only once it succeeded
+    SY_MPI_TRY(MPI_Ialltoallv(send, sc, sd, type, recv, rc, rd, type, comm_, &req));
+    started.req_ = req;
     return started;
   }
 
@@ -210,7 +215,9 @@ class MpiComm {
   // Polls a request until it completes or the timeout passes. A timeout is an error naming the
   // collective and this rank; the request stays pending (MPI forbids freeing a collective's
   // request): abort the job, or call finish_pending() to wait for the late peers.
-  void wait(MPI_Request& req, const char* what) {
+  // `arrays` (a vector collective's counts and displacements) pass to the communicator with a
+  // timed-out request: MPI may read them until finish_pending() completes it.
+  void wait(MPI_Request& req, const char* what, std::vector<int>* arrays = nullptr) {
     const auto deadline = std::chrono::steady_clock::now() + timeout_;
     int done = 0;
     while (true) {
@@ -218,6 +225,7 @@ class MpiComm {
       if (done) return;
       if (std::chrono::steady_clock::now() > deadline) {
         pending_ = req;
+        if (arrays) pending_arrays_ = std::move(*arrays);
         throw comm_error(detail::concat(what, " on rank ", rank_, " of ", size_,
                                         " timed out after ", timeout_.count(),
                                         " ms: a peer did not join the collective"));
@@ -235,6 +243,7 @@ class MpiComm {
   int rank_ = 0, size_ = 1;
   std::chrono::milliseconds timeout_;
   MPI_Request pending_ = MPI_REQUEST_NULL;
+  std::vector<int> pending_arrays_;  ///< what the pending request's MPI call may still read
 };
 
 static_assert(Communicator<MpiComm>);

@@ -330,7 +330,18 @@ class DeviceMoELayerCore {
     s.exchanged = comms_.expert_parallel != nullptr;
     const auto TH = static_cast<std::size_t>(T * H), Tk = static_cast<std::size_t>(T * k);
     DispatchOptions dopt;
-    // The local stage: sizes first (a bad token count for seq_aux_loss fails before any launch).
+    const bool jitter = opt.training && cfg_.input_jitter_eps.has_value();
+    const bool global_loss = std::any_of(
+        lp.balance.begin(), lp.balance.end(),
+        [](const BalanceLoss& bl) { return bl.type == LoadBalancingType::global_aux_loss; });
+    // Buffers of the routing stage, allocated in the local stage (a rank out of memory fails
+    // with its group at the first check, before the collectives of routing and planning).
+    device_buffer<unsigned long long> status;
+    device_buffer<std::int64_t> iterations, counts;
+    device_buffer<double> loss_values, global_before;
+    device_buffer<std::byte> scratch;
+    // The local stage: sizes first (a bad token count for seq_aux_loss fails before any launch),
+    // then every buffer up to the plan's synchronisation.
     std::exception_ptr failed;
     try {
       SY_EXPECTS(T >= 0 && (T == 0 || x), detail::concat("DeviceMoELayer::forward: x is null "
@@ -345,6 +356,18 @@ class DeviceMoELayerCore {
       dopt = dispatch_options(cfg_, T);
       if (dopt.capacity && placement_.ep() > 1) dopt.pad_to_capacity = true;  // as the host
       s.plan_workspace = alloc<std::byte>(plan_workspace_bytes<float>(cuda, T, k, dopt), stream);
+      s.x = alloc<float>(TH, stream);
+      if (jitter) s.x_router = alloc<float>(TH, stream);
+      s.logits = alloc<float>(static_cast<std::size_t>(T * E), stream);
+      status = alloc<unsigned long long>(1, stream);
+      iterations = alloc<std::int64_t>(1, stream);
+      loss_values = alloc<double>(lp.balance.size() + 1, stream);
+      scratch = alloc<std::byte>(router_->scratch_bytes(T, opt.training), stream);
+      s.topk_indices = alloc<std::int32_t>(Tk, stream);
+      s.topk_probs = alloc<float>(Tk, stream);
+      if (global_loss) global_before = alloc<double>(static_cast<std::size_t>(E), stream);
+      if (!slot_of_.empty()) s.slots = alloc<std::int32_t>(Tk, stream);
+      counts = alloc<std::int64_t>(static_cast<std::size_t>(4 * E), stream);
     } catch (...) {
       failed = std::current_exception();
     }
@@ -368,46 +391,31 @@ class DeviceMoELayerCore {
       s.loss_tokens = group.tokens;
     }
 
-    s.x = alloc<float>(TH, stream);
     s.x.copy_from_device(x, stream);
-    if (opt.training && cfg_.input_jitter_eps) {
-      s.x_router = alloc<float>(TH, stream);
+    if (jitter) {
       s.x_router.copy_from_device(x, stream);
       const auto first = static_cast<std::uint32_t>(
           comms_.any() ? comms_.dense_data_parallel->rank() * T : 0);  // as the host layer
       apply_input_jitter<float>(cuda, matrix_view<float>(s.x_router.data(), T, H),
                                 JitterParams{*cfg_.input_jitter_eps, opt.seed, opt.step, first});
     }
-    s.logits = alloc<float>(static_cast<std::size_t>(T * E), stream);
     router_linear_forward<float>(cuda, matrix_view<const float>(s.router_input(), T, H),
                                  params_.router(), nullptr,
                                  matrix_view<float>(s.logits.data(), T, E));
 
     // Route: indices and weights, the status word (NaN/Inf logits), the Sinkhorn iteration count
     // and the loss values, all on the device.
-    device_buffer<unsigned long long> status = alloc<unsigned long long>(1, stream);
     reset_routing_status(cuda, status.data());
     // The router writes an int into the low bytes of a zeroed int64 (little-endian, as every
     // CUDA host), which the group reduces with max.
-    device_buffer<std::int64_t> iterations = alloc<std::int64_t>(1, stream);
     SY_CUDA_TRY(cudaMemsetAsync(iterations.data(), 0, sizeof(std::int64_t), stream));
-    device_buffer<double> loss_values = alloc<double>(lp.balance.size() + 1, stream);
-    device_buffer<std::byte> scratch =
-        alloc<std::byte>(router_->scratch_bytes(T, opt.training), stream);
-    s.topk_indices = alloc<std::int32_t>(Tk, stream);
-    s.topk_probs = alloc<float>(Tk, stream);
     const matrix_view<const float> logits(s.logits.data(), T, E);
     // The router adds this batch to the global-aux accumulator before its status is known: a
     // forward that fails after routing (non-finite logits or a plan error, on any rank) puts it
     // back as it was, so a caller that skips the batch keeps the right running mean (the host
     // layer checks the logits before routing).
-    const bool global_loss = std::any_of(
-        lp.balance.begin(), lp.balance.end(),
-        [](const BalanceLoss& bl) { return bl.type == LoadBalancingType::global_aux_loss; });
-    device_buffer<double> global_before;
     const std::int64_t micro_batches_before = global_loss ? opt.global_aux->micro_batches : 0;
     if (global_loss) {
-      global_before = alloc<double>(static_cast<std::size_t>(E), stream);
       SY_CUDA_TRY(cudaMemcpyAsync(global_before.data(), opt.global_aux->count_sum,
                                   sizeof(double) * E, cudaMemcpyDeviceToDevice, stream));
     }
@@ -418,7 +426,6 @@ class DeviceMoELayerCore {
 
     // Plan over placement slots, so the rows of each EP rank are contiguous.
     if (!slot_of_.empty()) {
-      s.slots = alloc<std::int32_t>(Tk, stream);
       kernels::launch_per_token(
           kernels::expert_to_slot_body{slot_of_.data(), static_cast<std::int32_t>(E),
                                        s.topk_indices.data(), s.slots.data()},
@@ -430,8 +437,6 @@ class DeviceMoELayerCore {
     // Counts on the device before the one synchronisation: rows per slot (and, dropless over
     // EP ranks, what every peer sends here), and the metrics summed over the dense group.
     const std::int64_t ep = placement_.ep(), El = placement_.local_experts();
-    device_buffer<std::int64_t> counts =
-        alloc<std::int64_t>(static_cast<std::size_t>(4 * E), stream);
     std::int64_t* const routed_d = counts.data();
     std::int64_t* const kept_d = counts.data() + E;
     std::int64_t* const send_d = counts.data() + 2 * E;
@@ -474,9 +479,34 @@ class DeviceMoELayerCore {
     d2h(&plan_status, s.plan.status, sizeof(plan_status));
     d2h(&iters, iterations.data(), sizeof(iters));
     SY_CUDA_TRY(cudaStreamSynchronize(stream));
+    // Every buffer the rest of forward needs is allocated before the group's check: after it
+    // come the NCCL exchanges, which a rank failing then (out of memory) would leave its peers
+    // waiting in without a deadline. With EP the exchange reuses its buffers both ways: one
+    // staging buffer, and the dispatched rows' buffer receives the expert outputs back.
+    const expert_shape shape = expert_shape_of();
+    device_buffer<float> rows, staging, expert_out;
     try {
       throw_if_routing_failed(route_status);
       throw_if_plan_failed(plan_status, s.plan);
+      if (s.exchanged) {
+        s.send_rows.assign(static_cast<std::size_t>(E), 0);
+        for (std::size_t slot = 0; slot < s.send_rows.size(); ++slot)
+          s.send_rows[slot] = s.offsets[slot + 1] - s.offsets[slot];
+        s.recv_rows.assign(host_counts.begin() + 3 * E, host_counts.end());
+        s.expert_offsets = detail::exchange_expert_offsets(s.recv_rows, ep, El);
+      } else {
+        s.expert_offsets = s.offsets;
+      }
+      const index_t R = s.offsets.back(), Re = s.expert_offsets.back();
+      rows = alloc<float>(static_cast<std::size_t>(R * H), stream);
+      if (s.exchanged) {
+        staging = alloc<float>(static_cast<std::size_t>(Re * H), stream);
+        s.rows_in = alloc<float>(static_cast<std::size_t>(Re * H), stream);
+      }
+      expert_out = alloc<float>(static_cast<std::size_t>(Re * H), stream);
+      s.expert_workspace = alloc<std::byte>(experts_->workspace_bytes(shape, Re), stream);
+      if (s.plan.renormalize_kept) s.weights = alloc<float>(Tk, stream);
+      out.y = alloc<float>(TH, stream);
     } catch (...) {
       failed = std::current_exception();
     }
@@ -492,16 +522,10 @@ class DeviceMoELayerCore {
     }
 
     // Experts over the kept rows: here, or at their EP ranks and back.
-    const index_t R = s.offsets.back();
-    device_buffer<float> rows = alloc<float>(static_cast<std::size_t>(R * H), stream);
+    const index_t Re = s.expert_offsets.back();
     permute(cuda, s.plan, s.x.data(), H, rows.data());
     s.expert_opts.dropout = expert_dropout{cfg_.expert_dropout, opt.seed, opt.step, opt.training};
     if (s.exchanged) {
-      s.send_rows.assign(static_cast<std::size_t>(E), 0);
-      for (std::size_t slot = 0; slot < s.send_rows.size(); ++slot)
-        s.send_rows[slot] = s.offsets[slot + 1] - s.offsets[slot];
-      s.recv_rows.assign(host_counts.begin() + 3 * E, host_counts.end());
-      s.expert_offsets = detail::exchange_expert_offsets(s.recv_rows, ep, El);
       const std::int64_t self = comms_.expert_parallel->rank();
       for (std::int64_t p = 0; p < ep; ++p)
         if (p != self)
@@ -511,29 +535,25 @@ class DeviceMoELayerCore {
             out.metrics.bytes_received +=
                 static_cast<std::int64_t>(sizeof(float)) * s.recv_rows[b] * H;
           }
-      s.rows_in = to_experts(s, rows.data(), stream);
-      rows = {};
+      to_experts(s, rows.data(), staging.data(), s.rows_in.data(), stream);
     } else {
-      s.expert_offsets = s.offsets;
       s.rows_in = std::move(rows);
     }
-    const index_t Re = s.expert_offsets.back();
-    device_buffer<float> expert_out = alloc<float>(static_cast<std::size_t>(Re * H), stream);
-    const expert_shape shape = expert_shape_of();
-    s.expert_workspace = alloc<std::byte>(experts_->workspace_bytes(shape, Re), stream);
     experts_->forward(cuda, res_, shape, std::as_const(params_).experts(),
                       matrix_view<const float>(s.rows_in.data(), Re, H), s.expert_offsets,
                       matrix_view<float>(expert_out.data(), Re, H),
                       std::span<std::byte>(s.expert_workspace.data(), s.expert_workspace.size()),
                       s.expert_opts);
-    s.rows_out = s.exchanged ? from_experts(s, expert_out.data(), stream) : std::move(expert_out);
+    if (s.exchanged) {  // the rows were sent (stream order): their buffer takes the results
+      from_experts(s, expert_out.data(), staging.data(), rows.data(), stream);
+      s.rows_out = std::move(rows);
+    } else {
+      s.rows_out = std::move(expert_out);
+    }
 
     // Combine: y[t] = Σ_j w[t,j]·out[t,j]; w = prob unless DeepSpeed renormalises the kept ones.
-    if (s.plan.renormalize_kept) {
-      s.weights = alloc<float>(Tk, stream);
+    if (s.plan.renormalize_kept)
       combine_weights(cuda, s.plan, s.topk_probs.data(), s.weights.data());
-    }
-    out.y = alloc<float>(TH, stream);
     unpermute(cuda, s.plan, s.rows_out.data(), s.combine(), H, out.y.data());
 
     // Metrics per global expert (the counts are per slot), of the group with communicators.
@@ -557,6 +577,16 @@ class DeviceMoELayerCore {
   /// goes).
   device_buffer<float> backward(DeviceMoESaved& s, const float* dy, cudaStream_t stream,
                                 DeviceMoEGrads& grads) {
+    const exec::Cuda cuda{stream};
+    const index_t T = s.tokens, H = cfg_.hidden_size, E = cfg_.num_experts;
+    const int k = router_->k();
+    const auto Tk = static_cast<std::size_t>(T * k), TH = static_cast<std::size_t>(T * H);
+    index_t R = 0, Re = 0;
+    // The checks, then every buffer of backward, before the group's check (as forward: no rank
+    // fails between NCCL exchanges its peers wait in). With EP, d_rows receives the input
+    // gradients back after it was sent.
+    device_buffer<float> d_rows, d_weight, d_prob, staging, d_rows_e, d_in, dx, dlogits, dx_router,
+        dw;
     std::exception_ptr failed;
     try {
       SY_EXPECTS(!s.used,
@@ -565,52 +595,54 @@ class DeviceMoELayerCore {
                  "DeviceMoELayer::backward: run it on the stream of its forward (the saved "
                  "buffers are ordered on that stream)");
       SY_EXPECTS(s.tokens == 0 || dy, "DeviceMoELayer::backward: dy is null");
-      s.used = true;
+      SY_EXPECTS(!s.offsets.empty() && !s.expert_offsets.empty(),
+                 "DeviceMoELayer::backward: this saved state does not come from a forward");
+      R = s.offsets.back();
+      Re = s.expert_offsets.back();
+      d_rows = alloc<float>(static_cast<std::size_t>(R * H), stream);
+      d_weight = alloc<float>(Tk, stream);
+      if (s.plan.renormalize_kept) d_prob = alloc<float>(Tk, stream);
+      if (s.exchanged) {
+        staging = alloc<float>(static_cast<std::size_t>(Re * H), stream);
+        d_rows_e = alloc<float>(static_cast<std::size_t>(Re * H), stream);
+      }
+      d_in = alloc<float>(static_cast<std::size_t>(Re * H), stream);
+      dx = alloc<float>(TH, stream);
+      dlogits = alloc<float>(static_cast<std::size_t>(T * E), stream);
+      dx_router = alloc<float>(TH, stream);
+      dw = alloc<float>(static_cast<std::size_t>(E * H), stream);
+      s.used = true;  // from here on the saved state is consumed
     } catch (...) {
       failed = std::current_exception();
     }
     fail_together(failed, stream, "DeviceMoELayer::backward");
-    const exec::Cuda cuda{stream};
-    const index_t T = s.tokens, H = cfg_.hidden_size, E = cfg_.num_experts;
-    const int k = router_->k();
-    const index_t R = s.offsets.back(), Re = s.expert_offsets.back();
-    const auto Tk = static_cast<std::size_t>(T * k), TH = static_cast<std::size_t>(T * H);
 
-    device_buffer<float> d_rows = alloc<float>(static_cast<std::size_t>(R * H), stream);
-    device_buffer<float> d_weight = alloc<float>(Tk, stream);
     unpermute_backward(cuda, s.plan, s.rows_out.data(), s.combine(), dy, H, d_rows.data(),
                        d_weight.data());
-    device_buffer<float> d_prob;
-    if (s.plan.renormalize_kept) {
-      d_prob = alloc<float>(Tk, stream);
+    if (s.plan.renormalize_kept)
       combine_weights_backward(cuda, s.plan, s.topk_probs.data(), d_weight.data(), d_prob.data());
-    } else {
+    else
       d_prob = std::move(d_weight);  // unpermute_backward already gives 0 for dropped routes
-    }
     s.rows_out = {};
 
     // Experts: the output gradients travel to the experts and the input gradients back.
-    if (s.exchanged) d_rows = to_experts(s, d_rows.data(), stream);
-    device_buffer<float> d_in = alloc<float>(static_cast<std::size_t>(Re * H), stream);
+    if (s.exchanged) to_experts(s, d_rows.data(), staging.data(), d_rows_e.data(), stream);
+    const float* d_out = s.exchanged ? d_rows_e.data() : d_rows.data();
     experts_->backward(cuda, res_, expert_shape_of(), std::as_const(params_).experts(),
                        matrix_view<const float>(s.rows_in.data(), Re, H), s.expert_offsets,
-                       matrix_view<const float>(d_rows.data(), Re, H),
+                       matrix_view<const float>(d_out, Re, H),
                        matrix_view<float>(d_in.data(), Re, H), grads.experts(),
                        std::span<std::byte>(s.expert_workspace.data(), s.expert_workspace.size()),
                        s.expert_opts);
-    d_rows = {};
+    d_rows_e = {};
     s.rows_in = {};
     s.expert_workspace = {};
-    if (s.exchanged) d_in = from_experts(s, d_in.data(), stream);
-    device_buffer<float> dx = alloc<float>(TH, stream);
-    permute_backward(cuda, s.plan, d_in.data(), H, dx.data());
+    if (s.exchanged) from_experts(s, d_in.data(), staging.data(), d_rows.data(), stream);
+    permute_backward(cuda, s.plan, s.exchanged ? d_rows.data() : d_in.data(), H, dx.data());
 
     // Router: d prob -> d logits (with the losses) -> dx, dW_r.
-    device_buffer<float> dlogits = alloc<float>(static_cast<std::size_t>(T * E), stream);
     router_->backward(cuda, matrix_view<const float>(s.logits.data(), T, E), s.topk_indices.data(),
                       d_prob.data(), dlogits.data(), s.loss_workspace.data(), s.loss_tokens);
-    device_buffer<float> dx_router = alloc<float>(TH, stream);
-    device_buffer<float> dw = alloc<float>(static_cast<std::size_t>(E * H), stream);
     router_linear_backward<float>(cuda, matrix_view<const float>(s.router_input(), T, H),
                                   params_.router(), matrix_view<const float>(dlogits.data(), T, E),
                                   matrix_view<float>(dx_router.data(), T, H),
@@ -685,31 +717,28 @@ class DeviceMoELayerCore {
     }
   }
 
-  // Plan-order rows [R][H] -> the rows at this GPU's experts, expert-major (the EP exchange).
-  device_buffer<float> to_experts(const DeviceMoESaved& s, const float* rows, cudaStream_t stream) {
+  // Plan-order rows [R][H] -> the rows at this GPU's experts, expert-major, into `out` [Re][H]
+  // (the EP exchange), received into `staging` [Re][H].
+  void to_experts(const DeviceMoESaved& s, const float* rows, float* staging, float* out,
+                  cudaStream_t stream) {
     const std::int64_t ep = placement_.ep(), El = placement_.local_experts();
-    const index_t H = cfg_.hidden_size, Re = s.expert_offsets.back();
+    const index_t H = cfg_.hidden_size;
     const std::vector<std::int64_t> send = detail::exchange_peer_elements(s.send_rows, ep, El, H);
     const std::vector<std::int64_t> recv = detail::exchange_peer_elements(s.recv_rows, ep, El, H);
-    device_buffer<float> by_source = alloc<float>(static_cast<std::size_t>(Re * H), stream);
-    comms_.expert_parallel->all_to_all_v(rows, send, by_source.data(), recv, stream);
-    device_buffer<float> out = alloc<float>(static_cast<std::size_t>(Re * H), stream);
-    reorder_blocks(s, by_source.data(), out.data(), /*to_expert_major=*/true, stream);
-    return out;
+    comms_.expert_parallel->all_to_all_v(rows, send, staging, recv, stream);
+    reorder_blocks(s, staging, out, /*to_expert_major=*/true, stream);
   }
 
-  // The reverse: expert-major rows here -> their senders, plan order [R][H].
-  device_buffer<float> from_experts(const DeviceMoESaved& s, const float* rows_e,
-                                    cudaStream_t stream) {
+  // The reverse: expert-major rows here -> their senders, plan order, into `out` [R][H]
+  // (reordered into `staging` [Re][H] first).
+  void from_experts(const DeviceMoESaved& s, const float* rows_e, float* staging, float* out,
+                    cudaStream_t stream) {
     const std::int64_t ep = placement_.ep(), El = placement_.local_experts();
-    const index_t H = cfg_.hidden_size, Re = s.expert_offsets.back(), R = s.offsets.back();
+    const index_t H = cfg_.hidden_size;
     const std::vector<std::int64_t> send = detail::exchange_peer_elements(s.send_rows, ep, El, H);
     const std::vector<std::int64_t> recv = detail::exchange_peer_elements(s.recv_rows, ep, El, H);
-    device_buffer<float> by_source = alloc<float>(static_cast<std::size_t>(Re * H), stream);
-    reorder_blocks(s, rows_e, by_source.data(), /*to_expert_major=*/false, stream);
-    device_buffer<float> out = alloc<float>(static_cast<std::size_t>(R * H), stream);
-    comms_.expert_parallel->all_to_all_v(by_source.data(), recv, out.data(), send, stream);
-    return out;
+    reorder_blocks(s, rows_e, staging, /*to_expert_major=*/false, stream);
+    comms_.expert_parallel->all_to_all_v(staging, recv, out, send, stream);
   }
 
   Config cfg_;

@@ -334,11 +334,11 @@ class MoELayerCore {
       SY_EXPECTS(dy.extent(0) == Tn && dy.extent(1) == H,
                  detail::concat("MoELayer::backward: dy is [", dy.extent(0), "][", dy.extent(1),
                                 "], the forward had [", Tn, "][", H, "]"));
-      s.used = true;
       for (std::vector<T>* v : {&d_weight, &d_prob}) v->resize(static_cast<std::size_t>(Tn * k));
       for (std::vector<T>* v : {&dx, &dx_router}) v->resize(static_cast<std::size_t>(Tn * H));
       dlogits.resize(static_cast<std::size_t>(Tn * E));
       dw.resize(static_cast<std::size_t>(E * H));
+      s.used = true;  // from here on the saved state is consumed
       d_rows = std::move(s.rows_out);
       unpermute_backward(exec::Host{}, s.plan, matrix_view<const T>(d_rows.data(), R, H),
                          matrix_view<const T>(s.weights.data(), Tn, k), dy,
