@@ -570,6 +570,7 @@ void expert_failure_fails_on_every_rank(const sy::Config& c) {
       sy::detail::make_router_hooks<double>(c), std::move(owned));
   layer.initialize(5);
   const bool is_bad = world.rank() == world.size() - 1;
+  const bool tp = c.tensor_parallel_size > 1;
   const std::int64_t T = 6, H = c.hidden_size;
   const auto x =
       random_vector(70 + static_cast<std::uint32_t>(world.rank()), static_cast<std::size_t>(T * H));
@@ -588,9 +589,11 @@ void expert_failure_fails_on_every_rank(const sy::Config& c) {
         BOOST_CHECK_THROW(layer.forward(xv), std::bad_alloc);
       } else {
         BOOST_CHECK_EXCEPTION(layer.forward(xv), sy::comm_error, [&](const sy::comm_error& e) {
-          // With one EP rank the check after the experts also covers the dispatch.
-          return has(e, c.expert_parallel_size > 1 ? "MoELayer::forward: experts"
-                                                   : "MoELayer::forward: dispatch and experts") &&
+          // With one EP rank the check after the experts also covers the dispatch; with TP the
+          // failed rank's TP peers hear of it before the reduce-scatter they would wait in.
+          return (has(e, c.expert_parallel_size > 1 ? "MoELayer::forward: experts"
+                                                    : "MoELayer::forward: dispatch and experts") ||
+                  (tp && has(e, "MoELayer::forward: TP reduce-scatter: rank 1 of 2 failed"))) &&
                  has(e, "failed: std::bad_alloc");
         });
       }
@@ -607,7 +610,10 @@ void expert_failure_fails_on_every_rank(const sy::Config& c) {
       } else {
         BOOST_CHECK_EXCEPTION(layer.backward(fwd.saved, dyv, g), sy::comm_error,
                               [&](const sy::comm_error& e) {
-                                return has(e, "MoELayer::backward: experts") &&
+                                return (has(e, "MoELayer::backward: experts") ||
+                                        (tp && has(e,
+                                                   "MoELayer::backward: TP reduce-scatter: "
+                                                   "rank 1 of 2 failed"))) &&
                                        has(e, "expert backward ran out of memory");
                               });
       }
@@ -641,10 +647,11 @@ BOOST_AUTO_TEST_CASE(an_expert_failure_on_one_rank_is_an_error_on_every_rank) {
 // and outputs, the outputs and gradients) is an error on every rank, never a peer waiting
 // until its timeout: the failed rank rethrows std::bad_alloc, its peers throw comm_error
 // naming it, and the next step gives the same bits. Every such allocation is failed in turn
-// (counted first on an armed run that fails none). Smaller allocations (counts, offsets,
-// metrics, the router's [T][E] arrays, messages) are not swept, nor are TP's gather buffers
-// (docs/reliability.md). A regression fails fast: after each case the ranks agree, over a
-// communicator of their own, whether it went as expected, and stop at the first that did not.
+// (counted first on an armed run that fails none), with tensor-parallel experts those of the
+// TP gather and reduce-scatter too. Smaller allocations (counts, offsets, metrics, the router's
+// [T][E] arrays, messages) are not swept (docs/reliability.md). A regression fails fast: after each
+// case the ranks agree, over a communicator of their own, whether it went as expected, and stop at
+// the first that did not.
 namespace {
 void allocation_failure_fails_on_every_rank(sy::Config c) {
   sy::MpiComm world(MPI_COMM_WORLD, std::chrono::seconds(10));
@@ -730,9 +737,9 @@ void allocation_failure_fails_on_every_rank(sy::Config c) {
   };
 
   const std::int64_t forward_allocations = armed(0, [&] { (void)layer->forward(xv); });
-  BOOST_TEST_MESSAGE("EP " << c.expert_parallel_size << ", DP " << c.dp() << ", "
-                           << sy::enum_name(c.token_dispatch) << ": " << forward_allocations
-                           << " allocations in forward");
+  BOOST_TEST_MESSAGE("EP " << c.expert_parallel_size << ", TP " << c.tensor_parallel_size << ", DP "
+                           << c.dp() << ", " << sy::enum_name(c.token_dispatch) << ": "
+                           << forward_allocations << " allocations in forward");
   BOOST_TEST(forward_allocations >= 5);  // x, y, the rows, the workspace, the experts' output
   for (std::int64_t n = 1; n <= forward_allocations; ++n) {
     BOOST_TEST_CONTEXT("forward, allocation " << n << " of " << forward_allocations) {
@@ -782,4 +789,7 @@ BOOST_AUTO_TEST_CASE(out_of_memory_on_one_rank_is_an_error_on_every_rank) {
     c.expert_parallel_size = 2;
     allocation_failure_fails_on_every_rank(c);
   }
+  // TP 2 (x EP 2): the buffers of the TP gather and reduce-scatter too; the failed rank's TP
+  // peers would wait in them.
+  allocation_failure_fails_on_every_rank(tensor_parallel_config(world.size()));
 }

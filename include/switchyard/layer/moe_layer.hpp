@@ -283,9 +283,11 @@ class MoELayerCore {
           typename MoESaved<T>::segment& g = seg == 0 ? s.local : s.remote;
           if (tensor_parallel()) {  // the segment's rows of the whole TP group
             g.tp = detail::tp_gather_counts(*comms_.tensor_parallel, g.offsets);
-            in = detail::tp_gather_rows(*comms_.tensor_parallel, g.tp, in, H, &tp_moved);
+            g.in = detail::tp_gather_rows(*comms_.tensor_parallel, g.tp, in, H, failed,
+                                          "MoELayer::forward: TP gather", &tp_moved);
+          } else {
+            g.in = std::move(in);
           }
-          g.in = std::move(in);
           const std::vector<index_t>& off = g.expert_offsets();
           const index_t n = off.back();
           std::vector<T> y;
@@ -296,13 +298,16 @@ class MoELayerCore {
                               off, matrix_view<T>(y.data(), n, H), g.workspace,
                               segment_options(s, seg));
           });
-          if (failed) {  // zero rows of the sizes the peers expect, in memory already held
-            y = std::move(g.in);
-            std::fill(y.begin(), y.end(), T(0));
-          }
+          // After a failure: zero rows of the sizes the peers expect, in memory already held
+          // (with TP this rank's own rows, which the reduce-scatter fills when it runs).
+          std::vector<T>& result = tensor_parallel() ? in : y;
           if (tensor_parallel())
-            return detail::tp_reduce_scatter(*comms_.tensor_parallel, g.tp, y, H, &tp_moved);
-          return y;
+            detail::tp_reduce_scatter(*comms_.tensor_parallel, g.tp, y, in, H, failed,
+                                      "MoELayer::forward: TP reduce-scatter", &tp_moved);
+          else if (failed)
+            y = std::move(g.in);
+          if (failed) std::fill(result.begin(), result.end(), T(0));
+          return std::move(result);
         });
     fail_together_in_group(
         failed, ep > 1 ? "MoELayer::forward: experts" : "MoELayer::forward: dispatch and experts");
@@ -354,22 +359,28 @@ class MoELayerCore {
         std::move(d_rows), s, H, failed, "MoELayer::backward", nullptr,
         [&](int seg, std::vector<T> d_out) {
           typename MoESaved<T>::segment& g = seg == 0 ? s.local : s.remote;
-          if (tensor_parallel())  // dy of the TP group's rows, as forward gathered them
-            d_out = detail::tp_gather_rows(*comms_.tensor_parallel, g.tp, d_out, H);
+          std::vector<T> gathered;  // with TP: dy of the TP group's rows, as forward gathered them
+          if (tensor_parallel())
+            gathered = detail::tp_gather_rows(*comms_.tensor_parallel, g.tp, d_out, H, failed,
+                                              "MoELayer::backward: TP gather");
+          std::vector<T>& d = tensor_parallel() ? gathered : d_out;
           const std::vector<index_t>& off = g.expert_offsets();
           const index_t n = off.back();
           // dx overwrites dy in place (the host experts read dy only before writing dx), and
           // the segment's inputs and workspace are released once used: backward keeps shrinking.
           keep_failure(failed, [&] {
-            experts_->backward(
-                shape, std::as_const(params_).experts(), matrix_view<const T>(g.in.data(), n, H),
-                off, matrix_view<const T>(d_out.data(), n, H), matrix_view<T>(d_out.data(), n, H),
-                grads.experts(), g.workspace, segment_options(s, seg));
+            experts_->backward(shape, std::as_const(params_).experts(),
+                               matrix_view<const T>(g.in.data(), n, H), off,
+                               matrix_view<const T>(d.data(), n, H), matrix_view<T>(d.data(), n, H),
+                               grads.experts(), g.workspace, segment_options(s, seg));
           });
           std::vector<T>().swap(g.in);
           g.workspace.reset();  // back to the cache for the next forward
-          if (tensor_parallel())  // each row's dx is the sum of its F shards' partials
-            return detail::tp_reduce_scatter(*comms_.tensor_parallel, g.tp, d_out, H);
+          if (tensor_parallel()) {  // each row's dx is the sum of its F shards' partials
+            detail::tp_reduce_scatter(*comms_.tensor_parallel, g.tp, gathered, d_out, H, failed,
+                                      "MoELayer::backward: TP reduce-scatter");
+            if (failed) std::fill(d_out.begin(), d_out.end(), T(0));
+          }
           return d_out;
         });
     fail_together_in_group(failed, "MoELayer::backward: experts");

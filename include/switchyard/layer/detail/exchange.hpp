@@ -80,15 +80,4 @@ void reorder_exchange_blocks(std::span<const T> in, std::span<T> out,
   }
 }
 
-/// The same into a new vector.
-template <class T>
-std::vector<T> reorder_exchange_blocks(const std::vector<T>& in,
-                                       std::span<const std::int64_t> block_rows, std::int64_t ep,
-                                       std::int64_t El, index_t H, bool to_expert_major) {
-  std::vector<T> out(in.size());
-  reorder_exchange_blocks(std::span<const T>(in), std::span<T>(out), block_rows, ep, El, H,
-                          to_expert_major);
-  return out;
-}
-
 }  // namespace switchyard::detail

@@ -9,9 +9,11 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <exception>
 #include <span>
 #include <vector>
 
+#include "switchyard/comm/communicator.hpp"
 #include "switchyard/core/mdspan.hpp"
 #include "switchyard/layer/detail/exchange.hpp"
 
@@ -42,9 +44,29 @@ tp_rows tp_gather_counts(Comm& tp, std::span<const index_t> own_offsets) {
   return g;
 }
 
-/// This rank's rows (expert-major) of every TP rank, expert-major [le][p]. Collective over `tp`.
+/// Collective over `tp`: whether every rank of the TP group holds no failure. Where one does,
+/// every rank of the group keeps one (its own, or the comm_error of fail_together naming the
+/// first failed rank) and the caller skips the collective that follows, so no TP rank waits in
+/// a collective a failed peer does not join (out of memory for a TP buffer on one rank is an
+/// error on every rank, as the layer's other buffers are).
+template <class Comm>
+bool tp_agree(Comm& tp, std::exception_ptr& failed, const char* where) {
+  try {
+    fail_together(tp, failed, where);
+    return true;
+  } catch (...) {
+    if (!failed) failed = std::current_exception();
+    return false;
+  }
+}
+
+/// This rank's rows (expert-major) of every TP rank, expert-major [le][p]. Collective over `tp`:
+/// its buffers are allocated first (unless `failed` already holds a failure; an allocation's
+/// failure goes into `failed`), then the group agrees (tp_agree) and, where any rank failed,
+/// every rank returns an empty vector with `failed` set instead of gathering.
 template <class T, class Comm>
 std::vector<T> tp_gather_rows(Comm& tp, const tp_rows& g, const std::vector<T>& rows, index_t H,
+                              std::exception_ptr& failed, const char* where,
                               tp_traffic* traffic = nullptr) {
   const std::int64_t n = tp.size(), El = static_cast<std::int64_t>(g.offsets.size()) - 1;
   // all_gather moves equal sizes: each rank's rows padded to the largest rank's.
@@ -54,9 +76,18 @@ std::vector<T> tp_gather_rows(Comm& tp, const tp_rows& g, const std::vector<T>& 
     for (std::int64_t le = 0; le < El; ++le) r += g.counts[static_cast<std::size_t>(p * El + le)];
     most = std::max(most, r);
   }
-  std::vector<T> padded(static_cast<std::size_t>(most * H), T(0));
+  std::vector<T> padded, all, out;
+  if (!failed) {
+    try {
+      padded.resize(static_cast<std::size_t>(most * H));
+      all.resize(static_cast<std::size_t>(n * most * H));
+      out.resize(static_cast<std::size_t>(g.offsets.back() * H));
+    } catch (...) {
+      failed = std::current_exception();
+    }
+  }
+  if (!tp_agree(tp, failed, where)) return {};
   std::copy(rows.begin(), rows.end(), padded.begin());
-  std::vector<T> all(static_cast<std::size_t>(n * most * H));
   tp.all_gather(padded.data(), most * H, all.data());
   if (traffic) {
     const auto bytes = static_cast<std::int64_t>(sizeof(T)) * (n - 1) * most * H;
@@ -66,7 +97,6 @@ std::vector<T> tp_gather_rows(Comm& tp, const tp_rows& g, const std::vector<T>& 
   // Rank p's blocks start at p·most; in the packed source-major order they start at the rank's
   // first block offset, so shift each rank's blocks by the padding before it.
   const block_offsets o = exchange_block_offsets(g.counts, n, El);
-  std::vector<T> out(static_cast<std::size_t>(g.offsets.back() * H));
   for (std::int64_t p = 0; p < n; ++p)
     for (std::int64_t le = 0; le < El; ++le) {
       const auto b = static_cast<std::size_t>(p * El + le);
@@ -78,33 +108,47 @@ std::vector<T> tp_gather_rows(Comm& tp, const tp_rows& g, const std::vector<T>& 
 }
 
 /// The sum over the TP group of every rank's `partial` [gathered rows][H] (expert-major as
-/// tp_gather_rows gave them), for this rank's own rows (expert-major as it sent them): each rank
-/// sends every peer its partials of that peer's rows and adds what it receives in TP-rank order.
-/// Collective over `tp`.
+/// tp_gather_rows gave them), for this rank's own rows, into `own` [own rows][H] (expert-major
+/// as it sent them; the buffer it sent to the gather serves): each rank sends every peer its
+/// partials of that peer's rows and adds what it receives in TP-rank order. Collective over
+/// `tp`, with its buffers allocated and agreed on first as in tp_gather_rows; where any rank
+/// failed, every rank leaves `own` as it is and `failed` set.
 template <class T, class Comm>
-std::vector<T> tp_reduce_scatter(Comm& tp, const tp_rows& g, const std::vector<T>& partial,
-                                 index_t H, tp_traffic* traffic = nullptr) {
+void tp_reduce_scatter(Comm& tp, const tp_rows& g, const std::vector<T>& partial,
+                       std::vector<T>& own, index_t H, std::exception_ptr& failed,
+                       const char* where, tp_traffic* traffic = nullptr) {
   const std::int64_t n = tp.size(), El = static_cast<std::int64_t>(g.offsets.size()) - 1;
   const std::int64_t me = tp.rank();
-  // Back to source-major [p][le]: peer p's rows are contiguous and in its own order.
-  const std::vector<T> by_rank = reorder_exchange_blocks(partial, g.counts, n, El, H, false);
   const std::vector<std::int64_t> send = exchange_peer_elements(g.counts, n, El, H);
-  const std::int64_t own = send[static_cast<std::size_t>(me)];
-  const std::vector<std::int64_t> recv(static_cast<std::size_t>(n), own);
-  std::vector<T> parts(static_cast<std::size_t>(n * own));
+  const std::int64_t mine = send[static_cast<std::size_t>(me)];
+  std::vector<T> by_rank, parts;
+  if (!failed) {
+    try {
+      SY_EXPECTS(static_cast<std::int64_t>(own.size()) == mine,
+                 "tp_reduce_scatter: the own rows' buffer is not the size this rank sent");
+      by_rank.resize(static_cast<std::size_t>(g.offsets.back() * H));
+      parts.resize(static_cast<std::size_t>(n * mine));
+    } catch (...) {
+      failed = std::current_exception();
+    }
+  }
+  if (!tp_agree(tp, failed, where)) return;
+  // Back to source-major [p][le]: peer p's rows are contiguous and in its own order.
+  reorder_exchange_blocks(std::span<const T>(partial), std::span<T>(by_rank), g.counts, n, El, H,
+                          /*to_expert_major=*/false);
+  const std::vector<std::int64_t> recv(static_cast<std::size_t>(n), mine);
   tp.all_to_all_v(by_rank.data(), send, parts.data(), recv);
   if (traffic) {
     for (std::int64_t p = 0; p < n; ++p)
       if (p != me)
         traffic->sent += static_cast<std::int64_t>(sizeof(T)) * send[static_cast<std::size_t>(p)];
-    traffic->received += static_cast<std::int64_t>(sizeof(T)) * (n - 1) * own;
+    traffic->received += static_cast<std::int64_t>(sizeof(T)) * (n - 1) * mine;
   }
-  std::vector<T> out(parts.begin(), parts.begin() + own);
+  std::copy_n(parts.begin(), mine, own.begin());
   for (std::int64_t p = 1; p < n; ++p) {
-    const T* src = parts.data() + p * own;
-    for (std::int64_t i = 0; i < own; ++i) out[static_cast<std::size_t>(i)] += src[i];
+    const T* src = parts.data() + p * mine;
+    for (std::int64_t i = 0; i < mine; ++i) own[static_cast<std::size_t>(i)] += src[i];
   }
-  return out;
 }
 
 }  // namespace switchyard::detail
