@@ -643,15 +643,15 @@ BOOST_AUTO_TEST_CASE(an_expert_failure_on_one_rank_is_an_error_on_every_rank) {
 }
 
 // Out of memory at any of the row-sized allocations of a forward or a backward on one rank (the
-// copies of x, the dispatched rows, every buffer of the EP exchange, the experts' workspace
-// and outputs, the outputs and gradients) is an error on every rank, never a peer waiting
-// until its timeout: the failed rank rethrows std::bad_alloc, its peers throw comm_error
-// naming it, and the next step gives the same bits. Every such allocation is failed in turn
-// (counted first on an armed run that fails none), with tensor-parallel experts those of the
-// TP gather and reduce-scatter too. Smaller allocations (counts, offsets, metrics, the router's
-// [T][E] arrays, messages) are not swept (docs/reliability.md). A regression fails fast: after each
-// case the ranks agree, over a communicator of their own, whether it went as expected, and stop at
-// the first that did not.
+// copies of x, the router's [T][E] arrays in its forward and backward, the dispatched rows,
+// every buffer of the EP exchange, the experts' workspace and outputs, the outputs and
+// gradients) is an error on every rank, never a peer waiting until its timeout: the failed
+// rank rethrows std::bad_alloc, its peers throw comm_error naming it, and the next step gives
+// the same bits. Every such allocation is failed in turn (counted first on an armed run that
+// fails none), with tensor-parallel experts those of the TP gather and reduce-scatter too.
+// Smaller allocations (counts, offsets, metrics, messages) are not swept
+// (docs/reliability.md). A regression fails fast: after each case the ranks agree, over a
+// communicator of their own, whether it went as expected, and stop at the first that did not.
 namespace {
 void allocation_failure_fails_on_every_rank(sy::Config c) {
   sy::MpiComm world(MPI_COMM_WORLD, std::chrono::seconds(10));
@@ -663,7 +663,9 @@ void allocation_failure_fails_on_every_rank(sy::Config c) {
   auto layer = mpi_layer(c, groups);
   layer->initialize(5);
   const bool is_bad = world.rank() == world.size() - 1;
-  const std::int64_t T = 6, H = c.hidden_size;
+  // T·E doubles = a row: the router's [T][E] arrays (aux and z-loss on) are swept as well.
+  const std::int64_t T = 32, H = c.hidden_size;
+  BOOST_TEST_REQUIRE(T * c.num_experts >= H);
   const auto x =
       random_vector(90 + static_cast<std::uint32_t>(world.rank()), static_cast<std::size_t>(T * H));
   const auto dy =

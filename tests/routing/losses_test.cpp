@@ -200,4 +200,39 @@ BOOST_AUTO_TEST_CASE(group_sum_uses_the_counts_and_tokens_of_the_group) {
   }
 }
 
+// The host layer's fault handling replays the group sums a failed rank missed from
+// group_sum_lengths: it must list exactly the calls compute_losses makes, for every loss mix,
+// with TopK and Sinkhorn, with tokens and without.
+BOOST_AUTO_TEST_CASE(group_sum_lengths_are_the_calls_the_losses_make) {
+  const sy::index_t E = 8;
+  using LBT = sy::LoadBalancingType;
+  const std::vector<std::vector<sy::BalanceLoss>> mixes = {
+      {},
+      {{LBT::aux_loss, 0.1}},
+      {{LBT::seq_aux_loss, 0.1}},
+      {{LBT::global_aux_loss, 0.1}},
+      {{LBT::aux_loss, 0.1}, {LBT::seq_aux_loss, 0.2}, {LBT::global_aux_loss, 0.3}}};
+  for (const auto& mix : mixes)
+    for (const double z_coeff : {0.0, 1e-3})
+      for (const sy::index_t Tn : {sy::index_t{0}, sy::index_t{12}}) {
+        const sy::RouterParams p = with_losses(E, mix, z_coeff, 4);
+        const auto z = random_logits<double>(43, Tn * E);
+        std::vector<std::size_t> seen;
+        sy::GlobalAuxLoss acc;
+        sy::RouteContext ctx;
+        ctx.global_aux = &acc;
+        ctx.group_sum = [&seen](std::span<double> v) { seen.push_back(v.size()); };
+        const auto expected = sy::group_sum_lengths(p.losses, E);
+        BOOST_TEST_CONTEXT(mix.size() << " balance losses, z " << z_coeff << ", T " << Tn) {
+          (void)sy::TopK<2, sy::Softmax>(p).forward(sy::exec::Host{}, cview(z, Tn, E), ctx);
+          BOOST_TEST(seen == expected, boost::test_tools::per_element());
+          if (mix.empty()) {  // Sinkhorn takes the z-loss only
+            seen.clear();
+            (void)sy::Sinkhorn<2>(E, p.losses).forward(sy::exec::Host{}, cview(z, Tn, E), ctx);
+            BOOST_TEST(seen == expected, boost::test_tools::per_element());
+          }
+        }
+      }
+}
+
 BOOST_AUTO_TEST_SUITE_END()

@@ -27,6 +27,7 @@
 #include <exception>
 #include <memory>
 #include <numeric>
+#include <optional>
 #include <span>
 #include <string>
 #include <utility>
@@ -229,11 +230,32 @@ class MoELayerCore {
     fail_together_in_group(failed, "MoELayer::forward");
 
     // Group statistics for the losses (REFERENCE §5): counts and T over the dense DP group (and
-    // the TP group, whose ranks hold other tokens).
-    ctx.group_sum = [this](std::span<double> v) {
+    // the TP group, whose ranks hold other tokens). A failure inside one of the library's
+    // routers (out of memory for its [T][E] arrays) is kept: the rank joins the group sums it
+    // missed, with zeros, and sends no rows, and the group fails together at the next check. A
+    // failed sum (the communicator's error), sums other than the router's known ones, or a
+    // router whose sums are not known: the failure is thrown at once.
+    const std::optional<std::vector<std::size_t>> sums = router_->group_sums(E);
+    std::size_t sums_made = 0;
+    bool summing = false, sums_as_known = sums.has_value();
+    ctx.group_sum = [&](std::span<double> v) {
+      if (sums_as_known && (sums_made >= sums->size() || v.size() != (*sums)[sums_made]))
+        sums_as_known = false;
+      summing = true;
       group_all_reduce(v.data(), static_cast<std::int64_t>(v.size()), ReduceOp::sum);
+      summing = false;
+      ++sums_made;
     };
-    s.routing = router_->forward(matrix_view<const T>(logits.data(), Tn, E), ctx);
+    keep_failure(failed, [&] {
+      s.routing = router_->forward(matrix_view<const T>(logits.data(), Tn, E), ctx);
+    });
+    if (failed) {
+      if (summing || !sums_as_known) std::rethrow_exception(failed);
+      for (; sums_made < sums->size(); ++sums_made) {
+        std::vector<double> zeros((*sums)[sums_made], 0.0);
+        group_all_reduce(zeros.data(), static_cast<std::int64_t>(zeros.size()), ReduceOp::sum);
+      }
+    }
 
     // Dispatch over placement slots, so the rows of each EP rank are contiguous. A failure
     // here (out of memory for the rows) is kept (keep_failure): the rank sends no rows and the
@@ -330,9 +352,10 @@ class MoELayerCore {
     std::vector<T> d_rows;  // takes over the expert outputs' buffer (unpermute_backward allows it)
     std::vector<T> d_weight, d_prob, dx, dlogits, dx_router, dw;
     // The local stage, failing together as in forward (the check runs in exchange_apply, after
-    // the exchange's buffers are allocated). Every buffer of the router's part is allocated
-    // here: no collective follows the experts' check, so a rank failing later would throw
-    // alone and leave its peers waiting in the step's next collective.
+    // the exchange's buffers are allocated). The router's part runs here (d prob comes from the
+    // combine alone): no collective follows the experts' check, so a rank failing after it
+    // (out of memory inside the router's backward) would throw alone and leave its peers
+    // waiting in the step's next collective. Its weight gradient is added after the check.
     std::exception_ptr failed;
     keep_failure(failed, [&] {
       SY_EXPECTS(!s.used, "MoELayer::backward: this forward's saved state was already consumed");
@@ -352,6 +375,14 @@ class MoELayerCore {
       combine_weights_backward(exec::Host{}, s.plan, s.routing.probs(),
                                matrix_view<const T>(d_weight.data(), Tn, k),
                                matrix_view<T>(d_prob.data(), Tn, k));
+      // Router: d prob (0 for dropped routes) -> d logits (with the losses) -> dx, dW_r.
+      router_->backward(s.routing, matrix_view<const T>(d_prob.data(), Tn, k),
+                        matrix_view<T>(dlogits.data(), Tn, E));
+      router_linear_backward(exec::Host{}, matrix_view<const T>(s.router_input().data(), Tn, H),
+                             std::as_const(params_).router(),
+                             matrix_view<const T>(dlogits.data(), Tn, E),
+                             matrix_view<T>(dx_router.data(), Tn, H),
+                             matrix_view<T>(dw.data(), E, H), vector_view<T>());
     });
     const expert_shape shape{placement_.local_experts(), H, params_.ffn_hidden, params_.bias};
     // As in forward; a failure in the experts leaves this step's expert grads partial.
@@ -386,14 +417,6 @@ class MoELayerCore {
     fail_together_in_group(failed, "MoELayer::backward: experts");
     permute_backward(exec::Host{}, s.plan, matrix_view<const T>(d_rows_in.data(), R, H),
                      matrix_view<T>(dx.data(), Tn, H));
-
-    // Router: d prob (0 for dropped routes) -> d logits (with the losses) -> dx, dW_r.
-    router_->backward(s.routing, matrix_view<const T>(d_prob.data(), Tn, k),
-                      matrix_view<T>(dlogits.data(), Tn, E));
-    router_linear_backward(exec::Host{}, matrix_view<const T>(s.router_input().data(), Tn, H),
-                           std::as_const(params_).router(), matrix_view<const T>(dlogits.data(), Tn, E),
-                           matrix_view<T>(dx_router.data(), Tn, H), matrix_view<T>(dw.data(), E, H),
-                           vector_view<T>());
     const bool jitter = !s.x_router.empty();
     for (std::size_t i = 0; i < static_cast<std::size_t>(Tn * H); ++i)
       dx[i] += router_input_grad(dx_router[i], s.x[i], jitter ? &s.x_router[i] : nullptr);

@@ -72,6 +72,18 @@ inline void check_balance_inputs(const LossParams& p, index_t Tn, const RouteCon
   }
 }
 
+/// The lengths of the vectors compute_losses passes to RouteContext::group_sum for `p` and E
+/// experts, in call order (with a group every rank makes these calls, even with no tokens): a
+/// caller whose rank failed inside a router's forward joins the calls it missed, so its peers
+/// are not left waiting in one (the host layer's fault handling).
+inline std::vector<std::size_t> group_sum_lengths(const LossParams& p, index_t E) {
+  std::vector<std::size_t> n;
+  for (const BalanceLoss& bl : p.balance)  // per sequence: the sequence count; else c_e and T
+    n.push_back(bl.type == LoadBalancingType::seq_aux_loss ? 1 : static_cast<std::size_t>(E) + 1);
+  if (p.z_loss_coeff > 0) n.push_back(1);  // the token count
+  return n;
+}
+
 /// The Routing a router's forward fills in: shapes checked against `num_experts`, logits
 /// checked finite and copied (backward recomputes from them), outputs sized, counts zeroed.
 template <int K, class T>

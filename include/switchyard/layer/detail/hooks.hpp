@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -14,6 +15,7 @@
 #include "switchyard/exec/host.hpp"
 #include "switchyard/experts/experts.hpp"
 #include "switchyard/experts/init.hpp"
+#include "switchyard/routing/losses.hpp"
 #include "switchyard/routing/router_policy.hpp"
 #include "switchyard/routing/sinkhorn.hpp"
 #include "switchyard/routing/top_k.hpp"
@@ -24,6 +26,22 @@ template <class R>
 inline constexpr bool is_sinkhorn_router = false;
 template <int K>
 inline constexpr bool is_sinkhorn_router<Sinkhorn<K>> = true;
+
+/// The group sums (RouteContext::group_sum) a router's forward makes, in order, for the
+/// library's routers (their losses come from compute_losses: group_sum_lengths); nullopt for
+/// another router policy, whose sums are not known.
+template <class R>
+std::optional<std::vector<std::size_t>> router_group_sums(const R&, index_t) {
+  return std::nullopt;
+}
+template <int K, ScoreTag Score>
+std::optional<std::vector<std::size_t>> router_group_sums(const TopK<K, Score>& r, index_t E) {
+  return group_sum_lengths(r.params().losses, E);
+}
+template <int K>
+std::optional<std::vector<std::size_t>> router_group_sums(const Sinkhorn<K>& r, index_t E) {
+  return group_sum_lengths(r.losses(), E);
+}
 
 /// Aux-loss-free balancing asked of a router without an expert bias (Sinkhorn).
 [[noreturn]] inline void throw_no_expert_bias() {
@@ -38,6 +56,8 @@ struct router_hooks {
   virtual Routing<T> forward(matrix_view<const T> logits, const RouteContext& ctx) const = 0;
   virtual void backward(const Routing<T>& r, matrix_view<const T> dprob,
                         matrix_view<T> dlogits) const = 0;
+  /// What forward passes to RouteContext::group_sum, in order (router_group_sums).
+  virtual std::optional<std::vector<std::size_t>> group_sums(index_t E) const = 0;
   /// Aux-loss-free balancing: β update from the dispatched counts of a global batch.
   virtual void update_expert_bias(std::span<const std::int64_t> counts) = 0;
   virtual std::vector<double> expert_bias() const = 0;
@@ -53,6 +73,9 @@ struct router_hooks_impl final : router_hooks<T> {
   void backward(const Routing<T>& r, matrix_view<const T> dprob,
                 matrix_view<T> dlogits) const override {
     router.backward(exec::Host{}, r, dprob, dlogits);
+  }
+  std::optional<std::vector<std::size_t>> group_sums(index_t E) const override {
+    return router_group_sums(router, E);
   }
   void update_expert_bias(std::span<const std::int64_t> counts) override {
     if constexpr (requires { router.update_expert_bias(counts); })
