@@ -642,8 +642,58 @@ BOOST_AUTO_TEST_CASE(an_expert_failure_on_one_rank_is_an_error_on_every_rank) {
   expert_failure_fails_on_every_rank(tensor_parallel_config(world.size()));
 }
 
+// A router that fails between its loss group sums (here the global aux loss's accumulator, which
+// one rank was given holding counts of another expert count, throws after the aux loss's sum
+// and before the z-loss's): the rank joins the sum it missed, and every rank gets the error at
+// the next check instead of its peers waiting in the z-loss's sum. Then, with every
+// accumulator reset, a good forward gives the reference bits.
+namespace {
+void router_failure_between_its_sums_fails_on_every_rank(sy::Config c) {
+  sy::MpiComm world(MPI_COMM_WORLD, std::chrono::seconds(20));
+  c.load_balancing_type = sy::LoadBalancingType::global_aux_loss;
+  BOOST_TEST_REQUIRE(c.router_z_loss_coeff > 0);  // a second sum after the aux loss's
+  auto groups = sy::make_mpi_groups(world, sy::Layout(c));
+  auto layer = mpi_layer(c, groups);
+  layer->initialize(5);
+  const bool is_bad = world.rank() == world.size() - 1;
+  const std::int64_t T = 6, H = c.hidden_size;
+  const auto x =
+      random_vector(60 + static_cast<std::uint32_t>(world.rank()), static_cast<std::size_t>(T * H));
+  const sy::matrix_view<const double> xv(x.data(), T, H);
+  sy::GlobalAuxLoss acc;
+  sy::ForwardOptions opt;
+  opt.global_aux = &acc;
+  const std::vector<double> reference = layer->forward(xv, opt).y;
+  acc.reset();
+  if (is_bad) acc.accumulate({1, 2, 3});  // 3 experts: the next accumulate throws
+  const char* check = c.expert_parallel_size > 1 ? "MoELayer::forward: dispatch"
+                                                 : "MoELayer::forward: dispatch and experts";
+  if (is_bad) {
+    BOOST_CHECK_EXCEPTION(
+        layer->forward(xv, opt), sy::precondition_error,
+        [](const std::exception& e) { return has(e, "GlobalAuxLoss: 8 experts after 3"); });
+  } else {
+    BOOST_CHECK_EXCEPTION(layer->forward(xv, opt), sy::comm_error, [&](const sy::comm_error& e) {
+      return has(e, check) && has(e, "GlobalAuxLoss: 8 experts after 3");
+    });
+  }
+  acc.reset();
+  BOOST_TEST(layer->forward(xv, opt).y == reference, boost::test_tools::per_element());
+}
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(a_router_failure_between_its_group_sums_is_an_error_on_every_rank) {
+  sy::MpiComm world(MPI_COMM_WORLD, std::chrono::seconds(60));
+  auto c = base_config();
+  c.expert_parallel_size = world.size();
+  router_failure_between_its_sums_fails_on_every_rank(c);
+  c = base_config();
+  c.data_parallel_size = world.size();
+  router_failure_between_its_sums_fails_on_every_rank(c);
+}
+
 // Out of memory at any of the row-sized allocations of a forward or a backward on one rank (the
-// copies of x, the router's [T][E] arrays in its forward and backward, the dispatched rows,
+// copies of x, the router's [T][E] arrays, the dispatched rows,
 // every buffer of the EP exchange, the experts' workspace and outputs, the outputs and
 // gradients) is an error on every rank, never a peer waiting until its timeout: the failed
 // rank rethrows std::bad_alloc, its peers throw comm_error naming it, and the next step gives

@@ -128,7 +128,8 @@ inline void require_agreement(int rank, int size, const host_word_gather& gather
 }
 
 inline void fail_together(int rank, int size, const host_word_gather& gather,
-                          const std::exception_ptr& local, const std::string& where) {
+                          const std::exception_ptr& local, const std::string& where,
+                          bool* joined = nullptr) {
   constexpr std::size_t words = 33;  // a flag, then 256 bytes of message
   std::array<std::uint64_t, words> mine{};
   if (local) {
@@ -145,6 +146,7 @@ inline void fail_together(int rank, int size, const host_word_gather& gather,
   }
   std::vector<std::uint64_t> all(words * static_cast<std::size_t>(size));
   gather(mine.data(), static_cast<std::int64_t>(words), all.data());
+  if (joined) *joined = true;
   if (local) std::rethrow_exception(local);
   for (int r = 0; r < size; ++r) {
     const std::uint64_t* w = &all[static_cast<std::size_t>(r) * words];
@@ -170,10 +172,14 @@ void require_agreement(Comm& comm, std::uint64_t fingerprint, const std::string&
 /// holds its exception, or is null) before anyone starts an exchange the failed rank would not
 /// join. The failed rank rethrows its own exception; every other rank throws comm_error naming
 /// the first failed rank and its message (up to 255 bytes), so a bad input on one rank is an
-/// error on every rank instead of a hang.
+/// error on every rank instead of a hang. `joined`, when given, is set once this rank has taken
+/// part in the collective: an exception with it still false came before (out of memory for the
+/// message) or from the collective itself, and the peers did not hear this rank's verdict.
 template <Communicator Comm>
-void fail_together(Comm& comm, const std::exception_ptr& local, const std::string& where) {
-  detail::fail_together(comm.rank(), comm.size(), detail::host_gather_of(comm), local, where);
+void fail_together(Comm& comm, const std::exception_ptr& local, const std::string& where,
+                   bool* joined = nullptr) {
+  detail::fail_together(comm.rank(), comm.size(), detail::host_gather_of(comm), local, where,
+                        joined);
 }
 
 }  // namespace switchyard

@@ -156,6 +156,9 @@ class MoELayerCore {
       throw config_error(detail::concat("num_experts_per_token: the config has k = ",
                                         cfg_.num_experts_per_token, " but the router has k = ",
                                         router_->k()));
+    // The loss group sums the router's forward makes (fixed by its losses and E), for a rank
+    // whose router fails to join the ones it missed (forward).
+    router_sums_ = router_->group_sums(cfg_.num_experts);
     const index_t El = placement_.local_experts();
     params_ = MoEParams<T>(cfg_.num_experts, El, cfg_.hidden_size, cfg_.ffn_hidden_size / tp,
                            experts_->fc1_multiplier(), cfg_.add_bias_linear);
@@ -207,9 +210,12 @@ class MoELayerCore {
     // hang. The outputs are allocated here too: after the exchanges only the metrics' reduction
     // is left, which a rank failing then would leave its peers waiting in.
     std::exception_ptr failed;
+    std::vector<double> sum_zeros;  // what a rank whose router failed sends in the sums it missed
     keep_failure(failed, [&] {
       SY_EXPECTS(x.extent(1) == H, detail::concat("MoELayer::forward: x has ", x.extent(1),
                                                   " columns, hidden_size is ", H));
+      if (router_sums_ && !router_sums_->empty())
+        sum_zeros.resize(*std::max_element(router_sums_->begin(), router_sums_->end()));
       s.tokens = Tn;
       s.x.assign(x.data_handle(), x.data_handle() + Tn * H);
       out.y.resize(static_cast<std::size_t>(Tn * H));
@@ -234,8 +240,10 @@ class MoELayerCore {
     // routers (out of memory for its [T][E] arrays) is kept: the rank joins the group sums it
     // missed, with zeros, and sends no rows, and the group fails together at the next check. A
     // failed sum (the communicator's error), sums other than the router's known ones, or a
-    // router whose sums are not known: the failure is thrown at once.
-    const std::optional<std::vector<std::size_t>> sums = router_->group_sums(E);
+    // router whose sums are not known: the failure is thrown at once. (A GlobalAuxLoss passed
+    // in ForwardOptions may then hold this micro-batch on some ranks and not on others: reset
+    // it after a failed forward, docs/reliability.md.)
+    const std::optional<std::vector<std::size_t>>& sums = router_sums_;
     std::size_t sums_made = 0;
     bool summing = false, sums_as_known = sums.has_value();
     ctx.group_sum = [&](std::span<double> v) {
@@ -252,8 +260,9 @@ class MoELayerCore {
     if (failed) {
       if (summing || !sums_as_known) std::rethrow_exception(failed);
       for (; sums_made < sums->size(); ++sums_made) {
-        std::vector<double> zeros((*sums)[sums_made], 0.0);
-        group_all_reduce(zeros.data(), static_cast<std::int64_t>(zeros.size()), ReduceOp::sum);
+        std::fill(sum_zeros.begin(), sum_zeros.end(), 0.0);  // the last sum overwrote them
+        group_all_reduce(sum_zeros.data(), static_cast<std::int64_t>((*sums)[sums_made]),
+                         ReduceOp::sum);
       }
     }
 
@@ -651,6 +660,9 @@ class MoELayerCore {
   MoEParams<T> params_;
   detail::buffer_cache workspace_cache_;
   std::vector<T> zero_fc2_bias_;  ///< fc2's bias on TP ranks other than 0; else empty
+  /// The lengths of the router's loss group sums in order (router_hooks::group_sums); nullopt
+  /// for a router policy whose sums are not known.
+  std::optional<std::vector<std::size_t>> router_sums_;
 };
 
 namespace detail {

@@ -48,13 +48,17 @@ tp_rows tp_gather_counts(Comm& tp, std::span<const index_t> own_offsets) {
 /// every rank of the group keeps one (its own, or the comm_error of fail_together naming the
 /// first failed rank) and the caller skips the collective that follows, so no TP rank waits in
 /// a collective a failed peer does not join (out of memory for a TP buffer on one rank is an
-/// error on every rank, as the layer's other buffers are).
+/// error on every rank, as the layer's other buffers are). An exception before this rank took
+/// part (the communicator's own error, or out of memory for the verdict's message) is thrown:
+/// its peers did not hear from it, and going on would pair its next collective with this one.
 template <class Comm>
 bool tp_agree(Comm& tp, std::exception_ptr& failed, const char* where) {
+  bool joined = false;
   try {
-    fail_together(tp, failed, where);
+    fail_together(tp, failed, where, &joined);
     return true;
   } catch (...) {
+    if (!joined) throw;
     if (!failed) failed = std::current_exception();
     return false;
   }
