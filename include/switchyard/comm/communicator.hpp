@@ -157,6 +157,23 @@ inline void fail_together(int rank, int size, const host_word_gather& gather,
                             " (this is rank ", rank, ")"));
   }
 }
+/// Runs `stage` unless an earlier one failed, and keeps its exception in `failed` instead of
+/// throwing it, so that the rank still joins the collectives that follow and its group fails
+/// together (fail_together). The layers use it for their local stages before the first
+/// exchange, for a dense stage before the TP group's verdict, for the buffers of an exchange
+/// before its check, and for this rank's expert computation between two exchanges: there the
+/// rank joins the exchanges that follow (its peers wait for them) with rows of the sizes they
+/// expect, and the group fails together after the last one (out of memory on one rank is an
+/// error on every rank).
+template <class Stage>
+void keep_failure(std::exception_ptr& failed, Stage&& stage) {
+  if (failed) return;
+  try {
+    stage();
+  } catch (...) {
+    failed = std::current_exception();
+  }
+}
 }  // namespace detail
 
 /// Checks that every rank of `comm` holds the same `fingerprint` (e.g. the hash of its config)

@@ -211,7 +211,7 @@ class MoELayerCore {
     // is left, which a rank failing then would leave its peers waiting in.
     std::exception_ptr failed;
     std::vector<double> sum_zeros;  // what a rank whose router failed sends in the sums it missed
-    keep_failure(failed, [&] {
+    detail::keep_failure(failed, [&] {
       SY_EXPECTS(x.extent(1) == H, detail::concat("MoELayer::forward: x has ", x.extent(1),
                                                   " columns, hidden_size is ", H));
       if (router_sums_ && !router_sums_->empty())
@@ -254,7 +254,7 @@ class MoELayerCore {
       summing = false;
       ++sums_made;
     };
-    keep_failure(failed, [&] {
+    detail::keep_failure(failed, [&] {
       s.routing = router_->forward(matrix_view<const T>(logits.data(), Tn, E), ctx);
     });
     if (failed) {
@@ -274,7 +274,7 @@ class MoELayerCore {
     DispatchOptions dopt = dispatch_options(cfg_, Tn);
     if (dopt.capacity && ep > 1) dopt.pad_to_capacity = true;  // C rows per expert, as Megatron
     std::vector<T> rows;
-    keep_failure(failed, [&] {
+    detail::keep_failure(failed, [&] {
       s.slots.resize(s.routing.topk_indices.size());
       for (std::size_t i = 0; i < s.slots.size(); ++i)
         s.slots[i] = static_cast<std::int32_t>(placement_.slot(s.routing.topk_indices[i]));
@@ -322,7 +322,7 @@ class MoELayerCore {
           const std::vector<index_t>& off = g.expert_offsets();
           const index_t n = off.back();
           std::vector<T> y;
-          keep_failure(failed, [&] {
+          detail::keep_failure(failed, [&] {
             g.workspace = workspace_cache_.take(experts_->workspace_bytes(shape, n));
             y.resize(static_cast<std::size_t>(n * H));
             experts_->forward(shape, forward_weights(), matrix_view<const T>(g.in.data(), n, H),
@@ -366,7 +366,7 @@ class MoELayerCore {
     // (out of memory inside the router's backward) would throw alone and leave its peers
     // waiting in the step's next collective. Its weight gradient is added after the check.
     std::exception_ptr failed;
-    keep_failure(failed, [&] {
+    detail::keep_failure(failed, [&] {
       SY_EXPECTS(!s.used, "MoELayer::backward: this forward's saved state was already consumed");
       SY_EXPECTS(dy.extent(0) == Tn && dy.extent(1) == H,
                  detail::concat("MoELayer::backward: dy is [", dy.extent(0), "][", dy.extent(1),
@@ -408,7 +408,7 @@ class MoELayerCore {
           const index_t n = off.back();
           // dx overwrites dy in place (the host experts read dy only before writing dx), and
           // the segment's inputs and workspace are released once used: backward keeps shrinking.
-          keep_failure(failed, [&] {
+          detail::keep_failure(failed, [&] {
             experts_->backward(shape, std::as_const(params_).experts(),
                                matrix_view<const T>(g.in.data(), n, H), off,
                                matrix_view<const T>(d.data(), n, H), matrix_view<T>(d.data(), n, H),
@@ -492,7 +492,7 @@ class MoELayerCore {
   void dense_then_tensor_parallel(Stage&& dense_stage, const char* where) {
     if (!tensor_parallel()) return dense_stage(std::string(where));
     std::exception_ptr outcome;
-    keep_failure(outcome, [&] { dense_stage(detail::concat(where, ", dense group")); });
+    detail::keep_failure(outcome, [&] { dense_stage(detail::concat(where, ", dense group")); });
     fail_together(*comms_.tensor_parallel, outcome, detail::concat(where, ", TP group"));
   }
   // fail_together over the loss group: a failure on any of its ranks is an error on all of them.
@@ -500,23 +500,6 @@ class MoELayerCore {
     dense_then_tensor_parallel(
         [&](const std::string& w) { fail_together(*comms_.dense_data_parallel, failed, w); },
         where);
-  }
-
-  // Runs `stage` unless an earlier one failed, and keeps its exception instead of throwing it, so
-  // that the rank still joins the collectives that follow and the group fails together
-  // (fail_together). Used for the local stages before the first exchange, for the dense stage
-  // before the TP group's verdict, and for this rank's expert computation between two
-  // exchanges: there the rank joins the exchanges that follow (its peers wait for them) with rows
-  // of the sizes they expect, and the group fails together after the last one (out of memory on
-  // one rank is an error on every rank).
-  template <class Stage>
-  static void keep_failure(std::exception_ptr& failed, Stage&& stage) {
-    if (failed) return;
-    try {
-      stage();
-    } catch (...) {
-      failed = std::current_exception();
-    }
   }
 
   // The expert options of a segment: the received rows' dropout keys follow the own rows', so
@@ -570,7 +553,7 @@ class MoELayerCore {
         detail::exchange_peer_elements(s.recv_rows, ep, El, H, self);
     const std::int64_t total_recv = std::accumulate(recv.begin(), recv.end(), std::int64_t{0});
     std::vector<T> local_in, outgoing, by_source, expert_major;
-    keep_failure(failed, [&] {
+    detail::keep_failure(failed, [&] {
       const auto self_begin = rows.begin() + self_off * H, self_end = self_begin + self_rows * H;
       local_in.assign(self_begin, self_end);
       outgoing.reserve(rows.size() - local_in.size());  // the rows to send, without our block

@@ -65,9 +65,9 @@ bool tp_agree(Comm& tp, std::exception_ptr& failed, const char* where) {
 }
 
 /// This rank's rows (expert-major) of every TP rank, expert-major [le][p]. Collective over `tp`:
-/// its buffers are allocated first (unless `failed` already holds a failure; an allocation's
-/// failure goes into `failed`), then the group agrees (tp_agree) and, where any rank failed,
-/// every rank returns an empty vector with `failed` set instead of gathering.
+/// its buffers are allocated first (keep_failure: not when `failed` already holds a failure; an
+/// allocation's failure goes into `failed`), then the group agrees (tp_agree) and, where any rank
+/// failed, every rank returns an empty vector with `failed` set instead of gathering.
 template <class T, class Comm>
 std::vector<T> tp_gather_rows(Comm& tp, const tp_rows& g, const std::vector<T>& rows, index_t H,
                               std::exception_ptr& failed, const char* where,
@@ -81,15 +81,11 @@ std::vector<T> tp_gather_rows(Comm& tp, const tp_rows& g, const std::vector<T>& 
     most = std::max(most, r);
   }
   std::vector<T> padded, all, out;
-  if (!failed) {
-    try {
-      padded.resize(static_cast<std::size_t>(most * H));
-      all.resize(static_cast<std::size_t>(n * most * H));
-      out.resize(static_cast<std::size_t>(g.offsets.back() * H));
-    } catch (...) {
-      failed = std::current_exception();
-    }
-  }
+  keep_failure(failed, [&] {
+    padded.resize(static_cast<std::size_t>(most * H));
+    all.resize(static_cast<std::size_t>(n * most * H));
+    out.resize(static_cast<std::size_t>(g.offsets.back() * H));
+  });
   if (!tp_agree(tp, failed, where)) return {};
   std::copy(rows.begin(), rows.end(), padded.begin());
   tp.all_gather(padded.data(), most * H, all.data());
@@ -126,16 +122,12 @@ void tp_reduce_scatter(Comm& tp, const tp_rows& g, const std::vector<T>& partial
   const std::vector<std::int64_t> send = exchange_peer_elements(g.counts, n, El, H);
   const std::int64_t mine = send[static_cast<std::size_t>(me)];
   std::vector<T> by_rank, parts;
-  if (!failed) {
-    try {
-      SY_EXPECTS(static_cast<std::int64_t>(own.size()) == mine,
-                 "tp_reduce_scatter: the own rows' buffer is not the size this rank sent");
-      by_rank.resize(static_cast<std::size_t>(g.offsets.back() * H));
-      parts.resize(static_cast<std::size_t>(n * mine));
-    } catch (...) {
-      failed = std::current_exception();
-    }
-  }
+  keep_failure(failed, [&] {
+    SY_EXPECTS(static_cast<std::int64_t>(own.size()) == mine,
+               "tp_reduce_scatter: the own rows' buffer is not the size this rank sent");
+    by_rank.resize(static_cast<std::size_t>(g.offsets.back() * H));
+    parts.resize(static_cast<std::size_t>(n * mine));
+  });
   if (!tp_agree(tp, failed, where)) return;
   // Back to source-major [p][le]: peer p's rows are contiguous and in its own order.
   reorder_exchange_blocks(std::span<const T>(partial), std::span<T>(by_rank), g.counts, n, El, H,
