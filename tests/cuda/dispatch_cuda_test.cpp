@@ -35,13 +35,15 @@ BOOST_AUTO_TEST_CASE(device_plan_and_permute_match_the_host) {
         for (auto& v : x) v = u(gen);
         for (auto& v : dy) v = u(gen);
         // Modes: 0 dropless, 1 probs, 2 position, 3 probs padded, 4 position with DeepSpeed's
-        // slot-major queue (every first choice before any second choice).
-        for (int mode = 0; mode < 5; ++mode) {
+        // slot-major queue (every first choice before any second choice), 5 position by
+        // torch.topk's CPU choice (Megatron), padded.
+        for (int mode = 0; mode < 6; ++mode) {
           sy::DispatchOptions o;
           o.num_experts = E;
           if (mode > 0) o.capacity = std::max<std::int64_t>(1, T * k / E);
-          o.drop_policy = mode == 2 || mode == 4 ? sy::DropPolicy::position : sy::DropPolicy::probs;
-          o.pad_to_capacity = mode == 3;
+          o.drop_policy = mode == 2 || mode >= 4 ? sy::DropPolicy::position : sy::DropPolicy::probs;
+          o.pad_to_capacity = mode == 3 || mode == 5;
+          o.position_by_topk = mode == 5;
           o.queue_by_slot = mode == 4;
           BOOST_TEST_CONTEXT("T " << T << " E " << E << " k " << k << " mode " << mode) {
             const auto host = sy::build_plan(sy::exec::Host{}, o,

@@ -6,6 +6,7 @@
 #include <numeric>
 #include <random>
 #include <set>
+#include <string>
 #include <vector>
 
 #include "switchyard/config.hpp"
@@ -139,6 +140,104 @@ BOOST_AUTO_TEST_CASE(slot_major_queue_keeps_first_choices_before_second_choices)
   c.semantics = sy::Semantics::megatron;
   c.num_experts_per_token = 2;
   BOOST_TEST(!sy::dispatch_options(c, 8).renormalize_kept);
+}
+
+// torch.topk over a 0/1 column on the CPU (ATen's topk_impl_loop) returns what libstdc++'s
+// std::nth_element (64·C > T) or std::partial_sort (64·C <= T) leave in front. The replay in
+// dispatch/detail/torch_topk.hpp must leave every element where those algorithms do: compared
+// here over random columns, values 0/1 and wider, every C, on both paths.
+BOOST_AUTO_TEST_CASE(torch_topk_replay_matches_libstdcxx_element_for_element) {
+  namespace tk = sy::detail::torch_topk;
+  std::mt19937 gen(20261206);
+  int compared = 0;
+  for (int trial = 0; trial < 400; ++trial) {
+    const std::int64_t T = 1 + static_cast<std::int64_t>(gen() % (trial < 300 ? 90 : 700));
+    const double p = std::uniform_real_distribution<double>(0.0, 1.0)(gen);
+    const int values = trial % 4 == 3 ? 5 : 2;  // a few runs over more than two values
+    std::vector<std::pair<std::int64_t, std::int64_t>> q(static_cast<std::size_t>(T));
+    std::vector<std::uint32_t> keys(static_cast<std::size_t>(T));
+    for (std::int64_t t = 0; t < T; ++t) {
+      const std::int64_t v = values == 2 ? (std::uniform_real_distribution<double>(0, 1)(gen) < p)
+                                         : static_cast<std::int64_t>(gen() % values);
+      q[static_cast<std::size_t>(t)] = {v, t};
+      keys[static_cast<std::size_t>(t)] =
+          static_cast<std::uint32_t>(t) | (static_cast<std::uint32_t>(v) << 28);
+    }
+    const std::int64_t C = 1 + static_cast<std::int64_t>(gen() % static_cast<std::uint32_t>(T));
+    auto by_value = [](const auto& x, const auto& y) { return x.first > y.first; };
+    auto key_value = [](std::uint32_t x, std::uint32_t y) { return (x >> 28) > (y >> 28); };
+    std::vector<std::uint32_t> heap = keys;
+    auto qh = q;
+    std::partial_sort(qh.begin(), qh.begin() + C, qh.end(), by_value);  // heap select + sort
+    tk::heap_select(heap.data(), C, T, key_value);
+    std::sort(heap.begin(), heap.begin() + C, [&](auto x, auto y) {  // the same set
+      return (x & 0xfffffffu) < (y & 0xfffffffu);
+    });
+    std::vector<std::int64_t> want(static_cast<std::size_t>(C));
+    for (std::int64_t i = 0; i < C; ++i)
+      want[static_cast<std::size_t>(i)] = qh[static_cast<std::size_t>(i)].second;
+    std::sort(want.begin(), want.end());
+    for (std::int64_t i = 0; i < C; ++i)
+      BOOST_TEST(static_cast<std::int64_t>(heap[static_cast<std::size_t>(i)] & 0xfffffffu) ==
+                 want[static_cast<std::size_t>(i)]);
+    auto qn = q;
+    std::nth_element(qn.begin(), qn.begin() + C - 1, qn.end(), by_value);
+    tk::nth_element(keys.data(), C - 1, T, key_value);
+    for (std::int64_t i = 0; i < T; ++i)  // every element in the same place
+      BOOST_TEST(static_cast<std::int64_t>(keys[static_cast<std::size_t>(i)] & 0xfffffffu) ==
+                 qn[static_cast<std::size_t>(i)].second);
+    ++compared;
+  }
+  BOOST_TEST(compared == 400);
+}
+
+// Golden values from torch 2.15.0 on the CPU: torch.topk(column, k=C, dim=0) over 0/1 columns
+// (the call of Megatron's position policy). 40 tokens, C = 5: tokens 21, 24, 27, 28, 29 (not
+// the first five routed ones, 0, 2, 3, 4, 6); 64 tokens all routed, C = 8: tokens 40..47; 300
+// tokens, C = 4 (std::partial_sort): the first four routed, 4, 6, 9, 14.
+BOOST_AUTO_TEST_CASE(position_by_topk_keeps_the_tokens_torch_topk_returns_on_the_cpu) {
+  const auto plan_of = [](const std::string& column, std::int64_t C) {
+    routes r{static_cast<std::int64_t>(column.size()), 1, {}, {}};
+    for (char ch : column) {
+      r.expert.push_back(ch == '1' ? 0 : 1);
+      r.prob.push_back(0.5);
+    }
+    auto o = options(2, C, sy::DropPolicy::position);
+    o.position_by_topk = true;
+    const auto plan = sy::build_plan(sy::exec::Host{}, o, r.e(), r.p());
+    return std::vector<std::int64_t>(plan.row_route.begin(),
+                                     plan.row_route.begin() + plan.rows_of(0));
+  };
+  BOOST_TEST((plan_of("1011101000110010001011001001111100110011", 5) ==
+              std::vector<std::int64_t>{21, 24, 27, 28, 29}));
+  BOOST_TEST((plan_of(std::string(64, '1'), 8) ==
+              std::vector<std::int64_t>{40, 41, 42, 43, 44, 45, 46, 47}));
+  const std::string c300 =
+      "000010100100001010100000000101000000110000000000100010001010000000000000000010000001000000"
+      "001100100101110111000010101010010100000000010000000110010000110000010000001010010010100111"
+      "010000010000100000110000100000000001101000100100001001100010000101000110100101101100010000"
+      "001010000010100110010010110100";
+  BOOST_TEST((plan_of(c300, 4) == std::vector<std::int64_t>{4, 6, 9, 14}));
+  // An expert within its capacity keeps every route.
+  BOOST_TEST((plan_of("0110100", 3) == std::vector<std::int64_t>{1, 2, 4}));
+  // The config sets it for Megatron's position policy and DeepSpeed's top-1 (top1gating), not
+  // for DeepSpeed's top-2 and top-k (a cumsum of locations: the first C) or the probs policy.
+  sy::Config c;
+  c.token_dispatch = sy::TokenDispatch::capacity;
+  c.drop_policy = sy::DropPolicy::position;
+  BOOST_TEST(sy::dispatch_options(c, 8).position_by_topk);
+  c.drop_policy = sy::DropPolicy::probs;
+  BOOST_TEST(!sy::dispatch_options(c, 8).position_by_topk);
+  c.drop_policy = sy::DropPolicy::position;
+  c.semantics = sy::Semantics::deepspeed;
+  for (int k : {1, 2, 3}) {
+    c.num_experts_per_token = k;
+    BOOST_TEST(sy::dispatch_options(c, 8).position_by_topk == (k == 1));
+  }
+  c.token_dispatch = sy::TokenDispatch::dropless;  // max_expert_batch_size drops: first C
+  c.max_expert_batch_size = 2;
+  c.num_experts_per_token = 1;
+  BOOST_TEST(!sy::dispatch_options(c, 8).position_by_topk);
 }
 
 // combine_weights: Megatron keeps the router's weights (0 when dropped); DeepSpeed renormalises

@@ -506,10 +506,8 @@ def deepspeed_losses(cfg, l_aux):
 def deepspeed_counts(cfg, kept_mask, exp_counts, capacity, T):
     k = cfg["num_experts_per_token"]
     kept = [int(v) for v in kept_mask.sum(0)]
-    if cfg["num_experts_per_token"] == 1:
-        # top1gating without random token selection keeps torch.topk's choice among equal 0/1
-        # values: only fixtures where no expert is over-full are well defined.
-        assert all(int(v) <= int(capacity) for v in exp_counts), "top-1 fixture with drops"
+    # top1gating without random token selection keeps torch.topk's choice (on the CPU) among an
+    # over-full expert's equal 0/1 values, which Switchyard replays (position_by_topk).
     return {
         "capacity": int(capacity) if cfg.get("token_dispatch") == "capacity" else None,
         "tokens_per_expert": kept,
@@ -786,6 +784,30 @@ def combined_loss_cases(E, k, S, B, H, F):
     return routes, layers
 
 
+def position_cases(E, k, S, B):
+    """Drops by position, where every routed token of an over-full expert ties in torch.topk over
+    the 0/1 routing column: Megatron's apply_router_token_dropping with drop_policy "position"
+    and DeepSpeed's top1gating (random token selection off). Megatron cases as route_cases gives
+    them; DeepSpeed ones (name, config, H, source) as ds_route_cases."""
+    c = lambda **kw: base_config(E, k, S, B, **kw)  # noqa: E731
+    megatron = [
+        ("capacity_position", c(token_dispatch="capacity", capacity_factor=0.5,
+                                drop_policy="position"), None, True,
+         f"{TOPK}; apply_router_token_dropping position (torch.topk over the routing map); "
+         "aux_loss; z_loss"),
+        ("capacity_position_pad_sigmoid", c(score_function="sigmoid", token_dispatch="capacity",
+                                            capacity_factor=0.75, drop_policy="position",
+                                            pad_to_capacity=True), None, True,
+         f"{TOPK} sigmoid; apply_router_token_dropping position pad_to_capacity; aux_loss; z_loss"),
+    ]
+    deepspeed = [
+        ("ds_top1_drops", ds_config(E, 1, S, B, capacity_factor=1.0), None,
+         f"{DS}.top1gating (no random token selection), over-full experts: torch.topk over the "
+         "one-hot mask"),
+    ]
+    return megatron, deepspeed
+
+
 SETS = {
     # seed, experts, k, seq, batch, hidden, ffn, groups, group_topk, k for group routing
     "set1": dict(seed=1234, E=8, k=2, S=8, B=2, H=6, F=5, groups=4, gtopk=2, gk=4),
@@ -810,12 +832,13 @@ LARGE_SIZES = dict(E=[4, 8, 16, 32, 64, 128], groups=(2, 4, 8), S=96, B=4, k=8, 
 AUX_TYPES = ("aux_loss", "seq_aux_loss", "global_aux_loss")
 
 
-def random_megatron_config(rng, layer, lists_rng=None):
+def random_megatron_config(rng, layer, lists_rng=None, policy_rng=None):
     """A config Megatron-Core and Switchyard both accept, drawn over the fields of
     megatron_router()'s mapping: sizes, k, score function, pre-softmax, groups, expert bias,
     scaling, balancing type and coefficients (with lists_rng, a quarter of the aux-loss draws
-    combine 2 or 3 aux losses in the list form), z-loss, capacity (probs policy) and padding.
-    The list choice draws from lists_rng so that the other draws stay the same."""
+    combine 2 or 3 aux losses in the list form), z-loss, capacity and padding, and (with
+    policy_rng) the drop policy, probs or position. The list and policy choices draw from their
+    own streams so that the other draws stay the same."""
     E = rng.choice(SIZES["E"])
     score = rng.choice(["softmax", "sigmoid"])
     S, B = rng.randint(1, SIZES["S"]), rng.randint(1, SIZES["B"])
@@ -853,6 +876,8 @@ def random_megatron_config(rng, layer, lists_rng=None):
     if not sinkhorn and rng.random() < 0.45:
         c.update(token_dispatch="capacity", capacity_factor=rng.choice([0.5, 0.75, 1.0, 1.25, 2.0]),
                  pad_to_capacity=rng.random() < 0.4)
+        if policy_rng is not None:
+            c["drop_policy"] = policy_rng.choice(["probs", "position"])
     if layer:
         c.update(hidden_size=rng.randint(2, SIZES["H"]), ffn_hidden_size=rng.randint(2, SIZES["F"]),
                  activation=rng.choice(ACTIVATIONS), gated=rng.random() < 0.5)
@@ -865,10 +890,10 @@ def random_deepspeed_config(rng, layer):
     S, B = rng.randint(2, SIZES["ds_S"]), rng.randint(1, 3)
     c = ds_config(E, k, S, B)
     if k == 1 or rng.random() < 0.3:
-        # top1gating picks among over-full tokens by torch.topk over a 0/1 mask (unspecified
-        # order): top-1 fixtures never drop.
+        # top1gating picks among an over-full expert's tokens by torch.topk over the one-hot
+        # mask (Switchyard replays torch's CPU choice: position_by_topk).
         c["token_dispatch"] = "dropless" if k == 1 and rng.random() < 0.5 else c["token_dispatch"]
-        c["capacity_factor"] = float(E) if k == 1 else rng.choice([0.5, 1.0, 1.5])
+        c["capacity_factor"] = rng.choice([0.5, 1.0, float(E)]) if k == 1 else rng.choice([0.5, 1.0, 1.5])
     else:
         c["capacity_factor"] = rng.choice([0.5, 0.75, 1.0, 1.5])
     if rng.random() < 0.3:
@@ -897,6 +922,7 @@ def random_fixtures(n, seed):
     signal.signal(signal.SIGALRM, too_long)
     rng = random.Random(seed)
     lists_rng = random.Random(seed + 1)
+    policy_rng = random.Random(seed + 2)
     gen = torch.Generator().manual_seed(seed)
     out, skipped = [], {}
     while len(out) < n:
@@ -904,7 +930,7 @@ def random_fixtures(n, seed):
         u = rng.random()
         layer = 0.4 <= u < 0.65 or u >= 0.85
         deepspeed = u >= 0.65
-        cfg = random_deepspeed_config(rng, layer) if deepspeed else random_megatron_config(rng, layer, lists_rng)
+        cfg = random_deepspeed_config(rng, layer) if deepspeed else random_megatron_config(rng, layer, lists_rng, policy_rng)
         T = cfg["sequence_length"] * cfg["batch_size_per_gpu"]
         name = f"random{i:03d}"
         src = ("random config (generate.py --random), "
@@ -1022,6 +1048,14 @@ def write_set(out_dir, name, p):
                                       training=training, source=src))
     for lname, cfg, src in layers:
         fixtures.append(layer_fixture(lname, cfg, lists_gen, T, p["S"], p["B"], source=src))
+    # Drops by position draw from a fourth stream, so the fixtures above stay as they were.
+    position_gen = torch.Generator().manual_seed(p["seed"] + 3)
+    megatron, deepspeed = position_cases(p["E"], p["k"], p["S"], p["B"])
+    for cname, cfg, H, training, src in megatron:
+        fixtures.append(route_fixture(cname, cfg, position_gen, T, p["S"], p["B"], H=H,
+                                      training=training, source=src))
+    for cname, cfg, H, src in deepspeed:
+        fixtures.append(ds_route_fixture(cname, cfg, position_gen, T, H=H, source=src))
     manifest = {"seed": p["seed"], "tokens": T, "sequence_length": p["S"],
                 "batch_size_per_gpu": p["B"], "num_experts": p["E"]}
     return write_fixtures(os.path.join(out_dir, name), name, fixtures, manifest)

@@ -19,7 +19,10 @@ struct dispatch_tag {};
 struct DropByProbs {
   static constexpr DropPolicy value = DropPolicy::probs;
 };
-/// Drop policy: an over-full expert keeps its first routed tokens in token order.
+/// Drop policy: an over-full expert keeps its routed tokens by position: the ones torch.topk
+/// returns over its 0/1 routing column (Megatron-Core, DeepSpeed's top1gating; see
+/// DispatchOptions::position_by_topk), or its first ones in queue order (DeepSpeed's top2gating
+/// and topkgating).
 struct DropByPosition {
   static constexpr DropPolicy value = DropPolicy::position;
 };
@@ -70,6 +73,15 @@ struct DispatchOptions {
   /// Each token's kept weights are divided by their sum after dropping (DeepSpeed, k > 1):
   /// see combine_weights() in dispatch/renormalize.hpp.
   bool renormalize_kept = false;
+  /// Which routes the position policy keeps: false, an over-full expert's first C in queue
+  /// order (DeepSpeed's top2gating and topkgating: a cumsum of locations); true, the C tokens
+  /// torch.topk(k = C) returns over its 0/1 routing column on the CPU (Megatron-Core's
+  /// apply_router_token_dropping, DeepSpeed's top1gating): every routed token ties there, and
+  /// torch's CPU order among ties is libstdc++'s (dispatch/detail/torch_topk.hpp). It is the
+  /// first C in token order when 64·C <= T and another set below that. (torch on a GPU keeps the
+  /// first C: docs/conformance.md.) Token-order queue only; a token that routes to an expert in
+  /// two slots counts once there and keeps its first route.
+  bool position_by_topk = false;
 };
 
 /// Options from a validated config for `tokens` tokens on this rank: the capacity formula's C
@@ -86,6 +98,9 @@ inline DispatchOptions dispatch_options(const Config& c, std::int64_t tokens) {
   const bool deepspeed = c.semantics == Semantics::deepspeed;
   o.queue_by_slot = deepspeed && c.num_experts_per_token == 2;
   o.renormalize_kept = deepspeed && c.num_experts_per_token > 1;
+  o.position_by_topk = c.token_dispatch == TokenDispatch::capacity &&
+                       c.drop_policy == DropPolicy::position &&
+                       (!deepspeed || c.num_experts_per_token == 1);
   return o;
 }
 

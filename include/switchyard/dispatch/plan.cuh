@@ -3,7 +3,8 @@
 /// Positions come from per-block counts and one exclusive scan, never from atomics on global
 /// memory, so every run gives the same plan; inside an expert, rows keep token order. The drop
 /// by probability sorts each expert's routes with a stable segmented sort (ties keep token
-/// order); dropless and drop-by-position need no sort at all. Offsets stay on the device.
+/// order); dropless and drop-by-position need no sort at all (position_by_topk replays
+/// torch.topk's CPU choice with one thread per over-full expert). Offsets stay on the device.
 /// With queue_by_slot the threads walk the routes slot-major (every first choice first).
 
 #include <cub/device/device_scan.cuh>
@@ -147,6 +148,56 @@ __global__ void plan_keep_sorted(const std::int64_t* sorted_route, const std::in
     keep[sorted_route[p]] = (p - begin) < C ? 1 : 0;
 }
 
+/// position_by_topk, step 1: the 0/1 column of every over-full expert as torch_topk keys
+/// (keys[e·T + t]), and its chosen flags cleared.
+template <class = void>
+__global__ void plan_topk_keys(const std::int32_t* expert, std::int64_t T, int k, int E,
+                               const std::int64_t* routed, std::int64_t C, std::uint32_t* keys,
+                               unsigned char* chosen) {
+  const std::int64_t n = T * E;
+  for (std::int64_t idx = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < n;
+       idx += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const int e = static_cast<int>(idx / T);
+    if (routed[e] <= C) continue;
+    const std::int64_t t = idx - static_cast<std::int64_t>(e) * T;
+    bool to_e = false;
+    for (int j = 0; j < k; ++j) to_e = to_e || expert[t * k + j] == e;
+    keys[idx] = detail::torch_topk::key(t, to_e);
+    chosen[idx] = 0;
+  }
+}
+
+/// Step 2: one thread per over-full expert replays torch.topk's CPU selection on its column.
+template <class = void>
+__global__ void plan_topk_select(std::int64_t T, int E, const std::int64_t* routed, std::int64_t C,
+                                 std::uint32_t* keys, unsigned char* chosen) {
+  const int e = blockIdx.x * blockDim.x + threadIdx.x;
+  if (e >= E || routed[e] <= C || C <= 0) return;
+  std::uint32_t* col = keys + static_cast<std::int64_t>(e) * T;
+  detail::torch_topk::select(col, T, C);
+  for (std::int64_t i = 0; i < C; ++i)
+    if (detail::torch_topk::routed(col[i]))
+      chosen[static_cast<std::int64_t>(e) * T + detail::torch_topk::token(col[i])] = 1;
+}
+
+/// Step 3: a route of an over-full expert is kept when its token was chosen and it is the
+/// token's first route to that expert.
+template <class = void>
+__global__ void plan_topk_keep(const std::int32_t* expert, std::int64_t T, int k, int E,
+                               const std::int64_t* routed, std::int64_t C,
+                               const unsigned char* chosen, unsigned char* keep) {
+  const std::int64_t n = T * k;
+  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const int e = expert[i];
+    if (e < 0 || e >= E || routed[e] <= C) continue;
+    const std::int64_t t = i / k;
+    bool first = true;
+    for (std::int64_t j = t * k; j < i; ++j) first = first && expert[j] != e;
+    keep[i] = first && chosen[static_cast<std::int64_t>(e) * T + t] ? 1 : 0;
+  }
+}
+
 }  // namespace kernels
 
 namespace detail {
@@ -160,6 +211,8 @@ struct device_plan_buffers {
   void* keys_sorted = nullptr;
   void* cub_temp = nullptr;
   std::size_t cub_bytes = 0;
+  std::uint32_t* topk_keys = nullptr;    ///< [E·T], position_by_topk only
+  unsigned char* topk_chosen = nullptr;  ///< [E·T], position_by_topk only
 };
 
 template <class P>
@@ -188,6 +241,10 @@ device_plan_buffers carve_device_plan(workspace_carver& w, std::int64_t T, std::
   b.base = w.take<std::int64_t>(nc);
   b.keep = w.take<unsigned char>(static_cast<std::size_t>(n));
   const bool sort = opt.capacity && opt.drop_policy == DropPolicy::probs;
+  if (opt.capacity && opt.drop_policy == DropPolicy::position && opt.position_by_topk) {
+    b.topk_keys = w.take<std::uint32_t>(static_cast<std::size_t>(E * T));
+    b.topk_chosen = w.take<unsigned char>(static_cast<std::size_t>(E * T));
+  }
   std::size_t scan_bytes = 0, sort_bytes = 0;
   SY_CUDA_TRY(cub::DeviceScan::ExclusiveSum(nullptr, scan_bytes, b.counts, b.base,
                                             static_cast<std::int64_t>(nc), stream));
@@ -229,6 +286,8 @@ DevicePlan build_plan(exec::Cuda cuda, const DispatchOptions& opt, const std::in
                       std::size_t workspace_bytes) {
   SY_EXPECTS(opt.num_experts >= 1 && opt.num_experts <= 8192,
              detail::concat("the device plan supports 1..8192 experts, got ", opt.num_experts));
+  SY_EXPECTS(!opt.position_by_topk || (!opt.queue_by_slot && T < (std::int64_t{1} << 31)),
+             "position_by_topk: token-order queue and fewer than 2^31 tokens");
   workspace_carver w(workspace, workspace_bytes);
   auto b = detail::carve_device_plan<P>(w, T, k, opt, cuda.stream);
   DevicePlan& p = b.plan;
@@ -270,7 +329,22 @@ DevicePlan build_plan(exec::Cuda cuda, const DispatchOptions& opt, const std::in
                                                    b.seg_start, false, 0);
   SY_CUDA_TRY(cudaGetLastError());
   if (opt.capacity) {
-    if (opt.drop_policy == DropPolicy::position) {
+    if (opt.drop_policy == DropPolicy::position && opt.position_by_topk) {
+      if (n > 0) {  // torch.topk's CPU choice per over-full expert (plan.hpp, torch_topk.hpp)
+        const std::int64_t cells = T * E;
+        const int grid = static_cast<int>(std::min<std::int64_t>((cells + 255) / 256, 4096));
+        kernels::plan_topk_keys<><<<grid, 256, 0, s>>>(expert, T, ki, E, p.routed_per_expert, C,
+                                                       b.topk_keys, b.topk_chosen);
+        SY_CUDA_TRY(cudaGetLastError());
+        kernels::plan_topk_select<><<<(E + 127) / 128, 128, 0, s>>>(T, E, p.routed_per_expert, C,
+                                                                    b.topk_keys, b.topk_chosen);
+        SY_CUDA_TRY(cudaGetLastError());
+        kernels::plan_topk_keep<>
+            <<<std::max(1, static_cast<int>(std::min<std::int64_t>((n + 255) / 256, 4096))), 256, 0,
+               s>>>(expert, T, ki, E, p.routed_per_expert, C, b.topk_chosen, b.keep);
+        SY_CUDA_TRY(cudaGetLastError());
+      }
+    } else if (opt.drop_policy == DropPolicy::position) {
       launch_rank(kernels::rank_mode::keep_first_c);
     } else {
       launch_rank(kernels::rank_mode::gather);

@@ -1,8 +1,9 @@
 #pragma once
 /// \file The dispatch plan: from the routes (expert [T,k], prob [T,k]) to expert-grouped rows.
 /// Host reference implementation; the CUDA one is plan.cuh. Deterministic: inside an expert,
-/// rows keep queue order (token order, or slot-major with queue_by_slot); drops break ties by
-/// the lower token index.
+/// rows keep queue order (token order, or slot-major with queue_by_slot); the probs policy
+/// breaks ties by the lower token index, the position policy keeps an expert's first routes in
+/// queue order or, with position_by_topk, the tokens torch.topk returns on the CPU.
 
 #include <algorithm>
 #include <cstdint>
@@ -13,6 +14,7 @@
 
 #include "switchyard/core/error.hpp"
 #include "switchyard/core/mdspan.hpp"
+#include "switchyard/dispatch/detail/torch_topk.hpp"
 #include "switchyard/dispatch/dispatch_types.hpp"
 #include "switchyard/exec/host.hpp"
 #include "switchyard/exec/parallel.hpp"
@@ -64,6 +66,10 @@ DispatchPlan build_plan(exec::Host, const DispatchOptions& opt,
   SY_EXPECTS(E >= 1, detail::concat("num_experts must be >= 1, got ", E));
   SY_EXPECTS(!opt.capacity || *opt.capacity >= 0,
              detail::concat("capacity must be >= 0, got ", *opt.capacity));
+  SY_EXPECTS(!opt.position_by_topk || !opt.queue_by_slot,
+             "position_by_topk drops by token order: it cannot be combined with queue_by_slot");
+  SY_EXPECTS(!opt.position_by_topk || T < (std::int64_t{1} << 31),
+             detail::concat("position_by_topk supports up to 2^31 - 1 tokens, got ", T));
 
   DispatchPlan plan;
   plan.num_tokens = T;
@@ -143,6 +149,26 @@ DispatchPlan build_plan(exec::Host, const DispatchOptions& opt,
                          [](const auto& a, const auto& b) { return a.first > b.first; });
         for (auto it = order.begin() + C; it != order.end(); ++it)
           keep[static_cast<std::size_t>(it->second)] = 0;
+      } else if (opt.position_by_topk) {
+        // The tokens torch.topk(k = C) returns over the expert's 0/1 column on the CPU.
+        std::vector<std::uint32_t> keys(static_cast<std::size_t>(T));
+        for (std::int64_t t = 0; t < T; ++t)
+          keys[static_cast<std::size_t>(t)] = detail::torch_topk::key(t, false);
+        for (auto it = first; it != last; ++it)
+          keys[static_cast<std::size_t>(*it / k)] = detail::torch_topk::key(*it / k, true);
+        if (C > 0) detail::torch_topk::select(keys.data(), T, C);
+        std::vector<char> chosen(static_cast<std::size_t>(T), 0);
+        for (std::int64_t i = 0; i < C; ++i)
+          if (detail::torch_topk::routed(keys[static_cast<std::size_t>(i)]))
+            chosen[static_cast<std::size_t>(
+                detail::torch_topk::token(keys[static_cast<std::size_t>(i)]))] = 1;
+        for (auto it = first; it != last; ++it) {  // a token's first route to e only
+          char& c = chosen[static_cast<std::size_t>(*it / k)];
+          if (c == 1)
+            c = 2;
+          else
+            keep[static_cast<std::size_t>(*it)] = 0;
+        }
       } else {
         for (auto it = first + C; it != last; ++it) keep[static_cast<std::size_t>(*it)] = 0;
       }
