@@ -692,6 +692,78 @@ BOOST_AUTO_TEST_CASE(a_router_failure_between_its_group_sums_is_an_error_on_ever
   router_failure_between_its_sums_fails_on_every_rank(c);
 }
 
+// A router policy of the user's own that declares group_sum_lengths(E) (docs/routing.md): a
+// failure inside its forward on one rank (out of memory before its first loss sum) is an error
+// on every rank at the next check, as for TopK; then a good forward gives the reference bits.
+namespace {
+struct user_router {  // TopK<2, Softmax> with a switch that makes its forward throw
+  using policy_kind = sy::router_tag;
+  static constexpr int k = 2;
+  explicit user_router(const sy::Config& c) : inner(sy::router_params(c)) {}
+  sy::index_t num_experts() const { return inner.num_experts(); }
+  template <class T>
+  sy::Routing<T> forward(sy::exec::Host h, sy::matrix_view<const T> z,
+                         const sy::RouteContext& ctx) const {
+    if (*fail) throw std::bad_alloc();
+    return inner.forward(h, z, ctx);
+  }
+  template <class T>
+  void backward(sy::exec::Host h, const sy::Routing<T>& r, sy::matrix_view<const T> dprob,
+                sy::matrix_view<T> dz) const {
+    inner.backward(h, r, dprob, dz);
+  }
+  std::vector<std::size_t> group_sum_lengths(sy::index_t E) const {
+    return sy::group_sum_lengths(inner.params().losses, E);
+  }
+  sy::TopK<2, sy::Softmax> inner;
+  std::shared_ptr<bool> fail = std::make_shared<bool>(false);
+};
+static_assert(sy::RouterPolicy<user_router>);
+
+void user_router_failure_fails_on_every_rank(const sy::Config& c) {
+  sy::MpiComm world(MPI_COMM_WORLD, std::chrono::seconds(20));
+  auto groups = sy::make_mpi_groups(world, sy::Layout(c));
+  user_router router(c);
+  const std::shared_ptr<bool> fail = router.fail;
+  BOOST_TEST_REQUIRE(sy::detail::router_group_sums(router, c.num_experts)->size() == 2);
+  sy::MoELayerCore<double, sy::MpiComm> layer(
+      c,
+      {&groups.expert_parallel, &groups.dense_data_parallel, &groups.expert_data_parallel,
+       &groups.tensor_parallel},
+      std::make_unique<sy::detail::router_hooks_impl<user_router, double>>(router),
+      sy::detail::make_expert_hooks<double>(c));
+  layer.initialize(5);
+  const bool is_bad = world.rank() == world.size() - 1;
+  const std::int64_t T = 6, H = c.hidden_size;
+  const auto x =
+      random_vector(70 + static_cast<std::uint32_t>(world.rank()), static_cast<std::size_t>(T * H));
+  const sy::matrix_view<const double> xv(x.data(), T, H);
+  const std::vector<double> reference = layer.forward(xv).y;
+  *fail = is_bad;
+  const char* check = c.expert_parallel_size > 1 ? "MoELayer::forward: dispatch"
+                                                 : "MoELayer::forward: dispatch and experts";
+  if (is_bad) {
+    BOOST_CHECK_THROW(layer.forward(xv), std::bad_alloc);
+  } else {
+    BOOST_CHECK_EXCEPTION(layer.forward(xv), sy::comm_error, [&](const sy::comm_error& e) {
+      return has(e, check) && has(e, "rank " + std::to_string(world.size() - 1));
+    });
+  }
+  *fail = false;
+  BOOST_TEST(layer.forward(xv).y == reference, boost::test_tools::per_element());
+}
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(a_user_router_failure_is_an_error_on_every_rank) {
+  sy::MpiComm world(MPI_COMM_WORLD, std::chrono::seconds(60));
+  auto c = base_config();  // softmax top-2 with the aux loss and the z-loss: two group sums
+  c.expert_parallel_size = world.size();
+  user_router_failure_fails_on_every_rank(c);
+  c = base_config();
+  c.data_parallel_size = world.size();
+  user_router_failure_fails_on_every_rank(c);
+}
+
 // Out of memory at any of the row-sized allocations of a forward or a backward on one rank (the
 // copies of x, the router's [T][E] arrays, the dispatched rows,
 // every buffer of the EP exchange, the experts' workspace and outputs, the outputs and

@@ -4,6 +4,7 @@
 /// expert policy is compiled once, and a runtime config can reach any combination of them
 /// (layer/make_layer.hpp) without compiling every router × dispatcher × expert product.
 
+#include <concepts>
 #include <cstddef>
 #include <memory>
 #include <optional>
@@ -27,12 +28,18 @@ inline constexpr bool is_sinkhorn_router = false;
 template <int K>
 inline constexpr bool is_sinkhorn_router<Sinkhorn<K>> = true;
 
-/// The group sums (RouteContext::group_sum) a router's forward makes, in order, for the
-/// library's routers (their losses come from compute_losses: group_sum_lengths); nullopt for
-/// another router policy, whose sums are not known.
+/// The group sums (RouteContext::group_sum) a router's forward makes, in order: for the
+/// library's routers, group_sum_lengths of their losses (compute_losses); for another router
+/// policy, what its `group_sum_lengths(E)` member returns (docs/routing.md), or nullopt when it
+/// has none (its sums are not known).
 template <class R>
-std::optional<std::vector<std::size_t>> router_group_sums(const R&, index_t) {
-  return std::nullopt;
+std::optional<std::vector<std::size_t>> router_group_sums(const R& r, index_t E) {
+  if constexpr (requires {
+                  { r.group_sum_lengths(E) } -> std::convertible_to<std::vector<std::size_t>>;
+                })
+    return std::vector<std::size_t>(r.group_sum_lengths(E));
+  else
+    return std::nullopt;
 }
 template <int K, ScoreTag Score>
 std::optional<std::vector<std::size_t>> router_group_sums(const TopK<K, Score>& r, index_t E) {
