@@ -220,6 +220,14 @@ BOOST_AUTO_TEST_CASE(position_by_topk_keeps_the_tokens_torch_topk_returns_on_the
   BOOST_TEST((plan_of(c300, 4) == std::vector<std::int64_t>{4, 6, 9, 14}));
   // An expert within its capacity keeps every route.
   BOOST_TEST((plan_of("0110100", 3) == std::vector<std::int64_t>{1, 2, 4}));
+  // Hand-made routes with a token routed twice to one expert: the expert is over-full by routes
+  // (6 > C = 5) with C > T = 2; each token counts once and keeps its first route.
+  routes twice{2, 3, {0, 0, 0, 0, 0, 0}, {0.4, 0.3, 0.3, 0.4, 0.3, 0.3}};
+  auto o = options(1, 5, sy::DropPolicy::position);
+  o.position_by_topk = true;
+  const auto tp = sy::build_plan(sy::exec::Host{}, o, twice.e(), twice.p());
+  BOOST_TEST((tp.route_row == std::vector<std::int64_t>{0, -1, -1, 1, -1, -1}));
+  BOOST_TEST(tp.dropped == 4);
   // The config sets it for Megatron's position policy and DeepSpeed's top-1 (top1gating), not
   // for DeepSpeed's top-2 and top-k (a cumsum of locations: the first C) or the probs policy.
   sy::Config c;

@@ -79,8 +79,8 @@ struct DispatchOptions {
   /// apply_router_token_dropping, DeepSpeed's top1gating): every routed token ties there, and
   /// torch's CPU order among ties is libstdc++'s (dispatch/detail/torch_topk.hpp). It is the
   /// first C in token order when 64·C <= T and another set below that. (torch on a GPU keeps the
-  /// first C: docs/conformance.md.) Token-order queue only; a token that routes to an expert in
-  /// two slots counts once there and keeps its first route.
+  /// first C: docs/conformance.md.) Token-order queue only; in an over-full expert a token that
+  /// routes to it in two slots (hand-made routes) counts once and keeps its first route.
   bool position_by_topk = false;
 };
 

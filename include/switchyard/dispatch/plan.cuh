@@ -174,8 +174,9 @@ __global__ void plan_topk_select(std::int64_t T, int E, const std::int64_t* rout
   const int e = blockIdx.x * blockDim.x + threadIdx.x;
   if (e >= E || routed[e] <= C || C <= 0) return;
   std::uint32_t* col = keys + static_cast<std::int64_t>(e) * T;
-  detail::torch_topk::select(col, T, C);
-  for (std::int64_t i = 0; i < C; ++i)
+  const std::int64_t Cs = C < T ? C : T;  // C >= T only with a token routed twice (plan.hpp)
+  detail::torch_topk::select(col, T, Cs);
+  for (std::int64_t i = 0; i < Cs; ++i)
     if (detail::torch_topk::routed(col[i]))
       chosen[static_cast<std::int64_t>(e) * T + detail::torch_topk::token(col[i])] = 1;
 }

@@ -156,9 +156,12 @@ DispatchPlan build_plan(exec::Host, const DispatchOptions& opt,
           keys[static_cast<std::size_t>(t)] = detail::torch_topk::key(t, false);
         for (auto it = first; it != last; ++it)
           keys[static_cast<std::size_t>(*it / k)] = detail::torch_topk::key(*it / k, true);
-        if (C > 0) detail::torch_topk::select(keys.data(), T, C);
+        // Over-full by routes yet C >= T only with a token routed twice to e: every token is
+        // chosen (Megatron's capacity mask is all ones when C > T).
+        const std::int64_t Cs = std::min(C, T);
+        if (Cs > 0) detail::torch_topk::select(keys.data(), T, Cs);
         std::vector<char> chosen(static_cast<std::size_t>(T), 0);
-        for (std::int64_t i = 0; i < C; ++i)
+        for (std::int64_t i = 0; i < Cs; ++i)
           if (detail::torch_topk::routed(keys[static_cast<std::size_t>(i)]))
             chosen[static_cast<std::size_t>(
                 detail::torch_topk::token(keys[static_cast<std::size_t>(i)]))] = 1;
