@@ -178,6 +178,23 @@ std::vector<rule_case> rule_cases() {
        R::balancing_disabled_conflict, "got false"},
       {"pad without capacity", [](sy::Config& c) { c.pad_to_capacity = true; },
        R::pad_needs_capacity, "got true"},
+      {"position ties without the position policy",
+       [](sy::Config& c) {
+         c.token_dispatch = sy::TokenDispatch::capacity;
+         c.position_ties = sy::PositionTies::token_order;
+       },
+       R::position_ties_apply, "got token_order"},
+      {"position ties for DeepSpeed's top-2 (a cumsum: no ties)",
+       [](sy::Config& c) {
+         c.semantics = sy::Semantics::deepspeed;
+         c.pre_softmax = true;
+         c.router_z_loss_coeff = 0;
+         c.token_dispatch = sy::TokenDispatch::capacity;
+         c.capacity_formula = sy::CapacityFormula::deepspeed;
+         c.drop_policy = sy::DropPolicy::position;
+         c.position_ties = sy::PositionTies::token_order;
+       },
+       R::position_ties_apply, "got token_order"},
       {"min capacity negative", [](sy::Config& c) { c.min_capacity = -1; }, R::min_capacity_nonneg,
        "got -1"},
       {"deepspeed with top-k-first softmax",

@@ -94,6 +94,32 @@ BOOST_AUTO_TEST_CASE(reference_capacity_example_drops_token_3_on_expert_3) {
   BOOST_TEST(pos.route_row[4 * 2 + 0] == -1);
 }
 
+// The same routes by position. Expert 3's routed tokens are 0, 2, 3, 4 and C = 3. Megatron-Core
+// on the CPU (torch 2.15: torch.topk over the column 1 0 1 1 1 0, k = 3) keeps tokens 2, 3, 4,
+// so token 0's route to expert 3 is dropped (the default, position_ties torch_cpu); with
+// position_ties token_order (REFERENCE §4's rule, torch on a GPU) token 4's is.
+BOOST_AUTO_TEST_CASE(reference_example_by_position_drops_what_megatron_drops) {
+  routes r{6,
+           2,
+           {3, 0, 1, 2, 2, 3, 0, 3, 3, 2, 0, 1},
+           {.731059, .268941, .689974, .310026, .622459, .377541, .75026, .24974, .574443, .425557,
+            .524979, .475021}};
+  sy::Config c;
+  c.num_experts = 4;
+  c.token_dispatch = sy::TokenDispatch::capacity;
+  c.capacity_factor = 1.0;
+  c.drop_policy = sy::DropPolicy::position;
+  const auto cpu = sy::build_plan(sy::exec::Host{}, sy::dispatch_options(c, 6), r.e(), r.p());
+  BOOST_TEST(cpu.dropped == 1);
+  BOOST_TEST(cpu.route_row[0 * 2 + 0] == -1);  // token 0, slot 0 (expert 3)
+  BOOST_TEST(cpu.route_row[4 * 2 + 0] >= 0);   // token 4, slot 0 (expert 3)
+  c.position_ties = sy::PositionTies::token_order;
+  const auto first = sy::build_plan(sy::exec::Host{}, sy::dispatch_options(c, 6), r.e(), r.p());
+  BOOST_TEST(first.dropped == 1);
+  BOOST_TEST(first.route_row[0 * 2 + 0] >= 0);
+  BOOST_TEST(first.route_row[4 * 2 + 0] == -1);
+}
+
 BOOST_AUTO_TEST_CASE(probs_policy_breaks_ties_by_lower_token_index) {
   // Five tokens on expert 0 with equal weight; C = 2 keeps tokens 0 and 1.
   routes r{5, 1, {0, 0, 0, 0, 0}, {0.5, 0.5, 0.5, 0.5, 0.5}};
@@ -234,6 +260,10 @@ BOOST_AUTO_TEST_CASE(position_by_topk_keeps_the_tokens_torch_topk_returns_on_the
   c.token_dispatch = sy::TokenDispatch::capacity;
   c.drop_policy = sy::DropPolicy::position;
   BOOST_TEST(sy::dispatch_options(c, 8).position_by_topk);
+  c.position_ties = sy::PositionTies::token_order;  // REFERENCE §4's first C, by choice
+  BOOST_TEST(sy::validate(c).empty());
+  BOOST_TEST(!sy::dispatch_options(c, 8).position_by_topk);
+  c.position_ties = sy::PositionTies::torch_cpu;
   c.drop_policy = sy::DropPolicy::probs;
   BOOST_TEST(!sy::dispatch_options(c, 8).position_by_topk);
   c.drop_policy = sy::DropPolicy::position;

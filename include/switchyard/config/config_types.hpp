@@ -120,6 +120,7 @@ using opt_double = std::optional<double>;
   X(::switchyard::TokenDispatch, token_dispatch, ::switchyard::TokenDispatch::dropless, moe)       \
   X(::switchyard::DropPolicy, drop_policy, ::switchyard::DropPolicy::probs, moe)                   \
   X(bool, pad_to_capacity, false, moe)                                                             \
+  X(::switchyard::PositionTies, position_ties, ::switchyard::PositionTies::torch_cpu, moe)         \
   X(::switchyard::CapacityFormula, capacity_formula, ::switchyard::CapacityFormula::megatron,      \
     balance)                                                                                       \
   X(std::int64_t, min_capacity, 0, balance)                                                        \

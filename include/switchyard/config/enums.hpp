@@ -68,6 +68,18 @@ struct enum_info<DropPolicy> {
   static constexpr std::array<std::string_view, 2> names = {"probs", "position"};
 };
 
+/// Which of an over-full expert's routed tokens the position policy keeps where Megatron-Core
+/// (and DeepSpeed's top-1) take them from torch.topk over a 0/1 column, where all of them tie
+/// (dispatch/dispatch_types.hpp, DispatchOptions::position_by_topk): torch_cpu, the ones torch
+/// returns on the CPU (the default: the peers' output as fixtures compute it); token_order, the
+/// first C in token order (REFERENCE §4's rule; what torch returns on a GPU).
+enum class PositionTies { torch_cpu, token_order };
+template <>
+struct enum_info<PositionTies> {
+  static constexpr std::string_view type_name = "PositionTies";
+  static constexpr std::array<std::string_view, 2> names = {"torch_cpu", "token_order"};
+};
+
 /// Capacity formula of each training stack (REFERENCE §4).
 enum class CapacityFormula { megatron, deepspeed, tutel, megablocks, torsh };
 template <>

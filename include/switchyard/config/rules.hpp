@@ -73,6 +73,10 @@ namespace switchyard {
     "enable_load_balancing false turns balancing off: load_balancing_type must be none and "       \
     "enable_expert_bias false")                                                                    \
   X(pad_needs_capacity, pad_to_capacity, "pad_to_capacity needs token_dispatch capacity")          \
+  X(position_ties_apply, position_ties,                                                            \
+    "position_ties token_order applies only where dropped tokens are chosen among ties: "          \
+    "token_dispatch capacity with drop_policy position, under semantics megatron or deepspeed "    \
+    "with k = 1")                                                                                  \
   X(deepspeed_router, semantics,                                                                   \
     "semantics deepspeed routes as DeepSpeed's gating: score_function softmax with pre_softmax "   \
     "true (softmax over every expert, then the top k), no groups, no expert bias and no "          \
@@ -223,6 +227,9 @@ constexpr bool rule_ok(const Config& c, rule_id r) {
       return c.enable_load_balancing ||
              (c.load_balancing_type == LoadBalancingType::none && !c.enable_expert_bias);
     case rule_id::pad_needs_capacity: return !c.pad_to_capacity || capacity;
+    case rule_id::position_ties_apply:
+      return c.position_ties == PositionTies::torch_cpu ||
+             (capacity && c.drop_policy == DropPolicy::position && (!deepspeed || k == 1));
     case rule_id::deepspeed_router:
       return !deepspeed || (c.score_function == ScoreFunction::softmax && c.pre_softmax &&
                             !c.num_groups && !c.group_topk && !c.enable_expert_bias &&

@@ -98,9 +98,9 @@ inline DispatchOptions dispatch_options(const Config& c, std::int64_t tokens) {
   const bool deepspeed = c.semantics == Semantics::deepspeed;
   o.queue_by_slot = deepspeed && c.num_experts_per_token == 2;
   o.renormalize_kept = deepspeed && c.num_experts_per_token > 1;
-  o.position_by_topk = c.token_dispatch == TokenDispatch::capacity &&
-                       c.drop_policy == DropPolicy::position &&
-                       (!deepspeed || c.num_experts_per_token == 1);
+  o.position_by_topk =
+      c.token_dispatch == TokenDispatch::capacity && c.drop_policy == DropPolicy::position &&
+      (!deepspeed || c.num_experts_per_token == 1) && c.position_ties == PositionTies::torch_cpu;
   return o;
 }
 
