@@ -20,6 +20,18 @@ struct rule_case {
 };
 
 // One failing config per rule, with the words its message must contain.
+// DeepSpeed semantics as its rules require (softmax over every expert, no z-loss), with
+// capacity dispatch by DeepSpeed's formula when `capacity`.
+void deepspeed(sy::Config& c, bool capacity = false) {
+  c.semantics = sy::Semantics::deepspeed;
+  c.pre_softmax = true;
+  c.router_z_loss_coeff = 0;
+  if (capacity) {
+    c.token_dispatch = sy::TokenDispatch::capacity;
+    c.capacity_formula = sy::CapacityFormula::deepspeed;
+  }
+}
+
 std::vector<rule_case> rule_cases() {
   using R = sy::rule_id;
   return {
@@ -186,11 +198,7 @@ std::vector<rule_case> rule_cases() {
        R::position_ties_apply, "got token_order"},
       {"position ties for DeepSpeed's top-2 (a cumsum: no ties)",
        [](sy::Config& c) {
-         c.semantics = sy::Semantics::deepspeed;
-         c.pre_softmax = true;
-         c.router_z_loss_coeff = 0;
-         c.token_dispatch = sy::TokenDispatch::capacity;
-         c.capacity_formula = sy::CapacityFormula::deepspeed;
+         deepspeed(c, true);
          c.drop_policy = sy::DropPolicy::position;
          c.position_ties = sy::PositionTies::token_order;
        },
@@ -205,9 +213,7 @@ std::vector<rule_case> rule_cases() {
        R::deepspeed_router, "got deepspeed"},
       {"deepspeed with seq aux loss",
        [](sy::Config& c) {
-         c.semantics = sy::Semantics::deepspeed;
-         c.pre_softmax = true;
-         c.router_z_loss_coeff = 0;
+         deepspeed(c);
          c.load_balancing_type = sy::LoadBalancingType::seq_aux_loss;
        },
        R::deepspeed_balance, "got seq_aux_loss"},
@@ -219,21 +225,12 @@ std::vector<rule_case> rule_cases() {
        R::deepspeed_no_z_loss, "got 0.001"},
       {"deepspeed with Megatron's capacity",
        [](sy::Config& c) {
-         c.semantics = sy::Semantics::deepspeed;
-         c.pre_softmax = true;
-         c.router_z_loss_coeff = 0;
-         c.token_dispatch = sy::TokenDispatch::capacity;
+         deepspeed(c, true);
+         c.capacity_formula = sy::CapacityFormula::megatron;
          c.drop_policy = sy::DropPolicy::position;
        },
        R::deepspeed_capacity_formula, "got megatron"},
-      {"deepspeed top-2 dropping by probs",
-       [](sy::Config& c) {
-         c.semantics = sy::Semantics::deepspeed;
-         c.pre_softmax = true;
-         c.router_z_loss_coeff = 0;
-         c.token_dispatch = sy::TokenDispatch::capacity;
-         c.capacity_formula = sy::CapacityFormula::deepspeed;
-       },
+      {"deepspeed top-2 dropping by probs", [](sy::Config& c) { deepspeed(c, true); },
        R::deepspeed_drop_position, "got probs"},
       {"max batch zero", [](sy::Config& c) { c.max_expert_batch_size = 0; }, R::max_batch_positive,
        "got 0"},
