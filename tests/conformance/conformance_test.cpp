@@ -195,7 +195,7 @@ BOOST_AUTO_TEST_CASE(fixtures_random) {
 
 // Process groups (`switchyard plan`'s "groups"): the same sets of ranks as Megatron-Core's
 // RankGenerator builds for tp x ep x dp x pp (data/layouts.json, generate.py layout_fixtures).
-BOOST_AUTO_TEST_CASE(layouts_match_megatron_rank_generator) {
+BOOST_AUTO_TEST_CASE(layouts_match_megatron_and_deepspeed_groups) {
   const json::object doc = read_json(data_root() / "layouts.json").as_object();
   const json::array& cases = doc.at("layouts").as_array();
   BOOST_REQUIRE(cases.size() >= 50);
@@ -217,18 +217,26 @@ BOOST_AUTO_TEST_CASE(layouts_match_megatron_rank_generator) {
     const auto size = [&](const char* key) { return o.at(key).to_number<std::int64_t>(); };
     const switchyard::Layout layout(size("data_parallel_size"), size("expert_parallel_size"),
                                     size("tensor_parallel_size"), size("pipeline_parallel_size"));
+    // Megatron-Core's five kinds of group, and DeepSpeed's expert-parallel and
+    // expert-data-parallel groups of the same world.
     const json::object& groups = o.at("groups").as_object();
+    const json::object& deepspeed = o.at("deepspeed_groups").as_object();
     BOOST_REQUIRE_EQUAL(groups.size(), kinds.size());
-    for (const auto& [key, kind] : kinds) {
-      BOOST_TEST_CONTEXT("dp " << layout.dp() << " ep " << layout.ep() << " tp " << layout.tp()
-                               << " pp " << layout.pp() << ": " << key) {
-        const auto expected = sorted(json::value_to<groups_t>(groups.at(key)));
-        BOOST_TEST((sorted(layout.groups(kind)) == expected));
-        ++compared;
+    BOOST_REQUIRE_EQUAL(deepspeed.size(), 2u);
+    using peer_groups = std::pair<const char*, const json::object*>;
+    for (const auto& [source, peer] : {peer_groups{"megatron", &groups}, {"deepspeed", &deepspeed}})
+      for (const auto& [key, kind] : kinds) {
+        if (!peer->contains(key)) continue;
+        BOOST_TEST_CONTEXT(source << ": dp " << layout.dp() << " ep " << layout.ep() << " tp "
+                                  << layout.tp() << " pp " << layout.pp() << ": " << key) {
+          const auto expected = sorted(json::value_to<groups_t>(peer->at(key)));
+          BOOST_TEST((sorted(layout.groups(kind)) == expected));
+          ++compared;
+        }
       }
-    }
   }
   BOOST_TEST_MESSAGE("layouts: " << cases.size() << " layouts, " << compared << " groups compared");
+  BOOST_TEST(compared == static_cast<int>(cases.size()) * 7);
 }
 
 // The comparison itself catches a disagreement: a perturbed expected value, a changed count and

@@ -970,8 +970,13 @@ def layout_fixtures():
     expert tensor parallel = tp): the dense decoder RankGenerator(tp, ep=1, dp·ep, pp,
     "tp-cp-ep-dp-pp") gives tensor, pipeline and (dense) data-parallel groups, the expert decoder
     RankGenerator(tp, ep, dp, pp, "tp-ep-dp-pp") the expert-parallel and expert-data-parallel
-    groups. Switchyard's Layout (switchyard plan's "groups") must hold the same sets of ranks."""
+    groups. Switchyard's Layout (switchyard plan's "groups") must hold the same sets of ranks.
+    Each case also holds the expert-parallel and expert-data-parallel groups DeepSpeed builds for
+    the same world (deepspeed.utils.groups._get_expert_parallel_ranks, the E + D topology it uses
+    by default: tensor parallel innermost, pipeline stages outermost), which Switchyard's Layout
+    must match as well."""
     from megatron.core.parallel_state import RankGenerator
+    from deepspeed.utils.groups import _get_expert_parallel_ranks
     cases = []
     for tp in (1, 2, 4):
         for ep in (1, 2, 4, 8):
@@ -981,6 +986,7 @@ def layout_fixtures():
                         continue
                     dense = RankGenerator(tp=tp, ep=1, dp=dp * ep, pp=pp, cp=1, order="tp-cp-ep-dp-pp")
                     expert = RankGenerator(tp=tp, ep=ep, dp=dp, pp=pp, cp=1, order="tp-ep-dp-pp")
+                    ds_ep, ds_edp = _get_expert_parallel_ranks(tp * ep * dp * pp, tp, ep, pp)
                     cases.append({
                         "tensor_parallel_size": tp, "expert_parallel_size": ep,
                         "data_parallel_size": dp, "pipeline_parallel_size": pp,
@@ -990,9 +996,14 @@ def layout_fixtures():
                             "dense_data_parallel": dense.get_ranks("dp"),
                             "expert_parallel": expert.get_ranks("ep"),
                             "expert_data_parallel": expert.get_ranks("dp"),
+                        },
+                        "deepspeed_groups": {
+                            "expert_parallel": ds_ep,
+                            "expert_data_parallel": ds_edp,
                         }})
     return {"kind": "layouts", "source": "megatron.core.parallel_state.RankGenerator (dense and "
-            "expert decoders of initialize_model_parallel, cp = 1, expert tensor parallel = tp)",
+            "expert decoders of initialize_model_parallel, cp = 1, expert tensor parallel = tp); "
+            "deepspeed.utils.groups._get_expert_parallel_ranks (deepspeed_groups)",
             "versions": versions(), "layouts": cases}
 
 
