@@ -121,8 +121,9 @@ class block_impl final : public CudaMoEBlock {
     std::vector<float> out = dx.download(stream_);
     grads_.download(host_grads_, stream_);
     const std::vector<float>* from[] = {&host_grads_.router_weight, &host_grads_.fc1,
-                                        &host_grads_.fc2, &host_grads_.fc1_bias,
-                                        &host_grads_.fc2_bias};
+                                        &host_grads_.fc2,           &host_grads_.fc1_bias,
+                                        &host_grads_.fc2_bias,      &host_grads_.shared_fc1,
+                                        &host_grads_.shared_fc2,    &host_grads_.shared_gate};
     int i = 0;
     grads.for_each_tensor([&](std::vector<float>& g) {
       const std::vector<float>& d = *from[i++];

@@ -329,10 +329,12 @@ inline json::object route_document(const json::value& doc) {
 /// `switchyard layer`: one MoE layer on one rank (host, double) through make_layer, the code a
 /// framework calls; with "dy", the gradients of Σ dy·y + aux_loss + z_loss (docs/cli.md).
 inline json::object layer_document(const json::value& doc) {
-  const json::object& in = detail::document_object(
-      doc, {"config", "x", "router_weight", "fc1_weight", "fc2_weight", "fc1_bias", "fc2_bias",
-            "dy", "seed", "step", "training"},
-      "layer");
+  const json::object& in =
+      detail::document_object(doc,
+                              {"config", "x", "router_weight", "fc1_weight", "fc2_weight",
+                               "fc1_bias", "fc2_bias", "shared_fc1_weight", "shared_fc2_weight",
+                               "shared_gate_weight", "dy", "seed", "step", "training"},
+                              "layer");
   Config c = detail::document_config(in);
   if (c.world() != 1)
     throw config_error(fmt::format("config: the layer command runs one rank, the config "
@@ -349,6 +351,14 @@ inline json::object layer_document(const json::value& doc) {
   const dense fc2 = read_tensor3(in, "fc2_weight", E, H, F, fc2_shape.c_str());
   if (c.add_bias_linear != (in.contains("fc1_bias") && in.contains("fc2_bias")))
     throw config_error("fc1_bias and fc2_bias are given exactly when config.add_bias_linear is true");
+  const index_t Fs = c.shared_expert_intermediate_size.value_or(0), Fs1 = c.gated ? 2 * Fs : Fs;
+  if ((Fs > 0) != (in.contains("shared_fc1_weight") && in.contains("shared_fc2_weight")))
+    throw config_error(
+        "shared_fc1_weight and shared_fc2_weight are given exactly when "
+        "config.shared_expert_intermediate_size is set");
+  if (c.shared_expert_gate != in.contains("shared_gate_weight"))
+    throw config_error(
+        "shared_gate_weight is given exactly when config.shared_expert_gate is true");
   std::optional<dense> dy;
   if (in.contains("dy")) dy = read_matrix(in, "dy", T, H, "hidden_size");
 
@@ -362,6 +372,13 @@ inline json::object layer_document(const json::value& doc) {
     p.fc1_bias = read_matrix(in, "fc1_bias", E, F1, "fc1 rows").data;
     p.fc2_bias = read_matrix(in, "fc2_bias", E, H, "hidden_size").data;
   }
+  if (Fs > 0) {
+    p.shared_fc1 = read_matrix(in, "shared_fc1_weight", Fs1, H, "hidden_size").data;
+    p.shared_fc2 =
+        read_matrix(in, "shared_fc2_weight", H, Fs, "shared_expert_intermediate_size").data;
+  }
+  if (c.shared_expert_gate)
+    p.shared_gate = read_matrix(in, "shared_gate_weight", 1, H, "hidden_size").data;
   ForwardOptions fo;
   fo.training = detail::read_flag(in, "training", true);
   fo.seed = detail::read_count(in, "seed", 0);
@@ -390,6 +407,11 @@ inline json::object layer_document(const json::value& doc) {
       o["grad_fc1_bias"] = to_rows(g.fc1_bias.data(), E, F1);
       o["grad_fc2_bias"] = to_rows(g.fc2_bias.data(), E, H);
     }
+    if (Fs > 0) {
+      o["grad_shared_fc1_weight"] = to_rows(g.shared_fc1.data(), Fs1, H);
+      o["grad_shared_fc2_weight"] = to_rows(g.shared_fc2.data(), H, Fs);
+    }
+    if (c.shared_expert_gate) o["grad_shared_gate_weight"] = to_rows(g.shared_gate.data(), 1, H);
   }
   return o;
 }

@@ -105,6 +105,7 @@ int run_plan(const plan_options& o) {
     m["expert_gradients_bytes"] = mem.expert_gradients;
     m["optimizer_state_bytes"] = mem.optimizer_state;
     m["router_bytes"] = mem.router;
+    m["shared_expert_bytes"] = mem.shared_expert;
     m["activations_bytes"] = mem.activations;
     m["total_bytes"] = mem.total();
     m["per_expert_bytes"] = mem.per_expert;
@@ -145,6 +146,7 @@ int run_plan(const plan_options& o) {
   fmt::print("  expert gradients    {:>14}\n", mib(mem.expert_gradients));
   fmt::print("  optimizer state     {:>14}  ({})\n", mib(mem.optimizer_state), enum_name(c.optimizer));
   fmt::print("  router              {:>14}\n", mib(mem.router));
+  if (mem.shared_expert > 0) fmt::print("  shared expert       {:>14}\n", mib(mem.shared_expert));
   fmt::print("  MoE activations     {:>14}\n", mib(mem.activations));
   fmt::print("  total               {:>14}\n", mib(mem.total()));
   fmt::print("  one expert          {:>14}  ({} memory_per_expert_mb {})\n", mib(mem.per_expert),

@@ -71,10 +71,15 @@ int train_loop(const Config& cfg, MoEComms<Comm> comms, const train_options& o, 
   const bool tty = prints && isatty(fileno(stdout));
   if (prints)
     fmt::print(
-        "training {} MoE-or-dense blocks (H {}, F {}, E {}, k {}) on {} rank(s), {} tokens "
+        "training {} MoE-or-dense blocks (H {}, F {}, E {}, k {}{}) on {} rank(s), {} tokens "
         "per rank per step{}\n",
         cfg.num_layers, cfg.hidden_size, cfg.ffn_hidden_size, cfg.num_experts,
-        cfg.num_experts_per_token, cfg.world(), cfg.tokens_per_rank(),
+        cfg.num_experts_per_token,
+        cfg.shared_expert_intermediate_size
+            ? fmt::format(", shared expert F {}{}", *cfg.shared_expert_intermediate_size,
+                          cfg.shared_expert_gate ? " gated" : "")
+            : std::string(),
+        cfg.world(), cfg.tokens_per_rank(),
         o.backend != "cuda" ? ""
         : nccl              ? ", MoE blocks on the GPU, tokens exchanged over NCCL"
                             : ", MoE blocks on the GPU");

@@ -185,6 +185,9 @@ class Model {
       opt_.add(&p.fc2, &g.fc2);
       opt_.add(&p.fc1_bias, &g.fc1_bias);
       opt_.add(&p.fc2_bias, &g.fc2_bias);
+      opt_.add(&p.shared_fc1, &g.shared_fc1);
+      opt_.add(&p.shared_fc2, &g.shared_fc2);
+      opt_.add(&p.shared_gate, &g.shared_gate);
     }
   }
 

@@ -86,3 +86,31 @@ BOOST_AUTO_TEST_CASE(sizes_beyond_32_bits_are_exact) {
   BOOST_TEST(m.rows_per_layer == (std::int64_t{1} << 31));  // T·k
   BOOST_TEST(m.activations > (std::int64_t{1} << 43));
 }
+
+// A capacity_factor whose capacity does not fit (found by the documents fuzzer: 2e100 made the
+// float-to-integer conversion undefined) is a config_error naming the field, for every formula;
+// the largest capacity itself is still computed.
+BOOST_AUTO_TEST_CASE(a_capacity_beyond_the_largest_is_a_config_error_naming_capacity_factor) {
+  for (const F f : {F::megatron, F::deepspeed, F::tutel, F::megablocks, F::torsh}) {
+    BOOST_TEST_CONTEXT(sy::enum_name(f)) {
+      try {
+        (void)sy::capacity_for(f, 6, 4, 2, 2e100, 1, 0);
+        BOOST_ERROR("no error");
+      } catch (const sy::config_error& e) {
+        BOOST_TEST(std::string(e.what()).find("capacity_factor: 2e+100 gives a capacity of") == 0,
+                   e.what());
+      }
+    }
+  }
+  BOOST_CHECK_THROW((void)sy::tutel_dynamic_bound(6, 4, 2, -1e300), sy::config_error);
+  // T·k / E = 1: the factor is the capacity, up to 2^31 - 1 and not beyond.
+  BOOST_TEST(sy::capacity_for(F::megatron, 4, 8, 2, 2147483647.0, 1, 0).value() ==
+             sy::max_expert_capacity);
+  BOOST_CHECK_THROW((void)sy::capacity_for(F::megatron, 4, 8, 2, 2147483648.0, 1, 0),
+                    sy::config_error);
+  sy::Config c;
+  c.token_dispatch = sy::TokenDispatch::capacity;
+  c.capacity_factor = 1e30;
+  BOOST_CHECK_THROW((void)sy::capacity(c, 8), sy::config_error);
+  BOOST_TEST(sy::capacity(c, 0).value() == 0);  // no tokens: C = 0
+}

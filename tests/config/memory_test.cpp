@@ -34,8 +34,34 @@ BOOST_AUTO_TEST_CASE(memory_estimate_counts_local_experts_and_activations) {
       T * H * 4 + 2 * T * E * 4 + T * k * 8 + R * H * 4 + R * F * 2 * 4 + R * F * 4 + T * k * H * 4;
   BOOST_TEST(m.activations == 2 * per_layer);
   BOOST_TEST(m.total() == m.expert_parameters + m.expert_gradients + m.optimizer_state + m.router +
-                              m.activations);
+                              m.shared_expert + m.activations);
   BOOST_TEST(m.fits_memory_per_expert(c));
+}
+
+// A gated shared expert (GLU, F 24) counts like the router: replicated weights, gradients and
+// AdamW moments in every MoE layer, and its activations for each of the rank's tokens.
+BOOST_AUTO_TEST_CASE(memory_estimate_counts_the_shared_expert) {
+  sy::Config c;
+  c.num_experts = 8;
+  c.hidden_size = 16;
+  c.ffn_hidden_size = 32;
+  c.gated = true;
+  c.num_layers = 2;
+  c.batch_size_per_gpu = 2;
+  c.sequence_length = 5;  // T = 10
+  BOOST_REQUIRE(sy::validate(c).empty());
+  const auto plain = sy::estimate_memory(c, 0);
+  BOOST_TEST(plain.shared_expert == 0);
+  c.shared_expert_intermediate_size = 24;
+  c.shared_expert_gate = true;
+  BOOST_REQUIRE(sy::validate(c).empty());
+  const auto m = sy::estimate_memory(c, 0);
+  const std::int64_t params = 2 * 24 * 16 + 16 * 24 + 16;  // fc1 (gated), fc2, gate = 1168
+  BOOST_TEST(m.shared_expert == 2 * params * (4 + 4 + 8));
+  const std::int64_t T = 10;
+  BOOST_TEST(m.activations - plain.activations == 2 * (T * (48 + 24 + 16) * 4 + T * 4));
+  BOOST_TEST(m.total() - plain.total() == m.shared_expert + m.activations - plain.activations);
+  BOOST_TEST(m.expert_parameters == plain.expert_parameters);
 }
 
 BOOST_AUTO_TEST_CASE(memory_estimate_with_capacity_bf16_and_pipeline_stages) {

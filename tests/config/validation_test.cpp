@@ -234,6 +234,22 @@ std::vector<rule_case> rule_cases() {
        R::deepspeed_drop_position, "got probs"},
       {"max batch zero", [](sy::Config& c) { c.max_expert_batch_size = 0; }, R::max_batch_positive,
        "got 0"},
+      {"shared expert zero", [](sy::Config& c) { c.shared_expert_intermediate_size = 0; },
+       R::shared_expert_positive, "got 0"},
+      {"shared gate without a shared expert", [](sy::Config& c) { c.shared_expert_gate = true; },
+       R::shared_gate_needs_shared, "got true"},
+      {"shared expert with biases",
+       [](sy::Config& c) {
+         c.shared_expert_intermediate_size = 512;
+         c.add_bias_linear = true;
+       },
+       R::shared_expert_no_bias, "got 512"},
+      {"shared expert with tensor parallelism",
+       [](sy::Config& c) {
+         c.shared_expert_intermediate_size = 512;
+         c.tensor_parallel_size = 2;
+       },
+       R::shared_expert_tp_not_built, "got 512"},
       {"hidden zero", [](sy::Config& c) { c.hidden_size = 0; }, R::hidden_positive, "got 0"},
       {"ffn zero", [](sy::Config& c) { c.ffn_hidden_size = 0; }, R::ffn_positive, "got 0"},
       {"layers zero", [](sy::Config& c) { c.num_layers = 0; }, R::layers_positive, "got 0"},

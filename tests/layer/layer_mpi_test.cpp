@@ -205,6 +205,17 @@ void run_and_compare(sy::Config dist, int empty_rank) {
   BOOST_TEST(close(fwd.metrics.z_loss.value(), rf.metrics.z_loss.value()));
   for (std::size_t i = 0; i < g.router_weight.size(); ++i)
     BOOST_REQUIRE_MESSAGE(close(g.router_weight[i], rg.router_weight[i]), "router grad " << i);
+  // The shared expert and its gate are replicated like the router: the same weights on every
+  // rank, and the gradients summed over the group are one rank's on the whole batch.
+  BOOST_TEST(layer->params().shared_fc1 == ref->params().shared_fc1);
+  BOOST_TEST(layer->params().shared_gate == ref->params().shared_gate);
+  for (const auto& [mine, whole] : {std::pair{&g.shared_fc1, &rg.shared_fc1},
+                                    {&g.shared_fc2, &rg.shared_fc2},
+                                    {&g.shared_gate, &rg.shared_gate}}) {
+    BOOST_REQUIRE_EQUAL(mine->size(), whole->size());
+    for (std::size_t i = 0; i < mine->size(); ++i)
+      BOOST_REQUIRE_MESSAGE(close((*mine)[i], (*whole)[i]), "shared expert grad " << i);
+  }
   // Local expert le is global expert e; with TP this rank holds F columns [tp_rank·Fs, +Fs) of
   // it: fc1 rows half·Fs + f are the whole expert's half·F + tp_rank·Fs + f, fc2 [h][f] its
   // [h][tp_rank·Fs + f].
@@ -313,6 +324,17 @@ BOOST_AUTO_TEST_CASE(round_robin_placement_matches_one_rank) {
   c.activation = sy::Activation::gelu;
   c.gated = false;
   run_and_compare(c, -1);
+}
+
+// A gated shared expert beside the routed ones (GLU SiLU), EP over every rank, one rank with
+// no tokens.
+BOOST_AUTO_TEST_CASE(a_shared_expert_under_expert_parallelism_matches_one_rank) {
+  sy::MpiComm world(MPI_COMM_WORLD, std::chrono::seconds(60));
+  auto c = base_config();
+  c.expert_parallel_size = world.size();
+  c.shared_expert_intermediate_size = 6;
+  c.shared_expert_gate = true;
+  run_and_compare(c, 1);
 }
 
 BOOST_AUTO_TEST_CASE(data_parallel_times_expert_parallel_matches_one_rank) {
@@ -506,6 +528,36 @@ void bad_input_fails_on_every_rank(const sy::Config& c) {
   for (double v : dx) BOOST_REQUIRE(std::isfinite(v));
 }
 }  // namespace
+
+// A capacity_factor whose capacity does not fit for one rank's T (the others have no tokens,
+// so their capacity is 0) is a config_error there and an error naming it on every other rank:
+// the capacity is computed in the local stage, before the first collective.
+BOOST_AUTO_TEST_CASE(a_capacity_too_large_for_one_rank_is_an_error_on_every_rank) {
+  sy::MpiComm world(MPI_COMM_WORLD, std::chrono::seconds(60));
+  world.set_timeout(std::chrono::seconds(20));
+  auto c = base_config();
+  c.expert_parallel_size = world.size();
+  c.token_dispatch = sy::TokenDispatch::capacity;
+  c.capacity_factor = 1e30;
+  auto groups = sy::make_mpi_groups(world, sy::Layout(c));
+  auto layer = mpi_layer(c, groups);
+  layer->initialize(3);
+  const int busy = world.size() - 1;
+  const std::int64_t T = world.rank() == busy ? 4 : 0, H = c.hidden_size;
+  const std::vector<double> x = random_vector(7, static_cast<std::size_t>(T * H));
+  if (world.rank() == busy) {
+    BOOST_CHECK_EXCEPTION(layer->forward(sy::matrix_view<const double>(x.data(), T, H)),
+                          sy::config_error, [&](const sy::config_error& e) {
+                            return has(e, "capacity_factor: 1e+30 gives a capacity of");
+                          });
+  } else {
+    BOOST_CHECK_EXCEPTION(layer->forward(sy::matrix_view<const double>(x.data(), T, H)),
+                          sy::comm_error, [&](const sy::comm_error& e) {
+                            return has(e, "MoELayer::forward: rank " + std::to_string(busy)) &&
+                                   has(e, "capacity_factor: 1e+30");
+                          });
+  }
+}
 
 BOOST_AUTO_TEST_CASE(a_rank_with_bad_input_is_an_error_on_every_rank_not_a_hang) {
   sy::MpiComm world(MPI_COMM_WORLD, std::chrono::seconds(60));

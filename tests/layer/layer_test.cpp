@@ -45,6 +45,13 @@ std::vector<layer_case> cases() {
   pre.drop_policy = sy::DropPolicy::position;
   pre.pad_to_capacity = true;
   v.push_back({"pre-softmax k1 capacity position padded FFN silu", pre});
+  auto shared = small_config(4, 2, true, sy::Activation::silu, false);
+  shared.shared_expert_intermediate_size = 3;
+  shared.shared_expert_gate = true;
+  v.push_back({"GLU silu with a gated shared expert", shared});
+  auto shared_ffn = small_config(4, 2, false, sy::Activation::gelu, true);
+  shared_ffn.shared_expert_intermediate_size = 7;
+  v.push_back({"capacity FFN gelu with a shared expert", shared_ffn});
   return v;
 }
 
@@ -70,6 +77,7 @@ BOOST_AUTO_TEST_CASE(whole_layer_finite_difference_gradients) {
       layer->initialize(11);
       const std::int64_t T = 10, H = lc.config.hidden_size;
       for (auto& w : layer->params().router_weight) w *= 40;  // logits of order 1
+      for (auto& w : layer->params().shared_gate) w *= 40;    // gate logits of order 1
       const auto x = random_vector(1, static_cast<std::size_t>(T * H));
       const auto dy = random_vector(2, static_cast<std::size_t>(T * H));
       auto fwd = layer->forward(sy::matrix_view<const double>(x.data(), T, H), {.training = true, .seed = 3});
@@ -96,8 +104,61 @@ BOOST_AUTO_TEST_CASE(whole_layer_finite_difference_gradients) {
       check(layer->params().router_weight, grads.router_weight, "router_weight", 5);
       check(layer->params().fc1, grads.fc1, "fc1", 11);
       check(layer->params().fc2, grads.fc2, "fc2", 11);
+      BOOST_TEST(layer->params().has_shared_expert() ==
+                 lc.config.shared_expert_intermediate_size.has_value());
+      check(layer->params().shared_fc1, grads.shared_fc1, "shared_fc1", 3);
+      check(layer->params().shared_fc2, grads.shared_fc2, "shared_fc2", 3);
+      check(layer->params().shared_gate, grads.shared_gate, "shared_gate", 1);
+      BOOST_TEST(grads.shared_gate.size() == (lc.config.shared_expert_gate ? 6u : 0u));
     }
   }
+}
+
+// y of a layer with a shared expert = y of the same routed layer without it + sigmoid(x·g) ·
+// fc2·relu(fc1·x), written out here; the losses and counts do not change.
+BOOST_AUTO_TEST_CASE(shared_expert_adds_its_gated_mlp_to_the_routed_output) {
+  sy::LocalComm one;
+  auto plain = small_config(4, 2, false, sy::Activation::relu, true);
+  auto with_shared = plain;
+  with_shared.shared_expert_intermediate_size = 3;
+  with_shared.shared_expert_gate = true;
+  const sy::MoEComms<sy::LocalComm> comms{&one, &one, &one};
+  auto a = sy::make_layer<double>(with_shared, comms);
+  auto b = sy::make_layer<double>(plain, comms);
+  a->initialize(5);
+  for (auto& w : a->params().shared_gate) w *= 30;
+  b->params().router_weight = a->params().router_weight;
+  b->params().fc1 = a->params().fc1;
+  b->params().fc2 = a->params().fc2;
+  const std::int64_t T = 9, H = plain.hidden_size, Fs = 3;
+  BOOST_TEST(a->params().shared_fc1.size() == static_cast<std::size_t>(Fs * H));
+  BOOST_TEST(a->params().shared_fc2.size() == static_cast<std::size_t>(H * Fs));
+  const auto x = random_vector(4, static_cast<std::size_t>(T * H));
+  const auto ya = a->forward(sy::matrix_view<const double>(x.data(), T, H));
+  const auto yb = b->forward(sy::matrix_view<const double>(x.data(), T, H));
+  const auto& p = a->params();
+  for (std::int64_t t = 0; t < T; ++t) {
+    double z = 0;
+    for (std::int64_t h = 0; h < H; ++h) z += x[t * H + h] * p.shared_gate[h];
+    const double g = 1 / (1 + std::exp(-z));
+    BOOST_TEST((g > 0.05 && g < 0.95));
+    std::vector<double> act(Fs);
+    for (std::int64_t f = 0; f < Fs; ++f) {
+      double v = 0;
+      for (std::int64_t h = 0; h < H; ++h) v += p.shared_fc1[f * H + h] * x[t * H + h];
+      act[f] = std::max(v, 0.0);
+    }
+    for (std::int64_t h = 0; h < H; ++h) {
+      double out = 0;
+      for (std::int64_t f = 0; f < Fs; ++f) out += p.shared_fc2[h * Fs + f] * act[f];
+      BOOST_TEST(std::abs(ya.y[t * H + h] - (yb.y[t * H + h] + g * out)) <= 1e-14,
+                 "token " << t << " column " << h);
+    }
+  }
+  BOOST_TEST(ya.metrics.aux_loss.value() == yb.metrics.aux_loss.value());
+  BOOST_TEST(ya.metrics.z_loss.value() == yb.metrics.z_loss.value());
+  BOOST_TEST(ya.metrics.kept_per_expert == yb.metrics.kept_per_expert,
+             boost::test_tools::per_element());
 }
 
 BOOST_AUTO_TEST_CASE(compile_time_layer_equals_the_runtime_bridge) {

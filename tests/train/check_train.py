@@ -72,6 +72,13 @@ def main():
     same_run(halves, aux, 1e-6)
     print(f"global_aux_loss and [global_aux_loss, aux_loss] halves follow aux_loss: aux "
           f"{aux[-1]['aux_loss']:.6g}, {glob[-1]['aux_loss']:.6g}, {halves[-1]['aux_loss']:.6g}")
+    # A gated shared expert beside the routed ones (DeepSeek / Qwen-MoE shape): it trains too,
+    # and it is part of the model (another loss from the first step on).
+    shared = run(exe, derived(configs, work, "shared", shared_expert_intermediate_size=64,
+                              shared_expert_gate=True), f"{work}/shared.jsonl", 100)
+    print(f"shared expert: loss {shared[0]['loss']:.4f} -> {shared[-1]['loss']:.4f}")
+    assert shared[0]["loss"] != q[0]["loss"], "the shared expert did not change the model"
+    assert shared[-1]["loss"] < 0.5 * shared[0]["loss"], "with a shared expert the loss did not halve"
     print("1 passed, 0 failed")
 
 

@@ -388,6 +388,25 @@ def run_experts(rows_per_expert, fc1, fc2, act, gated):
     return outs
 
 
+def megatron_shared_expert(x, fc1, fc2, gate, act, gated):
+    """Megatron-Core's SharedExpertMLP.forward (and MLP.forward, which it calls) on x: its
+    constructor (ColumnParallelLinear / RowParallelLinear need process groups) is bypassed, the
+    two linears are x·W^T without bias as Megatron's are on one rank, no fusion, no clamp."""
+    from megatron.core.transformer.moe.shared_experts import SharedExpertMLP
+    m = SharedExpertMLP.__new__(SharedExpertMLP)
+    torch.nn.Module.__init__(m)
+    m.config = types.SimpleNamespace(
+        use_te_activation_func=False, bias_activation_fusion=False, gated_linear_unit=gated,
+        activation_func=act, activation_func_clamp_value=None, glu_linear_offset=0.0,
+        add_bias_linear=False, moe_shared_expert_overlap=False)
+    m.activation_func = act
+    m.linear_fc1 = lambda h: (Fn.linear(h, fc1), None)
+    m.linear_fc2 = lambda h: (Fn.linear(h, fc2), None)
+    m.use_shared_expert_gate = gate is not None
+    m.gate_weight = gate
+    return m.forward(x)
+
+
 def layer_fixture(name, cfg, gen, T, S, B, source=""):
     E, H, F = cfg["num_experts"], cfg["hidden_size"], cfg["ffn_hidden_size"]
     gated = cfg["gated"]
@@ -416,9 +435,22 @@ def layer_fixture(name, cfg, gen, T, S, B, source=""):
     outs = run_experts(torch.split(permuted, counts), fc1, fc2, act, gated)
     y = mu.unpermute(torch.cat(outs), sorted_idx, x.shape, probs=probs, routing_map=final_map,
                      drop_and_pad=pad)
+    shared = {}  # the shared expert (moe_shared_expert_intermediate_size): MoELayer.postprocess
+    Fs = cfg.get("shared_expert_intermediate_size")
+    if Fs:
+        Fs1 = 2 * Fs if gated else Fs
+        shared["shared_fc1_weight"] = torch.randn(Fs1, H, generator=gen) / math.sqrt(H)
+        shared["shared_fc2_weight"] = torch.randn(H, Fs, generator=gen) / math.sqrt(Fs)
+        if cfg.get("shared_expert_gate"):
+            shared["shared_gate_weight"] = torch.randn(1, H, generator=gen) * (2 / math.sqrt(H))
+        for t in shared.values():
+            t.requires_grad_(True)
+        y = y + megatron_shared_expert(x, shared["shared_fc1_weight"], shared["shared_fc2_weight"],
+                                       shared.get("shared_gate_weight"), act, gated)
     (y * dy).sum().backward()
     doc = {"config": cfg, "x": rounded(x), "router_weight": rounded(wr), "fc1_weight": rounded(fc1),
            "fc2_weight": rounded(fc2), "dy": rounded(dy)}
+    doc.update({k: rounded(t) for k, t in shared.items()})
     kept = routed & final_map
     exp = {
         "y": rounded(y),
@@ -435,6 +467,7 @@ def layer_fixture(name, cfg, gen, T, S, B, source=""):
         "grad_fc1_weight": rounded(fc1.grad),
         "grad_fc2_weight": rounded(fc2.grad),
     }
+    exp.update({f"grad_{k}": rounded(t.grad) for k, t in shared.items()})
     return {"kind": "layer", "name": name, "input": doc, "expected": exp, "tolerance": TOLERANCE,
             "source": source}
 
@@ -808,6 +841,23 @@ def position_cases(E, k, S, B):
     return megatron, deepspeed
 
 
+def shared_expert_cases(E, k, S, B, H, F):
+    """Layers with Megatron-Core's shared expert (moe_shared_expert_intermediate_size, optionally
+    moe_shared_expert_gate) beside the routed experts, as layer_cases gives them."""
+    c = lambda **kw: base_config(E, k, S, B, hidden_size=H, ffn_hidden_size=F, **kw)  # noqa: E731
+    src = ("torch layer: x W_r^T, Megatron TopKRouter.routing, moe_utils.permute, {e} experts, "
+           "moe_utils.unpermute, + Megatron SharedExpertMLP.forward ({g}); autograd")
+    return [
+        ("layer_silu_glu_shared_gated", c(activation="silu", gated=True,
+                                          shared_expert_intermediate_size=2 * F,
+                                          shared_expert_gate=True),
+         src.format(e="GLU silu", g="sigmoid gate")),
+        ("layer_gelu_ffn_capacity_shared", c(activation="gelu", gated=False, token_dispatch="capacity",
+                                             capacity_factor=1.0, shared_expert_intermediate_size=F + 1),
+         src.format(e="FFN gelu, capacity (probs)", g="no gate")),
+    ]
+
+
 SETS = {
     # seed, experts, k, seq, batch, hidden, ffn, groups, group_topk, k for group routing
     "set1": dict(seed=1234, E=8, k=2, S=8, B=2, H=6, F=5, groups=4, gtopk=2, gk=4),
@@ -822,7 +872,7 @@ SETS = {
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
 
 
-# Sizes of the random draws: the committed set stays small (2 MB in all); --large draws longer
+# Sizes of the random draws: the committed set stays small (2.5 MiB in all); --large draws longer
 # batches, more experts, larger k and wider layers for campaigns outside the repository.
 SIZES = dict(E=[4, 6, 8, 12, 16, 32], groups=(2, 3, 4), S=8, B=4, k=6, H=6, F=5, ds_E=[4, 6, 8, 12], ds_S=6, ds_k=4)
 LARGE_SIZES = dict(E=[4, 8, 16, 32, 64, 128], groups=(2, 4, 8), S=96, B=4, k=8, H=24, F=16, ds_E=[4, 8, 16, 32],
@@ -1067,6 +1117,10 @@ def write_set(out_dir, name, p):
                                       training=training, source=src))
     for cname, cfg, H, src in deepspeed:
         fixtures.append(ds_route_fixture(cname, cfg, position_gen, T, H=H, source=src))
+    # Shared experts draw from a fifth stream, so the fixtures above stay as they were.
+    shared_gen = torch.Generator().manual_seed(p["seed"] + 4)
+    for lname, cfg, src in shared_expert_cases(p["E"], p["k"], p["S"], p["B"], p["H"], p["F"]):
+        fixtures.append(layer_fixture(lname, cfg, shared_gen, T, p["S"], p["B"], source=src))
     manifest = {"seed": p["seed"], "tokens": T, "sequence_length": p["S"],
                 "batch_size_per_gpu": p["B"], "num_experts": p["E"]}
     return write_fixtures(os.path.join(out_dir, name), name, fixtures, manifest)
@@ -1083,7 +1137,7 @@ def main():
     ap.add_argument("--random-seed", type=int, default=RANDOM["seed"])
     ap.add_argument("--large", action="store_true",
                     help="random draws with longer batches, more experts, larger k and wider "
-                         "layers (LARGE_SIZES; over 2 MB: use with --out)")
+                         "layers (LARGE_SIZES; over 2.5 MiB: use with --out)")
     args = ap.parse_args()
     if args.large:
         SIZES.update(LARGE_SIZES)
@@ -1108,8 +1162,8 @@ def main():
         total += size
         print(f"{name}: {len(files)} fixtures, {size / 1024:.0f} KiB")
     print(f"total {total / 1024:.0f} KiB; versions {versions()}")
-    if total > 2 * 1024 * 1024 and os.path.abspath(args.out) == os.path.abspath(ap.get_default("out")):
-        sys.exit("fixtures exceed 2 MB")
+    if total > 2.5 * 1024 * 1024 and os.path.abspath(args.out) == os.path.abspath(ap.get_default("out")):
+        sys.exit("fixtures exceed 2.5 MiB")
 
 
 if __name__ == "__main__":

@@ -7,8 +7,26 @@
 #include <optional>
 
 #include "switchyard/config/config_types.hpp"
+#include "switchyard/core/error.hpp"
 
 namespace switchyard {
+
+/// The largest capacity per expert Switchyard computes with (rows are indexed in 32 bits on the
+/// device, and E·C·H must not overflow).
+inline constexpr std::int64_t max_expert_capacity = 2147483647;
+
+namespace detail {
+/// A formula's capacity, computed in floating point, as an integer: a config_error naming
+/// capacity_factor when it is beyond max_expert_capacity (or not finite), instead of an
+/// out-of-range conversion.
+inline std::int64_t capacity_value(double v, double cf, std::int64_t tokens) {
+  if (!(v <= static_cast<double>(max_expert_capacity)))
+    throw config_error(concat(
+        "capacity_factor: ", cf, " gives a capacity of ", v, " tokens per expert for ", tokens,
+        " tokens, more than the largest Switchyard computes with (", max_expert_capacity, ")"));
+  return static_cast<std::int64_t>(v);
+}
+}  // namespace detail
 
 /// Capacity for `tokens` tokens on one rank with the given formula. std::nullopt when the formula
 /// makes the capacity depend on the routing (tutel with capacity_factor <= 0: dropless, the
@@ -21,8 +39,9 @@ inline std::optional<std::int64_t> capacity_for(CapacityFormula formula, std::in
   switch (formula) {
     case CapacityFormula::megatron:
       // Megatron-Core get_capacity(num_tokens * topk, E, cf): ceil((T·k / E) · cf) in float64.
-      c = static_cast<std::int64_t>(
-          std::ceil((static_cast<double>(tokens * k) / static_cast<double>(experts)) * cf));
+      c = detail::capacity_value(
+          std::ceil((static_cast<double>(tokens * k) / static_cast<double>(experts)) * cf), cf,
+          tokens);
       break;
     case CapacityFormula::deepspeed: {
       // DeepSpeed _capacity: ceil(f32(T/E) · f32(cf·k)), the product rounded to float32.
@@ -30,23 +49,27 @@ inline std::optional<std::int64_t> capacity_for(CapacityFormula formula, std::in
                                                   static_cast<double>(experts));
       const float factor = static_cast<float>(cf * static_cast<double>(k));
       const float product = per_expert * factor;
-      c = static_cast<std::int64_t>(std::ceil(product));
+      c = detail::capacity_value(std::ceil(static_cast<double>(product)), cf, tokens);
       break;
     }
     case CapacityFormula::tutel: {
       if (cf <= 0) return std::nullopt;
       const std::int64_t per_expert = (tokens + experts - 1) / experts;
-      c = k * static_cast<std::int64_t>(cf * static_cast<double>(per_expert));
+      c = detail::capacity_value(
+          static_cast<double>(k) * std::trunc(cf * static_cast<double>(per_expert)), cf, tokens);
       break;
     }
     case CapacityFormula::megablocks:
-      c = static_cast<std::int64_t>(cf * static_cast<double>(k) * static_cast<double>(tokens) *
-                                    static_cast<double>(ep) / static_cast<double>(experts));
+      c = detail::capacity_value(
+          std::trunc(cf * static_cast<double>(k) * static_cast<double>(tokens) *
+                     static_cast<double>(ep) / static_cast<double>(experts)),
+          cf, tokens);
       break;
     case CapacityFormula::torsh: {
       // torsh calculate_expert_capacity: ceil(f32(floor(T·k/E)) · cf) in float32.
       const float per_expert = static_cast<float>((tokens * k) / experts);
-      c = static_cast<std::int64_t>(std::ceil(per_expert * static_cast<float>(cf)));
+      c = detail::capacity_value(
+          std::ceil(static_cast<double>(per_expert * static_cast<float>(cf))), cf, tokens);
       break;
     }
   }
@@ -57,7 +80,8 @@ inline std::optional<std::int64_t> capacity_for(CapacityFormula formula, std::in
 inline std::int64_t tutel_dynamic_bound(std::int64_t tokens, std::int64_t experts, std::int64_t k,
                                         double cf) {
   const std::int64_t per_expert = (tokens + experts - 1) / experts;
-  return k * static_cast<std::int64_t>(-cf * static_cast<double>(per_expert));
+  return detail::capacity_value(
+      static_cast<double>(k) * std::trunc(-cf * static_cast<double>(per_expert)), -cf, tokens);
 }
 
 /// The config's capacity for `tokens` tokens on one rank, or std::nullopt when dispatch is

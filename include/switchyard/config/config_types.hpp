@@ -133,6 +133,8 @@ using opt_double = std::optional<double>;
   X(::switchyard::Activation, activation, ::switchyard::Activation::gelu, model)                   \
   X(bool, gated, false, model)                                                                     \
   X(bool, add_bias_linear, false, model)                                                           \
+  X(::switchyard::opt_int, shared_expert_intermediate_size, std::nullopt, moe)                     \
+  X(bool, shared_expert_gate, false, moe)                                                          \
   X(::switchyard::opt_int, num_attention_heads, std::nullopt, model)                               \
   /* parallel sizes */                                                                             \
   X(::switchyard::opt_int, world_size, std::nullopt, distributed)                                  \

@@ -50,10 +50,12 @@ struct MemoryEstimate {
   std::int64_t expert_gradients = 0;
   std::int64_t optimizer_state = 0;    ///< moments (AdamW) and fp32 master copies
   std::int64_t router = 0;             ///< router weights, gradients and optimizer state
+  std::int64_t shared_expert = 0;      ///< shared expert (and gate): weights, gradients, state
   std::int64_t activations = 0;        ///< what the MoE layers keep for backward
   std::int64_t per_expert = 0;         ///< weights + gradients + optimizer state of one expert
   std::int64_t total() const {
-    return expert_parameters + expert_gradients + optimizer_state + router + activations;
+    return expert_parameters + expert_gradients + optimizer_state + router + shared_expert +
+           activations;
   }
   /// Whether one expert fits in the config's memory_per_expert_mb.
   bool fits_memory_per_expert(const Config& c) const {
@@ -83,6 +85,13 @@ inline MemoryEstimate estimate_memory(const Config& c, std::int64_t rank = 0) {
   m.optimizer_state = expert_params * opt;
   m.per_expert = per_expert_params * (2 * b + opt);
   m.router = m.moe_layers * c.num_experts * c.hidden_size * (2 * b + opt);
+  // The shared expert: fc1 [Fs1][H], fc2 [H][Fs] and the gate [H], replicated like the router.
+  const std::int64_t Fs = c.shared_expert_intermediate_size.value_or(0);
+  const std::int64_t Fs1 = c.gated ? 2 * Fs : Fs;
+  const std::int64_t shared_params =
+      Fs > 0 ? Fs1 * c.hidden_size + c.hidden_size * Fs + (c.shared_expert_gate ? c.hidden_size : 0)
+             : 0;
+  m.shared_expert = m.moe_layers * shared_params * (2 * b + opt);
 
   const std::int64_t T = c.tokens_per_rank();
   const std::int64_t H = c.hidden_size, E = c.num_experts, k = c.num_experts_per_token;
@@ -92,13 +101,17 @@ inline MemoryEstimate estimate_memory(const Config& c, std::int64_t rank = 0) {
   // the rows of the whole TP group: tp times the rows of one rank.
   m.rows_per_layer = (cap ? E * *cap : T * k) * c.tensor_parallel_size;
   const std::int64_t R = m.rows_per_layer;
-  const std::int64_t per_layer = T * H * b            // layer input x
-                                 + 2 * T * E * 4      // logits and scores, fp32
-                                 + T * k * (4 + 4)    // routes: expert index and weight
-                                 + R * H * b          // expert input rows
+  const std::int64_t per_layer = T * H * b                        // layer input x
+                                 + 2 * T * E * 4                  // logits and scores, fp32
+                                 + T * k * (4 + 4)                // routes: expert index and weight
+                                 + R * H * b                      // expert input rows
                                  + R * F * (c.gated ? 2 : 1) * b  // fc1 output
-                                 + R * F * b          // activation output
-                                 + T * k * H * b;     // expert outputs back on this rank
+                                 + R * F * b                      // activation output
+                                 + T * k * H * b  // expert outputs back on this rank
+                                 + (Fs > 0 ? T * (Fs1 + Fs + H) * b  // shared expert: fc1 and
+                                                                     // activation out, output
+                                           : 0) +
+                                 (Fs > 0 && c.shared_expert_gate ? T * b : 0);  // its gate
   m.activations = m.moe_layers * per_layer;
   return m;
 }

@@ -93,6 +93,15 @@ namespace switchyard {
     "top2gating): set drop_policy position")                                                       \
   X(min_capacity_nonneg, min_capacity, "min_capacity must be >= 0")                                \
   X(max_batch_positive, max_expert_batch_size, "max_expert_batch_size must be at least 1")         \
+  X(shared_expert_positive, shared_expert_intermediate_size,                                       \
+    "shared_expert_intermediate_size must be at least 1 (leave it out for no shared expert)")      \
+  X(shared_gate_needs_shared, shared_expert_gate,                                                  \
+    "shared_expert_gate gates the shared expert: it needs shared_expert_intermediate_size")        \
+  X(shared_expert_no_bias, shared_expert_intermediate_size,                                        \
+    "the shared expert has no biases (as Megatron-Core's SharedExpertMLP): add_bias_linear must "  \
+    "be false")                                                                                    \
+  X(shared_expert_tp_not_built, shared_expert_intermediate_size,                                   \
+    "a shared expert with tensor_parallel_size > 1 is not built yet")                              \
   X(hidden_positive, hidden_size, "hidden_size must be at least 1")                                \
   X(ffn_positive, ffn_hidden_size, "ffn_hidden_size must be at least 1")                           \
   X(layers_positive, num_layers, "num_layers must be at least 1")                                  \
@@ -245,6 +254,14 @@ constexpr bool rule_ok(const Config& c, rule_id r) {
     case rule_id::min_capacity_nonneg: return c.min_capacity >= 0;
     case rule_id::max_batch_positive:
       return !c.max_expert_batch_size || *c.max_expert_batch_size >= 1;
+    case rule_id::shared_expert_positive:
+      return !c.shared_expert_intermediate_size || *c.shared_expert_intermediate_size >= 1;
+    case rule_id::shared_gate_needs_shared:
+      return !c.shared_expert_gate || c.shared_expert_intermediate_size.has_value();
+    case rule_id::shared_expert_no_bias:
+      return !c.shared_expert_intermediate_size || !c.add_bias_linear;
+    case rule_id::shared_expert_tp_not_built:
+      return !c.shared_expert_intermediate_size || c.tensor_parallel_size <= 1;
     case rule_id::hidden_positive: return c.hidden_size >= 1;
     case rule_id::ffn_positive: return c.ffn_hidden_size >= 1;
     case rule_id::layers_positive: return c.num_layers >= 1;

@@ -59,9 +59,11 @@
 namespace switchyard {
 
 /// The weights (or gradients) of a device layer, in device memory with the shapes and layouts
-/// of MoEParams<float>.
+/// of MoEParams<float>. The shared expert's buffers stay empty: the device layer has no shared
+/// expert yet (check_supported rejects the config).
 struct DeviceMoEParams : detail::param_set<DeviceMoEParams, float> {
   device_buffer<float> router_weight, fc1, fc2, fc1_bias, fc2_bias;
+  device_buffer<float> shared_fc1, shared_fc2, shared_gate;
 
   DeviceMoEParams() = default;
   /// Buffers with the shapes of MoEParams<float>(E, E_local, H, F, fc1_mult, with_bias), zeroed
@@ -88,7 +90,9 @@ struct DeviceMoEParams : detail::param_set<DeviceMoEParams, float> {
 
   /// Copies host parameters of the same shapes in (synchronises `stream`).
   void upload(const MoEParams<float>& h, cudaStream_t stream) {
-    const std::vector<float>* src[] = {&h.router_weight, &h.fc1, &h.fc2, &h.fc1_bias, &h.fc2_bias};
+    const std::vector<float>* src[] = {&h.router_weight, &h.fc1,        &h.fc2,
+                                       &h.fc1_bias,      &h.fc2_bias,   &h.shared_fc1,
+                                       &h.shared_fc2,    &h.shared_gate};
     int i = 0;
     for_each_tensor([&](device_buffer<float>& d) {
       const std::vector<float>& v = *src[i++];
@@ -101,7 +105,8 @@ struct DeviceMoEParams : detail::param_set<DeviceMoEParams, float> {
   }
   /// Copies into host parameters of the same shapes (synchronises `stream`).
   void download(MoEParams<float>& h, cudaStream_t stream) {
-    std::vector<float>* dst[] = {&h.router_weight, &h.fc1, &h.fc2, &h.fc1_bias, &h.fc2_bias};
+    std::vector<float>* dst[] = {&h.router_weight, &h.fc1,        &h.fc2,        &h.fc1_bias,
+                                 &h.fc2_bias,      &h.shared_fc1, &h.shared_fc2, &h.shared_gate};
     int i = 0;
     for_each_tensor([&](device_buffer<float>& d) { *dst[i++] = d.download(stream); });
   }
@@ -260,6 +265,11 @@ class DeviceMoELayerCore {
   /// them all three are needed, with the sizes of the config's layout.
   static void check_supported(const Config& c, const DeviceMoEComms& comms = {}) {
     require_valid(c);
+    if (c.shared_expert_intermediate_size)
+      throw config_error(detail::concat(
+          "shared_expert_intermediate_size: ", *c.shared_expert_intermediate_size,
+          " (the CUDA layer has no shared expert yet: leave it out, or use the host layer, "
+          "which has one)"));
     if (c.tensor_parallel_size != 1)
       throw config_error(detail::concat(
           "tensor_parallel_size: ", c.tensor_parallel_size,

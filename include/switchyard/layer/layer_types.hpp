@@ -31,31 +31,44 @@ expert_tensors<T> expert_views(T* fc1, T* fc2, T* fc1_bias, T* fc2_bias, index_t
 namespace detail {
 /// What every parameter set of a layer shares, host (MoEParams) or device (DeviceMoEParams):
 /// its shapes, the element count of each tensor, and views of the tensors. Derived holds the
-/// five tensors (router_weight, fc1, fc2, fc1_bias, fc2_bias) in anything with data().
+/// eight tensors (router_weight, fc1, fc2, fc1_bias, fc2_bias, shared_fc1, shared_fc2,
+/// shared_gate) in anything with data(); the shared expert's are empty without one.
 template <class Derived, class T>
 struct param_set {
   index_t num_experts = 0, local_experts = 0, hidden = 0, ffn_hidden = 0;
-  int fc1_multiplier = 1;  ///< 2 for GLU experts
+  int fc1_multiplier = 1;  ///< 2 for GLU experts (the shared expert's too)
   bool bias = false;
+  index_t shared_ffn_hidden = 0;    ///< F of the shared expert; 0: none
+  bool shared_gate_weight = false;  ///< the shared expert's sigmoid gate [H]
 
   param_set() = default;
-  param_set(index_t E, index_t E_local, index_t H, index_t F, int fc1_mult, bool with_bias)
+  param_set(index_t E, index_t E_local, index_t H, index_t F, int fc1_mult, bool with_bias,
+            index_t shared_F = 0, bool shared_gate = false)
       : num_experts(E),
         local_experts(E_local),
         hidden(H),
         ffn_hidden(F),
         fc1_multiplier(fc1_mult),
-        bias(with_bias) {}
+        bias(with_bias),
+        shared_ffn_hidden(shared_F),
+        shared_gate_weight(shared_gate) {}
 
   /// Elements of each tensor, in for_each_tensor order: router [E][H], fc1 [E_local][F1][H],
-  /// fc2 [E_local][H][F], fc1_bias [E_local][F1], fc2_bias [E_local][H].
-  std::array<std::size_t, 5> sizes() const {
+  /// fc2 [E_local][H][F], fc1_bias [E_local][F1], fc2_bias [E_local][H], shared_fc1 [Fs1][H],
+  /// shared_fc2 [H][Fs], shared_gate [H] (Fs1 = fc1_multiplier·Fs).
+  std::array<std::size_t, 8> sizes() const {
     const auto u = [](index_t n) { return static_cast<std::size_t>(n); };
     const index_t F1 = fc1_multiplier * ffn_hidden;
-    return {u(num_experts * hidden), u(local_experts * F1 * hidden),
-            u(local_experts * hidden * ffn_hidden), bias ? u(local_experts * F1) : 0,
-            bias ? u(local_experts * hidden) : 0};
+    return {u(num_experts * hidden),
+            u(local_experts * F1 * hidden),
+            u(local_experts * hidden * ffn_hidden),
+            bias ? u(local_experts * F1) : 0,
+            bias ? u(local_experts * hidden) : 0,
+            u(fc1_multiplier * shared_ffn_hidden * hidden),
+            u(hidden * shared_ffn_hidden),
+            shared_ffn_hidden > 0 && shared_gate_weight ? u(hidden) : 0};
   }
+  bool has_shared_expert() const { return shared_ffn_hidden > 0; }
   matrix_view<T> router() {
     return matrix_view<T>(self().router_weight.data(), num_experts, hidden);
   }
@@ -68,6 +81,16 @@ struct param_set {
   expert_weights<T> experts() const {
     return as_const(const_cast<param_set*>(this)->experts());
   }
+  /// The shared expert as one expert without biases (fc1 [1][Fs1][H], fc2 [1][H][Fs]).
+  expert_tensors<T> shared_expert() {
+    Derived& d = self();
+    return expert_views(d.shared_fc1.data(), d.shared_fc2.data(), static_cast<T*>(nullptr),
+                        static_cast<T*>(nullptr), 1, hidden, shared_ffn_hidden, fc1_multiplier,
+                        false);
+  }
+  expert_weights<T> shared_expert() const {
+    return as_const(const_cast<param_set*>(this)->shared_expert());
+  }
   /// Every tensor, for element-wise loops (optimizers, reductions, copies).
   template <class F>
   void for_each_tensor(F&& f) {
@@ -77,6 +100,9 @@ struct param_set {
     f(d.fc2);
     f(d.fc1_bias);
     f(d.fc2_bias);
+    f(d.shared_fc1);
+    f(d.shared_fc2);
+    f(d.shared_gate);
   }
 
  private:
@@ -84,17 +110,22 @@ struct param_set {
 };
 }  // namespace detail
 
-/// The weights of one MoE layer on one rank: the router W_r [E][H] (replicated) and the local
-/// experts in the layout of experts/expert_types.hpp. MoEGrads has the same shapes.
+/// The weights of one MoE layer on one rank: the router W_r [E][H] (replicated), the local
+/// experts in the layout of experts/expert_types.hpp, and the shared expert (replicated, as the
+/// router; empty without one). MoEGrads has the same shapes.
 template <class T>
 struct MoEParams : detail::param_set<MoEParams<T>, T> {
   std::vector<T> router_weight;  ///< [E][H]
   std::vector<T> fc1, fc2;       ///< [E_local][F1][H], [E_local][H][F]
   std::vector<T> fc1_bias, fc2_bias;
+  std::vector<T> shared_fc1, shared_fc2;  ///< [Fs1][H], [H][Fs] (Megatron's fc1 chunk order)
+  std::vector<T> shared_gate;             ///< [H] with shared_expert_gate, else empty
 
   MoEParams() = default;
-  MoEParams(index_t E, index_t E_local, index_t H, index_t F, int fc1_mult, bool with_bias)
-      : detail::param_set<MoEParams<T>, T>(E, E_local, H, F, fc1_mult, with_bias) {
+  MoEParams(index_t E, index_t E_local, index_t H, index_t F, int fc1_mult, bool with_bias,
+            index_t shared_F = 0, bool shared_gate_on = false)
+      : detail::param_set<MoEParams<T>, T>(E, E_local, H, F, fc1_mult, with_bias, shared_F,
+                                           shared_gate_on) {
     const auto n = this->sizes();
     std::size_t i = 0;
     this->for_each_tensor([&](std::vector<T>& v) { v.assign(n[i++], T(0)); });
@@ -103,7 +134,8 @@ struct MoEParams : detail::param_set<MoEParams<T>, T> {
   /// Same shapes, every value zero (gradients).
   MoEParams zeros_like() const {
     return MoEParams(this->num_experts, this->local_experts, this->hidden, this->ffn_hidden,
-                     this->fc1_multiplier, this->bias);
+                     this->fc1_multiplier, this->bias, this->shared_ffn_hidden,
+                     this->shared_gate_weight);
   }
   void set_zero() {
     this->for_each_tensor([](std::vector<T>& v) { std::fill(v.begin(), v.end(), T(0)); });

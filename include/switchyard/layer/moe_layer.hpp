@@ -106,6 +106,10 @@ struct MoESaved {
   };
   segment local, remote;
   std::vector<T> rows_out;          ///< expert outputs back in plan order [R][H]
+  /// The shared expert (empty without one): its output [T][H] before the gate, the gate's
+  /// sigmoid [T] (empty without shared_expert_gate) and its workspace for backward.
+  std::vector<T> shared_out, shared_scale;
+  detail::cached_buffer shared_workspace;
   expert_options expert_opts;
   bool used = false;                ///< backward consumes the expert workspace once
 };
@@ -160,8 +164,10 @@ class MoELayerCore {
     // whose router fails to join the ones it missed (forward).
     router_sums_ = router_->group_sums(cfg_.num_experts);
     const index_t El = placement_.local_experts();
-    params_ = MoEParams<T>(cfg_.num_experts, El, cfg_.hidden_size, cfg_.ffn_hidden_size / tp,
-                           experts_->fc1_multiplier(), cfg_.add_bias_linear);
+    params_ =
+        MoEParams<T>(cfg_.num_experts, El, cfg_.hidden_size, cfg_.ffn_hidden_size / tp,
+                     experts_->fc1_multiplier(), cfg_.add_bias_linear,
+                     cfg_.shared_expert_intermediate_size.value_or(0), cfg_.shared_expert_gate);
     // fc2's bias is added once per row: by TP rank 0; the others add zeros in its place.
     if (tp > 1 && cfg_.add_bias_linear && tp_rank() != 0)
       zero_fc2_bias_.assign(static_cast<std::size_t>(El * cfg_.hidden_size), T(0));
@@ -211,9 +217,15 @@ class MoELayerCore {
     // is left, which a rank failing then would leave its peers waiting in.
     std::exception_ptr failed;
     std::vector<double> sum_zeros;  // what a rank whose router failed sends in the sums it missed
+    // Dispatch over placement slots, so the rows of each EP rank are contiguous; the capacity
+    // comes from this rank's T (a capacity_factor too large for it fails here, on every rank).
+    const std::int64_t ep = placement_.ep(), El = placement_.local_experts();
+    DispatchOptions dopt;
     detail::keep_failure(failed, [&] {
       SY_EXPECTS(x.extent(1) == H, detail::concat("MoELayer::forward: x has ", x.extent(1),
                                                   " columns, hidden_size is ", H));
+      dopt = dispatch_options(cfg_, Tn);
+      if (dopt.capacity && ep > 1) dopt.pad_to_capacity = true;  // C rows per expert, as Megatron
       if (router_sums_ && !router_sums_->empty())
         sum_zeros.resize(*std::max_element(router_sums_->begin(), router_sums_->end()));
       s.tokens = Tn;
@@ -232,6 +244,7 @@ class MoELayerCore {
                             matrix_view<T>(logits.data(), Tn, E));
       check_logits_finite(matrix_view<const T>(logits.data(), Tn, E));
       check_balance_inputs(loss_params(cfg_), Tn, ctx);
+      if (params_.has_shared_expert()) shared_forward(s, x);
     });
     fail_together_in_group(failed, "MoELayer::forward");
 
@@ -266,13 +279,9 @@ class MoELayerCore {
       }
     }
 
-    // Dispatch over placement slots, so the rows of each EP rank are contiguous. A failure
-    // here (out of memory for the rows) is kept (keep_failure): the rank sends no rows and the
-    // group fails together before any row moves (exchange_apply), or with one EP rank after
-    // the experts.
-    const std::int64_t ep = placement_.ep(), El = placement_.local_experts();
-    DispatchOptions dopt = dispatch_options(cfg_, Tn);
-    if (dopt.capacity && ep > 1) dopt.pad_to_capacity = true;  // C rows per expert, as Megatron
+    // The dispatch. A failure here (out of memory for the rows) is kept (keep_failure): the rank
+    // sends no rows and the group fails together before any row moves (exchange_apply), or
+    // with one EP rank after the experts.
     std::vector<T> rows;
     detail::keep_failure(failed, [&] {
       s.slots.resize(s.routing.topk_indices.size());
@@ -349,6 +358,13 @@ class MoELayerCore {
                     matrix_view<T>(s.weights.data(), Tn, k));
     unpermute(exec::Host{}, s.plan, matrix_view<const T>(s.rows_out.data(), R, H),
               matrix_view<const T>(s.weights.data(), Tn, k), matrix_view<T>(out.y.data(), Tn, H));
+    if (params_.has_shared_expert()) {  // y = routed experts + gate · shared expert
+      for (index_t t = 0; t < Tn; ++t) {
+        const T g = s.shared_scale.empty() ? T(1) : s.shared_scale[static_cast<std::size_t>(t)];
+        const std::size_t row = static_cast<std::size_t>(t * H);
+        for (index_t h = 0; h < H; ++h) out.y[row + h] += g * s.shared_out[row + h];
+      }
+    }
     fill_metrics(s, dopt, out.metrics);
     return out;
   }
@@ -360,6 +376,7 @@ class MoELayerCore {
     const index_t R = s.plan.rows();
     std::vector<T> d_rows;  // takes over the expert outputs' buffer (unpermute_backward allows it)
     std::vector<T> d_weight, d_prob, dx, dlogits, dx_router, dw;
+    std::vector<T> dx_shared, d_shared_gate;  // the shared expert's dx and gate gradient
     // The local stage, failing together as in forward (the check runs in exchange_apply, after
     // the exchange's buffers are allocated). The router's part runs here (d prob comes from the
     // combine alone): no collective follows the experts' check, so a rank failing after it
@@ -392,6 +409,7 @@ class MoELayerCore {
                              matrix_view<const T>(dlogits.data(), Tn, E),
                              matrix_view<T>(dx_router.data(), Tn, H),
                              matrix_view<T>(dw.data(), E, H), vector_view<T>());
+      if (params_.has_shared_expert()) shared_backward(s, dy, grads, dx_shared, d_shared_gate);
     });
     const expert_shape shape{placement_.local_experts(), H, params_.ffn_hidden, params_.bias};
     // As in forward; a failure in the experts leaves this step's expert grads partial.
@@ -430,6 +448,8 @@ class MoELayerCore {
     for (std::size_t i = 0; i < static_cast<std::size_t>(Tn * H); ++i)
       dx[i] += router_input_grad(dx_router[i], s.x[i], jitter ? &s.x_router[i] : nullptr);
     for (std::size_t i = 0; i < dw.size(); ++i) grads.router_weight[i] += dw[i];
+    for (std::size_t i = 0; i < dx_shared.size(); ++i) dx[i] += dx_shared[i];
+    for (std::size_t i = 0; i < d_shared_gate.size(); ++i) grads.shared_gate[i] += d_shared_gate[i];
     return dx;
   }
 
@@ -437,8 +457,9 @@ class MoELayerCore {
   /// the router's over the dense data-parallel group (and the TP group), the experts' (each
   /// rank's F shard) over the expert-data-parallel group. Collective.
   void reduce_gradients(MoEGrads<T>& g) {
-    group_all_reduce(g.router_weight.data(), static_cast<std::int64_t>(g.router_weight.size()),
-                     ReduceOp::sum);
+    for (std::vector<T>* v : {&g.router_weight, &g.shared_fc1, &g.shared_fc2, &g.shared_gate})
+      if (!v->empty())
+        group_all_reduce(v->data(), static_cast<std::int64_t>(v->size()), ReduceOp::sum);
     for (std::vector<T>* v : {&g.fc1, &g.fc2, &g.fc1_bias, &g.fc2_bias})
       if (!v->empty())
         comms_.expert_data_parallel->all_reduce(v->data(), static_cast<std::int64_t>(v->size()),
@@ -477,6 +498,68 @@ class MoELayerCore {
                cfg_.tensor_parallel_size +
            tp_rank();
   }
+  // The shared expert (Megatron-Core's SharedExpertMLP): an expert of F = shared FFN size over
+  // every token, without biases or dropout, its output scaled by sigmoid(x·g) with the gate.
+  expert_shape shared_shape() const {
+    return expert_shape{1, params_.hidden, params_.shared_ffn_hidden, false};
+  }
+  // Forward (in the local stage): s.shared_out = shared(x), s.shared_scale = sigmoid(x·g).
+  void shared_forward(MoESaved<T>& s, matrix_view<const T> x) {
+    const index_t Tn = x.extent(0), H = params_.hidden;
+    const index_t off[2] = {0, Tn};
+    s.shared_workspace = workspace_cache_.take(experts_->workspace_bytes(shared_shape(), Tn));
+    s.shared_out.resize(static_cast<std::size_t>(Tn * H));
+    experts_->forward(shared_shape(), std::as_const(params_).shared_expert(), x, off,
+                      matrix_view<T>(s.shared_out.data(), Tn, H), s.shared_workspace,
+                      expert_options{});
+    if (params_.shared_gate.empty()) return;
+    s.shared_scale.resize(static_cast<std::size_t>(Tn));
+    for (index_t t = 0; t < Tn; ++t) {
+      T z = 0;
+      for (index_t h = 0; h < H; ++h)
+        z += x(t, h) * params_.shared_gate[static_cast<std::size_t>(h)];
+      s.shared_scale[static_cast<std::size_t>(t)] = T(1) / (T(1) + std::exp(-z));
+    }
+  }
+  // Backward (in the local stage): dx of the shared expert and its gate into `dx_shared`, the
+  // gate's gradient into `d_gate` (added after the check, as the router's), fc1 and fc2's
+  // gradients into `grads` (as the routed experts').
+  void shared_backward(MoESaved<T>& s, matrix_view<const T> dy, MoEGrads<T>& grads,
+                       std::vector<T>& dx_shared, std::vector<T>& d_gate) {
+    const index_t Tn = s.tokens, H = params_.hidden;
+    const index_t off[2] = {0, Tn};
+    const matrix_view<const T> x(s.x.data(), Tn, H);
+    dx_shared.resize(static_cast<std::size_t>(Tn * H));
+    std::vector<T> d_logit;  // d loss / d (x·g) per token
+    if (!s.shared_scale.empty()) {
+      d_gate.assign(static_cast<std::size_t>(H), T(0));
+      d_logit.resize(static_cast<std::size_t>(Tn));
+    }
+    for (index_t t = 0; t < Tn; ++t) {  // d shared_out = g·dy; d g = Σ_h dy·shared_out
+      const std::size_t row = static_cast<std::size_t>(t * H);
+      const T g = s.shared_scale.empty() ? T(1) : s.shared_scale[static_cast<std::size_t>(t)];
+      T dg = 0;
+      for (index_t h = 0; h < H; ++h) {
+        dg += dy(t, h) * s.shared_out[row + h];
+        dx_shared[row + h] = g * dy(t, h);
+      }
+      if (!d_logit.empty()) d_logit[static_cast<std::size_t>(t)] = dg * g * (T(1) - g);
+    }
+    experts_->backward(shared_shape(), std::as_const(params_).shared_expert(), x, off,
+                       matrix_view<const T>(dx_shared.data(), Tn, H),
+                       matrix_view<T>(dx_shared.data(), Tn, H), grads.shared_expert(),
+                       s.shared_workspace, expert_options{});
+    s.shared_workspace.reset();
+    for (index_t t = 0; t < static_cast<index_t>(d_logit.size()); ++t) {
+      const T d = d_logit[static_cast<std::size_t>(t)];
+      const std::size_t row = static_cast<std::size_t>(t * H);
+      for (index_t h = 0; h < H; ++h) {
+        dx_shared[row + h] += d * params_.shared_gate[static_cast<std::size_t>(h)];
+        d_gate[static_cast<std::size_t>(h)] += d * x(t, h);
+      }
+    }
+  }
+
   // An all_reduce over the loss group: the dense DP group, then the TP group.
   template <class U>
   void group_all_reduce(U* v, std::int64_t n, ReduceOp op) {

@@ -22,18 +22,35 @@ namespace switchyard::detail {
 /// global id, so every layout gets the same weights. With tp > 1 the whole expert is drawn (the
 /// init's fan-in and fan-out are the unsplit F's) and TP rank `tp_rank` keeps its F columns
 /// (layer/detail/tensor_parallel.hpp); biases start at zero.
+/// N(0, 0.02²) for every element of `w`, drawn by Philox keyed by (seed, `stream`, element).
+template <class T>
+void initialize_normal_002(std::vector<T>& w, std::uint64_t seed, std::uint32_t stream) {
+  for (std::size_t i = 0; i < w.size(); ++i) {
+    const auto u1 =
+        static_cast<double>(philox_uniform(seed, stream, static_cast<std::uint32_t>(i), 0));
+    const auto u2 =
+        static_cast<double>(philox_uniform(seed, stream, static_cast<std::uint32_t>(i), 1));
+    w[i] = static_cast<T>(0.02 * std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2));
+  }
+}
+
+/// The shared expert also follows the initialization_strategy (as expert number E, so its
+/// draws are not a routed expert's) and its gate is N(0, 0.02²) like the router (Megatron's
+/// init_method).
 template <class T>
 void initialize_params(MoEParams<T>& params, const Config& cfg, const ExpertPlacementMap& placement,
                        int ep_rank, const expert_hooks<T>& experts, std::uint64_t seed,
                        int tp_rank = 0, std::int64_t tp = 1) {
-  const index_t E = cfg.num_experts, H = cfg.hidden_size;
-  for (index_t i = 0; i < E * H; ++i) {
-    const auto u1 =
-        static_cast<double>(philox_uniform(seed, 0x526f7574u, static_cast<std::uint32_t>(i), 0));
-    const auto u2 =
-        static_cast<double>(philox_uniform(seed, 0x526f7574u, static_cast<std::uint32_t>(i), 1));
-    params.router_weight[static_cast<std::size_t>(i)] =
-        static_cast<T>(0.02 * std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2));
+  const index_t H = cfg.hidden_size;
+  initialize_normal_002(params.router_weight, seed, 0x526f7574u);
+  if (params.has_shared_expert()) {
+    expert_init init;
+    init.strategy = cfg.initialization_strategy;
+    init.seed = seed;
+    init.first_expert = cfg.num_experts;
+    experts.initialize(expert_shape{1, H, params.shared_ffn_hidden, false}, init,
+                       params.shared_expert());
+    initialize_normal_002(params.shared_gate, seed, 0x53686172u);
   }
   const index_t El = params.local_experts, F = params.ffn_hidden * tp, Fs = params.ffn_hidden;
   const int m = params.fc1_multiplier;
