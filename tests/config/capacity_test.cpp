@@ -1,5 +1,7 @@
 #include <boost/test/unit_test.hpp>
 
+#include <string>
+
 #include "switchyard/config.hpp"
 
 namespace sy = switchyard;
@@ -108,6 +110,13 @@ BOOST_AUTO_TEST_CASE(a_capacity_beyond_the_largest_is_a_config_error_naming_capa
              sy::max_expert_capacity);
   BOOST_CHECK_THROW((void)sy::capacity_for(F::megatron, 4, 8, 2, 2147483648.0, 1, 0),
                     sy::config_error);
+  BOOST_CHECK_EXCEPTION(
+      (void)sy::capacity_for(F::megatron, 4, 8, 2, 1.0, 1, sy::max_expert_capacity + 1),
+      sy::config_error, [](const sy::config_error& e) {
+        return std::string(e.what()).starts_with("min_capacity: 2147483648");
+      });
+  BOOST_CHECK_THROW((void)sy::capacity_for(F::megablocks, 4, 8, 2, -1e300, 1, 0),
+                    sy::config_error);  // not validated: a negative capacity is an error too
   sy::Config c;
   c.token_dispatch = sy::TokenDispatch::capacity;
   c.capacity_factor = 1e30;

@@ -20,7 +20,7 @@ namespace detail {
 /// capacity_factor when it is beyond max_expert_capacity (or not finite), instead of an
 /// out-of-range conversion.
 inline std::int64_t capacity_value(double v, double cf, std::int64_t tokens) {
-  if (!(v <= static_cast<double>(max_expert_capacity)))
+  if (!(v >= 0 && v <= static_cast<double>(max_expert_capacity)))
     throw config_error(concat(
         "capacity_factor: ", cf, " gives a capacity of ", v, " tokens per expert for ", tokens,
         " tokens, more than the largest Switchyard computes with (", max_expert_capacity, ")"));
@@ -73,6 +73,10 @@ inline std::optional<std::int64_t> capacity_for(CapacityFormula formula, std::in
       break;
     }
   }
+  if (min_capacity > max_expert_capacity)
+    throw config_error(detail::concat(
+        "min_capacity: ", min_capacity,
+        " is more than the largest capacity Switchyard computes with (", max_expert_capacity, ")"));
   return c < min_capacity ? min_capacity : c;
 }
 
@@ -81,7 +85,7 @@ inline std::int64_t tutel_dynamic_bound(std::int64_t tokens, std::int64_t expert
                                         double cf) {
   const std::int64_t per_expert = (tokens + experts - 1) / experts;
   return detail::capacity_value(
-      static_cast<double>(k) * std::trunc(-cf * static_cast<double>(per_expert)), -cf, tokens);
+      static_cast<double>(k) * std::trunc(-cf * static_cast<double>(per_expert)), cf, tokens);
 }
 
 /// The config's capacity for `tokens` tokens on one rank, or std::nullopt when dispatch is

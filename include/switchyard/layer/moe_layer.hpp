@@ -218,7 +218,7 @@ class MoELayerCore {
     std::exception_ptr failed;
     std::vector<double> sum_zeros;  // what a rank whose router failed sends in the sums it missed
     // Dispatch over placement slots, so the rows of each EP rank are contiguous; the capacity
-    // comes from this rank's T (a capacity_factor too large for it fails here, on every rank).
+    // comes from this rank's T (a capacity too large for it fails here, with its group).
     const std::int64_t ep = placement_.ep(), El = placement_.local_experts();
     DispatchOptions dopt;
     detail::keep_failure(failed, [&] {
@@ -473,7 +473,7 @@ class MoELayerCore {
   }
   std::vector<double> expert_bias() const { return router_->expert_bias(); }
 
-  /// Bytes of expert workspace kept for the next forward (at most two buffers, given back by
+  /// Bytes of expert workspace kept for the next forward (at most three buffers, given back by
   /// backward or by a dropped saved state: layer/detail/buffer_cache.hpp), and freeing them
   /// (e.g. before a phase that needs the memory).
   std::size_t cached_bytes() const { return workspace_cache_.bytes(); }

@@ -20,7 +20,9 @@ namespace switchyard::detail {
 /// The buffers a cache holds, shared with the cached_buffer handles it gave out (which hold it
 /// weakly: a handle that outlives its cache frees its buffer).
 struct buffer_pool {
-  static constexpr std::size_t max_buffers = 2;
+  // A forward takes one workspace per segment of rows (this rank's own, the ones received over
+  // EP) and one for the shared expert: the three come back after its backward.
+  static constexpr std::size_t max_buffers = 3;
   std::mutex mutex;  // handles may be dropped on another thread than the layer's
   std::vector<std::vector<std::byte>> buffers;
 

@@ -17,11 +17,6 @@
 
 namespace switchyard::detail {
 
-/// Router N(0, σ²) with σ = 0.02 (Megatron's init_method_std) drawn by Philox keyed by (seed,
-/// element); the experts of `ep_rank` by the config's initialization_strategy, keyed by their
-/// global id, so every layout gets the same weights. With tp > 1 the whole expert is drawn (the
-/// init's fan-in and fan-out are the unsplit F's) and TP rank `tp_rank` keeps its F columns
-/// (layer/detail/tensor_parallel.hpp); biases start at zero.
 /// N(0, 0.02²) for every element of `w`, drawn by Philox keyed by (seed, `stream`, element).
 template <class T>
 void initialize_normal_002(std::vector<T>& w, std::uint64_t seed, std::uint32_t stream) {
@@ -34,6 +29,11 @@ void initialize_normal_002(std::vector<T>& w, std::uint64_t seed, std::uint32_t 
   }
 }
 
+/// Router N(0, σ²) with σ = 0.02 (Megatron's init_method_std) drawn by Philox keyed by (seed,
+/// element); the experts of `ep_rank` by the config's initialization_strategy, keyed by their
+/// global id, so every layout gets the same weights. With tp > 1 the whole expert is drawn (the
+/// init's fan-in and fan-out are the unsplit F's) and TP rank `tp_rank` keeps its F columns
+/// (layer/detail/tensor_parallel.hpp); biases start at zero.
 /// The shared expert also follows the initialization_strategy (as expert number E, so its
 /// draws are not a routed expert's) and its gate is N(0, 0.02²) like the router (Megatron's
 /// init_method).
