@@ -882,13 +882,14 @@ LARGE_SIZES = dict(E=[4, 8, 16, 32, 64, 128], groups=(2, 4, 8), S=96, B=4, k=8, 
 AUX_TYPES = ("aux_loss", "seq_aux_loss", "global_aux_loss")
 
 
-def random_megatron_config(rng, layer, lists_rng=None, policy_rng=None):
+def random_megatron_config(rng, layer, lists_rng=None, policy_rng=None, shared_rng=None):
     """A config Megatron-Core and Switchyard both accept, drawn over the fields of
     megatron_router()'s mapping: sizes, k, score function, pre-softmax, groups, expert bias,
     scaling, balancing type and coefficients (with lists_rng, a quarter of the aux-loss draws
     combine 2 or 3 aux losses in the list form), z-loss, capacity and padding, and (with
-    policy_rng) the drop policy, probs or position. The list and policy choices draw from their
-    own streams so that the other draws stay the same."""
+    policy_rng) the drop policy, probs or position, and (with shared_rng, layers only) a shared
+    expert in half of the draws, gated in half of those. The list, policy and shared choices draw
+    from their own streams so that the other draws stay the same."""
     E = rng.choice(SIZES["E"])
     score = rng.choice(["softmax", "sigmoid"])
     S, B = rng.randint(1, SIZES["S"]), rng.randint(1, SIZES["B"])
@@ -931,6 +932,9 @@ def random_megatron_config(rng, layer, lists_rng=None, policy_rng=None):
     if layer:
         c.update(hidden_size=rng.randint(2, SIZES["H"]), ffn_hidden_size=rng.randint(2, SIZES["F"]),
                  activation=rng.choice(ACTIVATIONS), gated=rng.random() < 0.5)
+        if shared_rng is not None and shared_rng.random() < 0.5:
+            c.update(shared_expert_intermediate_size=shared_rng.randint(1, SIZES["F"] + 2),
+                     shared_expert_gate=shared_rng.random() < 0.5)
     return c
 
 
@@ -960,7 +964,7 @@ def random_deepspeed_config(rng, layer):
     return c
 
 
-def random_fixtures(n, seed):
+def random_fixtures(n, seed, shared=False):
     """n fixtures of random configs, about 40 % Megatron routes, 25 % Megatron layers, 20 %
     DeepSpeed routes, 15 % DeepSpeed layers. A draw whose float32 and float64 peers disagree (a
     near tie) or that a peer cannot run is drawn again; the reasons are counted and printed."""
@@ -973,6 +977,7 @@ def random_fixtures(n, seed):
     rng = random.Random(seed)
     lists_rng = random.Random(seed + 1)
     policy_rng = random.Random(seed + 2)
+    shared_rng = random.Random(seed + 3) if shared else None
     gen = torch.Generator().manual_seed(seed)
     out, skipped = [], {}
     while len(out) < n:
@@ -980,7 +985,7 @@ def random_fixtures(n, seed):
         u = rng.random()
         layer = 0.4 <= u < 0.65 or u >= 0.85
         deepspeed = u >= 0.65
-        cfg = random_deepspeed_config(rng, layer) if deepspeed else random_megatron_config(rng, layer, lists_rng, policy_rng)
+        cfg = random_deepspeed_config(rng, layer) if deepspeed else random_megatron_config(rng, layer, lists_rng, policy_rng, shared_rng)
         T = cfg["sequence_length"] * cfg["batch_size_per_gpu"]
         name = f"random{i:03d}"
         src = ("random config (generate.py --random), "
@@ -1138,6 +1143,9 @@ def main():
     ap.add_argument("--large", action="store_true",
                     help="random draws with longer batches, more experts, larger k and wider "
                          "layers (LARGE_SIZES; over 2.5 MiB: use with --out)")
+    ap.add_argument("--shared-experts", action="store_true",
+                    help="random Megatron-Core layers get a shared expert in half of the draws "
+                         "(gated in half of those; for campaigns: the committed set has none)")
     args = ap.parse_args()
     if args.large:
         SIZES.update(LARGE_SIZES)
@@ -1153,7 +1161,7 @@ def main():
             print(f"layouts: {len(doc['layouts'])} layouts, {os.path.getsize(path) / 1024:.0f} KiB")
             continue
         if name == "random":
-            fixtures = random_fixtures(args.random, args.random_seed)
+            fixtures = random_fixtures(args.random, args.random_seed, args.shared_experts)
             files = write_fixtures(os.path.join(args.out, name), name, fixtures,
                                    {"seed": args.random_seed})
         else:
