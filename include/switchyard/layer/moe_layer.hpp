@@ -523,7 +523,8 @@ class MoELayerCore {
   }
   // Backward (in the local stage): dx of the shared expert and its gate into `dx_shared`, the
   // gate's gradient into `d_gate` (added after the check, as the router's), fc1 and fc2's
-  // gradients into `grads` (as the routed experts').
+  // gradients into `grads` at once (before the check: after a backward that failed on another
+  // rank they hold this micro-batch's part; docs/layer.md, "Shared expert").
   void shared_backward(MoESaved<T>& s, matrix_view<const T> dy, MoEGrads<T>& grads,
                        std::vector<T>& dx_shared, std::vector<T>& d_gate) {
     const index_t Tn = s.tokens, H = params_.hidden;
