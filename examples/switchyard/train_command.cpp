@@ -51,6 +51,7 @@ std::string metrics_line(const train::StepMetrics& m) {
   o["load_cv"] = m.load_cv;
   o["tokens_per_second"] = m.tokens_per_second;
   o["tokens"] = m.tokens;
+  o["micro_batches"] = m.micro_batches;
   o["seconds"] = m.seconds;
   o["tokens_per_expert"] = nested_counts(m.tokens_per_expert);
   o["kept_per_expert"] = nested_counts(m.kept_per_expert);
@@ -72,7 +73,7 @@ int train_loop(const Config& cfg, MoEComms<Comm> comms, const train_options& o, 
   if (prints)
     fmt::print(
         "training {} MoE-or-dense blocks (H {}, F {}, E {}, k {}{}) on {} rank(s), {} tokens "
-        "per rank per step{}\n",
+        "per rank per {}{}\n",
         cfg.num_layers, cfg.hidden_size, cfg.ffn_hidden_size, cfg.num_experts,
         cfg.num_experts_per_token,
         cfg.shared_expert_intermediate_size
@@ -80,6 +81,9 @@ int train_loop(const Config& cfg, MoEComms<Comm> comms, const train_options& o, 
                           cfg.shared_expert_gate ? " gated" : "")
             : std::string(),
         cfg.world(), cfg.tokens_per_rank(),
+        model.micro_batches() > 1
+            ? fmt::format("micro-batch, {} micro-batches per step", model.micro_batches())
+            : std::string("step"),
         o.backend != "cuda" ? ""
         : nccl              ? ", MoE blocks on the GPU, tokens exchanged over NCCL"
                             : ", MoE blocks on the GPU");

@@ -134,10 +134,11 @@ struct StepMetrics {
   std::int64_t step = 0;
   double loss = 0, aux_loss = 0, z_loss = 0, dropped_fraction = 0, load_cv = 0;
   double tokens_per_second = 0, seconds = 0;
-  std::int64_t tokens = 0;
+  std::int64_t tokens = 0;  ///< the group's tokens over the step's micro-batches
+  std::int64_t micro_batches = 1;
   bool has_aux = false, has_z = false;
-  std::vector<std::vector<std::int64_t>> tokens_per_expert;  ///< per MoE layer
-  std::vector<std::vector<std::int64_t>> kept_per_expert;    ///< per MoE layer
+  std::vector<std::vector<std::int64_t>> tokens_per_expert;  ///< per MoE layer, step's sum
+  std::vector<std::vector<std::int64_t>> kept_per_expert;    ///< per MoE layer, step's sum
 };
 
 /// The model over communicator type Comm (LocalComm, or MpiComm under mpirun).
@@ -191,78 +192,174 @@ class Model {
     }
   }
 
-  /// One optimizer step on this rank's batch of the step.
+  /// Micro-batches per optimizer step: gradient_accumulation_steps when
+  /// enable_gradient_accumulation is on, else 1.
+  std::int64_t micro_batches() const {
+    return cfg_.enable_gradient_accumulation ? cfg_.gradient_accumulation_steps : 1;
+  }
+
+  /// One optimizer step: micro_batches() forwards and backwards on this rank (their gradients
+  /// summed), the gradients scaled by 1 / micro-batches (Megatron scales every micro-batch's
+  /// loss, the aux and z-losses included, by 1 / num_microbatches), reduced over the groups
+  /// once, one optimizer update, and one aux-loss-free bias update from the step's dispatched
+  /// counts. Metrics: the losses are means over the micro-batches; counts, dropped fraction and
+  /// load CV are of the step's summed counts per layer.
   StepMetrics step(std::int64_t step_index) {
     const auto start = std::chrono::steady_clock::now();
+    const std::int64_t n = micro_batches();
+    StepMetrics m;
+    m.step = step_index;
+    m.micro_batches = n;
+    step_state st(blocks_.size());
+#if defined(SWITCHYARD_CLI_HAS_CUDA)
+    // One accumulator per MoE layer on the GPU too, kept over the step's micro-batches.
+    if (cfg_.aux_loss_coeff(LoadBalancingType::global_aux_loss) > 0)
+      for (std::size_t i = 0; i < blocks_.size(); ++i)
+        if (blocks_[i].gpu) st.gpu_global_aux[i] = cli::make_cuda_global_aux(cfg_.num_experts);
+#endif
+    for (std::int64_t mb = 0; mb < n; ++mb) micro_batch(step_index, mb, st, m);
+
+    const double inv = 1.0 / static_cast<double>(n);
+    m.loss *= inv;
+    m.aux_loss *= inv;
+    m.z_loss *= inv;
+    for (auto& b : blocks_) {
+      MoEParams<float>& g = b.moe ? b.moe_grads : b.dense->grads();
+      if (n > 1)
+        g.for_each_tensor([&](std::vector<float>& v) {
+          for (float& x : v) x = static_cast<float>(x * inv);
+        });
+      if (b.moe) {
+        b.moe->reduce_gradients(b.moe_grads);
+      } else {
+        // Dense weights are replicated on every rank of the dense group and of the TP group
+        // (the dense blocks are not split): sum their gradients.
+        for (std::vector<float>* v : {&g.fc1, &g.fc2, &g.fc1_bias, &g.fc2_bias})
+          if (!v->empty()) group_sum(v->data(), static_cast<std::int64_t>(v->size()));
+      }
+    }
+    opt_.step();
+    std::int64_t routes = 0, dropped = 0;
+    for (std::size_t i = 0; i < blocks_.size(); ++i) {
+      auto& b = blocks_[i];
+      if (!b.moe) {
+        b.dense->grads().set_zero();
+        continue;
+      }
+      if (cfg_.enable_expert_bias) {  // aux-loss-free balancing after each global batch
+#if defined(SWITCHYARD_CLI_HAS_CUDA)
+        if (b.gpu) b.gpu->update_expert_bias(st.kept[i]);
+#endif
+        b.moe->update_expert_bias(st.kept[i]);
+      }
+      b.moe_grads.set_zero();
+      const DispatchStats ds = dispatch_stats(st.routed[i], st.kept[i]);
+      routes += ds.routes;
+      dropped += ds.dropped;
+      m.load_cv += ds.load_cv;
+      m.tokens_per_expert.push_back(ds.routed_per_expert);
+      m.kept_per_expert.push_back(ds.kept_per_expert);
+    }
+    if (!m.tokens_per_expert.empty()) m.load_cv /= static_cast<double>(m.tokens_per_expert.size());
+    m.dropped_fraction =
+        routes > 0 ? static_cast<double>(dropped) / static_cast<double>(routes) : 0;
+    m.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    m.tokens_per_second = m.seconds > 0 ? static_cast<double>(m.tokens) / m.seconds : 0;
+    return m;
+  }
+
+ private:
+  // What a step keeps over its micro-batches, per block.
+  struct step_state {
+    explicit step_state(std::size_t blocks)
+        : routed(blocks),
+          kept(blocks),
+          global_aux(blocks)
+#if defined(SWITCHYARD_CLI_HAS_CUDA)
+          ,
+          gpu_global_aux(blocks)
+#endif
+    {
+    }
+    std::vector<std::vector<std::int64_t>> routed, kept;  ///< counts summed over micro-batches
+    // global_aux_loss: one accumulator per MoE layer (each Megatron router keeps its own), over
+    // the micro-batches of one step (one global batch).
+    std::vector<GlobalAuxLoss> global_aux;
+#if defined(SWITCHYARD_CLI_HAS_CUDA)
+    std::vector<std::unique_ptr<cli::CudaGlobalAux>> gpu_global_aux;
+#endif
+  };
+
+  static void add_counts(std::vector<std::int64_t>& sum, const std::vector<std::int64_t>& c) {
+    if (sum.empty()) sum.assign(c.size(), 0);
+    for (std::size_t e = 0; e < c.size(); ++e) sum[e] += c[e];
+  }
+
+  // Micro-batch mb (from 0) of step step_index: forward, loss, backward (gradients added to the
+  // blocks' gradients); adds its loss, aux and z-loss sums and token count to m and its counts
+  // to st.
+  void micro_batch(std::int64_t step_index, std::int64_t mb, step_state& st, StepMetrics& m) {
     const index_t T = cfg_.tokens_per_rank(), H = cfg_.hidden_size;
-    // Inputs differ per step and rank (TP ranks hold other tokens, as under sequence
-    // parallelism); the teacher is fixed.
-    const auto rank =
-        static_cast<std::uint32_t>(comms_.dense_data_parallel->rank() * cfg_.tensor_parallel_size +
-                                   (tensor_parallel() ? comms_.tensor_parallel->rank() : 0));
+    // Inputs differ per step, micro-batch and rank (TP ranks hold other tokens, as under
+    // sequence parallelism); the teacher is fixed. Micro-batch mb of token rank r holds the
+    // tokens rank mb·R + r of a layout with mb times the R token ranks (dense DP × TP) would hold
+    // with one micro-batch: accumulating n micro-batches trains on the tokens of n times the
+    // data-parallel ranks.
+    const std::int64_t token_ranks =
+        static_cast<std::int64_t>(comms_.dense_data_parallel->size()) * cfg_.tensor_parallel_size;
+    const std::int64_t rank =
+        mb * token_ranks +
+        static_cast<std::int64_t>(comms_.dense_data_parallel->rank()) * cfg_.tensor_parallel_size +
+        (tensor_parallel() ? comms_.tensor_parallel->rank() : 0);
     std::vector<float> x(static_cast<std::size_t>(T * H)), target(x.size());
     for (index_t t = 0; t < T; ++t)
       for (index_t h = 0; h < H; ++h)
         x[static_cast<std::size_t>(t * H + h)] =
             normal(seed_, static_cast<std::uint32_t>(step_index),
-                   rank * static_cast<std::uint32_t>(T) + static_cast<std::uint32_t>(t),
-                   static_cast<std::uint32_t>(h));
+                   static_cast<std::uint32_t>(rank * T + t), static_cast<std::uint32_t>(h));
     teacher(x, target, T);
+    // The draws of jitter and dropout: one counter per micro-batch ((step - 1)·n + mb + 1; the
+    // step itself with one micro-batch per step).
+    const auto draw_step = static_cast<std::uint32_t>((step_index - 1) * micro_batches() + mb + 1);
 
-    StepMetrics m;
-    m.step = step_index;
     std::vector<float> h = x;
     std::vector<MoEForward<float>> saved(blocks_.size());
-    std::vector<std::vector<std::int64_t>> kept(blocks_.size());
-    // global_aux_loss: one accumulator per MoE layer (each Megatron router keeps its own), fresh
-    // each step (a step is one micro-batch of one global batch).
-    std::vector<GlobalAuxLoss> global_aux(blocks_.size());
 #if defined(SWITCHYARD_CLI_HAS_CUDA)
     std::vector<std::unique_ptr<cli::CudaSaved>> gpu_saved(blocks_.size());
-    std::vector<std::unique_ptr<cli::CudaGlobalAux>> gpu_global_aux(blocks_.size());
-    const bool global_loss = cfg_.aux_loss_coeff(LoadBalancingType::global_aux_loss) > 0;
 #endif
-    std::int64_t routes = 0, dropped = 0;
-    int moe_layers = 0;
+    std::int64_t tokens = 0;
     for (std::size_t i = 0; i < blocks_.size(); ++i) {
       std::vector<float> out;
       if (blocks_[i].moe) {
-        const auto step32 = static_cast<std::uint32_t>(step_index);
-        MoEMetrics* metrics = &saved[i].metrics;
-        bool on_gpu = false;
+        const MoEMetrics* metrics = nullptr;
 #if defined(SWITCHYARD_CLI_HAS_CUDA)
         cli::CudaForward gpu;
         if (blocks_[i].gpu) {
           blocks_[i].gpu->set_params(blocks_[i].moe->params());
           // Only for MoE blocks on the GPU: the host backend runs where there is no GPU.
-          if (global_loss) gpu_global_aux[i] = cli::make_cuda_global_aux(cfg_.num_experts);
-          gpu = blocks_[i].gpu->forward(h, T, true, seed_, step32, gpu_global_aux[i].get());
+          gpu = blocks_[i].gpu->forward(h, T, true, seed_, draw_step, st.gpu_global_aux[i].get());
           gpu_saved[i] = std::move(gpu.saved);
           out = std::move(gpu.y);
           metrics = &gpu.metrics;
-          on_gpu = true;
         }
 #endif
-        if (!on_gpu) {
-          saved[i] = blocks_[i].moe->forward(
-              matrix_view<const float>(h.data(), T, H),
-              {.training = true, .seed = seed_, .step = step32, .global_aux = &global_aux[i]});
+        if (!metrics) {
+          saved[i] = blocks_[i].moe->forward(matrix_view<const float>(h.data(), T, H),
+                                             {.training = true,
+                                              .seed = seed_,
+                                              .step = draw_step,
+                                              .global_aux = &st.global_aux[i]});
           out = saved[i].y;
           metrics = &saved[i].metrics;
         }
         const MoEMetrics& mm = *metrics;
-        kept[i] = mm.kept_per_expert;
+        add_counts(st.routed[i], mm.tokens_per_expert);
+        add_counts(st.kept[i], mm.kept_per_expert);
         m.aux_loss += mm.aux_loss.value_or(0);
         m.z_loss += mm.z_loss.value_or(0);
         m.has_aux = m.has_aux || mm.aux_loss.has_value();
         m.has_z = m.has_z || mm.z_loss.has_value();
-        routes += mm.tokens * cfg_.num_experts_per_token;
-        dropped += mm.dropped;
-        m.load_cv += mm.load_cv;
-        m.tokens = mm.tokens;
-        m.tokens_per_expert.push_back(mm.tokens_per_expert);
-        m.kept_per_expert.push_back(mm.kept_per_expert);
-        ++moe_layers;
+        tokens = mm.tokens;
       } else {
         out = blocks_[i].dense->forward(h, T);
       }
@@ -276,8 +373,8 @@ class Model {
     }
     group_sum(sq, 2);
     const double denom = sq[1] * static_cast<double>(H);
-    m.loss = denom > 0 ? sq[0] / denom : 0.0;
-    if (m.tokens == 0) m.tokens = static_cast<std::int64_t>(sq[1]);
+    m.loss += denom > 0 ? sq[0] / denom : 0.0;
+    m.tokens += tokens > 0 ? tokens : static_cast<std::int64_t>(sq[1]);
     std::vector<float> dh(h.size());
     for (std::size_t j = 0; j < h.size(); ++j)
       dh[j] = static_cast<float>(2.0 * (h[j] - target[j]) / denom);
@@ -297,40 +394,8 @@ class Model {
         dblock = blocks_[i].dense->backward(dh, T);
       for (std::size_t j = 0; j < dh.size(); ++j) dh[j] += dblock[j];
     }
-    for (auto& b : blocks_) {
-      if (b.moe) {
-        b.moe->reduce_gradients(b.moe_grads);
-      } else {
-        // Dense weights are replicated on every rank of the dense group and of the TP group
-        // (the dense blocks are not split): sum their gradients.
-        for (std::vector<float>* v : {&b.dense->grads().fc1, &b.dense->grads().fc2,
-                                      &b.dense->grads().fc1_bias, &b.dense->grads().fc2_bias})
-          if (!v->empty()) group_sum(v->data(), static_cast<std::int64_t>(v->size()));
-      }
-    }
-    opt_.step();
-    for (std::size_t i = 0; i < blocks_.size(); ++i) {
-      auto& b = blocks_[i];
-      if (b.moe) {
-        if (cfg_.enable_expert_bias) {  // aux-loss-free balancing after each global batch
-#if defined(SWITCHYARD_CLI_HAS_CUDA)
-          if (b.gpu) b.gpu->update_expert_bias(kept[i]);
-#endif
-          b.moe->update_expert_bias(kept[i]);
-        }
-        b.moe_grads.set_zero();
-      } else {
-        b.dense->grads().set_zero();
-      }
-    }
-    if (moe_layers > 0) m.load_cv /= moe_layers;
-    m.dropped_fraction = routes > 0 ? static_cast<double>(dropped) / static_cast<double>(routes) : 0;
-    m.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    m.tokens_per_second = m.seconds > 0 ? static_cast<double>(m.tokens) / m.seconds : 0;
-    return m;
   }
 
- private:
   bool tensor_parallel() const {
     return cfg_.tensor_parallel_size > 1;
   }

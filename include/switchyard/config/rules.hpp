@@ -125,8 +125,6 @@ namespace switchyard {
     "sync_frequency has no effect unless enable_expert_sync is true")                              \
   X(memory_per_expert_positive, memory_per_expert_mb, "memory_per_expert_mb must be at least 1")   \
   /* fields whose behaviour is not built yet: only their default is accepted */                    \
-  X(accumulation_not_built, enable_gradient_accumulation,                                          \
-    "enable_gradient_accumulation is not built yet: leave it false")                               \
   X(expert_sync_not_built, enable_expert_sync,                                                     \
     "enable_expert_sync is not built yet: leave it false")                                         \
   X(gate_network_not_built, gate_network, "gate_network is not built yet: leave it null")          \
@@ -284,7 +282,6 @@ constexpr bool rule_ok(const Config& c, rule_id r) {
     case rule_id::sync_frequency_positive: return c.sync_frequency >= 1;
     case rule_id::sync_frequency_unused: return c.enable_expert_sync || c.sync_frequency == 100;
     case rule_id::memory_per_expert_positive: return c.memory_per_expert_mb >= 1;
-    case rule_id::accumulation_not_built: return !c.enable_gradient_accumulation;
     case rule_id::expert_sync_not_built: return !c.enable_expert_sync;
     case rule_id::gate_network_not_built: return !c.gate_network.present;
     case rule_id::load_balancing_object_not_built: return !c.load_balancing.present;
