@@ -4,10 +4,11 @@
 // translation unit, built into the switchyard_cli_cuda library when CUDA is available.
 //
 // `train --backend cuda` keeps the master weights and the optimizer on the host: each step
-// uploads a block's weights, runs forward and backward on the GPU (x copied in, y copied out; dy
-// in, dx out) and adds the downloaded gradients to the host gradients, which the host layer then
-// reduces over its MPI groups. Under mpirun (or with distributed_backend nccl) the device layers
-// exchange tokens and reduce their losses and counts over NCCL communicators of the same groups.
+// uploads a block's weights once; each micro-batch runs forward and backward on the GPU (x copied
+// in, y copied out; dy in, dx out) and adds the downloaded gradients to the host gradients, which
+// the host layer then reduces over its MPI groups once per step. Under mpirun (or with
+// distributed_backend nccl) the device layers exchange tokens and reduce their losses and counts
+// over NCCL communicators of the same groups.
 
 #include <cstddef>
 #include <cstdint>

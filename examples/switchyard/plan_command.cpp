@@ -93,6 +93,7 @@ int run_plan(const plan_options& o) {
     out["experts_per_ep_rank"] = std::move(per_rank);
     out["local_experts"] = mem.local_experts;
     out["tokens_per_rank"] = tokens;
+    out["micro_batches_per_step"] = c.micro_batches_per_step();
     out["token_dispatch"] = std::string(enum_name(c.token_dispatch));
     out["capacity_formula"] = std::string(enum_name(c.capacity_formula));
     out["capacity"] = cap ? boost::json::value(*cap) : boost::json::value(nullptr);
@@ -134,7 +135,11 @@ int run_plan(const plan_options& o) {
   for (std::size_t r = 0; r < experts.size() && r < max_groups; ++r)
     fmt::print("  ep rank {:<4} experts {}\n", r, compact(experts[r]));
   if (experts.size() > max_groups) fmt::print("  ... ({} EP ranks)\n", experts.size());
-  fmt::print("tokens per rank: {} x {} = {}\n", c.batch_size_per_gpu, c.sequence_length, tokens);
+  fmt::print(
+      "tokens per rank: {} x {} = {}{}\n", c.batch_size_per_gpu, c.sequence_length, tokens,
+      c.micro_batches_per_step() > 1
+          ? fmt::format(" per micro-batch, {} micro-batches per step", c.micro_batches_per_step())
+          : std::string());
   if (cap)
     fmt::print("capacity per expert: {} ({} formula, capacity_factor {}, min_capacity {})\n", *cap,
                enum_name(c.capacity_formula), c.capacity_factor, c.min_capacity);

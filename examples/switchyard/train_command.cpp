@@ -63,6 +63,22 @@ std::string metrics_line(const train::StepMetrics& m) {
 template <class Comm>
 int train_loop(const Config& cfg, MoEComms<Comm> comms, const train_options& o, bool prints,
                bool nccl) {
+  // The synthetic data keys each token and each micro-batch's draws with 32 bits: more would
+  // silently repeat tokens or draws.
+  const std::int64_t n = cfg.micro_batches_per_step();
+  const auto micro = static_cast<double>(n);
+  const double keys = micro * static_cast<double>(cfg.world() / cfg.pipeline_parallel_size) *
+                      static_cast<double>(cfg.tokens_per_rank());
+  if (keys > 4294967296.0)
+    throw config_error(fmt::format(
+        "the synthetic data keys its tokens with 32 bits: {} micro-batches x {} token ranks x {} "
+        "tokens per rank is {:.4g} tokens per step, above 2^32",
+        n, cfg.world() / cfg.pipeline_parallel_size, cfg.tokens_per_rank(), keys));
+  if (micro * static_cast<double>(o.steps) > 4294967295.0)
+    throw config_error(
+        fmt::format("--steps {} x {} micro-batches is above 2^32 - 1 micro-batches "
+                    "(the draws count them with 32 bits)",
+                    o.steps, n));
   train::Model<Comm> model(cfg, comms, o.seed, o.backend == "cuda", nccl);
   std::ofstream jsonl;
   if (prints && !o.metrics.empty()) {

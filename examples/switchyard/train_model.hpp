@@ -1,15 +1,15 @@
 #pragma once
-// The model `switchyard train` trains: num_layers residual blocks h ← h + Block(h), every
-// moe_layer_frequency-th block (Megatron's pattern: block i is MoE when i % frequency == 0) an
-// MoE layer, the others a dense FFN of the same expert kind; a synthetic regression task whose
-// targets come from a fixed random teacher, y* = x + B·tanh(A·x) (A, B of their own seed); loss =
-// mean squared error over the group's tokens and the hidden size, plus the MoE layers' aux and
-// z-losses. AdamW (β 0.9, 0.999, ε 1e-8, weight_decay from the config) or SGD.
+// The model `switchyard train` trains: num_layers residual blocks h ← h + Block(h), block i an
+// MoE layer when Config::is_moe_layer(i) (Megatron's moe_layer_freq: moe_layer_pattern[i] == 1,
+// or i % moe_layer_frequency == 0), the others a dense FFN of the same expert kind; a synthetic
+// regression task whose targets come from a fixed random teacher, y* = x + B·tanh(A·x) (A, B of
+// their own seed); loss = mean squared error over the group's tokens and the hidden size, plus the
+// MoE layers' aux and z-losses. AdamW (β 0.9, 0.999, ε 1e-8, weight_decay from the config) or SGD.
 //
-// With the CUDA backend (one process) the MoE blocks run on the GPU through cuda_layer.hpp; the
-// dense blocks, the loss and the optimizer stay on the host, which keeps the master weights: each
-// step uploads every MoE block's weights before its forward and adds the downloaded gradients to
-// the host gradients after its backward.
+// With the CUDA backend the MoE blocks run on the GPU through cuda_layer.hpp; the dense blocks,
+// the loss and the optimizer stay on the host, which keeps the master weights: each step uploads
+// every MoE block's weights once, before its micro-batches, and each micro-batch adds the
+// downloaded gradients to the host gradients after its backward.
 
 #include <chrono>
 #include <cmath>
@@ -162,7 +162,7 @@ class Model {
 #endif
     for (std::int64_t i = 0; i < c.num_layers; ++i) {
       block b;
-      if (i % c.moe_layer_frequency == 0) {
+      if (c.is_moe_layer(i)) {
         b.moe = make_layer<float>(c, comms);
         b.moe->initialize(seed + static_cast<std::uint64_t>(i) * 7919u);
         b.moe_grads = b.moe->make_grads();
@@ -192,10 +192,9 @@ class Model {
     }
   }
 
-  /// Micro-batches per optimizer step: gradient_accumulation_steps when
-  /// enable_gradient_accumulation is on, else 1.
+  /// Micro-batches per optimizer step (Config::micro_batches_per_step()).
   std::int64_t micro_batches() const {
-    return cfg_.enable_gradient_accumulation ? cfg_.gradient_accumulation_steps : 1;
+    return cfg_.micro_batches_per_step();
   }
 
   /// One optimizer step: micro_batches() forwards and backwards on this rank (their gradients
@@ -212,10 +211,14 @@ class Model {
     m.micro_batches = n;
     step_state st(blocks_.size());
 #if defined(SWITCHYARD_CLI_HAS_CUDA)
-    // One accumulator per MoE layer on the GPU too, kept over the step's micro-batches.
-    if (cfg_.aux_loss_coeff(LoadBalancingType::global_aux_loss) > 0)
-      for (std::size_t i = 0; i < blocks_.size(); ++i)
-        if (blocks_[i].gpu) st.gpu_global_aux[i] = cli::make_cuda_global_aux(cfg_.num_experts);
+    for (std::size_t i = 0; i < blocks_.size(); ++i) {
+      if (!blocks_[i].gpu) continue;
+      // The weights change once per step: upload them once, before the micro-batches.
+      blocks_[i].gpu->set_params(blocks_[i].moe->params());
+      // One accumulator per MoE layer on the GPU too, kept over the step's micro-batches.
+      if (cfg_.aux_loss_coeff(LoadBalancingType::global_aux_loss) > 0)
+        st.gpu_global_aux[i] = cli::make_cuda_global_aux(cfg_.num_experts);
+    }
 #endif
     for (std::int64_t mb = 0; mb < n; ++mb) micro_batch(step_index, mb, st, m);
 
@@ -335,7 +338,6 @@ class Model {
 #if defined(SWITCHYARD_CLI_HAS_CUDA)
         cli::CudaForward gpu;
         if (blocks_[i].gpu) {
-          blocks_[i].gpu->set_params(blocks_[i].moe->params());
           // Only for MoE blocks on the GPU: the host backend runs where there is no GPU.
           gpu = blocks_[i].gpu->forward(h, T, true, seed_, draw_step, st.gpu_global_aux[i].get());
           gpu_saved[i] = std::move(gpu.saved);

@@ -64,6 +64,7 @@ sy::Config unusual_config() {
   c.ffn_hidden_size = 2048;
   c.num_layers = 61;
   c.moe_layer_frequency = 3;
+  c.moe_layer_pattern = {0, 0, 0, 1, 1};
   c.activation = sy::Activation::gelu_tanh;
   c.gated = true;
   c.add_bias_linear = true;
@@ -273,6 +274,38 @@ BOOST_AUTO_TEST_CASE(wrong_types_and_bad_enum_names_are_reported) {
   p = sy::parse_and_validate(R"({"num_experts": 16.0})");
   BOOST_TEST(p.problems.empty());
   BOOST_TEST(p.config.num_experts == 16);
+}
+
+// Megatron-Core's moe_layer_freq list form (e.g. DeepSeek-V3's first three layers dense).
+BOOST_AUTO_TEST_CASE(moe_layer_pattern_is_megatrons_moe_layer_freq_list) {
+  auto p = sy::parse_and_validate(R"({"num_layers": 5, "moe_layer_pattern": [0, 0, 1, 1, 0]})");
+  BOOST_TEST(p.problems.empty(), sy::join_problems(p.problems));
+  const std::vector<bool> moe = {false, false, true, true, false};
+  for (std::int64_t i = 0; i < 5; ++i) BOOST_TEST(p.config.is_moe_layer(i) == moe[i]);
+  BOOST_TEST(!p.config.is_moe_layer(5));
+  BOOST_TEST(sy::detail::field_text(p.config, "moe_layer_pattern") == "[0, 0, 1, 1, 0]");
+  BOOST_TEST(boost::json::serialize(sy::to_json(p.config).at("moe_layer_pattern")) ==
+             "[0,0,1,1,0]");
+  // Without a pattern, the frequency: block i is MoE when i % frequency == 0.
+  sy::Config f;
+  f.num_layers = 5;
+  f.moe_layer_frequency = 2;
+  for (std::int64_t i = 0; i < 5; ++i) BOOST_TEST(f.is_moe_layer(i) == (i % 2 == 0));
+  // The nested dialect reads it under model.
+  p = sy::parse_and_validate(R"({"model": {"num_layers": 2, "moe_layer_pattern": [1, 0]}})");
+  BOOST_TEST(p.problems.empty(), sy::join_problems(p.problems));
+  BOOST_TEST((p.config.moe_layer_pattern == std::vector<std::int64_t>{1, 0}));
+  // Wrong types name the entry; Megatron's one-field form is pointed to the pattern.
+  p = sy::parse_and_validate(R"({"num_layers": 2, "moe_layer_pattern": [1, 0.5]})");
+  BOOST_TEST(mentions(p.problems, "moe_layer_pattern: entry 1: expected an integer, got 0.5"));
+  p = sy::parse_and_validate(R"({"num_layers": 2, "moe_layer_pattern": 1})");
+  BOOST_TEST(
+      mentions(p.problems, "moe_layer_pattern: expected an array of integers, got an integer"));
+  p = sy::parse_and_validate(R"({"num_layers": 2, "moe_layer_frequency": [1, 0]})");
+  BOOST_TEST(mentions(p.problems,
+                      "moe_layer_frequency: expected an integer, got an array; a "
+                      "per-layer list of 1 (MoE) and 0 (dense) goes in "
+                      "moe_layer_pattern"));
 }
 
 BOOST_AUTO_TEST_CASE(syntax_errors_and_wrong_roots_are_reported) {

@@ -86,6 +86,23 @@ BOOST_AUTO_TEST_CASE(memory_estimate_with_capacity_bf16_and_pipeline_stages) {
   BOOST_TEST(m0.optimizer_state == m0.expert_parameters / 2 * 12);
 }
 
+// DeepSeek-V3's layout: the first three layers dense (moe_layer_pattern), over 2 pipeline stages.
+BOOST_AUTO_TEST_CASE(memory_estimate_counts_the_moe_layers_of_a_pattern_per_stage) {
+  sy::Config c;
+  c.num_experts = 8;
+  c.pipeline_parallel_size = 2;
+  c.num_layers = 8;
+  c.moe_layer_pattern = {0, 0, 0, 1, 1, 1, 1, 1};
+  BOOST_REQUIRE(sy::validate(c).empty());
+  BOOST_TEST(sy::moe_layers_on_stage(c, 0) == 1);  // layers 0-3
+  BOOST_TEST(sy::moe_layers_on_stage(c, 1) == 4);  // layers 4-7
+  const auto m0 = sy::estimate_memory(c, 0), m1 = sy::estimate_memory(c, 1);
+  BOOST_TEST(m0.moe_layers == 1);
+  BOOST_TEST(m1.moe_layers == 4);
+  BOOST_TEST(m1.expert_parameters == 4 * m0.expert_parameters);
+  BOOST_TEST(m1.activations == 4 * m0.activations);
+}
+
 // Tensor-parallel experts: each rank holds F/tp of its experts and runs them on the rows of the
 // whole TP group (its ranks hold other tokens).
 BOOST_AUTO_TEST_CASE(memory_estimate_with_tensor_parallel_experts) {

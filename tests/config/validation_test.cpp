@@ -255,6 +255,31 @@ std::vector<rule_case> rule_cases() {
       {"layers zero", [](sy::Config& c) { c.num_layers = 0; }, R::layers_positive, "got 0"},
       {"frequency zero", [](sy::Config& c) { c.moe_layer_frequency = 0; }, R::frequency_positive,
        "got 0"},
+      {"pattern length",
+       [](sy::Config& c) {
+         c.num_layers = 4;
+         c.moe_layer_pattern = {0, 1, 1};
+       },
+       R::pattern_length, "moe_layer_pattern has 3 entries for 4 layers"},
+      {"pattern entries",
+       [](sy::Config& c) {
+         c.num_layers = 3;
+         c.moe_layer_pattern = {1, 2, 0};
+       },
+       R::pattern_entries, "entry 1 is 2"},
+      {"pattern without moe",
+       [](sy::Config& c) {
+         c.num_layers = 2;
+         c.moe_layer_pattern = {0, 0};
+       },
+       R::pattern_has_moe, "all 2 entries are 0"},
+      {"pattern and frequency",
+       [](sy::Config& c) {
+         c.num_layers = 2;
+         c.moe_layer_pattern = {1, 0};
+         c.moe_layer_frequency = 2;
+       },
+       R::pattern_or_frequency, "moe_layer_frequency 2 with a moe_layer_pattern"},
       {"heads", [](sy::Config& c) { c.num_attention_heads = 3; }, R::heads_divide_hidden,
        "hidden_size 1024 over 3 heads"},
       {"heads over tp",
@@ -408,6 +433,8 @@ BOOST_AUTO_TEST_CASE(presets_follow_torsh) {
   BOOST_TEST(large.load_balance_loss_coeff == 0.001);
   BOOST_TEST(large.enable_gradient_accumulation);
   BOOST_TEST(large.gradient_accumulation_steps == 4);
+  BOOST_TEST(large.micro_batches_per_step() == 4);
+  BOOST_TEST(sy::Config{}.micro_batches_per_step() == 1);
   BOOST_TEST(large.enable_expert_sync);
   BOOST_TEST(large.sync_frequency == 50);
   // Expert sync is a training-loop feature not built yet: the preset says what it asks for and

@@ -2,7 +2,8 @@
 """Runs `switchyard train` on the shipped configs and checks what seed 003 describes:
 the quick start's loss falls below half of its start; a load-balancing coefficient of 0.01
 ends with a lower load CV than 0 on the same seed; a larger capacity factor drops fewer tokens;
-global_aux_loss (alone, and in the list form) trains as aux_loss with one micro-batch per step.
+global_aux_loss (alone, and in the list form) trains as aux_loss with one micro-batch per step;
+moe_layer_pattern [1, 0] trains as moe_layer_frequency 2.
 Usage: check_train.py SWITCHYARD CONFIG_DIR WORK_DIR"""
 import json
 import subprocess
@@ -79,6 +80,18 @@ def main():
     print(f"shared expert: loss {shared[0]['loss']:.4f} -> {shared[-1]['loss']:.4f}")
     assert shared[0]["loss"] != q[0]["loss"], "the shared expert did not change the model"
     assert shared[-1]["loss"] < 0.5 * shared[0]["loss"], "with a shared expert the loss did not halve"
+    # Megatron's moe_layer_freq list form: the pattern [1, 0] is frequency 2, step for step;
+    # [0, 1] puts the MoE layer second (one layer of counts, another model).
+    freq2 = run(exe, derived(configs, work, "freq2", moe_layer_frequency=2), f"{work}/freq2.jsonl", 10)
+    pattern = run(exe, derived(configs, work, "pattern", moe_layer_pattern=[1, 0]),
+                  f"{work}/pattern.jsonl", 10)
+    same_run(pattern, freq2, 1e-12)
+    second = run(exe, derived(configs, work, "second", moe_layer_pattern=[0, 1]),
+                 f"{work}/second.jsonl", 10)
+    assert len(pattern[0]["tokens_per_expert"]) == len(second[0]["tokens_per_expert"]) == 1
+    assert second[0]["loss"] != pattern[0]["loss"], "moe_layer_pattern [0, 1] gave the [1, 0] model"
+    print(f"moe_layer_pattern [1, 0] follows moe_layer_frequency 2: loss {pattern[-1]['loss']:.6f}; "
+          f"[0, 1]: {second[-1]['loss']:.6f}")
     print("1 passed, 0 failed")
 
 

@@ -130,6 +130,7 @@ using opt_double = std::optional<double>;
   X(std::int64_t, ffn_hidden_size, 4096, model)                                                    \
   X(std::int64_t, num_layers, 1, model)                                                            \
   X(std::int64_t, moe_layer_frequency, 1, model)                                                   \
+  X(std::vector<std::int64_t>, moe_layer_pattern, {}, model)                                       \
   X(::switchyard::Activation, activation, ::switchyard::Activation::gelu, model)                   \
   X(bool, gated, false, model)                                                                     \
   X(bool, add_bias_linear, false, model)                                                           \
@@ -174,6 +175,20 @@ struct Config {
   constexpr std::int64_t world() const {
     if (world_size) return *world_size;
     return dp() * expert_parallel_size * tensor_parallel_size * pipeline_parallel_size;
+  }
+  /// Whether block i (0-based) is an MoE layer: moe_layer_pattern[i] == 1 when the pattern is
+  /// given (Megatron-Core's moe_layer_freq list), else i % moe_layer_frequency == 0.
+  constexpr bool is_moe_layer(std::int64_t i) const {
+    if (!moe_layer_pattern.empty())
+      return i >= 0 && i < static_cast<std::int64_t>(moe_layer_pattern.size()) &&
+             moe_layer_pattern[static_cast<std::size_t>(i)] == 1;
+    return moe_layer_frequency > 0 && i % moe_layer_frequency == 0;
+  }
+  /// Micro-batches per optimizer step (Megatron's num_microbatches): gradient_accumulation_steps
+  /// when enable_gradient_accumulation is true, else 1. Read by the training loop (`switchyard
+  /// train`) and `plan`; the layer's backward always adds into the gradients it is given.
+  constexpr std::int64_t micro_batches_per_step() const {
+    return enable_gradient_accumulation ? gradient_accumulation_steps : 1;
   }
   /// Tokens on one rank in one micro-batch: batch_size_per_gpu × sequence_length.
   constexpr std::int64_t tokens_per_rank() const { return batch_size_per_gpu * sequence_length; }

@@ -36,7 +36,8 @@ std::string list_text(const Range& r) {
   for (const auto& v : r) s += (s.size() > 1 ? ", " : "") + to_text(v);
   return s + "]";
 }
-inline std::string to_text(const std::vector<double>& v) {
+template <class T>
+std::string to_text(const std::vector<T>& v) {
   return list_text(v);
 }
 template <class T, std::size_t N>

@@ -66,6 +66,7 @@ inline std::string dialect_path(Dialect d, std::string_view field, std::string_v
     case Dialect::model_config:
       if (field == "num_experts_per_token") return "model_config.moe_layer_config.top_k";
       if (field == "moe_layer_frequency") return "model_config.moe_layer_config.moe_every_k_layers";
+      if (field == "moe_layer_pattern") return "model_config.moe_layer_config.moe_layer_pattern";
       if (field == "load_balance_loss_coeff") return "model_config.moe_layer_config.aux_loss_factor";
       if (field == "communication_overlap")
         return "distributed_config.comm_optimization.all_to_all_overlap";
@@ -149,14 +150,19 @@ inline std::string read_value(const boost::json::value& v, unbuilt_object& out) 
   }
   return "expected an object or null, got " + kind_of(v);
 }
-inline std::string read_value(const boost::json::value& v, std::vector<double>& out) {
-  if (!v.is_array()) return "expected an array of numbers, got " + kind_of(v);
-  out.clear();
+/// An array of numbers (double) or of integers (std::int64_t); each entry read as one value.
+template <class T>
+std::string read_value(const boost::json::value& v, std::vector<T>& out) {
+  const char* what = std::is_integral_v<T> ? "integers" : "numbers";
+  if (!v.is_array()) return concat("expected an array of ", what, ", got ", kind_of(v));
+  std::vector<T> list;
   for (std::size_t i = 0; i < v.get_array().size(); ++i) {
-    const auto& e = v.get_array()[i];
-    if (!e.is_number()) return concat("entry ", i, ": expected a number, got ", kind_of(e));
-    out.push_back(e.to_number<double>());
+    T t{};
+    if (std::string err = read_value(v.get_array()[i], t); !err.empty())
+      return concat("entry ", i, ": ", err);
+    list.push_back(t);
   }
+  out = std::move(list);
   return {};
 }
 template <class E>
@@ -226,6 +232,9 @@ inline std::string read_value(const boost::json::value& v, balancing_types& out)
 }
 
 inline std::string read_field(Config& c, std::string_view field, const boost::json::value& v) {
+  if (field == "moe_layer_frequency" && v.is_array())  // Megatron's moe_layer_freq takes both
+    return "expected an integer, got an array; a per-layer list of 1 (MoE) and 0 (dense) goes in "
+           "moe_layer_pattern";
 #define SY_DETAIL_READ_FIELD(type, name, def, section) \
   if (field == #name) return read_value(v, c.name);
   SY_CONFIG_FIELDS(SY_DETAIL_READ_FIELD)
@@ -244,7 +253,8 @@ inline boost::json::value write_value(const unbuilt_object& v) {
 /// A JSON array of the values of a range.
 template <class Range>
 boost::json::value write_array(const Range& r);
-inline boost::json::value write_value(const std::vector<double>& v) {
+template <class T>
+boost::json::value write_value(const std::vector<T>& v) {
   return write_array(v);
 }
 template <class E>

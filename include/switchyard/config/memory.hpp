@@ -31,13 +31,13 @@ constexpr std::int64_t expert_parameter_count(const Config& c) {
 }
 
 /// MoE layers held by pipeline stage `stage`: layer i (0-based) is an MoE layer when
-/// i % moe_layer_frequency == 0 (Megatron's moe_layer_freq), and stage s holds layers
-/// [s·L/pp, (s+1)·L/pp).
+/// Config::is_moe_layer(i) (Megatron's moe_layer_freq: moe_layer_pattern[i] == 1, or
+/// i % moe_layer_frequency == 0), and stage s holds layers [s·L/pp, (s+1)·L/pp).
 constexpr std::int64_t moe_layers_on_stage(const Config& c, std::int64_t stage) {
   const std::int64_t per_stage = c.num_layers / c.pipeline_parallel_size;
   std::int64_t n = 0;
   for (std::int64_t i = stage * per_stage; i < (stage + 1) * per_stage; ++i)
-    if (i % c.moe_layer_frequency == 0) ++n;
+    if (c.is_moe_layer(i)) ++n;
   return n;
 }
 

@@ -106,6 +106,12 @@ namespace switchyard {
   X(ffn_positive, ffn_hidden_size, "ffn_hidden_size must be at least 1")                           \
   X(layers_positive, num_layers, "num_layers must be at least 1")                                  \
   X(frequency_positive, moe_layer_frequency, "moe_layer_frequency must be at least 1")             \
+  X(pattern_length, moe_layer_pattern, "moe_layer_pattern must have one entry per layer")          \
+  X(pattern_entries, moe_layer_pattern,                                                            \
+    "moe_layer_pattern entries must be 1 (MoE layer) or 0 (dense layer)")                          \
+  X(pattern_has_moe, moe_layer_pattern, "moe_layer_pattern must mark at least one MoE layer")      \
+  X(pattern_or_frequency, moe_layer_pattern,                                                       \
+    "give moe_layer_pattern or moe_layer_frequency, not both: leave moe_layer_frequency at 1")     \
   X(heads_divide_hidden, num_attention_heads,                                                      \
     "num_attention_heads must be at least 1 and divide hidden_size")                               \
   X(heads_divisible_by_tp, num_attention_heads,                                                    \
@@ -264,6 +270,20 @@ constexpr bool rule_ok(const Config& c, rule_id r) {
     case rule_id::ffn_positive: return c.ffn_hidden_size >= 1;
     case rule_id::layers_positive: return c.num_layers >= 1;
     case rule_id::frequency_positive: return c.moe_layer_frequency >= 1;
+    case rule_id::pattern_length:
+      return c.moe_layer_pattern.empty() ||
+             static_cast<std::int64_t>(c.moe_layer_pattern.size()) == c.num_layers;
+    case rule_id::pattern_entries:
+      for (std::int64_t v : c.moe_layer_pattern)
+        if (v != 0 && v != 1) return false;
+      return true;
+    case rule_id::pattern_has_moe:
+      if (c.moe_layer_pattern.empty()) return true;
+      for (std::int64_t v : c.moe_layer_pattern)
+        if (v == 1) return true;
+      return false;
+    case rule_id::pattern_or_frequency:
+      return c.moe_layer_pattern.empty() || c.moe_layer_frequency == 1;
     case rule_id::heads_divide_hidden:
       return !c.num_attention_heads ||
              (*c.num_attention_heads >= 1 && c.hidden_size % *c.num_attention_heads == 0);

@@ -82,6 +82,18 @@ inline std::string rule_detail(const Config& c, rule_id r) {
     case rule_id::ffn_divisible_by_tp:
       return concat("ffn_hidden_size ", c.ffn_hidden_size, " over ", c.tensor_parallel_size,
                     " ranks");
+    case rule_id::pattern_length:
+      return concat("moe_layer_pattern has ", c.moe_layer_pattern.size(), " entries for ",
+                    c.num_layers, " layers");
+    case rule_id::pattern_entries:
+      for (std::size_t i = 0; i < c.moe_layer_pattern.size(); ++i)
+        if (c.moe_layer_pattern[i] != 0 && c.moe_layer_pattern[i] != 1)
+          return concat("entry ", i, " is ", c.moe_layer_pattern[i]);
+      return {};
+    case rule_id::pattern_has_moe:
+      return concat("all ", c.moe_layer_pattern.size(), " entries are 0");
+    case rule_id::pattern_or_frequency:
+      return concat("moe_layer_frequency ", c.moe_layer_frequency, " with a moe_layer_pattern");
     case rule_id::layers_divisible_by_pp:
       return concat(c.num_layers, " layers over ", c.pipeline_parallel_size, " stages");
     case rule_id::balance_coeffs_paired:
