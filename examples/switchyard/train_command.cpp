@@ -79,6 +79,11 @@ int train_loop(const Config& cfg, MoEComms<Comm> comms, const train_options& o, 
         fmt::format("--steps {} x {} micro-batches is above 2^32 - 1 micro-batches "
                     "(the draws count them with 32 bits)",
                     o.steps, n));
+  if (cfg.hidden_size > 65536)
+    throw config_error(
+        fmt::format("the teacher keys its H x H weights with 32 bits: hidden_size "
+                    "{} is above 65536",
+                    cfg.hidden_size));
   train::Model<Comm> model(cfg, comms, o.seed, o.backend == "cuda", nccl);
   std::ofstream jsonl;
   if (prints && !o.metrics.empty()) {

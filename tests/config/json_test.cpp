@@ -291,6 +291,7 @@ BOOST_AUTO_TEST_CASE(moe_layer_pattern_is_megatrons_moe_layer_freq_list) {
   f.num_layers = 5;
   f.moe_layer_frequency = 2;
   for (std::int64_t i = 0; i < 5; ++i) BOOST_TEST(f.is_moe_layer(i) == (i % 2 == 0));
+  BOOST_TEST(!f.is_moe_layer(-2));
   // The nested dialect reads it under model.
   p = sy::parse_and_validate(R"({"model": {"num_layers": 2, "moe_layer_pattern": [1, 0]}})");
   BOOST_TEST(p.problems.empty(), sy::join_problems(p.problems));
@@ -305,7 +306,7 @@ BOOST_AUTO_TEST_CASE(moe_layer_pattern_is_megatrons_moe_layer_freq_list) {
   BOOST_TEST(mentions(p.problems,
                       "moe_layer_frequency: expected an integer, got an array; a "
                       "per-layer list of 1 (MoE) and 0 (dense) goes in "
-                      "moe_layer_pattern"));
+                      "the field moe_layer_pattern"));
 }
 
 BOOST_AUTO_TEST_CASE(syntax_errors_and_wrong_roots_are_reported) {

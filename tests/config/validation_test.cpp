@@ -272,7 +272,7 @@ std::vector<rule_case> rule_cases() {
          c.num_layers = 2;
          c.moe_layer_pattern = {0, 0};
        },
-       R::pattern_has_moe, "all 2 entries are 0"},
+       R::pattern_has_moe, "none of the 2 entries is 1"},
       {"pattern and frequency",
        [](sy::Config& c) {
          c.num_layers = 2;

@@ -182,7 +182,7 @@ struct Config {
     if (!moe_layer_pattern.empty())
       return i >= 0 && i < static_cast<std::int64_t>(moe_layer_pattern.size()) &&
              moe_layer_pattern[static_cast<std::size_t>(i)] == 1;
-    return moe_layer_frequency > 0 && i % moe_layer_frequency == 0;
+    return i >= 0 && moe_layer_frequency > 0 && i % moe_layer_frequency == 0;
   }
   /// Micro-batches per optimizer step (Megatron's num_microbatches): gradient_accumulation_steps
   /// when enable_gradient_accumulation is true, else 1. Read by the training loop (`switchyard

@@ -152,7 +152,8 @@ inline std::string read_value(const boost::json::value& v, unbuilt_object& out) 
 }
 /// An array of numbers (double) or of integers (std::int64_t); each entry read as one value.
 template <class T>
-std::string read_value(const boost::json::value& v, std::vector<T>& out) {
+requires(std::is_same_v<T, double> || std::is_same_v<T, std::int64_t>) std::string
+    read_value(const boost::json::value& v, std::vector<T>& out) {
   const char* what = std::is_integral_v<T> ? "integers" : "numbers";
   if (!v.is_array()) return concat("expected an array of ", what, ", got ", kind_of(v));
   std::vector<T> list;
@@ -234,7 +235,7 @@ inline std::string read_value(const boost::json::value& v, balancing_types& out)
 inline std::string read_field(Config& c, std::string_view field, const boost::json::value& v) {
   if (field == "moe_layer_frequency" && v.is_array())  // Megatron's moe_layer_freq takes both
     return "expected an integer, got an array; a per-layer list of 1 (MoE) and 0 (dense) goes in "
-           "moe_layer_pattern";
+           "the field moe_layer_pattern";
 #define SY_DETAIL_READ_FIELD(type, name, def, section) \
   if (field == #name) return read_value(v, c.name);
   SY_CONFIG_FIELDS(SY_DETAIL_READ_FIELD)

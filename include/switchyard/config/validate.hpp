@@ -91,7 +91,7 @@ inline std::string rule_detail(const Config& c, rule_id r) {
           return concat("entry ", i, " is ", c.moe_layer_pattern[i]);
       return {};
     case rule_id::pattern_has_moe:
-      return concat("all ", c.moe_layer_pattern.size(), " entries are 0");
+      return concat("none of the ", c.moe_layer_pattern.size(), " entries is 1");
     case rule_id::pattern_or_frequency:
       return concat("moe_layer_frequency ", c.moe_layer_frequency, " with a moe_layer_pattern");
     case rule_id::layers_divisible_by_pp:
