@@ -52,6 +52,7 @@ std::string metrics_line(const train::StepMetrics& m) {
   o["tokens_per_second"] = m.tokens_per_second;
   o["tokens"] = m.tokens;
   o["micro_batches"] = m.micro_batches;
+  o["expert_sync"] = m.expert_sync;
   o["seconds"] = m.seconds;
   o["tokens_per_expert"] = nested_counts(m.tokens_per_expert);
   o["kept_per_expert"] = nested_counts(m.kept_per_expert);
@@ -94,7 +95,7 @@ int train_loop(const Config& cfg, MoEComms<Comm> comms, const train_options& o, 
   if (prints)
     fmt::print(
         "training {} MoE-or-dense blocks (H {}, F {}, E {}, k {}{}) on {} rank(s), {} tokens "
-        "per rank per {}{}\n",
+        "per rank per {}{}{}\n",
         cfg.num_layers, cfg.hidden_size, cfg.ffn_hidden_size, cfg.num_experts,
         cfg.num_experts_per_token,
         cfg.shared_expert_intermediate_size
@@ -102,9 +103,11 @@ int train_loop(const Config& cfg, MoEComms<Comm> comms, const train_options& o, 
                           cfg.shared_expert_gate ? " gated" : "")
             : std::string(),
         cfg.world(), cfg.tokens_per_rank(),
-        model.micro_batches() > 1
-            ? fmt::format("micro-batch, {} micro-batches per step", model.micro_batches())
-            : std::string("step"),
+        n > 1 ? fmt::format("micro-batch, {} micro-batches per step", n) : std::string("step"),
+        cfg.enable_expert_sync
+            ? fmt::format(", expert weights averaged over {} replica(s) every {} step(s)", cfg.dp(),
+                          cfg.sync_frequency)
+            : std::string(),
         o.backend != "cuda" ? ""
         : nccl              ? ", MoE blocks on the GPU, tokens exchanged over NCCL"
                             : ", MoE blocks on the GPU");

@@ -136,6 +136,7 @@ struct StepMetrics {
   double tokens_per_second = 0, seconds = 0;
   std::int64_t tokens = 0;  ///< the group's tokens over the step's micro-batches
   std::int64_t micro_batches = 1;
+  bool expert_sync = false;  ///< the expert weights were averaged after this step
   bool has_aux = false, has_z = false;
   std::vector<std::vector<std::int64_t>> tokens_per_expert;  ///< per MoE layer, step's sum
   std::vector<std::vector<std::int64_t>> kept_per_expert;    ///< per MoE layer, step's sum
@@ -192,20 +193,15 @@ class Model {
     }
   }
 
-  /// Micro-batches per optimizer step (Config::micro_batches_per_step()).
-  std::int64_t micro_batches() const {
-    return cfg_.micro_batches_per_step();
-  }
-
-  /// One optimizer step: micro_batches() forwards and backwards on this rank (their gradients
-  /// summed), the gradients scaled by 1 / micro-batches (Megatron scales every micro-batch's
-  /// loss, the aux and z-losses included, by 1 / num_microbatches), reduced over the groups
-  /// once, one optimizer update, and one aux-loss-free bias update from the step's dispatched
-  /// counts. Metrics: the losses are means over the micro-batches; counts, dropped fraction and
-  /// load CV are of the step's summed counts per layer.
+  /// One optimizer step: micro_batches_per_step() forwards and backwards on this rank (their
+  /// gradients summed), the gradients scaled by 1 / micro-batches (Megatron scales every
+  /// micro-batch's loss, the aux and z-losses included, by 1 / num_microbatches), reduced over the
+  /// groups once, one optimizer update, and one aux-loss-free bias update from the step's
+  /// dispatched counts. Metrics: the losses are means over the micro-batches; counts, dropped
+  /// fraction and load CV are of the step's summed counts per layer.
   StepMetrics step(std::int64_t step_index) {
     const auto start = std::chrono::steady_clock::now();
-    const std::int64_t n = micro_batches();
+    const std::int64_t n = cfg_.micro_batches_per_step();
     StepMetrics m;
     m.step = step_index;
     m.micro_batches = n;
@@ -249,6 +245,9 @@ class Model {
         b.dense->grads().set_zero();
         continue;
       }
+      // enable_expert_sync: every sync_frequency steps the expert replicas (the host layer holds
+      // the master weights on either backend) average their weights.
+      m.expert_sync = b.moe->sync_expert_weights(step_index) || m.expert_sync;
       if (cfg_.enable_expert_bias) {  // aux-loss-free balancing after each global batch
 #if defined(SWITCHYARD_CLI_HAS_CUDA)
         if (b.gpu) b.gpu->update_expert_bias(st.kept[i]);
@@ -323,7 +322,8 @@ class Model {
     teacher(x, target, T);
     // The draws of jitter and dropout: one counter per micro-batch ((step - 1)·n + mb + 1; the
     // step itself with one micro-batch per step).
-    const auto draw_step = static_cast<std::uint32_t>((step_index - 1) * micro_batches() + mb + 1);
+    const auto draw_step =
+        static_cast<std::uint32_t>((step_index - 1) * cfg_.micro_batches_per_step() + mb + 1);
 
     std::vector<float> h = x;
     std::vector<MoEForward<float>> saved(blocks_.size());

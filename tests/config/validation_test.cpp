@@ -305,8 +305,6 @@ std::vector<rule_case> rule_cases() {
        R::sync_frequency_unused, "got 50"},
       {"memory per expert zero", [](sy::Config& c) { c.memory_per_expert_mb = 0; },
        R::memory_per_expert_positive, "got 0"},
-      {"expert sync not built", [](sy::Config& c) { c.enable_expert_sync = true; },
-       R::expert_sync_not_built, "got true"},
       {"gate network", [](sy::Config& c) { c.gate_network.present = true; },
        R::gate_network_not_built, "got {...}"},
       {"load balancing object", [](sy::Config& c) { c.load_balancing.present = true; },
@@ -437,12 +435,13 @@ BOOST_AUTO_TEST_CASE(presets_follow_torsh) {
   BOOST_TEST(sy::Config{}.micro_batches_per_step() == 1);
   BOOST_TEST(large.enable_expert_sync);
   BOOST_TEST(large.sync_frequency == 50);
-  // Expert sync is a training-loop feature not built yet: the preset says what it asks for and
-  // validation says what is missing, rather than ignoring it. Gradient accumulation is built
-  // (switchyard train's micro-batches).
-  const auto problems = sy::validate(large);
-  BOOST_TEST(problems.size() == 1u);
-  BOOST_TEST(has_problem(problems, "enable_expert_sync", "not built yet"));
+  // Both training-loop features are built: gradient accumulation (switchyard train's
+  // micro-batches) and expert sync (the layer's sync_expert_weights).
+  BOOST_TEST(sy::validate(large).empty());
+  // sync_frequency is read only with expert sync on.
+  auto sync_off = large;
+  sync_off.enable_expert_sync = false;
+  BOOST_TEST(has_problem(sy::validate(sync_off), "sync_frequency", "got 50"));
   const auto inf = sy::presets::inference();
   BOOST_TEST(inf.expert_dropout == 0.0);
   BOOST_TEST(!inf.enable_load_balancing);
@@ -454,7 +453,7 @@ BOOST_AUTO_TEST_CASE(presets_follow_torsh) {
 // The same rules at compile time.
 static_assert(sy::is_valid(sy::Config{}));
 static_assert(sy::is_valid(sy::presets::small_scale()));
-static_assert(!sy::is_valid(sy::presets::large_scale()));
+static_assert(sy::is_valid(sy::presets::large_scale()));
 static_assert(!sy::rule_ok(
     [] {
       sy::Config c;

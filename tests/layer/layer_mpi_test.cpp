@@ -346,6 +346,137 @@ BOOST_AUTO_TEST_CASE(data_parallel_times_expert_parallel_matches_one_rank) {
   run_and_compare(c, -1);
 }
 
+namespace {
+
+// Expert sync (enable_expert_sync) in layout `c` (DP 2 with EP or TP): the router's gradients are
+// still summed over the dense group (one rank's on the whole batch); the experts' are this
+// replica's own, scaled by the expert-data-parallel group's size D (not summed over it); every
+// sync_frequency-th step the replicas' expert weights, and only those, are averaged; a loop that
+// skips the sync gets an error; without the switch the gradients are summed and nothing averaged.
+void check_expert_sync(sy::Config c) {
+  sy::MpiComm world(MPI_COMM_WORLD, std::chrono::seconds(60));
+  c.add_bias_linear = true;
+  c.enable_expert_sync = true;
+  c.sync_frequency = 2;
+  const std::int64_t T = 24, H = c.hidden_size;
+  const auto x = random_vector(5, static_cast<std::size_t>(T * H));
+  const auto dy = random_vector(6, static_cast<std::size_t>(T * H));
+  const one_rank_run one(c, x.data(), dy.data(), T);
+  const sy::MpiGroups probe = sy::make_mpi_groups(world, sy::Layout(c));
+  const int tp = probe.tensor_parallel.size();
+  const auto sl = slice_of(T, probe.dense_data_parallel.rank() * tp + probe.tensor_parallel.rank(),
+                           probe.dense_data_parallel.size() * tp, -1);
+  mpi_run run(world, c, x.data() + sl.first * H, dy.data() + sl.first * H, sl.count);
+  auto& layer = *run.layer;
+  const int D = run.groups.expert_data_parallel.size(), r = run.groups.expert_data_parallel.rank();
+  BOOST_TEST(D == 2);
+  const auto expert_tensors = [](auto& set) {
+    return std::vector{&set.fc1, &set.fc2, &set.fc1_bias, &set.fc2_bias};
+  };
+
+  sy::MoEGrads<double> local = run.grads;
+  layer.reduce_gradients(run.grads);
+  for (std::size_t i = 0; i < local.router_weight.size(); ++i)
+    BOOST_REQUIRE_MESSAGE(close(run.grads.router_weight[i], one.grads.router_weight[i]),
+                          "router grad " << i);
+  auto mine = expert_tensors(run.grads);
+  auto own = expert_tensors(local);
+  bool some_nonzero = false;
+  for (std::size_t t = 0; t < mine.size(); ++t) {
+    BOOST_REQUIRE(!own[t]->empty());
+    for (std::size_t i = 0; i < own[t]->size(); ++i) {
+      BOOST_REQUIRE_MESSAGE((*mine[t])[i] == D * (*own[t])[i], "expert grad " << t << "/" << i);
+      some_nonzero = some_nonzero || (*own[t])[i] != 0;
+    }
+  }
+  BOOST_TEST(some_nonzero);
+
+  // Replica r moves its experts by 0.25·(r + 1) and its router by r: a sync averages the experts
+  // (to +0.25·(D + 1)/2 on every replica) and leaves the router alone.
+  auto& p = layer.params();
+  sy::MoEParams<double> start = p;
+  const auto shift = [&](double by) {
+    p.for_each_expert_tensor([&](std::vector<double>& v) {
+      for (double& w : v) w += by;
+    });
+  };
+  const double mine_shift = 0.25 * (r + 1), mean_shift = 0.25 * (D + 1) / 2.0;
+  shift(mine_shift);
+  p.router_weight[0] += r;
+  const auto check = [&](double expected_shift, const char* when) {
+    auto now = expert_tensors(p);
+    auto was = expert_tensors(start);
+    for (std::size_t t = 0; t < now.size(); ++t)
+      for (std::size_t i = 0; i < now[t]->size(); ++i)
+        BOOST_REQUIRE_MESSAGE(close((*now[t])[i], (*was[t])[i] + expected_shift),
+                              when << ": expert tensor " << t << "/" << i);
+    BOOST_TEST(p.router_weight[0] == start.router_weight[0] + r);
+  };
+  BOOST_TEST(!layer.sync_expert_weights(1));
+  check(mine_shift, "step 1");
+  BOOST_TEST(layer.sync_expert_weights(2));
+  check(mean_shift, "step 2");
+  shift(mine_shift);  // the replicas part again: step 3 leaves them apart, step 4 averages
+  BOOST_TEST(!layer.sync_expert_weights(3));
+  check(mean_shift + mine_shift, "step 3");
+  BOOST_TEST(layer.sync_expert_weights(4));
+  check(2 * mean_shift, "step 4");
+  BOOST_CHECK_THROW(layer.sync_expert_weights(0), sy::precondition_error);
+
+  // A loop that forgets the sync: sync_frequency reductions pass, the next is an error on every
+  // rank (before any collective, so nothing hangs).
+  layer.reduce_gradients(run.grads);
+  layer.reduce_gradients(run.grads);
+  try {
+    layer.reduce_gradients(run.grads);
+    BOOST_ERROR("a third step without a sync was accepted");
+  } catch (const sy::precondition_error& e) {
+    BOOST_TEST(has(e, "sync_frequency 2, but 2 optimizer steps passed without an average"),
+               e.what());
+  }
+
+  // Without enable_expert_sync: expert gradients summed over the replicas, nothing averaged.
+  c.enable_expert_sync = false;
+  c.sync_frequency = 100;
+  mpi_run plain(world, c, x.data() + sl.first * H, dy.data() + sl.first * H, sl.count);
+  sy::MoEGrads<double> plain_local = plain.grads;
+  plain.layer->reduce_gradients(plain.grads);
+  auto summed = expert_tensors(plain_local);
+  auto reduced = expert_tensors(plain.grads);
+  for (std::size_t t = 0; t < summed.size(); ++t) {
+    std::vector<double>& v = *summed[t];
+    MPI_Allreduce(MPI_IN_PLACE, v.data(), static_cast<int>(v.size()), MPI_DOUBLE, MPI_SUM,
+                  plain.groups.expert_data_parallel.native());
+    for (std::size_t i = 0; i < v.size(); ++i)
+      BOOST_REQUIRE_MESSAGE(close((*reduced[t])[i], v[i]), "summed expert grad " << t << "/" << i);
+  }
+  plain.layer->params().fc1[0] += r;
+  const double fc1_0 = plain.layer->params().fc1[0];
+  BOOST_TEST(!plain.layer->sync_expert_weights(2));
+  BOOST_TEST(plain.layer->params().fc1[0] == fc1_0);
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(expert_sync_over_data_parallel_replicas) {
+  sy::MpiComm world(MPI_COMM_WORLD, std::chrono::seconds(60));
+  auto c = base_config();
+  c.data_parallel_size = 2;
+  c.expert_parallel_size = world.size() / 2;  // DP 2 (np 2) or DP 2 x EP 2 (np 4)
+  check_expert_sync(c);
+}
+
+// Tensor-parallel experts: each replica is an F shard, averaged with the same shard of the other
+// replica (np 4: DP 2 x TP 2).
+BOOST_AUTO_TEST_CASE(expert_sync_with_tensor_parallel_experts) {
+  sy::MpiComm world(MPI_COMM_WORLD, std::chrono::seconds(60));
+  if (world.size() < 4) return;
+  auto c = tensor_parallel_config(world.size());
+  c.expert_parallel_size = 1;
+  c.data_parallel_size = 2;
+  check_expert_sync(c);
+}
+
 // Tensor-parallel experts: F split over the TP group, tokens spread over DP x EP x TP.
 BOOST_AUTO_TEST_CASE(tensor_parallel_experts_match_one_rank) {
   sy::MpiComm world(MPI_COMM_WORLD, std::chrono::seconds(60));

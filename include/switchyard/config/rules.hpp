@@ -131,8 +131,6 @@ namespace switchyard {
     "sync_frequency has no effect unless enable_expert_sync is true")                              \
   X(memory_per_expert_positive, memory_per_expert_mb, "memory_per_expert_mb must be at least 1")   \
   /* fields whose behaviour is not built yet: only their default is accepted */                    \
-  X(expert_sync_not_built, enable_expert_sync,                                                     \
-    "enable_expert_sync is not built yet: leave it false")                                         \
   X(gate_network_not_built, gate_network, "gate_network is not built yet: leave it null")          \
   X(load_balancing_object_not_built, load_balancing,                                               \
     "the load_balancing object (device rebalancing) is not built yet: leave it null; "             \
@@ -302,7 +300,6 @@ constexpr bool rule_ok(const Config& c, rule_id r) {
     case rule_id::sync_frequency_positive: return c.sync_frequency >= 1;
     case rule_id::sync_frequency_unused: return c.enable_expert_sync || c.sync_frequency == 100;
     case rule_id::memory_per_expert_positive: return c.memory_per_expert_mb >= 1;
-    case rule_id::expert_sync_not_built: return !c.enable_expert_sync;
     case rule_id::gate_network_not_built: return !c.gate_network.present;
     case rule_id::load_balancing_object_not_built: return !c.load_balancing.present;
     case rule_id::migration_not_built: return !c.migration.present;

@@ -48,6 +48,7 @@
 #include "switchyard/experts/expert_policy.hpp"
 #include "switchyard/layer/detail/device_hooks.cuh"
 #include "switchyard/layer/detail/exchange.hpp"
+#include "switchyard/layer/detail/expert_sync.hpp"
 #include "switchyard/layer/detail/initialize.hpp"
 #include "switchyard/layer/detail/metrics.hpp"
 #include "switchyard/layer/layer_types.hpp"
@@ -133,7 +134,7 @@ struct DeviceForwardOptions {
 struct DeviceMoEComms {
   DeviceCommunicator* expert_parallel = nullptr;       ///< the token exchange (EP ranks)
   DeviceCommunicator* dense_data_parallel = nullptr;   ///< losses, counts, router grads (DP·EP)
-  DeviceCommunicator* expert_data_parallel = nullptr;  ///< expert grads (DP ranks)
+  DeviceCommunicator* expert_data_parallel = nullptr;  ///< expert grads or sync (DP ranks)
   bool any() const { return expert_parallel || dense_data_parallel || expert_data_parallel; }
 };
 
@@ -201,6 +202,11 @@ struct accumulate_body {
   const float* g;
   float* acc;
   SY_DEVICE void operator()(index_t i) const { acc[i] += g[i]; }
+};
+struct scale_body {
+  float* v;
+  float s;
+  SY_DEVICE void operator()(index_t i) const { v[i] *= s; }
 };
 /// Route i's expert -> its placement slot (ids outside [0, E) pass through for the plan to
 /// report).
@@ -671,16 +677,49 @@ class DeviceMoELayerCore {
 
   /// Sums gradients over their groups (once per optimizer step, after the last micro-batch):
   /// the router's over the dense data-parallel group, the experts' over the expert-data-parallel
-  /// group, on `stream`. Nothing to do on one GPU. Collective.
+  /// group, on `stream`. Nothing to do on one GPU. Collective. With enable_expert_sync the
+  /// experts' gradients are scaled by the expert-data-parallel group's size instead of summed
+  /// over it (MoELayerCore::reduce_gradients says why); sync_expert_weights() averages them,
+  /// and without it for sync_frequency steps this throws precondition_error.
   void reduce_gradients(DeviceMoEGrads& g, cudaStream_t stream) {
+    sync_clock_.count_reduction(cfg_, "DeviceMoELayer::reduce_gradients");
     if (!comms_.any()) return;
     comms_.dense_data_parallel->all_reduce(g.router_weight.data(),
                                            static_cast<std::int64_t>(g.router_weight.size()),
                                            ReduceOp::sum, stream);
-    for (device_buffer<float>* v : {&g.fc1, &g.fc2, &g.fc1_bias, &g.fc2_bias})
-      if (!v->empty())
-        comms_.expert_data_parallel->all_reduce(v->data(), static_cast<std::int64_t>(v->size()),
-                                                ReduceOp::sum, stream);
+    DeviceCommunicator& replicas = *comms_.expert_data_parallel;
+    const auto D = static_cast<float>(replicas.size());
+    g.for_each_expert_tensor([&](device_buffer<float>& v) {
+      if (v.empty()) return;
+      if (!cfg_.enable_expert_sync)
+        replicas.all_reduce(v.data(), static_cast<std::int64_t>(v.size()), ReduceOp::sum, stream);
+      else if (D != 1.0f)
+        kernels::launch_per_token(kernels::scale_body{v.data(), D}, static_cast<index_t>(v.size()),
+                                  stream);
+    });
+  }
+
+  /// Expert sync (enable_expert_sync), after optimizer step `step` (from 1), on `stream`: every
+  /// sync_frequency-th step averages this GPU's expert weights over the expert-data-parallel
+  /// group and returns true; else (always without enable_expert_sync) does nothing and returns
+  /// false. As MoELayerCore::sync_expert_weights. Collective on the steps it averages.
+  bool sync_expert_weights(std::int64_t step, cudaStream_t stream) {
+    if (!detail::expert_sync_clock::due(cfg_, step)) return false;
+    average_expert_weights(stream);
+    return true;
+  }
+  /// Averages this GPU's expert weights over the expert-data-parallel group now, on `stream`.
+  void average_expert_weights(cudaStream_t stream) {
+    sync_clock_.averaged();
+    if (!comms_.expert_data_parallel || comms_.expert_data_parallel->size() == 1) return;
+    DeviceCommunicator& replicas = *comms_.expert_data_parallel;
+    const float inv = 1.0f / static_cast<float>(replicas.size());
+    params_.for_each_expert_tensor([&](device_buffer<float>& v) {
+      if (v.empty()) return;
+      replicas.all_reduce(v.data(), static_cast<std::int64_t>(v.size()), ReduceOp::sum, stream);
+      kernels::launch_per_token(kernels::scale_body{v.data(), inv}, static_cast<index_t>(v.size()),
+                                stream);
+    });
   }
 
   /// Aux-loss-free balancing (REFERENCE §5) from the kept_per_expert of a global batch.
@@ -753,6 +792,7 @@ class DeviceMoELayerCore {
 
   Config cfg_;
   DeviceMoEComms comms_;
+  detail::expert_sync_clock sync_clock_;
   device_memory_resource* memory_;
   ExpertPlacementMap placement_;
   std::unique_ptr<detail::device_router_hooks> router_;

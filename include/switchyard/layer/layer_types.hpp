@@ -104,6 +104,26 @@ struct param_set {
     f(d.shared_fc2);
     f(d.shared_gate);
   }
+  /// The routed experts' tensors (fc1, fc2, fc1_bias, fc2_bias): this rank's shard, reduced and
+  /// synchronised over the expert-data-parallel group.
+  template <class F>
+  void for_each_expert_tensor(F&& f) {
+    Derived& d = self();
+    f(d.fc1);
+    f(d.fc2);
+    f(d.fc1_bias);
+    f(d.fc2_bias);
+  }
+  /// The tensors every rank of the dense data-parallel group holds whole (router, shared
+  /// expert, its gate): reduced over that group (and the TP group) every step.
+  template <class F>
+  void for_each_replicated_tensor(F&& f) {
+    Derived& d = self();
+    f(d.router_weight);
+    f(d.shared_fc1);
+    f(d.shared_fc2);
+    f(d.shared_gate);
+  }
 
  private:
   Derived& self() { return static_cast<Derived&>(*this); }

@@ -8,7 +8,9 @@
 ///
 /// forward() returns y, the metrics and everything backward() needs (no hidden state);
 /// backward() returns dx and ACCUMULATES the router and local expert gradients;
-/// reduce_gradients() sums them over their data-parallel groups once per optimizer step.
+/// reduce_gradients() sums them over their data-parallel groups once per optimizer step (with
+/// enable_expert_sync the experts' stay per replica and sync_expert_weights() averages the
+/// weights every sync_frequency steps).
 ///
 /// Losses and counts in a multi-rank layer are those of the dense data-parallel group: the count
 /// map is summed over it and T is its token count (REFERENCE §5), so the per-rank loss terms sum
@@ -44,6 +46,7 @@
 #include "switchyard/dispatch/telemetry.hpp"
 #include "switchyard/layer/detail/buffer_cache.hpp"
 #include "switchyard/layer/detail/exchange.hpp"
+#include "switchyard/layer/detail/expert_sync.hpp"
 #include "switchyard/layer/detail/hooks.hpp"
 #include "switchyard/layer/detail/initialize.hpp"
 #include "switchyard/layer/detail/metrics.hpp"
@@ -454,16 +457,61 @@ class MoELayerCore {
   }
 
   /// Sums gradients over their groups (once per optimizer step, after the last micro-batch):
-  /// the router's over the dense data-parallel group (and the TP group), the experts' (each
-  /// rank's F shard) over the expert-data-parallel group. Collective.
+  /// the router's and the shared expert's over the dense data-parallel group (and the TP
+  /// group), the experts' (each rank's F shard) over the expert-data-parallel group. Collective.
+  ///
+  /// With enable_expert_sync the expert replicas (the ranks of the expert-data-parallel group)
+  /// train apart between syncs: the experts' gradients are not summed over the group but scaled
+  /// by its size D, so each replica steps with an estimate of the whole batch's gradient (the
+  /// sum of the D replicas' gradients, which they approach on average); sync_expert_weights()
+  /// then averages the weights every sync_frequency steps. With SGD and sync_frequency 1 this is
+  /// the same update as without expert sync.
+  ///
+  /// With enable_expert_sync, reduce_gradients() throws precondition_error (on every rank, before
+  /// any collective) when sync_frequency steps passed without sync_expert_weights() averaging:
+  /// replicas that are never averaged would drift apart unnoticed.
   void reduce_gradients(MoEGrads<T>& g) {
-    for (std::vector<T>* v : {&g.router_weight, &g.shared_fc1, &g.shared_fc2, &g.shared_gate})
-      if (!v->empty())
-        group_all_reduce(v->data(), static_cast<std::int64_t>(v->size()), ReduceOp::sum);
-    for (std::vector<T>* v : {&g.fc1, &g.fc2, &g.fc1_bias, &g.fc2_bias})
-      if (!v->empty())
-        comms_.expert_data_parallel->all_reduce(v->data(), static_cast<std::int64_t>(v->size()),
-                                                ReduceOp::sum);
+    sync_clock_.count_reduction(cfg_, "MoELayer::reduce_gradients");
+    g.for_each_replicated_tensor([&](std::vector<T>& v) {
+      if (!v.empty())
+        group_all_reduce(v.data(), static_cast<std::int64_t>(v.size()), ReduceOp::sum);
+    });
+    Comm& replicas = *comms_.expert_data_parallel;
+    const T D = static_cast<T>(replicas.size());
+    g.for_each_expert_tensor([&](std::vector<T>& v) {
+      if (v.empty()) return;
+      if (!cfg_.enable_expert_sync)
+        replicas.all_reduce(v.data(), static_cast<std::int64_t>(v.size()), ReduceOp::sum);
+      else if (D != T(1))
+        for (T& x : v) x *= D;
+    });
+  }
+
+  /// Expert sync (enable_expert_sync): call after optimizer step `step` (counted from 1) on
+  /// every rank. On every sync_frequency-th step it averages this rank's expert weights (its
+  /// local experts, with TP its F shard; biases included) over the expert-data-parallel group,
+  /// so the replicas hold the same experts again, and returns true; else, and always without
+  /// enable_expert_sync, it does nothing and returns false. Optimizer state (e.g. AdamW's
+  /// moments) is the caller's and stays per replica. Collective over the expert-data-parallel
+  /// group on the steps it averages.
+  bool sync_expert_weights(std::int64_t step) {
+    if (!detail::expert_sync_clock::due(cfg_, step)) return false;
+    average_expert_weights();
+    return true;
+  }
+  /// Averages this rank's expert weights over the expert-data-parallel group now (what
+  /// sync_expert_weights() does on its steps; also a way to re-synchronise replicas that were
+  /// loaded apart). Collective over that group.
+  void average_expert_weights() {
+    sync_clock_.averaged();
+    Comm& replicas = *comms_.expert_data_parallel;
+    if (replicas.size() == 1) return;
+    const T inv = T(1) / static_cast<T>(replicas.size());
+    params_.for_each_expert_tensor([&](std::vector<T>& v) {
+      if (v.empty()) return;
+      replicas.all_reduce(v.data(), static_cast<std::int64_t>(v.size()), ReduceOp::sum);
+      for (T& x : v) x *= inv;
+    });
   }
 
   /// Aux-loss-free balancing (REFERENCE §5): β update from the dispatched (post-drop) tokens per
@@ -721,6 +769,7 @@ class MoELayerCore {
 
   Config cfg_;
   MoEComms<Comm> comms_;
+  detail::expert_sync_clock sync_clock_;
   ExpertPlacementMap placement_;
   std::unique_ptr<detail::router_hooks<T>> router_;
   std::unique_ptr<detail::expert_hooks<T>> experts_;
