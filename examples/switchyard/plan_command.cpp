@@ -21,7 +21,7 @@ constexpr group_kind_info group_kinds[] = {
     {GroupKind::expert_parallel, "expert_parallel", "expert-parallel (all_to_all)"},
     {GroupKind::data_parallel, "data_parallel", "data-parallel (replicas of one expert shard)"},
     {GroupKind::expert_data_parallel, "expert_data_parallel",
-     "expert-data-parallel (expert gradients, expert sync)"},
+     "expert-data-parallel (expert grads, sync)"},
     {GroupKind::dense_data_parallel, "dense_data_parallel",
      "dense data-parallel (router gradients)"},
     {GroupKind::tensor_parallel, "tensor_parallel", "tensor-parallel"},
