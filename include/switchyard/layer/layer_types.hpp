@@ -96,10 +96,7 @@ struct param_set {
   void for_each_tensor(F&& f) {
     Derived& d = self();
     f(d.router_weight);
-    f(d.fc1);
-    f(d.fc2);
-    f(d.fc1_bias);
-    f(d.fc2_bias);
+    for_each_expert_tensor(f);
     f(d.shared_fc1);
     f(d.shared_fc2);
     f(d.shared_gate);
