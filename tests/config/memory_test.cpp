@@ -62,6 +62,22 @@ BOOST_AUTO_TEST_CASE(memory_estimate_counts_the_shared_expert) {
   BOOST_TEST(m.activations - plain.activations == 2 * (T * (48 + 24 + 16) * 4 + T * 4));
   BOOST_TEST(m.total() - plain.total() == m.shared_expert + m.activations - plain.activations);
   BOOST_TEST(m.expert_parameters == plain.expert_parameters);
+
+  // Over TP 2 each rank holds half of the shared expert's F (and the whole gate) and runs it on
+  // the rows of both TP ranks, keeping a copy of them.
+  c.tensor_parallel_size = 2;
+  BOOST_REQUIRE(sy::validate(c).empty());
+  const auto plain_tp = sy::estimate_memory([c]() mutable {
+    c.shared_expert_intermediate_size.reset();
+    c.shared_expert_gate = false;
+    return c;
+  }());
+  const auto tp = sy::estimate_memory(c, 0);
+  const std::int64_t half = 2 * 12 * 16 + 16 * 12 + 16;  // 592
+  BOOST_TEST(tp.shared_expert == 2 * half * (4 + 4 + 8));
+  const std::int64_t rows = 2 * T, H = 16;
+  BOOST_TEST(tp.activations - plain_tp.activations ==
+             2 * (rows * (24 + 12) * 4 + rows * H * 4 + T * H * 4 + T * 4));
 }
 
 BOOST_AUTO_TEST_CASE(memory_estimate_with_capacity_bf16_and_pipeline_stages) {

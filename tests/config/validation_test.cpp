@@ -244,12 +244,12 @@ std::vector<rule_case> rule_cases() {
          c.add_bias_linear = true;
        },
        R::shared_expert_no_bias, "got 512"},
-      {"shared expert with tensor parallelism",
+      {"shared expert over tensor parallelism",
        [](sy::Config& c) {
-         c.shared_expert_intermediate_size = 512;
+         c.shared_expert_intermediate_size = 513;
          c.tensor_parallel_size = 2;
        },
-       R::shared_expert_tp_not_built, "got 512"},
+       R::shared_expert_divisible_by_tp, "shared_expert_intermediate_size 513 over 2 ranks"},
       {"hidden zero", [](sy::Config& c) { c.hidden_size = 0; }, R::hidden_positive, "got 0"},
       {"ffn zero", [](sy::Config& c) { c.ffn_hidden_size = 0; }, R::ffn_positive, "got 0"},
       {"layers zero", [](sy::Config& c) { c.num_layers = 0; }, R::layers_positive, "got 0"},

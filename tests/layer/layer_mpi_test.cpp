@@ -205,17 +205,34 @@ void run_and_compare(sy::Config dist, int empty_rank) {
   BOOST_TEST(close(fwd.metrics.z_loss.value(), rf.metrics.z_loss.value()));
   for (std::size_t i = 0; i < g.router_weight.size(); ++i)
     BOOST_REQUIRE_MESSAGE(close(g.router_weight[i], rg.router_weight[i]), "router grad " << i);
-  // The shared expert and its gate are replicated like the router: the same weights on every
-  // rank, and the gradients summed over the group are one rank's on the whole batch.
-  BOOST_TEST(layer->params().shared_fc1 == ref->params().shared_fc1);
+  // The shared expert's gate is replicated like the router: the same weights on every rank,
+  // and the gradients summed over the group are one rank's on the whole batch. So is the shared
+  // expert, whose F is split over TP as the experts' (below): this rank's shard of its weights
+  // and of its whole-batch gradients.
   BOOST_TEST(layer->params().shared_gate == ref->params().shared_gate);
-  for (const auto& [mine, whole] : {std::pair{&g.shared_fc1, &rg.shared_fc1},
-                                    {&g.shared_fc2, &rg.shared_fc2},
-                                    {&g.shared_gate, &rg.shared_gate}}) {
-    BOOST_REQUIRE_EQUAL(mine->size(), whole->size());
-    for (std::size_t i = 0; i < mine->size(); ++i)
-      BOOST_REQUIRE_MESSAGE(close((*mine)[i], (*whole)[i]), "shared expert grad " << i);
-  }
+  BOOST_REQUIRE_EQUAL(g.shared_gate.size(), rg.shared_gate.size());
+  for (std::size_t i = 0; i < g.shared_gate.size(); ++i)
+    BOOST_REQUIRE_MESSAGE(close(g.shared_gate[i], rg.shared_gate[i]), "shared gate grad " << i);
+  const std::int64_t Fsh = layer->params().shared_ffn_hidden;
+  BOOST_TEST(Fsh * tp == ref->params().shared_ffn_hidden);
+  const std::int64_t shared_halves =
+      Fsh ? static_cast<std::int64_t>(g.shared_fc1.size()) / (Fsh * H) : 0;
+  for (std::int64_t half = 0; half < shared_halves; ++half)
+    for (std::int64_t f = 0; f < Fsh; ++f)
+      for (std::int64_t h = 0; h < H; ++h) {
+        const std::int64_t mine = (half * Fsh + f) * H + h;
+        const std::int64_t whole = (half * Fsh * tp + tp_rank * Fsh + f) * H + h;
+        BOOST_REQUIRE(layer->params().shared_fc1[mine] == ref->params().shared_fc1[whole]);
+        BOOST_REQUIRE_MESSAGE(close(g.shared_fc1[mine], rg.shared_fc1[whole]),
+                              "shared fc1 grad " << mine);
+      }
+  for (std::int64_t h = 0; h < H && Fsh; ++h)
+    for (std::int64_t f = 0; f < Fsh; ++f) {
+      const std::int64_t mine = h * Fsh + f, whole = h * Fsh * tp + tp_rank * Fsh + f;
+      BOOST_REQUIRE(layer->params().shared_fc2[mine] == ref->params().shared_fc2[whole]);
+      BOOST_REQUIRE_MESSAGE(close(g.shared_fc2[mine], rg.shared_fc2[whole]),
+                            "shared fc2 grad " << mine);
+    }
   // Local expert le is global expert e; with TP this rank holds F columns [tp_rank·Fs, +Fs) of
   // it: fc1 rows half·Fs + f are the whole expert's half·F + tp_rank·Fs + f, fc2 [h][f] its
   // [h][tp_rank·Fs + f].
@@ -265,22 +282,28 @@ void run_and_compare(sy::Config dist, int empty_rank) {
   const auto row_bytes = static_cast<std::int64_t>(sizeof(double)) * H;
   BOOST_TEST(fwd.metrics.bytes_sent == rows_sent * row_bytes);
   BOOST_TEST(fwd.metrics.bytes_received == rows_received * row_bytes);
-  // With TP, per segment: the gather moves the largest TP rank's rows to and from each peer,
-  // the reduce-scatter sends the partials of the peers' rows and receives each peer's partials
-  // of this rank's own.
+  // With TP, per segment (and for the shared expert's rows): the gather moves the largest TP
+  // rank's rows to and from each peer, the reduce-scatter sends the partials of the peers' rows
+  // and receives each peer's partials of this rank's own.
   std::int64_t tp_sent = 0, tp_received = 0;
-  for (const auto* seg : {&fwd.saved.local, &fwd.saved.remote}) {
-    if (seg->tp.counts.empty()) continue;  // no TP, or the remote segment of one EP rank
+  const auto count_tp_rows = [&](const sy::detail::tp_rows& rows, std::int64_t own) {
+    if (rows.counts.empty()) return;  // no TP, or the remote segment of one EP rank
+    const auto blocks = static_cast<std::int64_t>(rows.offsets.size()) - 1;
     std::int64_t most = 0;
     for (int p = 0; p < tp; ++p) {
-      std::int64_t rows = 0;
-      for (std::int64_t le = 0; le < El; ++le) rows += seg->tp.counts[p * El + le];
-      most = std::max(most, rows);
+      std::int64_t n = 0;
+      for (std::int64_t le = 0; le < blocks; ++le) n += rows.counts[p * blocks + le];
+      most = std::max(most, n);
     }
-    const std::int64_t own = seg->offsets.back(), gathered = seg->tp.offsets.back();
+    const std::int64_t gathered = rows.offsets.back();
     tp_sent += ((tp - 1) * most + gathered - own) * row_bytes;
     tp_received += ((tp - 1) * most + (tp - 1) * own) * row_bytes;
-  }
+  };
+  for (const auto* seg : {&fwd.saved.local, &fwd.saved.remote})
+    count_tp_rows(seg->tp, seg->offsets.back());
+  count_tp_rows(fwd.saved.shared_tp, sl.count);
+  BOOST_TEST(fwd.saved.shared_tp.counts.size() ==
+             (tp > 1 && layer->params().has_shared_expert() ? std::size_t(tp) : 0));
   BOOST_TEST(fwd.metrics.tp_bytes_sent == tp_sent);
   BOOST_TEST(fwd.metrics.tp_bytes_received == tp_received);
   std::int64_t world_bytes[4] = {fwd.metrics.bytes_sent, fwd.metrics.bytes_received,
@@ -482,6 +505,21 @@ BOOST_AUTO_TEST_CASE(tensor_parallel_experts_match_one_rank) {
   sy::MpiComm world(MPI_COMM_WORLD, std::chrono::seconds(60));
   auto c = tensor_parallel_config(world.size());  // GLU (SiLU), dropless, aux + z-loss
   c.add_bias_linear = true;
+  run_and_compare(c, -1);
+}
+
+// Megatron's shared expert (gated, GLU SiLU) split over TP as the experts are: TP 2 (np 2) or
+// TP 2 x EP 2 (np 4), one rank with no tokens.
+BOOST_AUTO_TEST_CASE(a_tensor_parallel_shared_expert_matches_one_rank) {
+  sy::MpiComm world(MPI_COMM_WORLD, std::chrono::seconds(60));
+  auto c = tensor_parallel_config(world.size());
+  c.add_bias_linear = false;
+  c.shared_expert_intermediate_size = 6;
+  c.shared_expert_gate = true;
+  run_and_compare(c, 1);
+  c.shared_expert_gate = false;
+  c.activation = sy::Activation::gelu;
+  c.gated = false;
   run_and_compare(c, -1);
 }
 
@@ -741,17 +779,31 @@ struct failing_experts final : sy::detail::expert_hooks<double> {
   static bool due(int& n) { return n > 0 && --n == 0; }
 };
 
+// A layer of `c` on its MPI groups whose experts (and shared expert) fail on demand.
+struct failing_layer {
+  explicit failing_layer(const sy::Config& c)
+      : world(MPI_COMM_WORLD, std::chrono::seconds(60)),
+        groups(sy::make_mpi_groups(world, sy::Layout(c))) {
+    auto owned = std::make_unique<failing_experts>(c);
+    experts = owned.get();
+    layer = std::make_unique<sy::MoELayerCore<double, sy::MpiComm>>(
+        c,
+        sy::MoEComms<sy::MpiComm>{&groups.expert_parallel, &groups.dense_data_parallel,
+                                  &groups.expert_data_parallel, &groups.tensor_parallel},
+        sy::detail::make_router_hooks<double>(c), std::move(owned));
+    layer->initialize(5);
+  }
+  sy::MpiComm world;
+  sy::MpiGroups groups;
+  failing_experts* experts = nullptr;
+  std::unique_ptr<sy::MoELayerCore<double, sy::MpiComm>> layer;
+};
+
 void expert_failure_fails_on_every_rank(const sy::Config& c) {
-  sy::MpiComm world(MPI_COMM_WORLD, std::chrono::seconds(60));
-  auto groups = sy::make_mpi_groups(world, sy::Layout(c));
-  auto owned = std::make_unique<failing_experts>(c);
-  failing_experts& experts = *owned;
-  sy::MoELayerCore<double, sy::MpiComm> layer(
-      c,
-      {&groups.expert_parallel, &groups.dense_data_parallel, &groups.expert_data_parallel,
-       &groups.tensor_parallel},
-      sy::detail::make_router_hooks<double>(c), std::move(owned));
-  layer.initialize(5);
+  failing_layer fl(c);
+  sy::MpiComm& world = fl.world;
+  failing_experts& experts = *fl.experts;
+  sy::MoELayerCore<double, sy::MpiComm>& layer = *fl.layer;
   const bool is_bad = world.rank() == world.size() - 1;
   const bool tp = c.tensor_parallel_size > 1;
   const std::vector<std::int64_t> tp_group =
@@ -816,6 +868,72 @@ void expert_failure_fails_on_every_rank(const sy::Config& c) {
   const auto dx = layer.backward(fwd2.saved, dyv, g2);
   for (double v : dx) BOOST_REQUIRE(std::isfinite(v));
 }
+
+// The shared expert runs before the routed ones (the experts' first call in forward and in
+// backward): one rank failing in it sends no rows, and its group fails together at the
+// dispatch's check (with one EP rank, the check after the experts); with TP its TP peer hears
+// of it before the shared expert's reduce-scatter it would wait in. Then a good step, the same
+// bits as before, gradients included.
+void shared_expert_failure_fails_on_every_rank(const sy::Config& c) {
+  failing_layer fl(c);
+  failing_experts& experts = *fl.experts;
+  sy::MoELayerCore<double, sy::MpiComm>& layer = *fl.layer;
+  BOOST_TEST_REQUIRE(layer.params().has_shared_expert());
+  const int rank = fl.world.rank(), last = fl.world.size() - 1;
+  const bool is_bad = rank == last, tp = c.tensor_parallel_size > 1;
+  const bool tp_peer_of_bad =
+      tp && !is_bad && rank / c.tensor_parallel_size == last / c.tensor_parallel_size;
+  const std::int64_t T = 6, H = c.hidden_size;
+  const auto x =
+      random_vector(70 + static_cast<std::uint32_t>(rank), static_cast<std::size_t>(T * H));
+  const auto dy =
+      random_vector(80 + static_cast<std::uint32_t>(rank), static_cast<std::size_t>(T * H));
+  const sy::matrix_view<const double> xv(x.data(), T, H), dyv(dy.data(), T, H);
+  auto reference = layer.forward(xv);
+  auto ref_grads = layer.make_grads();
+  const auto ref_dx = layer.backward(reference.saved, dyv, ref_grads);
+
+  experts.fail_forward_call = is_bad ? 1 : 0;
+  if (is_bad) {
+    BOOST_CHECK_THROW(layer.forward(xv), std::bad_alloc);
+  } else {
+    BOOST_CHECK_EXCEPTION(layer.forward(xv), sy::comm_error, [&](const sy::comm_error& e) {
+      return has(e, tp_peer_of_bad ? "MoELayer::forward: shared expert TP reduce-scatter: rank 1 "
+                                     "of 2 failed"
+                    : c.expert_parallel_size > 1 ? "MoELayer::forward: dispatch"
+                                                 : "MoELayer::forward: dispatch and experts") &&
+             has(e, "failed: std::bad_alloc");
+    });
+  }
+  experts.fail_forward_call = 0;
+
+  auto fwd = layer.forward(xv);
+  BOOST_TEST(fwd.y == reference.y, boost::test_tools::per_element());
+  auto g = layer.make_grads();
+  experts.fail_backward_call = is_bad ? 1 : 0;
+  if (is_bad) {
+    BOOST_CHECK_EXCEPTION(layer.backward(fwd.saved, dyv, g), std::runtime_error,
+                          [&](const std::runtime_error& e) { return has(e, "ran out of memory"); });
+  } else {
+    BOOST_CHECK_EXCEPTION(
+        layer.backward(fwd.saved, dyv, g), sy::comm_error, [&](const sy::comm_error& e) {
+          return has(e, tp_peer_of_bad
+                            ? "MoELayer::backward: shared expert TP reduce-scatter: rank 1 of 2 "
+                              "failed"
+                            : "MoELayer::backward") &&
+                 has(e, "expert backward ran out of memory");
+        });
+  }
+  experts.fail_backward_call = 0;
+
+  auto fwd2 = layer.forward(xv);
+  BOOST_TEST(fwd2.y == reference.y, boost::test_tools::per_element());
+  auto g2 = layer.make_grads();
+  BOOST_TEST(layer.backward(fwd2.saved, dyv, g2) == ref_dx, boost::test_tools::per_element());
+  BOOST_TEST(g2.shared_fc1 == ref_grads.shared_fc1, boost::test_tools::per_element());
+  BOOST_TEST(g2.shared_gate == ref_grads.shared_gate, boost::test_tools::per_element());
+  BOOST_TEST(g2.fc1 == ref_grads.fc1, boost::test_tools::per_element());
+}
 }  // namespace
 
 BOOST_AUTO_TEST_CASE(an_expert_failure_on_one_rank_is_an_error_on_every_rank) {
@@ -828,6 +946,21 @@ BOOST_AUTO_TEST_CASE(an_expert_failure_on_one_rank_is_an_error_on_every_rank) {
   expert_failure_fails_on_every_rank(c);
   // TP 2 (x EP 2): the failed rank's TP peers wait in the gather and reduce-scatter.
   expert_failure_fails_on_every_rank(tensor_parallel_config(world.size()));
+}
+
+BOOST_AUTO_TEST_CASE(a_shared_expert_failure_on_one_rank_is_an_error_on_every_rank) {
+  sy::MpiComm world(MPI_COMM_WORLD, std::chrono::seconds(60));
+  auto c = tensor_parallel_config(world.size());  // TP 2 (x EP 2)
+  c.add_bias_linear = false;
+  c.shared_expert_intermediate_size = 6;
+  c.shared_expert_gate = true;
+  shared_expert_failure_fails_on_every_rank(c);
+  c.tensor_parallel_size = 1;
+  c.expert_parallel_size = world.size();  // EP: peers wait in the exchange
+  shared_expert_failure_fails_on_every_rank(c);
+  c.expert_parallel_size = 1;
+  c.data_parallel_size = world.size();  // DP only: no exchange
+  shared_expert_failure_fails_on_every_rank(c);
 }
 
 // A router that fails between its loss group sums (here the global aux loss's accumulator, which
@@ -989,7 +1122,9 @@ void allocation_failure_fails_on_every_rank(sy::Config c) {
     bool operator==(const step_result& o) const {
       return y == o.y && dx == o.dx && grads.router_weight == o.grads.router_weight &&
              grads.fc1 == o.grads.fc1 && grads.fc2 == o.grads.fc2 &&
-             grads.fc1_bias == o.grads.fc1_bias && grads.fc2_bias == o.grads.fc2_bias;
+             grads.fc1_bias == o.grads.fc1_bias && grads.fc2_bias == o.grads.fc2_bias &&
+             grads.shared_fc1 == o.grads.shared_fc1 && grads.shared_fc2 == o.grads.shared_fc2 &&
+             grads.shared_gate == o.grads.shared_gate;
     }
   };
   const auto good_step = [&] {
@@ -1104,4 +1239,13 @@ BOOST_AUTO_TEST_CASE(out_of_memory_on_one_rank_is_an_error_on_every_rank) {
   // TP 2 (x EP 2): the buffers of the TP gather and reduce-scatter too; the failed rank's TP
   // peers would wait in them.
   allocation_failure_fails_on_every_rank(tensor_parallel_config(world.size()));
+  // A gated shared expert: its buffers, with TP those of its own gather and reduce-scatter too.
+  c = tensor_parallel_config(world.size());
+  c.add_bias_linear = false;
+  c.shared_expert_intermediate_size = 6;
+  c.shared_expert_gate = true;
+  allocation_failure_fails_on_every_rank(c);
+  c.tensor_parallel_size = 1;
+  c.expert_parallel_size = world.size();
+  allocation_failure_fails_on_every_rank(c);
 }

@@ -85,8 +85,10 @@ inline MemoryEstimate estimate_memory(const Config& c, std::int64_t rank = 0) {
   m.optimizer_state = expert_params * opt;
   m.per_expert = per_expert_params * (2 * b + opt);
   m.router = m.moe_layers * c.num_experts * c.hidden_size * (2 * b + opt);
-  // The shared expert: fc1 [Fs1][H], fc2 [H][Fs] and the gate [H], replicated like the router.
-  const std::int64_t Fs = c.shared_expert_intermediate_size.value_or(0);
+  // The shared expert: fc1 [Fs1][H], fc2 [H][Fs] and the gate [H], replicated like the router;
+  // with tensor parallelism each TP rank holds its F shard (Fs = its share) and the whole gate.
+  const std::int64_t tp = c.tensor_parallel_size;
+  const std::int64_t Fs = c.shared_expert_intermediate_size.value_or(0) / tp;
   const std::int64_t Fs1 = c.gated ? 2 * Fs : Fs;
   const std::int64_t shared_params =
       Fs > 0 ? Fs1 * c.hidden_size + c.hidden_size * Fs + (c.shared_expert_gate ? c.hidden_size : 0)
@@ -97,6 +99,13 @@ inline MemoryEstimate estimate_memory(const Config& c, std::int64_t rank = 0) {
   const std::int64_t H = c.hidden_size, E = c.num_experts, k = c.num_experts_per_token;
   const std::int64_t F = c.ffn_hidden_size / c.tensor_parallel_size;
   const auto cap = capacity(c, T);
+  // The shared expert's fc1 and activation outputs on its rows (with TP those of the whole TP
+  // group, which it also keeps a copy of), its output, and its gate's [T].
+  const std::int64_t shared_rows = T * tp;
+  const std::int64_t shared_activations =
+      Fs > 0 ? shared_rows * (Fs1 + Fs) * b + (tp > 1 ? shared_rows * H * b : 0) + T * H * b +
+                   (c.shared_expert_gate ? T * b : 0)
+             : 0;
   // With tensor-parallel experts the TP ranks hold other tokens and each runs its F shard on
   // the rows of the whole TP group: tp times the rows of one rank.
   m.rows_per_layer = (cap ? E * *cap : T * k) * c.tensor_parallel_size;
@@ -108,10 +117,7 @@ inline MemoryEstimate estimate_memory(const Config& c, std::int64_t rank = 0) {
                                  + R * F * (c.gated ? 2 : 1) * b  // fc1 output
                                  + R * F * b                      // activation output
                                  + T * k * H * b  // expert outputs back on this rank
-                                 + (Fs > 0 ? T * (Fs1 + Fs + H) * b  // shared expert: fc1 and
-                                                                     // activation out, output
-                                           : 0) +
-                                 (Fs > 0 && c.shared_expert_gate ? T * b : 0);  // its gate
+                                 + shared_activations;
   m.activations = m.moe_layers * per_layer;
   return m;
 }

@@ -100,8 +100,9 @@ namespace switchyard {
   X(shared_expert_no_bias, shared_expert_intermediate_size,                                        \
     "the shared expert has no biases (as Megatron-Core's SharedExpertMLP): add_bias_linear must "  \
     "be false")                                                                                    \
-  X(shared_expert_tp_not_built, shared_expert_intermediate_size,                                   \
-    "a shared expert with tensor_parallel_size > 1 is not built yet")                              \
+  X(shared_expert_divisible_by_tp, shared_expert_intermediate_size,                                \
+    "shared_expert_intermediate_size must be a multiple of tensor_parallel_size (the shared "      \
+    "expert splits its F over TP, as the experts do)")                                             \
   X(hidden_positive, hidden_size, "hidden_size must be at least 1")                                \
   X(ffn_positive, ffn_hidden_size, "ffn_hidden_size must be at least 1")                           \
   X(layers_positive, num_layers, "num_layers must be at least 1")                                  \
@@ -262,8 +263,9 @@ constexpr bool rule_ok(const Config& c, rule_id r) {
       return !c.shared_expert_gate || c.shared_expert_intermediate_size.has_value();
     case rule_id::shared_expert_no_bias:
       return !c.shared_expert_intermediate_size || !c.add_bias_linear;
-    case rule_id::shared_expert_tp_not_built:
-      return !c.shared_expert_intermediate_size || c.tensor_parallel_size <= 1;
+    case rule_id::shared_expert_divisible_by_tp:
+      return !c.shared_expert_intermediate_size || c.tensor_parallel_size < 1 ||
+             *c.shared_expert_intermediate_size % c.tensor_parallel_size == 0;
     case rule_id::hidden_positive: return c.hidden_size >= 1;
     case rule_id::ffn_positive: return c.ffn_hidden_size >= 1;
     case rule_id::layers_positive: return c.num_layers >= 1;

@@ -82,6 +82,9 @@ inline std::string rule_detail(const Config& c, rule_id r) {
     case rule_id::ffn_divisible_by_tp:
       return concat("ffn_hidden_size ", c.ffn_hidden_size, " over ", c.tensor_parallel_size,
                     " ranks");
+    case rule_id::shared_expert_divisible_by_tp:
+      return concat("shared_expert_intermediate_size ", to_text(c.shared_expert_intermediate_size),
+                    " over ", c.tensor_parallel_size, " ranks");
     case rule_id::pattern_length:
       return concat("moe_layer_pattern has ", c.moe_layer_pattern.size(), " entries for ",
                     c.num_layers, " layers");

@@ -38,7 +38,7 @@ struct param_set {
   index_t num_experts = 0, local_experts = 0, hidden = 0, ffn_hidden = 0;
   int fc1_multiplier = 1;  ///< 2 for GLU experts (the shared expert's too)
   bool bias = false;
-  index_t shared_ffn_hidden = 0;    ///< F of the shared expert; 0: none
+  index_t shared_ffn_hidden = 0;    ///< F of the shared expert (with TP this rank's shard); 0: none
   bool shared_gate_weight = false;  ///< the shared expert's sigmoid gate [H]
 
   param_set() = default;
@@ -97,8 +97,7 @@ struct param_set {
     Derived& d = self();
     f(d.router_weight);
     for_each_expert_tensor(f);
-    f(d.shared_fc1);
-    f(d.shared_fc2);
+    for_each_shared_expert_tensor(f);
     f(d.shared_gate);
   }
   /// The routed experts' tensors (fc1, fc2, fc1_bias, fc2_bias): this rank's shard, reduced and
@@ -111,14 +110,21 @@ struct param_set {
     f(d.fc1_bias);
     f(d.fc2_bias);
   }
-  /// The tensors every rank of the dense data-parallel group holds whole (router, shared
-  /// expert, its gate): reduced over that group (and the TP group) every step.
+  /// The shared expert's weights (shared_fc1, shared_fc2; empty without one): this rank's F
+  /// shard with tensor parallelism, else all of it; the same on every rank of the dense
+  /// data-parallel group, and reduced over that group every step.
+  template <class F>
+  void for_each_shared_expert_tensor(F&& f) {
+    Derived& d = self();
+    f(d.shared_fc1);
+    f(d.shared_fc2);
+  }
+  /// The tensors every rank of the dense data-parallel group and of the TP group holds whole
+  /// (router, the shared expert's gate): reduced over both groups every step.
   template <class F>
   void for_each_replicated_tensor(F&& f) {
     Derived& d = self();
     f(d.router_weight);
-    f(d.shared_fc1);
-    f(d.shared_fc2);
     f(d.shared_gate);
   }
 
@@ -128,14 +134,16 @@ struct param_set {
 }  // namespace detail
 
 /// The weights of one MoE layer on one rank: the router W_r [E][H] (replicated), the local
-/// experts in the layout of experts/expert_types.hpp, and the shared expert (replicated, as the
-/// router; empty without one). MoEGrads has the same shapes.
+/// experts in the layout of experts/expert_types.hpp, and the shared expert (replicated over
+/// the dense data-parallel group; with tensor parallelism each TP rank holds its F shard, as
+/// of the experts; empty without one). MoEGrads has the same shapes.
 template <class T>
 struct MoEParams : detail::param_set<MoEParams<T>, T> {
   std::vector<T> router_weight;  ///< [E][H]
   std::vector<T> fc1, fc2;       ///< [E_local][F1][H], [E_local][H][F]
   std::vector<T> fc1_bias, fc2_bias;
-  std::vector<T> shared_fc1, shared_fc2;  ///< [Fs1][H], [H][Fs] (Megatron's fc1 chunk order)
+  /// [Fs1][H], [H][Fs] (Megatron's fc1 chunk order); with TP, Fs is this rank's shard
+  std::vector<T> shared_fc1, shared_fc2;
   std::vector<T> shared_gate;             ///< [H] with shared_expert_gate, else empty
 
   MoEParams() = default;

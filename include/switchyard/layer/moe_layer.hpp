@@ -110,8 +110,11 @@ struct MoESaved {
   segment local, remote;
   std::vector<T> rows_out;          ///< expert outputs back in plan order [R][H]
   /// The shared expert (empty without one): its output [T][H] before the gate, the gate's
-  /// sigmoid [T] (empty without shared_expert_gate) and its workspace for backward.
-  std::vector<T> shared_out, shared_scale;
+  /// sigmoid [T] (empty without shared_expert_gate) and its workspace for backward. With
+  /// tensor parallelism its F shard runs on the rows of the whole TP group: `shared_in` holds
+  /// them (x of every TP rank, `shared_tp` their counts); without TP it runs on `x`.
+  std::vector<T> shared_out, shared_scale, shared_in;
+  detail::tp_rows shared_tp;
   detail::cached_buffer shared_workspace;
   expert_options expert_opts;
   bool used = false;                ///< backward consumes the expert workspace once
@@ -167,10 +170,10 @@ class MoELayerCore {
     // whose router fails to join the ones it missed (forward).
     router_sums_ = router_->group_sums(cfg_.num_experts);
     const index_t El = placement_.local_experts();
-    params_ =
-        MoEParams<T>(cfg_.num_experts, El, cfg_.hidden_size, cfg_.ffn_hidden_size / tp,
-                     experts_->fc1_multiplier(), cfg_.add_bias_linear,
-                     cfg_.shared_expert_intermediate_size.value_or(0), cfg_.shared_expert_gate);
+    params_ = MoEParams<T>(cfg_.num_experts, El, cfg_.hidden_size, cfg_.ffn_hidden_size / tp,
+                           experts_->fc1_multiplier(), cfg_.add_bias_linear,
+                           cfg_.shared_expert_intermediate_size.value_or(0) / tp,
+                           cfg_.shared_expert_gate);
     // fc2's bias is added once per row: by TP rank 0; the others add zeros in its place.
     if (tp > 1 && cfg_.add_bias_linear && tp_rank() != 0)
       zero_fc2_bias_.assign(static_cast<std::size_t>(El * cfg_.hidden_size), T(0));
@@ -247,7 +250,6 @@ class MoELayerCore {
                             matrix_view<T>(logits.data(), Tn, E));
       check_logits_finite(matrix_view<const T>(logits.data(), Tn, E));
       check_balance_inputs(loss_params(cfg_), Tn, ctx);
-      if (params_.has_shared_expert()) shared_forward(s, x);
     });
     fail_together_in_group(failed, "MoELayer::forward");
 
@@ -282,9 +284,12 @@ class MoELayerCore {
       }
     }
 
-    // The dispatch. A failure here (out of memory for the rows) is kept (keep_failure): the rank
-    // sends no rows and the group fails together before any row moves (exchange_apply), or
+    // The shared expert (its TP collectives agree on failures within the TP group), then the
+    // dispatch. A failure in either (out of memory for the rows) is kept (keep_failure): the
+    // rank sends no rows and the group fails together before any row moves (exchange_apply), or
     // with one EP rank after the experts.
+    detail::tp_traffic tp_moved;
+    if (params_.has_shared_expert()) shared_forward(s, x, failed, &tp_moved);
     std::vector<T> rows;
     detail::keep_failure(failed, [&] {
       s.slots.resize(s.routing.topk_indices.size());
@@ -317,7 +322,6 @@ class MoELayerCore {
     }
     s.expert_opts.dropout = expert_dropout{cfg_.expert_dropout, opt.seed, opt.step, opt.training};
     const expert_shape shape{El, H, params_.ffn_hidden, params_.bias};
-    detail::tp_traffic tp_moved;
     // With EP the group checks before the first rows move (the dispatch, its buffers); with one
     // EP rank nothing waits for this rank until the check after the experts.
     s.rows_out = exchange_apply(
@@ -412,8 +416,10 @@ class MoELayerCore {
                              matrix_view<const T>(dlogits.data(), Tn, E),
                              matrix_view<T>(dx_router.data(), Tn, H),
                              matrix_view<T>(dw.data(), E, H), vector_view<T>());
-      if (params_.has_shared_expert()) shared_backward(s, dy, grads, dx_shared, d_shared_gate);
     });
+    // The shared expert (with TP its collectives agree on failures within the TP group).
+    if (params_.has_shared_expert())
+      shared_backward(s, dy, grads, dx_shared, d_shared_gate, failed);
     const expert_shape shape{placement_.local_experts(), H, params_.ffn_hidden, params_.bias};
     // As in forward; a failure in the experts leaves this step's expert grads partial.
     const std::vector<T> d_rows_in = exchange_apply(
@@ -457,8 +463,9 @@ class MoELayerCore {
   }
 
   /// Sums gradients over their groups (once per optimizer step, after the last micro-batch):
-  /// the router's and the shared expert's over the dense data-parallel group (and the TP
-  /// group), the experts' (each rank's F shard) over the expert-data-parallel group. Collective.
+  /// the router's and the shared expert gate's over the dense data-parallel group and the TP
+  /// group, the shared expert's (each TP rank's F shard) over the dense data-parallel group,
+  /// the experts' (each rank's F shard) over the expert-data-parallel group. Collective.
   ///
   /// With enable_expert_sync the expert replicas (the ranks of the expert-data-parallel group)
   /// train apart between syncs: the experts' gradients are not summed over the group but scaled
@@ -475,6 +482,11 @@ class MoELayerCore {
     g.for_each_replicated_tensor([&](std::vector<T>& v) {
       if (!v.empty())
         group_all_reduce(v.data(), static_cast<std::int64_t>(v.size()), ReduceOp::sum);
+    });
+    g.for_each_shared_expert_tensor([&](std::vector<T>& v) {
+      if (!v.empty())
+        comms_.dense_data_parallel->all_reduce(v.data(), static_cast<std::int64_t>(v.size()),
+                                               ReduceOp::sum);
     });
     Comm& replicas = *comms_.expert_data_parallel;
     const T D = static_cast<T>(replicas.size());
@@ -548,63 +560,113 @@ class MoELayerCore {
   }
   // The shared expert (Megatron-Core's SharedExpertMLP): an expert of F = shared FFN size over
   // every token, without biases or dropout, its output scaled by sigmoid(x·g) with the gate.
+  // With tensor parallelism (Megatron's column- and row-parallel linears under sequence
+  // parallelism) each TP rank runs its F shard on the rows of the whole TP group and each row's
+  // partial outputs are summed back on its rank, as for the experts.
   expert_shape shared_shape() const {
     return expert_shape{1, params_.hidden, params_.shared_ffn_hidden, false};
   }
-  // Forward (in the local stage): s.shared_out = shared(x), s.shared_scale = sigmoid(x·g).
-  void shared_forward(MoESaved<T>& s, matrix_view<const T> x) {
-    const index_t Tn = x.extent(0), H = params_.hidden;
-    const index_t off[2] = {0, Tn};
-    s.shared_workspace = workspace_cache_.take(experts_->workspace_bytes(shared_shape(), Tn));
-    s.shared_out.resize(static_cast<std::size_t>(Tn * H));
-    experts_->forward(shared_shape(), std::as_const(params_).shared_expert(), x, off,
-                      matrix_view<T>(s.shared_out.data(), Tn, H), s.shared_workspace,
-                      expert_options{});
-    if (params_.shared_gate.empty()) return;
-    s.shared_scale.resize(static_cast<std::size_t>(Tn));
-    for (index_t t = 0; t < Tn; ++t) {
-      T z = 0;
-      for (index_t h = 0; h < H; ++h)
-        z += x(t, h) * params_.shared_gate[static_cast<std::size_t>(h)];
-      s.shared_scale[static_cast<std::size_t>(t)] = T(1) / (T(1) + std::exp(-z));
-    }
+  // The shared expert's input rows and their offsets [0, rows]: s.shared_in with TP (the TP
+  // group's rows), else x (`own` = {0, T}).
+  struct shared_input {
+    matrix_view<const T> rows;
+    std::span<const index_t> offsets;
+  };
+  shared_input shared_rows(const MoESaved<T>& s, std::span<const index_t> own) const {
+    const std::span<const index_t> off = tensor_parallel() ? s.shared_tp.offsets : own;
+    const index_t n = off.empty() ? 0 : off.back();
+    return {matrix_view<const T>(tensor_parallel() ? s.shared_in.data() : s.x.data(), n,
+                                 params_.hidden),
+            off};
   }
-  // Backward (in the local stage): dx of the shared expert and its gate into `dx_shared`, the
-  // gate's gradient into `d_gate` (added after the check, as the router's), fc1 and fc2's
-  // gradients into `grads` at once (before the check: after a backward that failed on another
-  // rank they hold this micro-batch's part; docs/layer.md, "Shared expert").
-  void shared_backward(MoESaved<T>& s, matrix_view<const T> dy, MoEGrads<T>& grads,
-                       std::vector<T>& dx_shared, std::vector<T>& d_gate) {
-    const index_t Tn = s.tokens, H = params_.hidden;
-    const index_t off[2] = {0, Tn};
-    const matrix_view<const T> x(s.x.data(), Tn, H);
-    dx_shared.resize(static_cast<std::size_t>(Tn * H));
-    std::vector<T> d_logit;  // d loss / d (x·g) per token
-    if (!s.shared_scale.empty()) {
-      d_gate.assign(static_cast<std::size_t>(H), T(0));
-      d_logit.resize(static_cast<std::size_t>(Tn));
+  // Forward: s.shared_out = shared(x), s.shared_scale = sigmoid(x·g). Keeps its failures in
+  // `failed` (nothing runs once it holds one); with TP collective over the TP group.
+  void shared_forward(MoESaved<T>& s, matrix_view<const T> x, std::exception_ptr& failed,
+                      detail::tp_traffic* moved) {
+    const index_t Tn = x.extent(0), H = params_.hidden;
+    const index_t own[2] = {0, Tn};
+    if (tensor_parallel()) {  // x of the whole TP group
+      s.shared_tp = detail::tp_gather_counts(*comms_.tensor_parallel, own);
+      s.shared_in = detail::tp_gather_rows(*comms_.tensor_parallel, s.shared_tp, s.x, H, failed,
+                                           "MoELayer::forward: shared expert TP gather", moved);
     }
-    for (index_t t = 0; t < Tn; ++t) {  // d shared_out = g·dy; d g = Σ_h dy·shared_out
-      const std::size_t row = static_cast<std::size_t>(t * H);
-      const T g = s.shared_scale.empty() ? T(1) : s.shared_scale[static_cast<std::size_t>(t)];
-      T dg = 0;
-      for (index_t h = 0; h < H; ++h) {
-        dg += dy(t, h) * s.shared_out[row + h];
-        dx_shared[row + h] = g * dy(t, h);
+    const shared_input in = shared_rows(s, own);
+    const index_t n = in.rows.extent(0);
+    std::vector<T> out;  // the rows' outputs (with TP this rank's partials)
+    detail::keep_failure(failed, [&] {
+      s.shared_workspace = workspace_cache_.take(experts_->workspace_bytes(shared_shape(), n));
+      out.resize(static_cast<std::size_t>(n * H));
+      if (tensor_parallel()) s.shared_out.resize(static_cast<std::size_t>(Tn * H));
+      experts_->forward(shared_shape(), std::as_const(params_).shared_expert(), in.rows, in.offsets,
+                        matrix_view<T>(out.data(), n, H), s.shared_workspace, expert_options{});
+      if (params_.shared_gate.empty()) return;
+      s.shared_scale.resize(static_cast<std::size_t>(Tn));
+      for (index_t t = 0; t < Tn; ++t) {
+        T z = 0;
+        for (index_t h = 0; h < H; ++h)
+          z += x(t, h) * params_.shared_gate[static_cast<std::size_t>(h)];
+        s.shared_scale[static_cast<std::size_t>(t)] = T(1) / (T(1) + std::exp(-z));
       }
-      if (!d_logit.empty()) d_logit[static_cast<std::size_t>(t)] = dg * g * (T(1) - g);
+    });
+    if (tensor_parallel())
+      detail::tp_reduce_scatter(*comms_.tensor_parallel, s.shared_tp, out, s.shared_out, H, failed,
+                                "MoELayer::forward: shared expert TP reduce-scatter", moved);
+    else
+      s.shared_out = std::move(out);
+  }
+  // Backward: dx of the shared expert and its gate into `dx_shared`, the gate's gradient into
+  // `d_gate` (both added to dx and grads by the caller), the shared expert's gradients into
+  // `grads`. Failures and collectives as in shared_forward.
+  void shared_backward(MoESaved<T>& s, matrix_view<const T> dy, MoEGrads<T>& grads,
+                       std::vector<T>& dx_shared, std::vector<T>& d_gate,
+                       std::exception_ptr& failed) {
+    const index_t Tn = s.tokens, H = params_.hidden;
+    const index_t own[2] = {0, Tn};
+    const matrix_view<const T> x(s.x.data(), Tn, H);
+    std::vector<T> d_logit;  // d z of the gate's sigmoid(z), z = x·g
+    detail::keep_failure(failed, [&] {
+      dx_shared.resize(static_cast<std::size_t>(Tn * H));
+      d_logit.resize(s.shared_scale.size());
+      d_gate.assign(params_.shared_gate.size(), T(0));
+      for (index_t t = 0; t < Tn; ++t) {  // d shared_out = g·dy; d g = Σ_h dy·shared_out
+        const std::size_t row = static_cast<std::size_t>(t * H);
+        const T g = s.shared_scale.empty() ? T(1) : s.shared_scale[static_cast<std::size_t>(t)];
+        T dg = 0;
+        for (index_t h = 0; h < H; ++h) {
+          dg += dy(t, h) * s.shared_out[row + h];
+          dx_shared[row + h] = g * dy(t, h);
+        }
+        if (!d_logit.empty()) d_logit[static_cast<std::size_t>(t)] = dg * g * (T(1) - g);
+      }
+    });
+    std::vector<T> gathered;  // with TP: d shared_out of the TP group's rows
+    if (tensor_parallel())
+      gathered = detail::tp_gather_rows(*comms_.tensor_parallel, s.shared_tp, dx_shared, H, failed,
+                                        "MoELayer::backward: shared expert TP gather");
+    std::vector<T>& d = tensor_parallel() ? gathered : dx_shared;
+    const shared_input in = shared_rows(s, own);
+    const index_t n = in.rows.extent(0);
+    // dx overwrites d shared_out in place (the host experts read dy before writing dx).
+    detail::keep_failure(failed, [&] {
+      experts_->backward(shared_shape(), std::as_const(params_).shared_expert(), in.rows,
+                         in.offsets, matrix_view<const T>(d.data(), n, H),
+                         matrix_view<T>(d.data(), n, H), grads.shared_expert(), s.shared_workspace,
+                         expert_options{});
+    });
+    if (!failed) {  // used: released (a backward that failed before using them keeps them)
+      std::vector<T>().swap(s.shared_in);
+      s.shared_workspace.reset();
     }
-    experts_->backward(shared_shape(), std::as_const(params_).shared_expert(), x, off,
-                       matrix_view<const T>(dx_shared.data(), Tn, H),
-                       matrix_view<T>(dx_shared.data(), Tn, H), grads.shared_expert(),
-                       s.shared_workspace, expert_options{});
-    s.shared_workspace.reset();
+    if (tensor_parallel())  // each row's dx is the sum of its F shards' partials
+      detail::tp_reduce_scatter(*comms_.tensor_parallel, s.shared_tp, gathered, dx_shared, H,
+                                failed, "MoELayer::backward: shared expert TP reduce-scatter");
+    if (failed) return;
     for (index_t t = 0; t < static_cast<index_t>(d_logit.size()); ++t) {
-      const T d = d_logit[static_cast<std::size_t>(t)];
+      const T dz = d_logit[static_cast<std::size_t>(t)];
       const std::size_t row = static_cast<std::size_t>(t * H);
       for (index_t h = 0; h < H; ++h) {
-        dx_shared[row + h] += d * params_.shared_gate[static_cast<std::size_t>(h)];
-        d_gate[static_cast<std::size_t>(h)] += d * x(t, h);
+        dx_shared[row + h] += dz * params_.shared_gate[static_cast<std::size_t>(h)];
+        d_gate[static_cast<std::size_t>(h)] += dz * x(t, h);
       }
     }
   }

@@ -29,66 +29,70 @@ void initialize_normal_002(std::vector<T>& w, std::uint64_t seed, std::uint32_t 
   }
 }
 
+/// One expert (a [1]-expert view `dst`: fc1 [1][m·Fs][H], fc2 [1][H][Fs], biases when `bias`)
+/// drawn by `init` as TP rank `tp_rank` of `tp` holds it: with tp > 1 the whole expert of
+/// F = Fs·tp is drawn (the init's fan-in and fan-out are the unsplit F's) and the rank keeps its
+/// F columns (layer/detail/tensor_parallel.hpp: of each of fc1's m halves, GLU's gate then
+/// linear, rows [tp_rank·Fs, +Fs); of fc2, columns [tp_rank·Fs, +Fs)); its biases start at
+/// zero. `whole` is scratch for the drawn expert.
+template <class T>
+void initialize_expert_shard(const expert_hooks<T>& experts, const expert_init& init, index_t H,
+                             index_t Fs, int m, bool bias, int tp_rank, std::int64_t tp,
+                             expert_tensors<T> dst, std::vector<T>& whole) {
+  if (tp == 1) {
+    experts.initialize(expert_shape{1, H, Fs, bias}, init, dst);
+    return;
+  }
+  const index_t F = Fs * tp;
+  whole.assign(static_cast<std::size_t>((m + 1) * F * H), T(0));
+  T* const fc1 = whole.data();
+  T* const fc2 = fc1 + m * F * H;
+  experts.initialize(
+      expert_shape{1, H, F, false}, init,
+      expert_tensors<T>{tensor3_view<T>(fc1, 1, m * F, H), tensor3_view<T>(fc2, 1, H, F), {}, {}});
+  for (int half = 0; half < m; ++half)
+    for (index_t f = 0; f < Fs; ++f)
+      std::copy_n(fc1 + (half * F + tp_rank * Fs + f) * H, H, &dst.fc1(0, half * Fs + f, 0));
+  for (index_t h = 0; h < H; ++h) std::copy_n(fc2 + h * F + tp_rank * Fs, Fs, &dst.fc2(0, h, 0));
+  if (bias) {
+    std::fill_n(&dst.fc1_bias(0, 0), m * Fs, T(0));
+    std::fill_n(&dst.fc2_bias(0, 0), H, T(0));
+  }
+}
+
 /// Router N(0, σ²) with σ = 0.02 (Megatron's init_method_std) drawn by Philox keyed by (seed,
 /// element); the experts of `ep_rank` by the config's initialization_strategy, keyed by their
-/// global id, so every layout gets the same weights. With tp > 1 the whole expert is drawn (the
-/// init's fan-in and fan-out are the unsplit F's) and TP rank `tp_rank` keeps its F columns
-/// (layer/detail/tensor_parallel.hpp); biases start at zero.
-/// The shared expert also follows the initialization_strategy (as expert number E, so its
-/// draws are not a routed expert's) and its gate is N(0, 0.02²) like the router (Megatron's
-/// init_method).
+/// global id, so every layout gets the same weights; with tp > 1 TP rank `tp_rank` keeps its F
+/// columns of each (initialize_expert_shard). The shared expert also follows the
+/// initialization_strategy (as expert number E, so its draws are not a routed expert's), split
+/// over TP the same way, and its gate is N(0, 0.02²) like the router (Megatron's init_method).
 template <class T>
 void initialize_params(MoEParams<T>& params, const Config& cfg, const ExpertPlacementMap& placement,
                        int ep_rank, const expert_hooks<T>& experts, std::uint64_t seed,
                        int tp_rank = 0, std::int64_t tp = 1) {
   const index_t H = cfg.hidden_size;
+  const int m = params.fc1_multiplier;
+  std::vector<T> whole;  // one whole expert when tp > 1
+  expert_init init;
+  init.strategy = cfg.initialization_strategy;
+  init.seed = seed;
   initialize_normal_002(params.router_weight, seed, 0x526f7574u);
   if (params.has_shared_expert()) {
-    expert_init init;
-    init.strategy = cfg.initialization_strategy;
-    init.seed = seed;
     init.first_expert = cfg.num_experts;
-    experts.initialize(expert_shape{1, H, params.shared_ffn_hidden, false}, init,
-                       params.shared_expert());
+    initialize_expert_shard(experts, init, H, params.shared_ffn_hidden, m, false, tp_rank, tp,
+                            params.shared_expert(), whole);
     initialize_normal_002(params.shared_gate, seed, 0x53686172u);
   }
-  const index_t El = params.local_experts, F = params.ffn_hidden * tp, Fs = params.ffn_hidden;
-  const int m = params.fc1_multiplier;
+  const index_t Fs = params.ffn_hidden;
   expert_tensors<T> all = params.experts();
-  std::vector<T> fc1, fc2;  // one whole expert when tp > 1
-  for (index_t le = 0; le < El; ++le) {
-    expert_init init;
-    init.strategy = cfg.initialization_strategy;
-    init.seed = seed;
+  for (index_t le = 0; le < params.local_experts; ++le) {
     init.first_expert = placement.expert(ep_rank, le);
-    const expert_shape one{1, H, F, params.bias};
-    if (tp == 1) {
-      expert_tensors<T> w{
-          tensor3_view<T>(&all.fc1(le, 0, 0), 1, m * F, H),
-          tensor3_view<T>(&all.fc2(le, 0, 0), 1, H, F),
-          params.bias ? matrix_view<T>(&all.fc1_bias(le, 0), 1, m * F) : matrix_view<T>(),
-          params.bias ? matrix_view<T>(&all.fc2_bias(le, 0), 1, H) : matrix_view<T>()};
-      experts.initialize(one, init, w);
-      continue;
-    }
-    fc1.assign(static_cast<std::size_t>(m * F * H), T(0));
-    fc2.assign(static_cast<std::size_t>(H * F), T(0));
-    if (params.bias) {
-      std::fill_n(&all.fc1_bias(le, 0), m * Fs, T(0));
-      std::fill_n(&all.fc2_bias(le, 0), H, T(0));
-    }
-    experts.initialize(expert_shape{1, H, F, false}, init,
-                       expert_tensors<T>{tensor3_view<T>(fc1.data(), 1, m * F, H),
-                                         tensor3_view<T>(fc2.data(), 1, H, F),
-                                         {},
-                                         {}});
-    // fc1 rows: each of the m halves (GLU: gate, then linear) gives rows [tp_rank·Fs, +Fs).
-    for (int half = 0; half < m; ++half)
-      for (index_t f = 0; f < Fs; ++f)
-        std::copy_n(fc1.begin() + (half * F + tp_rank * Fs + f) * H, H,
-                    &all.fc1(le, half * Fs + f, 0));
-    for (index_t h = 0; h < H; ++h)
-      std::copy_n(fc2.begin() + h * F + tp_rank * Fs, Fs, &all.fc2(le, h, 0));
+    const expert_tensors<T> one{
+        tensor3_view<T>(&all.fc1(le, 0, 0), 1, m * Fs, H),
+        tensor3_view<T>(&all.fc2(le, 0, 0), 1, H, Fs),
+        params.bias ? matrix_view<T>(&all.fc1_bias(le, 0), 1, m * Fs) : matrix_view<T>(),
+        params.bias ? matrix_view<T>(&all.fc2_bias(le, 0), 1, H) : matrix_view<T>()};
+    initialize_expert_shard(experts, init, H, Fs, m, params.bias, tp_rank, tp, one, whole);
   }
 }
 
