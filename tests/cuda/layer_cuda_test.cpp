@@ -111,6 +111,21 @@ std::vector<layer_case> cases() {
     c.load_balance_loss_coeff = 0.0;
     v.push_back({"sinkhorn_top1_evaluation", c, 64, false});
   }
+  {  // Megatron's shared expert beside the routed ones, gated (Qwen-MoE), SwiGLU, capacity
+    auto c = base(8, 2, true, sy::Activation::silu);
+    c.token_dispatch = sy::TokenDispatch::capacity;
+    c.capacity_factor = 1.0;
+    c.shared_expert_intermediate_size = 40;
+    c.shared_expert_gate = true;
+    v.push_back({"shared_expert_gated_glu_silu_capacity", c});
+    v.push_back({"shared_expert_zero_tokens", c, 0});
+  }
+  {  // an ungated shared expert (DeepSeek), FFN GeLU, input jitter (the shared expert reads x)
+    auto c = base(8, 2, false, sy::Activation::gelu);
+    c.shared_expert_intermediate_size = 24;
+    c.input_jitter_eps = 0.01;
+    v.push_back({"shared_expert_ffn_gelu_jitter", c});
+  }
   return v;
 }
 
@@ -180,6 +195,9 @@ BOOST_DATA_TEST_CASE(device_layer_matches_the_host_layer, boost::unit_test::data
       BOOST_TEST(dev.params.router_weight == host->params().router_weight);
       BOOST_TEST(dev.params.fc1 == host->params().fc1);
       BOOST_TEST(dev.params.fc2 == host->params().fc2);
+      BOOST_TEST(dev.params.shared_fc1 == host->params().shared_fc1);
+      BOOST_TEST(dev.params.shared_fc2 == host->params().shared_fc2);
+      BOOST_TEST(dev.params.shared_gate == host->params().shared_gate);
 
       const sy::MoEMetrics& hm = fwd.metrics;
       const sy::MoEMetrics& dm = dev.metrics;
@@ -199,6 +217,9 @@ BOOST_DATA_TEST_CASE(device_layer_matches_the_host_layer, boost::unit_test::data
       check_close(dev.grads.fc2, grads.fc2, "d fc2");
       check_close(dev.grads.fc1_bias, grads.fc1_bias, "d fc1_bias");
       check_close(dev.grads.fc2_bias, grads.fc2_bias, "d fc2_bias");
+      check_close(dev.grads.shared_fc1, grads.shared_fc1, "d shared_fc1");
+      check_close(dev.grads.shared_fc2, grads.shared_fc2, "d shared_fc2");
+      check_close(dev.grads.shared_gate, grads.shared_gate, "d shared_gate");
     }
 }
 
@@ -226,10 +247,14 @@ BOOST_AUTO_TEST_CASE(device_layer_nan_input_is_an_error_naming_the_token) {
 BOOST_AUTO_TEST_CASE(device_layer_out_of_memory_is_an_error_and_the_layer_stays_usable) {
   if (!sy::test::device_framework_mode_available()) return;  // needs NCCL
   auto c = base(8, 2, true, sy::Activation::silu);
-  for (const bool capacity : {false, true}) BOOST_TEST_CONTEXT("capacity " << capacity) {
-      if (capacity) {
+  for (const int variant : {0, 1, 2}) BOOST_TEST_CONTEXT("variant " << variant) {
+      if (variant >= 1) {  // capacity dispatch
         c.token_dispatch = sy::TokenDispatch::capacity;
         c.capacity_factor = 1.0;
+      }
+      if (variant == 2) {  // and a gated shared expert: its buffers too
+        c.shared_expert_intermediate_size = 40;
+        c.shared_expert_gate = true;
       }
       // H = 32 floats: 128 bytes a row; T = 64 tokens.
       const auto r = sy::test::device_layer_allocation_sweep(c, 64, 128);

@@ -5,6 +5,8 @@
 ///   x [T,H] -> router linear -> logits -> TopK / Sinkhorn + losses -> device plan -> permute
 ///     -> (NCCL all_to_all_v over the EP group) -> grouped experts (cuBLAS)
 ///     -> (reverse all_to_all_v) -> combine weights -> unpermute -> y [T,H]
+///   (+ with Megatron's shared expert: y += sigmoid(x·g) · shared(x), the grouped experts over
+///   every token as one expert)
 ///
 /// On one GPU it needs nothing but a stream. Spread over GPUs it takes the framework's NCCL
 /// communicators (DeviceMoEComms: expert-parallel, dense data-parallel, expert data-parallel,
@@ -60,18 +62,17 @@
 namespace switchyard {
 
 /// The weights (or gradients) of a device layer, in device memory with the shapes and layouts
-/// of MoEParams<float>. The shared expert's buffers stay empty: the device layer has no shared
-/// expert yet (check_supported rejects the config).
+/// of MoEParams<float> (the shared expert's buffers empty without one).
 struct DeviceMoEParams : detail::param_set<DeviceMoEParams, float> {
   device_buffer<float> router_weight, fc1, fc2, fc1_bias, fc2_bias;
   device_buffer<float> shared_fc1, shared_fc2, shared_gate;
 
   DeviceMoEParams() = default;
-  /// Buffers with the shapes of MoEParams<float>(E, E_local, H, F, fc1_mult, with_bias), zeroed
-  /// on `stream`.
+  /// Buffers with the shapes of MoEParams<float>(E, E_local, H, F, fc1_mult, with_bias,
+  /// shared_F, shared_gate), zeroed on `stream`.
   DeviceMoEParams(index_t E, index_t E_local, index_t H, index_t F, int fc1_mult, bool with_bias,
-                  cudaStream_t stream)
-      : param_set(E, E_local, H, F, fc1_mult, with_bias) {
+                  cudaStream_t stream, index_t shared_F = 0, bool shared_gate = false)
+      : param_set(E, E_local, H, F, fc1_mult, with_bias, shared_F, shared_gate) {
     const auto n = sizes();
     std::size_t i = 0;
     for_each_tensor([&](device_buffer<float>& d) {
@@ -82,11 +83,12 @@ struct DeviceMoEParams : detail::param_set<DeviceMoEParams, float> {
   /// Zero buffers with the same shapes.
   DeviceMoEParams zeros_like(cudaStream_t stream) const {
     return DeviceMoEParams(num_experts, local_experts, hidden, ffn_hidden, fc1_multiplier, bias,
-                           stream);
+                           stream, shared_ffn_hidden, shared_gate_weight);
   }
   /// Zero host parameters with the same shapes.
   MoEParams<float> host_zeros() const {
-    return MoEParams<float>(num_experts, local_experts, hidden, ffn_hidden, fc1_multiplier, bias);
+    return MoEParams<float>(num_experts, local_experts, hidden, ffn_hidden, fc1_multiplier, bias,
+                            shared_ffn_hidden, shared_gate_weight);
   }
 
   /// Copies host parameters of the same shapes in (synchronises `stream`).
@@ -169,6 +171,10 @@ struct DeviceMoESaved {
   device_buffer<float> rows_in;         ///< expert inputs, expert-major at this GPU's experts
   device_buffer<float> rows_out;        ///< expert outputs in plan order [R][H]
   device_buffer<std::byte> expert_workspace;
+  /// The shared expert (empty without one): its output [T][H] before the gate, the gate's
+  /// values sigmoid(x·g) [T] (empty without shared_expert_gate) and its expert workspace.
+  device_buffer<float> shared_out, shared_scale;
+  device_buffer<std::byte> shared_workspace;
   expert_options expert_opts;
   bool used = false;
 
@@ -226,6 +232,39 @@ struct offsets_to_rows_body {
   std::int64_t* rows;
   SY_DEVICE void operator()(index_t i) const { rows[i] = offsets[i + 1] - offsets[i]; }
 };
+/// v = sigmoid(v) element-wise, as the host layer computes it (the shared expert's gate).
+struct sigmoid_body {
+  float* v;
+  SY_DEVICE void operator()(index_t i) const { v[i] = 1.0f / (1.0f + expf(-v[i])); }
+};
+/// out[i] (+)= scale[i / H]·in[i] ([T][H] by [T]; scale null: 1): y += gate · shared output
+/// (accumulate), d shared output = gate · dy (overwrite).
+struct scale_rows_body {
+  const float* in;
+  const float* scale;  // [T] or null
+  index_t H;
+  float* out;
+  bool accumulate;
+  SY_DEVICE void operator()(index_t i) const {
+    const float v = (scale ? scale[i / H] : 1.0f) * in[i];
+    out[i] = accumulate ? out[i] + v : v;
+  }
+};
+/// A thread per token t: d z[t] = g(1 - g)·Σ_h dy·shared_out (g = sigmoid(z) the gate's value;
+/// the sum in h order, as the host layer).
+struct shared_gate_grad_body {
+  const float* dy;
+  const float* shared_out;
+  const float* gate;  // [T]
+  index_t H;
+  float* d_logit;  // [T]
+  SY_DEVICE void operator()(index_t t) const {
+    float dg = 0.0f;
+    for (index_t h = 0; h < H; ++h) dg += dy[t * H + h] * shared_out[t * H + h];
+    const float g = gate[t];
+    d_logit[t] = dg * g * (1.0f - g);
+  }
+};
 }  // namespace kernels
 
 /// The device layer body, independent of the policy types (they come in through the device
@@ -248,9 +287,10 @@ class DeviceMoELayerCore {
       throw config_error(
           detail::concat("num_experts_per_token: the config has k = ", cfg_.num_experts_per_token,
                          " but the router has k = ", router_->k()));
-    params_ = DeviceMoEParams(cfg_.num_experts, placement_.local_experts(), cfg_.hidden_size,
-                              cfg_.ffn_hidden_size, experts_->fc1_multiplier(),
-                              cfg_.add_bias_linear, stream);
+    params_ = DeviceMoEParams(
+        cfg_.num_experts, placement_.local_experts(), cfg_.hidden_size, cfg_.ffn_hidden_size,
+        experts_->fc1_multiplier(), cfg_.add_bias_linear, stream,
+        cfg_.shared_expert_intermediate_size.value_or(0), cfg_.shared_expert_gate);
     if (comms_.expert_parallel) {
       std::vector<std::int32_t> slot_of(static_cast<std::size_t>(cfg_.num_experts));
       for (std::size_t e = 0; e < slot_of.size(); ++e)
@@ -271,11 +311,6 @@ class DeviceMoELayerCore {
   /// them all three are needed, with the sizes of the config's layout.
   static void check_supported(const Config& c, const DeviceMoEComms& comms = {}) {
     require_valid(c);
-    if (c.shared_expert_intermediate_size)
-      throw config_error(detail::concat(
-          "shared_expert_intermediate_size: ", *c.shared_expert_intermediate_size,
-          " (the CUDA layer has no shared expert yet: leave it out, or use the host layer, "
-          "which has one)"));
     if (c.tensor_parallel_size != 1)
       throw config_error(detail::concat(
           "tensor_parallel_size: ", c.tensor_parallel_size,
@@ -523,6 +558,12 @@ class DeviceMoELayerCore {
       s.expert_workspace = alloc<std::byte>(experts_->workspace_bytes(shape, Re), stream);
       if (s.plan.renormalize_kept) s.weights = alloc<float>(Tk, stream);
       out.y = alloc<float>(TH, stream);
+      if (params_.has_shared_expert()) {
+        s.shared_out = alloc<float>(TH, stream);
+        s.shared_workspace = alloc<std::byte>(experts_->workspace_bytes(shared_shape(), T), stream);
+        if (!params_.shared_gate.empty())
+          s.shared_scale = alloc<float>(static_cast<std::size_t>(T), stream);
+      }
     } catch (...) {
       failed = std::current_exception();
     }
@@ -571,6 +612,25 @@ class DeviceMoELayerCore {
     if (s.plan.renormalize_kept)
       combine_weights(cuda, s.plan, s.topk_probs.data(), s.weights.data());
     unpermute(cuda, s.plan, s.rows_out.data(), s.combine(), H, out.y.data());
+    if (params_.has_shared_expert()) {  // y += gate · shared expert (layer.md, "Shared expert")
+      const index_t whole[2] = {0, T};
+      const matrix_view<const float> xv(s.x.data(), T, H);
+      experts_->forward(cuda, res_, shared_shape(), std::as_const(params_).shared_expert(), xv,
+                        whole, matrix_view<float>(s.shared_out.data(), T, H),
+                        std::span<std::byte>(s.shared_workspace.data(), s.shared_workspace.size()),
+                        expert_options{});
+      const bool gate = !params_.shared_gate.empty();
+      if (gate) {  // g = sigmoid(x·g_w)
+        router_linear_forward<float>(cuda, xv,
+                                     matrix_view<const float>(params_.shared_gate.data(), 1, H),
+                                     nullptr, matrix_view<float>(s.shared_scale.data(), T, 1));
+        kernels::launch_per_token(kernels::sigmoid_body{s.shared_scale.data()}, T, stream);
+      }
+      kernels::launch_per_token(
+          kernels::scale_rows_body{s.shared_out.data(), gate ? s.shared_scale.data() : nullptr, H,
+                                   out.y.data(), /*accumulate=*/true},
+          T * H, stream);
+    }
 
     // Metrics per global expert (the counts are per slot), of the group with communicators.
     std::vector<std::int64_t> routed(static_cast<std::size_t>(E)), kept(routed.size());
@@ -603,6 +663,7 @@ class DeviceMoELayerCore {
     // gradients back after it was sent.
     device_buffer<float> d_rows, d_weight, d_prob, staging, d_rows_e, d_in, dx, dlogits, dx_router,
         dw;
+    device_buffer<float> shared_d_out, shared_d_logit, shared_d_gate;  // with a shared expert
     std::exception_ptr failed;
     try {
       SY_EXPECTS(!s.used,
@@ -627,6 +688,15 @@ class DeviceMoELayerCore {
       dlogits = alloc<float>(static_cast<std::size_t>(T * E), stream);
       dx_router = alloc<float>(TH, stream);
       dw = alloc<float>(static_cast<std::size_t>(E * H), stream);
+      if (params_.has_shared_expert()) {
+        SY_EXPECTS(!s.shared_out.empty() || T == 0,
+                   "DeviceMoELayer::backward: this saved state has no shared expert output");
+        shared_d_out = alloc<float>(TH, stream);
+        if (!params_.shared_gate.empty()) {
+          shared_d_logit = alloc<float>(static_cast<std::size_t>(T), stream);
+          shared_d_gate = alloc<float>(static_cast<std::size_t>(H), stream);
+        }
+      }
       s.used = true;  // from here on the saved state is consumed
     } catch (...) {
       failed = std::current_exception();
@@ -670,23 +740,32 @@ class DeviceMoELayerCore {
         T * H, stream);
     kernels::launch_per_token(kernels::accumulate_body{dw.data(), grads.router_weight.data()},
                               E * H, stream);
+    if (params_.has_shared_expert())
+      shared_backward(s, dy, grads, shared_d_out, shared_d_logit, shared_d_gate, dx_router, dx,
+                      stream);
     // The temporaries go back to the memory resource ordered on `stream`: after the kernels
     // above that read them.
     return dx;
   }
 
   /// Sums gradients over their groups (once per optimizer step, after the last micro-batch):
-  /// the router's over the dense data-parallel group, the experts' over the expert-data-parallel
-  /// group, on `stream`. Nothing to do on one GPU. Collective. With enable_expert_sync the
-  /// experts' gradients are scaled by the expert-data-parallel group's size instead of summed
-  /// over it (MoELayerCore::reduce_gradients says why); sync_expert_weights() averages them,
-  /// and without it for sync_frequency steps this throws precondition_error.
+  /// the router's and the shared expert's (with its gate) over the dense data-parallel group,
+  /// the experts' over the expert-data-parallel group, on `stream`. Nothing to do on one GPU.
+  /// Collective. With enable_expert_sync the experts' gradients are scaled by the
+  /// expert-data-parallel group's size instead of summed over it (MoELayerCore::reduce_gradients
+  /// says why); sync_expert_weights() averages them, and without it for sync_frequency steps this
+  /// throws precondition_error.
   void reduce_gradients(DeviceMoEGrads& g, cudaStream_t stream) {
     sync_clock_.count_reduction(cfg_, "DeviceMoELayer::reduce_gradients");
     if (!comms_.any()) return;
-    comms_.dense_data_parallel->all_reduce(g.router_weight.data(),
-                                           static_cast<std::int64_t>(g.router_weight.size()),
-                                           ReduceOp::sum, stream);
+    // The router, the shared expert and its gate: replicated over the dense group (no TP here).
+    const auto dense_sum = [&](device_buffer<float>& v) {
+      if (!v.empty())
+        comms_.dense_data_parallel->all_reduce(v.data(), static_cast<std::int64_t>(v.size()),
+                                               ReduceOp::sum, stream);
+    };
+    g.for_each_replicated_tensor(dense_sum);
+    g.for_each_shared_expert_tensor(dense_sum);
     DeviceCommunicator& replicas = *comms_.expert_data_parallel;
     const auto D = static_cast<float>(replicas.size());
     g.for_each_expert_tensor([&](device_buffer<float>& v) {
@@ -729,6 +808,48 @@ class DeviceMoELayerCore {
   std::vector<double> expert_bias() const { return router_->expert_bias(); }
 
  private:
+  // The shared expert as one expert over every token (no biases, no dropout), as the host's.
+  expert_shape shared_shape() const {
+    return expert_shape{1, params_.hidden, params_.shared_ffn_hidden, false};
+  }
+  // Backward of the shared expert and its gate, after the router's: dx += its input gradient
+  // (the expert's plus the gate's, summed first as the host layer does), its weight and gate
+  // gradients added into `grads`. `scratch` [T][H] is free (the router's dx, already added).
+  void shared_backward(DeviceMoESaved& s, const float* dy, DeviceMoEGrads& grads,
+                       device_buffer<float>& d_out, device_buffer<float>& d_logit,
+                       device_buffer<float>& d_gate, device_buffer<float>& scratch,
+                       device_buffer<float>& dx, cudaStream_t stream) {
+    const exec::Cuda cuda{stream};
+    const index_t T = s.tokens, H = cfg_.hidden_size;
+    const index_t whole[2] = {0, T};
+    const matrix_view<const float> xv(s.x.data(), T, H);
+    const bool gate = !params_.shared_gate.empty();
+    const float* g = gate ? s.shared_scale.data() : nullptr;
+    if (gate)
+      kernels::launch_per_token(
+          kernels::shared_gate_grad_body{dy, s.shared_out.data(), g, H, d_logit.data()}, T, stream);
+    kernels::launch_per_token(
+        kernels::scale_rows_body{dy, g, H, d_out.data(), /*accumulate=*/false}, T * H, stream);
+    experts_->backward(cuda, res_, shared_shape(), std::as_const(params_).shared_expert(), xv,
+                       whole, matrix_view<const float>(d_out.data(), T, H),
+                       matrix_view<float>(scratch.data(), T, H), grads.shared_expert(),
+                       std::span<std::byte>(s.shared_workspace.data(), s.shared_workspace.size()),
+                       expert_options{});
+    if (gate) {  // z = x·g_w: the gate's dx = dz·g_w (into d_out, now free), d g_w += dzᵀ·x
+      router_linear_backward<float>(
+          cuda, xv, matrix_view<const float>(params_.shared_gate.data(), 1, H),
+          matrix_view<const float>(d_logit.data(), T, 1), matrix_view<float>(d_out.data(), T, H),
+          matrix_view<float>(d_gate.data(), 1, H), nullptr);
+      kernels::launch_per_token(kernels::accumulate_body{d_out.data(), scratch.data()}, T * H,
+                                stream);
+      kernels::launch_per_token(kernels::accumulate_body{d_gate.data(), grads.shared_gate.data()},
+                                H, stream);
+    }
+    kernels::launch_per_token(kernels::accumulate_body{scratch.data(), dx.data()}, T * H, stream);
+    s.shared_out = {};
+    s.shared_scale = {};
+    s.shared_workspace = {};
+  }
   expert_shape expert_shape_of() const {
     return {placement_.local_experts(), cfg_.hidden_size, cfg_.ffn_hidden_size,
             cfg_.add_bias_linear};
