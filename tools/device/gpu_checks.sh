@@ -5,8 +5,9 @@
 #   test      cuda_test: every CUDA kernel and the device layer against the host backend
 #   train     switchyard train --backend cuda: the quickstart config in full (with --metrics;
 #             compare its last line with the host run's, made on a CPU machine), two steps as
-#             CTest's cli_train_cuda_two_steps checks them, and a global_aux_loss config (the
-#             per-layer GPU accumulator)
+#             CTest's cli_train_cuda_two_steps checks them, a global_aux_loss config (the
+#             per-layer GPU accumulator), and train_cuda_matches_host (the quick start and a
+#             gated shared expert, 5 steps on the device against the host)
 #   sanitize  compute-sanitizer memcheck and racecheck over cuda_test
 #   bench     bench_gpu --case-seconds 0.5, then bench/gpu/peer_torch.py (the PyTorch baseline,
 #             under the image's own library path) and the side by side table
@@ -143,6 +144,12 @@ for s in "${stages[@]}"; do
       stage train_cuda_global_aux 60 bash -c "'$bin/switchyard' train \
         tests/cli/data/train_combined_losses.json --steps 5 --backend cuda >> '$out/train.log' 2>&1;
         rc=\$?; tail -n 3 '$out/train.log'; exit \$rc"
+      # CTest's train_cuda_matches_host: the quick start and a gated shared expert, 5 steps on
+      # the device against the host.
+      stage train_cuda_matches_host 90 bash -c "python3 tests/train/check_cuda_matches_host.py \
+        '$bin/switchyard' /tmp/cuda_matches_host examples/configs/quickstart.json \
+        tests/cli/data/train_shared_expert.json 2>&1 | tee -a '$out/train.log' | tail -n 4;
+        exit \${PIPESTATUS[0]}"
       ;;
     sanitize)
       if ! command -v compute-sanitizer >/dev/null; then
