@@ -95,7 +95,7 @@ int train_loop(const Config& cfg, MoEComms<Comm> comms, const train_options& o, 
   if (prints)
     fmt::print(
         "training {} MoE-or-dense blocks (H {}, F {}, E {}, k {}{}) on {} rank(s), {} tokens "
-        "per rank per {}{}{}\n",
+        "per rank per {}{}{}{}\n",
         cfg.num_layers, cfg.hidden_size, cfg.ffn_hidden_size, cfg.num_experts,
         cfg.num_experts_per_token,
         cfg.shared_expert_intermediate_size
@@ -108,6 +108,7 @@ int train_loop(const Config& cfg, MoEComms<Comm> comms, const train_options& o, 
             ? fmt::format(", expert weights averaged over {} replica(s) every {} step(s)", cfg.dp(),
                           cfg.sync_frequency)
             : std::string(),
+        cfg.gradient_compression ? ", gradients summed in bfloat16" : "",
         o.backend != "cuda" ? ""
         : nccl              ? ", MoE blocks on the GPU, tokens exchanged over NCCL"
                             : ", MoE blocks on the GPU");

@@ -234,7 +234,7 @@ class Model {
         // Dense weights are replicated on every rank of the dense group and of the TP group
         // (the dense blocks are not split): sum their gradients.
         for (std::vector<float>* v : {&g.fc1, &g.fc2, &g.fc1_bias, &g.fc2_bias})
-          if (!v->empty()) group_sum(v->data(), static_cast<std::int64_t>(v->size()));
+          if (!v->empty()) gradient_sum(v->data(), static_cast<std::int64_t>(v->size()));
       }
     }
     opt_.step();
@@ -406,6 +406,12 @@ class Model {
   void group_sum(U* v, std::int64_t n) {
     comms_.dense_data_parallel->all_reduce(v, n, ReduceOp::sum);
     if (tensor_parallel()) comms_.tensor_parallel->all_reduce(v, n, ReduceOp::sum);
+  }
+  // A dense block's gradient sum over the same groups: in bfloat16 with gradient_compression,
+  // as the MoE layers reduce theirs (comm/compression.hpp).
+  void gradient_sum(float* v, std::int64_t n) {
+    sum_gradients(*comms_.dense_data_parallel, v, n, cfg_.gradient_compression);
+    if (tensor_parallel()) sum_gradients(*comms_.tensor_parallel, v, n, cfg_.gradient_compression);
   }
 
 #if defined(SWITCHYARD_CLI_HAS_CUDA)

@@ -3,11 +3,13 @@
 #include <boost/test/unit_test.hpp>
 
 #include <chrono>
+#include <cmath>
 #include <numeric>
 #include <span>
 #include <thread>
 #include <vector>
 
+#include "bf16_sum_check.hpp"
 #include "switchyard/comm/mpi.hpp"
 
 namespace sy = switchyard;
@@ -57,6 +59,25 @@ BOOST_AUTO_TEST_CASE(all_reduce_all_gather_and_split_groups) {
   BOOST_TEST(pair.size() == std::min(2, comm.size()));
   BOOST_TEST(pair.rank() == comm.rank() % 2);
   comm.barrier();
+}
+
+// gradient_compression's sum (bf16_sum_check.hpp): the same bits on every rank, within
+// bfloat16's rounding of the exact sum, with two ranks exactly bf16(bf16(a) + bf16(b)).
+BOOST_AUTO_TEST_CASE(a_bfloat16_sum_is_the_same_on_every_rank_within_its_rounding) {
+  sy::MpiComm comm;
+  const int n = 257;
+  std::vector<float> mine(n);
+  for (int i = 0; i < n; ++i)
+    mine[static_cast<std::size_t>(i)] =
+        std::sin(0.37f * static_cast<float>(i) + static_cast<float>(comm.rank())) *
+        std::ldexp(1.0f, i % 9 - 4);
+  std::vector<float> reduced = mine;
+  sy::all_reduce_bf16(comm, reduced.data(), n);
+  const int rounded_away =
+      sy_test::check_bf16_sum(comm, mine, reduced, comm.size() == 2, "the sum");
+  BOOST_TEST(rounded_away > n / 2);  // it did compress
+  std::vector<sy::bf16> b(1);
+  BOOST_CHECK_THROW(comm.all_reduce(b.data(), 1, sy::ReduceOp::max), sy::precondition_error);
 }
 
 BOOST_AUTO_TEST_CASE(a_config_mismatch_is_an_error_on_every_rank) {

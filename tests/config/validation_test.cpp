@@ -315,8 +315,6 @@ std::vector<rule_case> rule_cases() {
        R::expert_migration_not_built, "got true"},
       {"migration threshold not built", [](sy::Config& c) { c.migration_threshold = 0.5; },
        R::migration_threshold_not_built, "got 0.5"},
-      {"gradient compression", [](sy::Config& c) { c.gradient_compression = true; },
-       R::gradient_compression_not_built, "got true"},
   };
 }
 

@@ -281,6 +281,39 @@ BOOST_AUTO_TEST_CASE(a_failed_forward_leaves_the_global_aux_accumulator_as_it_wa
   BOOST_TEST(r.sums_after == r.sums_good, boost::test_tools::per_element());
 }
 
+// gradient_compression on the device: reduce_gradients rounds every gradient to bfloat16 (on one
+// GPU) or sums it in bfloat16 over NCCL communicators of one rank; either way each value is a
+// bfloat16 one, within a bfloat16 step of the host layer's gradient rounded the same way.
+BOOST_AUTO_TEST_CASE(device_gradient_compression_gives_bfloat16_gradients) {
+  auto c = base(8, 2, true, sy::Activation::silu);
+  c.gradient_compression = true;
+  c.shared_expert_intermediate_size = 40;
+  c.shared_expert_gate = true;
+  const index_t T = 64, H = c.hidden_size;
+  const auto x = normals(5, T * H), dy = normals(6, T * H);
+  sy::LocalComm one;
+  auto host = sy::make_layer<float, sy::LocalComm>(c, {&one, &one, &one});
+  host->initialize(7);
+  auto fwd = host->forward(sy::matrix_view<const float>(x.data(), T, H),
+                           {.training = true, .seed = 7, .step = 1});
+  auto grads = host->make_grads();
+  (void)host->backward(fwd.saved, sy::matrix_view<const float>(dy.data(), T, H), grads);
+  host->reduce_gradients(grads);  // rounded to bfloat16 (a group of one)
+  std::vector<sy::test::device_run_mode> modes{sy::test::device_run_mode::plain};
+  if (sy::test::device_framework_mode_available())
+    modes.push_back(sy::test::device_run_mode::framework);
+  for (const auto mode : modes) BOOST_TEST_CONTEXT("mode " << static_cast<int>(mode)) {
+      auto dev = sy::test::device_layer_run(c, 7, x, T, dy, true, 1, mode);
+      std::vector<const std::vector<float>*> want;
+      grads.for_each_tensor([&](std::vector<float>& v) { want.push_back(&v); });
+      std::size_t i = 0;
+      dev.grads.for_each_tensor([&](std::vector<float>& v) {
+        for (const float g : v) BOOST_REQUIRE(sy::detail::round_to_bf16(g) == g);
+        check_close(v, *want[i++], "a compressed gradient", 0x1p-7f);
+      });
+    }
+}
+
 BOOST_AUTO_TEST_CASE(compile_time_device_layer_equals_the_runtime_bridge) {
   auto c = base(8, 2, true, sy::Activation::silu);
   c.token_dispatch = sy::TokenDispatch::capacity;

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "../comm/bf16_sum_check.hpp"
 #include "layer_fixture.hpp"
 #include "switchyard/comm/mpi.hpp"
 #include "switchyard/layer.hpp"
@@ -498,6 +499,64 @@ BOOST_AUTO_TEST_CASE(expert_sync_with_tensor_parallel_experts) {
   c.expert_parallel_size = 1;
   c.data_parallel_size = 2;
   check_expert_sync(c);
+}
+
+// gradient_compression: reduce_gradients sums every gradient in bfloat16 over its group
+// (bf16_sum_check.hpp: the same bits on every rank of the group, bfloat16 values within its
+// rounding of the exact sum, over two ranks exactly bf16(bf16(a) + bf16(b))): the router and the
+// shared expert's gate over the dense group (and then the TP group), the shared expert over the
+// dense group, the experts over the expert-data-parallel group.
+namespace {
+void check_gradient_compression(sy::Config c) {
+  sy::MpiComm world(MPI_COMM_WORLD, std::chrono::seconds(60));
+  c.gradient_compression = true;
+  auto groups = sy::make_mpi_groups(world, sy::Layout(c));
+  auto layer = mpi_layer(c, groups);
+  layer->initialize(21);
+  const std::int64_t T = 12, H = c.hidden_size;
+  const auto seed = static_cast<std::uint32_t>(world.rank());
+  const auto x = random_vector(110 + seed, static_cast<std::size_t>(T * H));
+  const auto dy = random_vector(120 + seed, static_cast<std::size_t>(T * H));
+  auto f = layer->forward(sy::matrix_view<const double>(x.data(), T, H));
+  auto g = layer->make_grads();
+  (void)layer->backward(f.saved, sy::matrix_view<const double>(dy.data(), T, H), g);
+  const sy::MoEGrads<double> local = g;
+  layer->reduce_gradients(g);
+  // With TP (here DP x TP, EP 1) the ranks holding other tokens are the whole world.
+  const bool tp = c.tensor_parallel_size > 1;
+  sy::MpiComm& tokens = tp ? world : groups.dense_data_parallel;
+  sy::MpiComm& dense = groups.dense_data_parallel;
+  sy::MpiComm& experts = groups.expert_data_parallel;
+  int away = 0;
+  away += sy_test::check_bf16_sum(tokens, local.router_weight, g.router_weight,
+                                  !tp && tokens.size() == 2, "router grad");
+  away += sy_test::check_bf16_sum(tokens, local.shared_gate, g.shared_gate,
+                                  !tp && tokens.size() == 2, "shared gate grad");
+  away += sy_test::check_bf16_sum(dense, local.shared_fc1, g.shared_fc1, dense.size() == 2,
+                                  "shared fc1 grad");
+  away += sy_test::check_bf16_sum(dense, local.shared_fc2, g.shared_fc2, dense.size() == 2,
+                                  "shared fc2 grad");
+  away += sy_test::check_bf16_sum(experts, local.fc1, g.fc1, experts.size() == 2, "fc1 grad");
+  away += sy_test::check_bf16_sum(experts, local.fc2, g.fc2, experts.size() == 2, "fc2 grad");
+  BOOST_TEST(away > 0);
+}
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(gradient_compression_sums_gradients_in_bfloat16) {
+  sy::MpiComm world(MPI_COMM_WORLD, std::chrono::seconds(60));
+  auto c = base_config();  // GLU SiLU, no biases
+  c.shared_expert_intermediate_size = 6;
+  c.shared_expert_gate = true;
+  c.data_parallel_size = 2;
+  c.expert_parallel_size = world.size() / 2;  // DP 2 (np 2) or DP 2 x EP 2 (np 4)
+  check_gradient_compression(c);
+  if (world.size() < 4) return;
+  auto t = tensor_parallel_config(world.size());  // DP 2 x TP 2
+  t.expert_parallel_size = 1;
+  t.data_parallel_size = 2;
+  t.shared_expert_intermediate_size = 6;
+  t.shared_expert_gate = true;
+  check_gradient_compression(t);
 }
 
 // Tensor-parallel experts: F split over the TP group, tokens spread over DP x EP x TP.

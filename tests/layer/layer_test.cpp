@@ -245,6 +245,39 @@ BOOST_AUTO_TEST_CASE(metrics_count_routes_and_drops) {
   BOOST_TEST(fwd.metrics.bytes_sent == 0);  // one rank: no exchange
 }
 
+// gradient_compression on one rank: reduce_gradients rounds every gradient to bfloat16 (what a
+// group of one sums), the shared expert's included; without it nothing changes.
+BOOST_AUTO_TEST_CASE(gradient_compression_on_one_rank_rounds_every_gradient_to_bfloat16) {
+  sy::LocalComm one;
+  auto c = small_config(4, 2, true, sy::Activation::silu, false);
+  c.shared_expert_intermediate_size = 4;
+  c.shared_expert_gate = true;
+  for (const bool compress : {false, true}) BOOST_TEST_CONTEXT("compression " << compress) {
+      c.gradient_compression = compress;
+      auto layer = sy::make_layer<double>(c, sy::MoEComms<sy::LocalComm>{&one, &one, &one});
+      layer->initialize(2);
+      const auto x = random_vector(3, 8 * 6), dy = random_vector(4, 8 * 6);
+      auto fwd = layer->forward(sy::matrix_view<const double>(x.data(), 8, 6));
+      auto g = layer->make_grads();
+      layer->backward(fwd.saved, sy::matrix_view<const double>(dy.data(), 8, 6), g);
+      sy::MoEGrads<double> before = g;
+      layer->reduce_gradients(g);
+      std::size_t tensors = 0, changed = 0;
+      std::vector<const std::vector<double>*> was;
+      before.for_each_tensor([&](std::vector<double>& v) { was.push_back(&v); });
+      g.for_each_tensor([&](std::vector<double>& v) {
+        const std::vector<double>& w = *was[tensors++];
+        BOOST_REQUIRE_EQUAL(v.size(), w.size());
+        for (std::size_t i = 0; i < v.size(); ++i) {
+          BOOST_REQUIRE(v[i] == (compress ? sy::detail::round_to_bf16(w[i]) : w[i]));
+          changed += v[i] != w[i];
+        }
+      });
+      BOOST_TEST(tensors == 8u);
+      BOOST_TEST((changed > 0) == compress);
+    }
+}
+
 BOOST_AUTO_TEST_CASE(saved_state_is_consumed_once) {
   sy::LocalComm one;
   const auto c = small_config(4, 2, false, sy::Activation::relu, false);

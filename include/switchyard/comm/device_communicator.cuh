@@ -4,6 +4,7 @@
 /// NcclComm (comm/nccl.cuh) implements it over the framework's ncclComm_t; a framework with its
 /// own process groups can implement it over them. nvcc only; no NCCL dependency here.
 
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -30,6 +31,16 @@ class DeviceCommunicator {
   virtual void all_reduce(float* data, std::int64_t n, ReduceOp op, cudaStream_t stream) = 0;
   virtual void all_reduce(double* data, std::int64_t n, ReduceOp op, cudaStream_t stream) = 0;
   virtual void all_reduce(std::int64_t* data, std::int64_t n, ReduceOp op, cudaStream_t stream) = 0;
+  /// A bfloat16 sum in place (gradient_compression). A communicator that has one overrides
+  /// this and sums_bfloat16(); the defaults say it has none (the device layer then refuses
+  /// gradient_compression when it is built) and throw config_error naming the field.
+  virtual bool sums_bfloat16() const { return false; }
+  virtual void all_reduce(__nv_bfloat16* /*data*/, std::int64_t /*n*/, ReduceOp /*op*/,
+                          cudaStream_t /*stream*/) {
+    throw config_error(
+        "gradient_compression: this DeviceCommunicator cannot sum bfloat16 (NcclComm can): "
+        "leave it false");
+  }
   /// all_gather of host words (recv holds n · size()); returns when `recv` is filled, so it
   /// synchronises `stream`. For control messages: config agreement, fail_together, token counts.
   virtual void all_gather_host(const std::uint64_t* send, std::int64_t n, std::uint64_t* recv,

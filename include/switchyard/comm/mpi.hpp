@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "switchyard/comm/communicator.hpp"
+#include "switchyard/comm/compression.hpp"
 #include "switchyard/core/error.hpp"
 
 namespace switchyard {
@@ -42,7 +43,25 @@ MPI_Datatype mpi_type() {
   else if constexpr (std::is_same_v<T, std::uint64_t>) return MPI_UINT64_T;
   else if constexpr (std::is_same_v<T, std::int32_t>) return MPI_INT32_T;
   else if constexpr (std::is_same_v<T, char> || std::is_same_v<T, unsigned char>) return MPI_BYTE;
+  else if constexpr (std::is_same_v<T, bf16>)
+    return MPI_UINT16_T;
   else static_assert(!sizeof(T), "no MPI datatype for this element type");
+}
+
+/// The MPI operation of a bfloat16 sum (comm/compression.hpp), created on first use and kept
+/// until the process ends. Non-commutative: MPI then combines the ranks' values in rank order.
+inline MPI_Op bf16_sum_op() {
+  static const MPI_Op op = [] {
+    MPI_Op o = MPI_OP_NULL;
+    const int err = MPI_Op_create(
+        [](void* in, void* inout, int* len, MPI_Datatype*) {
+          add_bf16(static_cast<const bf16*>(in), static_cast<bf16*>(inout), *len);
+        },
+        /*commute=*/0, &o);
+    if (err != MPI_SUCCESS) throw_mpi(err, "MPI_Op_create", __FILE__, __LINE__);
+    return o;
+  }();
+  return op;
 }
 
 inline int to_mpi_count(std::int64_t n, const char* what) {
@@ -184,13 +203,18 @@ class MpiComm {
     all_to_all_v_start(send, send_counts, recv, recv_counts).wait();
   }
 
+  /// Sums (or maxima) in place; bf16 elements sum in bfloat16 (comm/compression.hpp).
   template <class T>
   void all_reduce(T* data, std::int64_t n, ReduceOp op) {
     require_idle();
+    MPI_Op mpi_op = op == ReduceOp::sum ? MPI_SUM : MPI_MAX;
+    if constexpr (std::is_same_v<T, bf16>) {
+      SY_EXPECTS(op == ReduceOp::sum, "MpiComm::all_reduce: bfloat16 values only sum");
+      mpi_op = detail::bf16_sum_op();
+    }
     MPI_Request req;
     SY_MPI_TRY(MPI_Iallreduce(MPI_IN_PLACE, data, detail::to_mpi_count(n, "all_reduce"),
-                              detail::mpi_type<T>(), op == ReduceOp::sum ? MPI_SUM : MPI_MAX,
-                              comm_, &req));
+                              detail::mpi_type<T>(), mpi_op, comm_, &req));
     wait(req, "all_reduce");
   }
 
@@ -247,5 +271,6 @@ class MpiComm {
 };
 
 static_assert(Communicator<MpiComm>);
+static_assert(BfloatCommunicator<MpiComm>);
 
 }  // namespace switchyard

@@ -143,6 +143,10 @@ class NcclComm final : public DeviceCommunicator {
   void all_reduce(std::int64_t* data, std::int64_t n, ReduceOp op, cudaStream_t stream) override {
     on(stream).all_reduce(data, n, op);
   }
+  bool sums_bfloat16() const override { return true; }
+  void all_reduce(__nv_bfloat16* data, std::int64_t n, ReduceOp op, cudaStream_t stream) override {
+    on(stream).all_reduce(data, n, op);
+  }
   void all_gather_host(const std::uint64_t* send, std::int64_t n, std::uint64_t* recv,
                        cudaStream_t stream) override {
     on(stream).all_gather_host(send, n, recv);

@@ -140,9 +140,7 @@ namespace switchyard {
   X(expert_migration_not_built, enable_expert_migration,                                           \
     "enable_expert_migration is not built yet: leave it false")                                    \
   X(migration_threshold_not_built, migration_threshold,                                            \
-    "migration_threshold has no effect: expert migration is not built yet (leave it at 0.3)")      \
-  X(gradient_compression_not_built, gradient_compression,                                          \
-    "gradient_compression is not built yet: leave it false")
+    "migration_threshold has no effect: expert migration is not built yet (leave it at 0.3)")
 
 /// Identifies one validation rule.
 enum class rule_id {
@@ -307,7 +305,6 @@ constexpr bool rule_ok(const Config& c, rule_id r) {
     case rule_id::migration_not_built: return !c.migration.present;
     case rule_id::expert_migration_not_built: return !c.enable_expert_migration;
     case rule_id::migration_threshold_not_built: return c.migration_threshold == 0.3;
-    case rule_id::gradient_compression_not_built: return !c.gradient_compression;
   }
   return false;
 }

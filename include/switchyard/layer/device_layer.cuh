@@ -214,6 +214,17 @@ struct scale_body {
   float s;
   SY_DEVICE void operator()(index_t i) const { v[i] *= s; }
 };
+/// bfloat16 <-> float32 element-wise (gradient_compression), rounded to nearest even.
+struct to_bf16_body {
+  const float* from;
+  __nv_bfloat16* to;
+  SY_DEVICE void operator()(index_t i) const { to[i] = __float2bfloat16_rn(from[i]); }
+};
+struct from_bf16_body {
+  const __nv_bfloat16* from;
+  float* to;
+  SY_DEVICE void operator()(index_t i) const { to[i] = __bfloat162float(from[i]); }
+};
 /// Route i's expert -> its placement slot (ids outside [0, E) pass through for the plan to
 /// report).
 struct expert_to_slot_body {
@@ -333,6 +344,13 @@ class DeviceMoELayerCore {
       throw config_error(
           "DeviceMoEComms: give all three communicators (expert_parallel, dense_data_parallel, "
           "expert_data_parallel) or none (one GPU)");
+    if (c.gradient_compression)
+      for (const DeviceCommunicator* g :
+           {comms.expert_parallel, comms.dense_data_parallel, comms.expert_data_parallel})
+        if (!g->sums_bfloat16())
+          throw config_error(
+              "gradient_compression: a communicator of DeviceMoEComms cannot sum bfloat16 "
+              "(its sums_bfloat16() is false; NcclComm can): leave it false");
     const std::int64_t ep = c.expert_parallel_size, dense = c.dp() * ep;
     detail::check_comm_size(*comms.expert_parallel, ep, "expert-parallel");
     detail::check_comm_size(*comms.dense_data_parallel, dense, "dense data-parallel");
@@ -755,24 +773,49 @@ class DeviceMoELayerCore {
   /// expert-data-parallel group's size instead of summed over it (MoELayerCore::reduce_gradients
   /// says why); sync_expert_weights() averages them, and without it for sync_frequency steps this
   /// throws precondition_error.
+  ///
+  /// With gradient_compression the sums run in bfloat16 (each tensor rounded to bfloat16 on the
+  /// device, summed by the communicator in bfloat16, widened back; comm/compression.hpp says
+  /// what the host layer does, NCCL's order of additions is its own), also on one GPU, where
+  /// the tensors are only rounded. The bfloat16 buffer is allocated first and the dense group
+  /// fails together on it, so no rank waits in a sum a peer out of memory skips.
   void reduce_gradients(DeviceMoEGrads& g, cudaStream_t stream) {
     sync_clock_.count_reduction(cfg_, "DeviceMoELayer::reduce_gradients");
-    if (!comms_.any()) return;
+    const bool compress = cfg_.gradient_compression;
+    if (!comms_.any() && !compress) return;
+    device_buffer<__nv_bfloat16> packed;  // the largest tensor, in bfloat16
+    if (compress) {
+      std::size_t most = 0;
+      g.for_each_tensor([&](device_buffer<float>& v) { most = std::max(most, v.size()); });
+      std::exception_ptr failed;
+      try {
+        packed = alloc<__nv_bfloat16>(most, stream);
+      } catch (...) {
+        failed = std::current_exception();
+      }
+      fail_together(failed, stream, "DeviceMoELayer::reduce_gradients");
+    }
+    // The sum of `v` over `c` (null: one GPU, where only compression rounds).
+    const auto sum_over = [&](DeviceCommunicator* c, device_buffer<float>& v) {
+      const auto n = static_cast<index_t>(v.size());
+      if (n == 0) return;
+      if (!compress) return c->all_reduce(v.data(), n, ReduceOp::sum, stream);
+      kernels::launch_per_token(kernels::to_bf16_body{v.data(), packed.data()}, n, stream);
+      if (c) c->all_reduce(packed.data(), n, ReduceOp::sum, stream);
+      kernels::launch_per_token(kernels::from_bf16_body{packed.data(), v.data()}, n, stream);
+    };
     // The router, the shared expert and its gate: replicated over the dense group (no TP here).
     const auto dense_sum = [&](device_buffer<float>& v) {
-      if (!v.empty())
-        comms_.dense_data_parallel->all_reduce(v.data(), static_cast<std::int64_t>(v.size()),
-                                               ReduceOp::sum, stream);
+      sum_over(comms_.dense_data_parallel, v);
     };
     g.for_each_replicated_tensor(dense_sum);
     g.for_each_shared_expert_tensor(dense_sum);
-    DeviceCommunicator& replicas = *comms_.expert_data_parallel;
-    const auto D = static_cast<float>(replicas.size());
+    DeviceCommunicator* replicas = comms_.expert_data_parallel;
+    const float D = replicas ? static_cast<float>(replicas->size()) : 1.0f;
     g.for_each_expert_tensor([&](device_buffer<float>& v) {
-      if (v.empty()) return;
       if (!cfg_.enable_expert_sync)
-        replicas.all_reduce(v.data(), static_cast<std::int64_t>(v.size()), ReduceOp::sum, stream);
-      else if (D != 1.0f)
+        sum_over(replicas, v);
+      else if (D != 1.0f && !v.empty())
         kernels::launch_per_token(kernels::scale_body{v.data(), D}, static_cast<index_t>(v.size()),
                                   stream);
     });

@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "switchyard/comm/communicator.hpp"
+#include "switchyard/comm/compression.hpp"
 #include "switchyard/config/format.hpp"
 #include "switchyard/config/validate.hpp"
 #include "switchyard/core/philox.hpp"
@@ -157,6 +158,10 @@ class MoELayerCore {
           " needs MoEComms::tensor_parallel, the communicator of this rank's TP group"));
     if (comms.tensor_parallel)
       detail::check_comm_size(*comms.tensor_parallel, tp, "tensor-parallel");
+    if (cfg_.gradient_compression && !BfloatCommunicator<Comm>)
+      throw config_error(
+          "gradient_compression: this communicator cannot sum bfloat16 (its all_reduce takes no "
+          "switchyard::bf16 elements; LocalComm and MpiComm can): leave it false");
     const std::int64_t ep = placement_.ep();
     const std::int64_t dense = cfg_.dp() * cfg_.expert_parallel_size;
     detail::check_comm_size(*comms.expert_parallel, ep, "expert-parallel");
@@ -477,23 +482,42 @@ class MoELayerCore {
   /// With enable_expert_sync, reduce_gradients() throws precondition_error (on every rank, before
   /// any collective) when sync_frequency steps passed without sync_expert_weights() averaging:
   /// replicas that are never averaged would drift apart unnoticed.
+  ///
+  /// With gradient_compression every sum here runs in bfloat16 (comm/compression.hpp: each
+  /// rank's gradient rounded to bfloat16, summed in rank order with every partial sum rounded,
+  /// widened back), also over a group of one rank; with TP the replicated tensors are summed in
+  /// bfloat16 over the dense group, then over the TP group. Expert gradients that expert sync
+  /// scales instead of summing are not rounded.
   void reduce_gradients(MoEGrads<T>& g) {
     sync_clock_.count_reduction(cfg_, "MoELayer::reduce_gradients");
+    const bool compress = cfg_.gradient_compression;
+    // With compression, one bfloat16 buffer for the largest tensor, allocated first: the loss
+    // group (every group below lies inside it) fails together on it, so no rank waits in a sum
+    // a peer out of memory skips.
+    std::vector<bf16> packed;
+    if (compress) {
+      std::size_t most = 0;
+      g.for_each_tensor([&](std::vector<T>& v) { most = std::max(most, v.size()); });
+      std::exception_ptr failed;
+      detail::keep_failure(failed, [&] { packed.resize(most); });
+      fail_together_in_group(failed, "MoELayer::reduce_gradients");
+    }
+    const auto sum_over = [&](Comm& c, std::vector<T>& v) {
+      if (!v.empty())
+        sum_gradients(c, v.data(), static_cast<std::int64_t>(v.size()), compress,
+                      std::span<bf16>(packed));
+    };
     g.for_each_replicated_tensor([&](std::vector<T>& v) {
-      if (!v.empty())
-        group_all_reduce(v.data(), static_cast<std::int64_t>(v.size()), ReduceOp::sum);
+      sum_over(*comms_.dense_data_parallel, v);
+      if (tensor_parallel()) sum_over(*comms_.tensor_parallel, v);
     });
-    g.for_each_shared_expert_tensor([&](std::vector<T>& v) {
-      if (!v.empty())
-        comms_.dense_data_parallel->all_reduce(v.data(), static_cast<std::int64_t>(v.size()),
-                                               ReduceOp::sum);
-    });
+    g.for_each_shared_expert_tensor(
+        [&](std::vector<T>& v) { sum_over(*comms_.dense_data_parallel, v); });
     Comm& replicas = *comms_.expert_data_parallel;
     const T D = static_cast<T>(replicas.size());
     g.for_each_expert_tensor([&](std::vector<T>& v) {
-      if (v.empty()) return;
       if (!cfg_.enable_expert_sync)
-        replicas.all_reduce(v.data(), static_cast<std::int64_t>(v.size()), ReduceOp::sum);
+        sum_over(replicas, v);
       else if (D != T(1))
         for (T& x : v) x *= D;
     });
