@@ -53,6 +53,10 @@ std::string metrics_line(const train::StepMetrics& m) {
   o["tokens"] = m.tokens;
   o["micro_batches"] = m.micro_batches;
   o["expert_sync"] = m.expert_sync;
+  boost::json::array imbalance;
+  for (double v : m.rank_load_imbalance) imbalance.push_back(v);
+  o["rank_load_imbalance"] = std::move(imbalance);
+  o["expert_migrations"] = m.expert_migrations;
   o["seconds"] = m.seconds;
   o["tokens_per_expert"] = nested_counts(m.tokens_per_expert);
   o["kept_per_expert"] = nested_counts(m.kept_per_expert);
@@ -95,7 +99,7 @@ int train_loop(const Config& cfg, MoEComms<Comm> comms, const train_options& o, 
   if (prints)
     fmt::print(
         "training {} MoE-or-dense blocks (H {}, F {}, E {}, k {}{}) on {} rank(s), {} tokens "
-        "per rank per {}{}{}{}\n",
+        "per rank per {}{}{}{}{}\n",
         cfg.num_layers, cfg.hidden_size, cfg.ffn_hidden_size, cfg.num_experts,
         cfg.num_experts_per_token,
         cfg.shared_expert_intermediate_size
@@ -109,6 +113,10 @@ int train_loop(const Config& cfg, MoEComms<Comm> comms, const train_options& o, 
                           cfg.sync_frequency)
             : std::string(),
         cfg.gradient_compression ? ", gradients summed in bfloat16" : "",
+        cfg.migrates_experts()
+            ? fmt::format(", experts migrate when the EP ranks' imbalance is above {}",
+                          cfg.migration_threshold)
+            : std::string(),
         o.backend != "cuda" ? ""
         : nccl              ? ", MoE blocks on the GPU, tokens exchanged over NCCL"
                             : ", MoE blocks on the GPU");
@@ -116,11 +124,15 @@ int train_loop(const Config& cfg, MoEComms<Comm> comms, const train_options& o, 
     const train::StepMetrics m = model.step(step);
     if (!prints) continue;
     if (tty) fmt::print("\r\033[K");
-    fmt::print("step {:>5}  loss {:.6f}  aux {}  z {}  dropped {:5.2f}%  load_cv {:.4f}  "
-               "tokens/s {:.0f}\n",
-               step, m.loss, m.has_aux ? fmt::format("{:.6f}", m.aux_loss) : std::string("-"),
-               m.has_z ? fmt::format("{:.6f}", m.z_loss) : std::string("-"),
-               100.0 * m.dropped_fraction, m.load_cv, m.tokens_per_second);
+    fmt::print(
+        "step {:>5}  loss {:.6f}  aux {}  z {}  dropped {:5.2f}%  load_cv {:.4f}  "
+        "tokens/s {:.0f}{}\n",
+        step, m.loss, m.has_aux ? fmt::format("{:.6f}", m.aux_loss) : std::string("-"),
+        m.has_z ? fmt::format("{:.6f}", m.z_loss) : std::string("-"), 100.0 * m.dropped_fraction,
+        m.load_cv, m.tokens_per_second,
+        m.expert_migrations > 0
+            ? fmt::format("  experts migrated in {} layer(s)", m.expert_migrations)
+            : std::string());
     if (tty) {
       constexpr int width = 40;
       const int done = static_cast<int>(width * step / o.steps);

@@ -10,6 +10,10 @@
 // the loss and the optimizer stay on the host, which keeps the master weights: each step uploads
 // every MoE block's weights once, before its micro-batches, and each micro-batch adds the
 // downloaded gradients to the host gradients after its backward.
+//
+// With expert migration (sharding_strategy Dynamic or enable_expert_migration) each MoE block's
+// experts, with their AdamW moments, move to the balanced placement of the step's kept tokens
+// after the optimizer step when the EP ranks' imbalance is above migration_threshold.
 
 #include <chrono>
 #include <cmath>
@@ -96,6 +100,13 @@ class Optimizer {
     slots_.push_back({param, grad, std::vector<float>(param->size(), 0.f),
                       std::vector<float>(param->size(), 0.f)});
   }
+  /// The optimizer state kept for `param` (its two moment tensors; none for a parameter it does
+  /// not hold): expert migration moves it with the expert.
+  std::vector<std::vector<float>*> state_of(const std::vector<float>* param) {
+    for (auto& s : slots_)
+      if (s.param == param) return {&s.m, &s.v};
+    return {};
+  }
   void step() {
     ++t_;
     const double lr = cfg_.learning_rate, wd = cfg_.weight_decay;
@@ -137,6 +148,10 @@ struct StepMetrics {
   std::int64_t tokens = 0;  ///< the group's tokens over the step's micro-batches
   std::int64_t micro_batches = 1;
   bool expert_sync = false;  ///< the expert weights were averaged after this step
+  /// Per MoE layer: the EP ranks' imbalance under the placement the step ran with (busiest
+  /// rank's kept tokens over the mean, minus 1; ExpertPlacementMap::imbalance).
+  std::vector<double> rank_load_imbalance;
+  std::int64_t expert_migrations = 0;  ///< MoE layers whose experts moved after this step
   bool has_aux = false, has_z = false;
   std::vector<std::vector<std::int64_t>> tokens_per_expert;  ///< per MoE layer, step's sum
   std::vector<std::vector<std::int64_t>> kept_per_expert;    ///< per MoE layer, step's sum
@@ -255,6 +270,17 @@ class Model {
         b.moe->update_expert_bias(st.kept[i]);
       }
       b.moe_grads.set_zero();
+      // Expert migration: the experts (and their AdamW moments) move to a placement that
+      // balances the step's kept tokens over the EP ranks, when the imbalance is above
+      // migration_threshold (the gradients are zero here: nothing else to move).
+      m.rank_load_imbalance.push_back(b.moe->placement().imbalance(st.kept[i]));
+      if (cfg_.migrates_experts()) {
+        std::vector<std::vector<float>*> state;
+        MoEParams<float>& p = b.moe->params();
+        for (std::vector<float>* t : {&p.fc1, &p.fc2, &p.fc1_bias, &p.fc2_bias})
+          for (std::vector<float>* v : opt_.state_of(t)) state.push_back(v);
+        if (b.moe->migrate_experts(st.kept[i], state)) ++m.expert_migrations;
+      }
       const DispatchStats ds = dispatch_stats(st.routed[i], st.kept[i]);
       routes += ds.routes;
       dropped += ds.dropped;

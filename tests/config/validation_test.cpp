@@ -74,7 +74,13 @@ std::vector<rule_case> rule_cases() {
        },
        R::data_parallel_sharding_ep1, "got DataParallel"},
       {"hybrid", [](sy::Config& c) { c.sharding_strategy = sy::ShardingStrategy::Hybrid; },
-       R::sharding_not_built, "got Hybrid"},
+       R::hybrid_sharding_not_built, "got Hybrid"},
+      {"migration under data-parallel sharding",
+       [](sy::Config& c) {
+         c.sharding_strategy = sy::ShardingStrategy::DataParallel;
+         c.enable_expert_migration = true;
+       },
+       R::migration_needs_model_parallel, "got true"},
       {"capacity factor zero",
        [](sy::Config& c) {
          c.token_dispatch = sy::TokenDispatch::capacity;
@@ -311,10 +317,8 @@ std::vector<rule_case> rule_cases() {
        R::load_balancing_object_not_built, "got {...}"},
       {"migration object", [](sy::Config& c) { c.migration.present = true; },
        R::migration_not_built, "got {...}"},
-      {"expert migration", [](sy::Config& c) { c.enable_expert_migration = true; },
-       R::expert_migration_not_built, "got true"},
-      {"migration threshold not built", [](sy::Config& c) { c.migration_threshold = 0.5; },
-       R::migration_threshold_not_built, "got 0.5"},
+      {"migration threshold without migration", [](sy::Config& c) { c.migration_threshold = 0.5; },
+       R::migration_threshold_unused, "got 0.5"},
   };
 }
 
@@ -353,6 +357,24 @@ BOOST_AUTO_TEST_CASE(default_config_is_valid_with_torsh_defaults) {
   BOOST_TEST(c.communication_overlap);
   BOOST_TEST(!c.gradient_compression);
   BOOST_TEST(c.expert_bias_update_rate == 1e-3);
+}
+
+// Expert migration: enable_expert_migration (ModelParallel) or sharding_strategy Dynamic, each
+// with its own migration_threshold; Hybrid stays rejected.
+BOOST_AUTO_TEST_CASE(expert_migration_configs_are_accepted) {
+  sy::Config c;
+  c.expert_parallel_size = 2;
+  c.enable_expert_migration = true;
+  c.migration_threshold = 0.1;
+  BOOST_TEST(sy::validate(c).empty());
+  BOOST_TEST(c.migrates_experts());
+  c.enable_expert_migration = false;
+  c.sharding_strategy = sy::ShardingStrategy::Dynamic;
+  BOOST_TEST(sy::validate(c).empty());
+  BOOST_TEST(c.migrates_experts());
+  c.sharding_strategy = sy::ShardingStrategy::ModelParallel;
+  BOOST_TEST(!c.migrates_experts());
+  BOOST_TEST(!sy::validate(c).empty());  // the threshold alone has no effect
 }
 
 BOOST_AUTO_TEST_CASE(every_rule_has_a_failing_config_with_its_message) {

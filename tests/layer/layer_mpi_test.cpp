@@ -10,6 +10,8 @@
 #include <cstdlib>
 #include <memory>
 #include <new>
+#include <numeric>
+#include <random>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -136,9 +138,13 @@ struct layer_run {
   std::vector<double> dx;
 
  protected:
-  void run(const double* x, const double* dy, std::int64_t T, std::int64_t H) {
+  // `to`: the experts move there after they are initialised (expert migration), so the run
+  // computes from the weights that moved.
+  void run(const double* x, const double* dy, std::int64_t T, std::int64_t H,
+           const sy::ExpertPlacementMap* to = nullptr) {
     layer->initialize(21);
     set_biases();
+    if (to) layer->move_experts(*to);
     fwd = layer->forward(sy::matrix_view<const double>(x, T, H));
     grads = layer->make_grads();
     dx = layer->backward(fwd.saved, sy::matrix_view<const double>(dy, T, H), grads);
@@ -162,14 +168,16 @@ struct one_rank_run : layer_run<sy::LocalComm> {
 struct mpi_run : layer_run<sy::MpiComm> {
   sy::MpiGroups groups;
   mpi_run(sy::MpiComm& world, const sy::Config& c, const double* x, const double* dy,
-          std::int64_t T)
+          std::int64_t T, const sy::ExpertPlacementMap* to = nullptr)
       : groups(sy::make_mpi_groups(world, sy::Layout(c))) {
     layer = mpi_layer(c, groups);
-    run(x, dy, T, c.hidden_size);
+    run(x, dy, T, c.hidden_size, to);
   }
 };
 
-void run_and_compare(sy::Config dist, int empty_rank) {
+// `to`: the distributed layer's experts move to this placement before the run (the comparison
+// below finds each global expert through placement(), so it checks the weights that moved).
+void run_and_compare(sy::Config dist, int empty_rank, const sy::ExpertPlacementMap* to = nullptr) {
   sy::MpiComm world(MPI_COMM_WORLD, std::chrono::seconds(60));
   const std::int64_t T = 24, H = dist.hidden_size;
   const auto x = random_vector(5, static_cast<std::size_t>(T * H));
@@ -188,8 +196,9 @@ void run_and_compare(sy::Config dist, int empty_rank) {
   const int tp = probe.tensor_parallel.size(), tp_rank = probe.tensor_parallel.rank();
   const auto sl = slice_of(T, probe.dense_data_parallel.rank() * tp + tp_rank,
                            probe.dense_data_parallel.size() * tp, empty_rank);
-  mpi_run run(world, dist, x.data() + sl.first * H, dy.data() + sl.first * H, sl.count);
+  mpi_run run(world, dist, x.data() + sl.first * H, dy.data() + sl.first * H, sl.count, to);
   auto& layer = run.layer;
+  if (to) BOOST_TEST((layer->placement() == *to));
   const auto& fwd = run.fwd;
   auto& g = run.grads;
   const auto& dx = run.dx;
@@ -348,6 +357,153 @@ BOOST_AUTO_TEST_CASE(round_robin_placement_matches_one_rank) {
   c.activation = sy::Activation::gelu;
   c.gated = false;
   run_and_compare(c, -1);
+}
+
+namespace {
+// E experts over ep ranks in a shuffled order (seeded): a placement neither contiguous nor
+// round-robin, as expert migration may leave.
+sy::ExpertPlacementMap shuffled_placement(std::int64_t E, std::int64_t ep, std::uint64_t seed) {
+  std::vector<std::int64_t> slots(static_cast<std::size_t>(E));
+  std::iota(slots.begin(), slots.end(), std::int64_t{0});
+  std::mt19937_64 g(seed);
+  std::shuffle(slots.begin(), slots.end(), g);
+  return sy::ExpertPlacementMap(ep, std::move(slots));
+}
+}  // namespace
+
+// Expert migration's move: after move_experts() to another placement every global expert has
+// its own weights, biases included, on its new owner (checked bit for bit by run_and_compare
+// through placement()), and the layer computes y, dx and every gradient of one rank on the whole
+// batch. EP over every rank (dropless, then capacity with padded blocks and a rank without
+// tokens), TP 2 (x EP 2), and DP 2 x EP 2 on four ranks.
+BOOST_AUTO_TEST_CASE(experts_moved_to_another_placement_match_one_rank) {
+  sy::MpiComm world(MPI_COMM_WORLD, std::chrono::seconds(60));
+  auto c = base_config();
+  c.sharding_strategy = sy::ShardingStrategy::Dynamic;
+  c.expert_parallel_size = world.size();
+  for (const std::uint64_t seed : {1u, 2u, 3u}) {
+    const auto to = shuffled_placement(c.num_experts, world.size(), seed);
+    run_and_compare(c, -1, &to);
+  }
+  auto cap = c;
+  cap.token_dispatch = sy::TokenDispatch::capacity;
+  cap.capacity_factor = 8.0;
+  const auto to = shuffled_placement(c.num_experts, world.size(), 4);
+  run_and_compare(cap, 1, &to);
+  auto tp = tensor_parallel_config(world.size());
+  tp.enable_expert_migration = true;
+  const auto tp_to = shuffled_placement(tp.num_experts, tp.expert_parallel_size, 5);
+  run_and_compare(tp, -1, &tp_to);
+  if (world.size() == 4) {
+    auto dp = base_config();
+    dp.enable_expert_migration = true;
+    dp.expert_parallel_size = 2;
+    dp.data_parallel_size = 2;
+    const auto dp_to = shuffled_placement(dp.num_experts, 2, 6);
+    run_and_compare(dp, -1, &dp_to);
+  }
+}
+
+// migrate_experts() moves the experts only when the EP ranks' imbalance under the step's loads
+// is above migration_threshold and the balanced placement lowers the busiest rank's load; the
+// experts' weights and the caller's per-expert state (optimizer moments) go with them; loads
+// that differ between ranks, or of the wrong length on one rank, are an error on every rank.
+BOOST_AUTO_TEST_CASE(migrate_experts_balances_the_ranks_and_carries_per_expert_state) {
+  sy::MpiComm world(MPI_COMM_WORLD, std::chrono::seconds(60));
+  auto c = base_config();
+  c.sharding_strategy = sy::ShardingStrategy::Dynamic;
+  c.migration_threshold = 0.2;
+  c.expert_parallel_size = world.size();
+  sy::MpiGroups groups = sy::make_mpi_groups(world, sy::Layout(c));
+  auto layer = mpi_layer(c, groups);
+  layer->initialize(21);
+  auto one_cfg = c;
+  one_cfg.expert_parallel_size = 1;
+  sy::LocalComm one;
+  auto ref = sy::make_layer<double>(one_cfg, sy::MoEComms<sy::LocalComm>{&one, &one, &one});
+  ref->initialize(21);
+  const std::int64_t E = c.num_experts, El = layer->placement().local_experts();
+  const std::int64_t me = layer->ep_rank();
+  // The caller's state: three values per local expert, of its global id.
+  const auto state_of = [&](std::int64_t e, std::int64_t i) {
+    return 10.0 * double(e) + double(i);
+  };
+  std::vector<double> state(static_cast<std::size_t>(El * 3));
+  for (std::int64_t j = 0; j < El; ++j)
+    for (std::int64_t i = 0; i < 3; ++i)
+      state[static_cast<std::size_t>(j * 3 + i)] = state_of(layer->placement().expert(me, j), i);
+  std::vector<std::vector<double>*> also{&state};
+  const auto check_experts = [&] {
+    const std::size_t fc1 = layer->params().fc1.size() / static_cast<std::size_t>(El);
+    for (std::int64_t j = 0; j < El; ++j) {
+      const std::int64_t e = layer->placement().expert(me, j);
+      BOOST_REQUIRE(std::equal(layer->params().fc1.begin() + j * fc1,
+                               layer->params().fc1.begin() + (j + 1) * fc1,
+                               ref->params().fc1.begin() + e * fc1));
+      for (std::int64_t i = 0; i < 3; ++i)
+        BOOST_REQUIRE(state[static_cast<std::size_t>(j * 3 + i)] == state_of(e, i));
+    }
+  };
+  const sy::ExpertPlacementMap start = layer->placement();
+
+  // Even loads: nothing to gain, nothing moves.
+  const std::vector<std::int64_t> even(static_cast<std::size_t>(E), 10);
+  BOOST_TEST(!layer->migrate_experts(even, also));
+  BOOST_TEST((layer->placement() == start));
+  // Rank 0's experts (contiguous placement) get nearly every token: they spread out.
+  std::vector<std::int64_t> skewed(static_cast<std::size_t>(E), 1);
+  for (std::int64_t e = 0; e < El; ++e) skewed[static_cast<std::size_t>(e)] = 100 + e;
+  BOOST_TEST(start.imbalance(skewed) > 0.2);
+  BOOST_TEST(layer->migrate_experts(skewed, also));
+  BOOST_TEST((layer->placement() == start.balanced(skewed)));
+  BOOST_TEST(layer->placement().imbalance(skewed) < start.imbalance(skewed));
+  check_experts();
+  // An imbalance below 0.1 under the new placement: below the threshold.
+  std::vector<std::int64_t> mild(static_cast<std::size_t>(E), 10);
+  mild[0] += El;
+  BOOST_TEST(layer->placement().imbalance(mild) <= 0.2);
+  const sy::ExpertPlacementMap settled = layer->placement();
+  BOOST_TEST(!layer->migrate_experts(mild, also));
+  BOOST_TEST((layer->placement() == settled));
+
+  // Loads that differ on the last rank: comm_error on every rank, and nothing moves.
+  auto differ = skewed;
+  if (world.rank() == world.size() - 1) differ[0] += 1;
+  try {
+    layer->migrate_experts(differ, also);
+    BOOST_FAIL("loads that differ were accepted");
+  } catch (const sy::comm_error& e) {
+    BOOST_TEST(has(e, "ranks disagree on the expert loads"), e.what());
+  }
+  BOOST_TEST((layer->placement() == settled));
+  // The wrong number of loads on rank 0: its own error there, comm_error naming it elsewhere.
+  std::vector<std::int64_t> wrong = even;
+  if (world.rank() == 0) wrong.pop_back();
+  try {
+    layer->migrate_experts(wrong, also);
+    BOOST_FAIL("a wrong number of loads was accepted");
+  } catch (const sy::precondition_error& e) {
+    BOOST_TEST(world.rank() == 0);
+    BOOST_TEST(has(e, "7 loads for 8 experts"), e.what());
+  } catch (const sy::comm_error& e) {
+    BOOST_TEST(world.rank() != 0);
+    BOOST_TEST(has(e, "MoELayer::migrate_experts: rank 0 of"), e.what());
+  }
+  check_experts();
+  // A tensor given twice would move twice: an error on every rank, before anything moves.
+  std::vector<std::vector<double>*> twice{&state, &state};
+  BOOST_CHECK_EXCEPTION(layer->move_experts(start, twice), sy::precondition_error,
+                        [](const sy::precondition_error& e) { return has(e, "given twice"); });
+  BOOST_TEST((layer->placement() == settled));
+  check_experts();
+
+  // Without migration (ModelParallel) the same skewed loads move nothing.
+  auto fixed = c;
+  fixed.sharding_strategy = sy::ShardingStrategy::ModelParallel;
+  fixed.migration_threshold = 0.3;
+  auto still = mpi_layer(fixed, groups);
+  BOOST_TEST(!still->migrate_experts(skewed));
+  BOOST_TEST((still->placement() == start));
 }
 
 // A gated shared expert beside the routed ones (GLU SiLU), EP over every rank, one rank with
@@ -858,24 +1014,51 @@ struct failing_layer {
   std::unique_ptr<sy::MoELayerCore<double, sy::MpiComm>> layer;
 };
 
+// The roles and data of a failure test of layer `c` over the world: the last rank fails, and
+// with TP its TP peers hear of it first; every rank has its own 6 tokens x and dy.
+struct failure_setup {
+  failure_setup(const sy::Config& c, const sy::MpiComm& world)
+      : is_bad(world.rank() == world.size() - 1),
+        x(random_vector(70 + static_cast<std::uint32_t>(world.rank()), rows(c))),
+        dy(random_vector(80 + static_cast<std::uint32_t>(world.rank()), rows(c))),
+        xv(x.data(), T, c.hidden_size),
+        dyv(dy.data(), T, c.hidden_size) {
+    const std::vector<std::int64_t> tp_group =
+        sy::Layout(c).group(sy::GroupKind::tensor_parallel, world.rank());
+    tp_peer_of_bad =
+        c.tensor_parallel_size > 1 && !is_bad &&
+        std::find(tp_group.begin(), tp_group.end(), world.size() - 1) != tp_group.end();
+  }
+  static constexpr std::int64_t T = 6;
+  static std::size_t rows(const sy::Config& c) {
+    return static_cast<std::size_t>(T * c.hidden_size);
+  }
+  bool is_bad, tp_peer_of_bad = false;
+  std::vector<double> x, dy;
+  sy::matrix_view<const double> xv, dyv;
+
+  // `call` fails on the last rank: there it throws `Bad` (whose message has `own`); every other
+  // rank gets comm_error naming `where` and the failure's `cause`.
+  template <class Bad, class Call>
+  void expect_failure(Call&& call, const std::string& own, const std::string& where,
+                      const std::string& cause) const {
+    if (is_bad)
+      BOOST_CHECK_EXCEPTION(call(), Bad, [&](const Bad& e) { return has(e, own); });
+    else
+      BOOST_CHECK_EXCEPTION(call(), sy::comm_error, [&](const sy::comm_error& e) {
+        return has(e, where) && has(e, cause);
+      });
+  }
+};
+
 void expert_failure_fails_on_every_rank(const sy::Config& c) {
   failing_layer fl(c);
-  sy::MpiComm& world = fl.world;
   failing_experts& experts = *fl.experts;
   sy::MoELayerCore<double, sy::MpiComm>& layer = *fl.layer;
-  const bool is_bad = world.rank() == world.size() - 1;
-  const bool tp = c.tensor_parallel_size > 1;
-  const std::vector<std::int64_t> tp_group =
-      sy::Layout(c).group(sy::GroupKind::tensor_parallel, world.rank());
-  const bool tp_peer_of_bad =
-      tp && !is_bad &&
-      std::find(tp_group.begin(), tp_group.end(), world.size() - 1) != tp_group.end();
-  const std::int64_t T = 6, H = c.hidden_size;
-  const auto x =
-      random_vector(70 + static_cast<std::uint32_t>(world.rank()), static_cast<std::size_t>(T * H));
-  const auto dy =
-      random_vector(80 + static_cast<std::uint32_t>(world.rank()), static_cast<std::size_t>(T * H));
-  const sy::matrix_view<const double> xv(x.data(), T, H), dyv(dy.data(), T, H);
+  const failure_setup s(c, fl.world);
+  const bool is_bad = s.is_bad, tp_peer_of_bad = s.tp_peer_of_bad;
+  const auto& xv = s.xv;
+  const auto& dyv = s.dyv;
   const auto reference = layer.forward(xv);  // a good forward first
 
   // A failure in the first segment (while the EP exchange is in flight), then in the second
@@ -884,38 +1067,26 @@ void expert_failure_fails_on_every_rank(const sy::Config& c) {
   for (int seg = 1; seg <= segments; ++seg) {
     BOOST_TEST_CONTEXT("the experts fail in segment " << seg) {
       experts.fail_forward_call = is_bad ? seg : 0;
-      if (is_bad) {
-        BOOST_CHECK_THROW(layer.forward(xv), std::bad_alloc);
-      } else {
-        BOOST_CHECK_EXCEPTION(layer.forward(xv), sy::comm_error, [&](const sy::comm_error& e) {
-          // With one EP rank the check after the experts also covers the dispatch; with TP the
-          // failed rank's TP peer hears of it before the reduce-scatter it would wait in, and
-          // only it: the others hear at the check after the experts.
-          return has(e, tp_peer_of_bad ? "MoELayer::forward: TP reduce-scatter: rank 1 of 2 failed"
-                        : c.expert_parallel_size > 1 ? "MoELayer::forward: experts"
-                                                     : "MoELayer::forward: dispatch and experts") &&
-                 has(e, "failed: std::bad_alloc");
-        });
-      }
+      // With one EP rank the check after the experts also covers the dispatch; with TP the
+      // failed rank's TP peer hears of it before the reduce-scatter it would wait in, and only
+      // it: the others hear at the check after the experts.
+      s.expect_failure<std::bad_alloc>(
+          [&] { layer.forward(xv); }, "",
+          tp_peer_of_bad               ? "MoELayer::forward: TP reduce-scatter: rank 1 of 2 failed"
+          : c.expert_parallel_size > 1 ? "MoELayer::forward: experts"
+                                       : "MoELayer::forward: dispatch and experts",
+          "failed: std::bad_alloc");
       experts.fail_forward_call = 0;
 
       auto fwd = layer.forward(xv);
       BOOST_TEST(fwd.y == reference.y, boost::test_tools::per_element());  // the same step
       auto g = layer.make_grads();
       experts.fail_backward_call = is_bad ? seg : 0;
-      if (is_bad) {
-        BOOST_CHECK_EXCEPTION(
-            layer.backward(fwd.saved, dyv, g), std::runtime_error,
-            [&](const std::runtime_error& e) { return has(e, "ran out of memory"); });
-      } else {
-        BOOST_CHECK_EXCEPTION(
-            layer.backward(fwd.saved, dyv, g), sy::comm_error, [&](const sy::comm_error& e) {
-              return has(e, tp_peer_of_bad ? "MoELayer::backward: TP reduce-scatter: "
-                                             "rank 1 of 2 failed"
-                                           : "MoELayer::backward: experts") &&
-                     has(e, "expert backward ran out of memory");
-            });
-      }
+      s.expect_failure<std::runtime_error>(
+          [&] { layer.backward(fwd.saved, dyv, g); }, "ran out of memory",
+          tp_peer_of_bad ? "MoELayer::backward: TP reduce-scatter: rank 1 of 2 failed"
+                         : "MoELayer::backward: experts",
+          "expert backward ran out of memory");
       experts.fail_backward_call = 0;
     }
   }
@@ -938,51 +1109,32 @@ void shared_expert_failure_fails_on_every_rank(const sy::Config& c) {
   failing_experts& experts = *fl.experts;
   sy::MoELayerCore<double, sy::MpiComm>& layer = *fl.layer;
   BOOST_TEST_REQUIRE(layer.params().has_shared_expert());
-  const int rank = fl.world.rank(), last = fl.world.size() - 1;
-  const bool is_bad = rank == last, tp = c.tensor_parallel_size > 1;
-  const bool tp_peer_of_bad =
-      tp && !is_bad && rank / c.tensor_parallel_size == last / c.tensor_parallel_size;
-  const std::int64_t T = 6, H = c.hidden_size;
-  const auto x =
-      random_vector(70 + static_cast<std::uint32_t>(rank), static_cast<std::size_t>(T * H));
-  const auto dy =
-      random_vector(80 + static_cast<std::uint32_t>(rank), static_cast<std::size_t>(T * H));
-  const sy::matrix_view<const double> xv(x.data(), T, H), dyv(dy.data(), T, H);
+  const failure_setup s(c, fl.world);
+  const bool is_bad = s.is_bad, tp_peer_of_bad = s.tp_peer_of_bad;
+  const auto& xv = s.xv;
+  const auto& dyv = s.dyv;
   auto reference = layer.forward(xv);
   auto ref_grads = layer.make_grads();
   const auto ref_dx = layer.backward(reference.saved, dyv, ref_grads);
 
   experts.fail_forward_call = is_bad ? 1 : 0;
-  if (is_bad) {
-    BOOST_CHECK_THROW(layer.forward(xv), std::bad_alloc);
-  } else {
-    BOOST_CHECK_EXCEPTION(layer.forward(xv), sy::comm_error, [&](const sy::comm_error& e) {
-      return has(e, tp_peer_of_bad ? "MoELayer::forward: shared expert TP reduce-scatter: rank 1 "
-                                     "of 2 failed"
-                    : c.expert_parallel_size > 1 ? "MoELayer::forward: dispatch"
-                                                 : "MoELayer::forward: dispatch and experts") &&
-             has(e, "failed: std::bad_alloc");
-    });
-  }
+  s.expect_failure<std::bad_alloc>(
+      [&] { layer.forward(xv); }, "",
+      tp_peer_of_bad ? "MoELayer::forward: shared expert TP reduce-scatter: rank 1 of 2 failed"
+      : c.expert_parallel_size > 1 ? "MoELayer::forward: dispatch"
+                                   : "MoELayer::forward: dispatch and experts",
+      "failed: std::bad_alloc");
   experts.fail_forward_call = 0;
 
   auto fwd = layer.forward(xv);
   BOOST_TEST(fwd.y == reference.y, boost::test_tools::per_element());
   auto g = layer.make_grads();
   experts.fail_backward_call = is_bad ? 1 : 0;
-  if (is_bad) {
-    BOOST_CHECK_EXCEPTION(layer.backward(fwd.saved, dyv, g), std::runtime_error,
-                          [&](const std::runtime_error& e) { return has(e, "ran out of memory"); });
-  } else {
-    BOOST_CHECK_EXCEPTION(
-        layer.backward(fwd.saved, dyv, g), sy::comm_error, [&](const sy::comm_error& e) {
-          return has(e, tp_peer_of_bad
-                            ? "MoELayer::backward: shared expert TP reduce-scatter: rank 1 of 2 "
-                              "failed"
-                            : "MoELayer::backward") &&
-                 has(e, "expert backward ran out of memory");
-        });
-  }
+  s.expect_failure<std::runtime_error>(
+      [&] { layer.backward(fwd.saved, dyv, g); }, "ran out of memory",
+      tp_peer_of_bad ? "MoELayer::backward: shared expert TP reduce-scatter: rank 1 of 2 failed"
+                     : "MoELayer::backward",
+      "expert backward ran out of memory");
   experts.fail_backward_call = 0;
 
   auto fwd2 = layer.forward(xv);

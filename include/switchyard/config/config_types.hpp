@@ -190,6 +190,12 @@ struct Config {
   constexpr std::int64_t micro_batches_per_step() const {
     return enable_gradient_accumulation ? gradient_accumulation_steps : 1;
   }
+  /// Whether the experts migrate between the EP ranks by load (enable_expert_migration, or
+  /// sharding_strategy Dynamic: ModelParallel placement that migrates; layer.md, "Expert
+  /// migration").
+  constexpr bool migrates_experts() const {
+    return enable_expert_migration || sharding_strategy == ShardingStrategy::Dynamic;
+  }
   /// Tokens on one rank in one micro-batch: batch_size_per_gpu × sequence_length.
   constexpr std::int64_t tokens_per_rank() const { return batch_size_per_gpu * sequence_length; }
   /// Experts each EP rank holds (all of them under DataParallel sharding).

@@ -23,9 +23,12 @@ namespace switchyard {
     "num_experts must be a multiple of expert_parallel_size")                                      \
   X(data_parallel_sharding_ep1, sharding_strategy,                                                 \
     "DataParallel sharding replicates every expert on every rank: expert_parallel_size must be 1") \
-  X(sharding_not_built, sharding_strategy,                                                         \
-    "Hybrid and Dynamic sharding (hot-expert replication, migration) are not built yet: use "      \
-    "ModelParallel or DataParallel")                                                               \
+  X(hybrid_sharding_not_built, sharding_strategy,                                                  \
+    "Hybrid sharding (hot-expert replication) is not built yet: use ModelParallel, DataParallel "  \
+    "or Dynamic (ModelParallel with expert migration)")                                            \
+  X(migration_needs_model_parallel, enable_expert_migration,                                       \
+    "expert migration moves experts between the ranks of the EP group, and DataParallel sharding " \
+    "keeps every expert on every rank: use ModelParallel or Dynamic sharding")                     \
   X(capacity_factor_positive, capacity_factor,                                                     \
     "capacity_factor must be > 0 with capacity dispatch (only the tutel formula reads <= 0 as "    \
     "dropless)")                                                                                   \
@@ -137,10 +140,9 @@ namespace switchyard {
     "the load_balancing object (device rebalancing) is not built yet: leave it null; "             \
     "load_balancing_type chooses the loss")                                                        \
   X(migration_not_built, migration, "migration is not built yet: leave it null")                   \
-  X(expert_migration_not_built, enable_expert_migration,                                           \
-    "enable_expert_migration is not built yet: leave it false")                                    \
-  X(migration_threshold_not_built, migration_threshold,                                            \
-    "migration_threshold has no effect: expert migration is not built yet (leave it at 0.3)")
+  X(migration_threshold_unused, migration_threshold,                                               \
+    "migration_threshold has no effect without expert migration (enable_expert_migration or "      \
+    "sharding_strategy Dynamic): leave it at 0.3")
 
 /// Identifies one validation rule.
 enum class rule_id {
@@ -172,9 +174,9 @@ constexpr bool rule_ok(const Config& c, rule_id r) {
       return c.expert_parallel_size < 1 || E % c.expert_parallel_size == 0;
     case rule_id::data_parallel_sharding_ep1:
       return c.sharding_strategy != ShardingStrategy::DataParallel || c.expert_parallel_size == 1;
-    case rule_id::sharding_not_built:
-      return c.sharding_strategy == ShardingStrategy::ModelParallel ||
-             c.sharding_strategy == ShardingStrategy::DataParallel;
+    case rule_id::hybrid_sharding_not_built: return c.sharding_strategy != ShardingStrategy::Hybrid;
+    case rule_id::migration_needs_model_parallel:
+      return !c.enable_expert_migration || c.sharding_strategy != ShardingStrategy::DataParallel;
     case rule_id::capacity_factor_positive:
       return !capacity || c.capacity_factor > 0 || c.capacity_formula == CapacityFormula::tutel;
     case rule_id::aux_coeff_nonneg:
@@ -303,8 +305,8 @@ constexpr bool rule_ok(const Config& c, rule_id r) {
     case rule_id::gate_network_not_built: return !c.gate_network.present;
     case rule_id::load_balancing_object_not_built: return !c.load_balancing.present;
     case rule_id::migration_not_built: return !c.migration.present;
-    case rule_id::expert_migration_not_built: return !c.enable_expert_migration;
-    case rule_id::migration_threshold_not_built: return c.migration_threshold == 0.3;
+    case rule_id::migration_threshold_unused:
+      return c.migrates_experts() || c.migration_threshold == 0.3;
   }
   return false;
 }

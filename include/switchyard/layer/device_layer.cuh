@@ -327,6 +327,11 @@ class DeviceMoELayerCore {
           "tensor_parallel_size: ", c.tensor_parallel_size,
           " (the CUDA layer does not split experts over tensor-parallel ranks yet: use 1, or "
           "the host layer, which has tensor-parallel experts)"));
+    if (c.migrates_experts())
+      throw config_error(
+          "enable_expert_migration / sharding_strategy Dynamic: the CUDA layer does not move "
+          "experts between ranks yet (its slots are fixed when it is made): turn migration off "
+          "(ModelParallel), or use the host layer, which migrates");
     if (!comms.any()) {
       if (c.expert_parallel_size != 1)
         throw config_error(detail::concat(

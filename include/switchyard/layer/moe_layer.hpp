@@ -186,12 +186,7 @@ class MoELayerCore {
     // the dense group and then the TP group, which first hears whether the dense stage failed
     // (so no rank waits in the TP stage for a peer that has thrown).
     const std::uint64_t fingerprint = detail::config_fingerprint(cfg_);
-    dense_then_tensor_parallel(
-        [&](const std::string& where) {
-          require_agreement(*comms_.dense_data_parallel, fingerprint, where);
-        },
-        "layer config");
-    if (tp > 1) require_agreement(*comms_.tensor_parallel, fingerprint, "layer config, TP group");
+    agree_in_group(fingerprint, "layer config");
   }
 
   const Config& config() const { return cfg_; }
@@ -550,6 +545,130 @@ class MoELayerCore {
     });
   }
 
+  /// Expert migration (enable_expert_migration, or sharding_strategy Dynamic; docs/layer.md,
+  /// "Expert migration"): call after each optimizer step on every rank, with the step's tokens
+  /// per global expert [E] (the same numbers on every rank: e.g. kept_per_expert summed over the
+  /// step's micro-batches) and every other tensor the caller keeps per local expert (leading
+  /// dimension E_local: optimizer state such as AdamW's moments; gradients unless they are
+  /// zero). When the EP ranks' imbalance under the current placement (the busiest rank's
+  /// tokens over the mean, minus 1) is above migration_threshold and the balanced placement
+  /// (ExpertPlacementMap::balanced) gives the busiest rank fewer tokens, the experts move there
+  /// (move_experts) and it returns true; otherwise nothing moves and it returns false. Without
+  /// migration it returns false at once, with no collective. Collective over the loss group
+  /// (dense data-parallel, then TP): the loads must agree on every rank (comm_error on every
+  /// rank when they differ), and a move is an all-to-all over the EP group. Call it between
+  /// steps: a saved forward state from before a move must not go to backward after it.
+  bool migrate_experts(std::span<const std::int64_t> load,
+                       std::span<std::vector<T>* const> also = {}) {
+    if (!cfg_.migrates_experts()) return false;
+    // The decision comes from the loads alone, made in the local stage (whose failures, out of
+    // memory included, the group shares); once the loads agree, every rank made the same one.
+    std::exception_ptr failed;
+    std::uint64_t fingerprint = 0;
+    std::optional<ExpertPlacementMap> next;
+    detail::keep_failure(failed, [&] {
+      SY_EXPECTS(static_cast<std::int64_t>(load.size()) == cfg_.num_experts,
+                 detail::concat("MoELayer::migrate_experts: ", load.size(), " loads for ",
+                                cfg_.num_experts, " experts"));
+      fingerprint = fnv1a64(std::string(reinterpret_cast<const char*>(load.data()),
+                                        load.size() * sizeof(std::int64_t)));
+      placement_.rank_loads(load);  // every load >= 0
+      if (placement_.ep() == 1 || !(placement_.imbalance(load) > cfg_.migration_threshold)) return;
+      ExpertPlacementMap balanced = placement_.balanced(load);
+      const auto busiest = [&](const ExpertPlacementMap& p) {
+        const std::vector<std::int64_t> r = p.rank_loads(load);
+        return *std::max_element(r.begin(), r.end());
+      };
+      if (busiest(balanced) < busiest(placement_)) next = std::move(balanced);
+    });
+    fail_together_in_group(failed, "MoELayer::migrate_experts");
+    agree_in_group(fingerprint, "expert loads of MoELayer::migrate_experts");
+    if (!next) return false;
+    move_experts(*next, also);
+    return true;
+  }
+
+  /// Moves the experts to placement `to` (the same number of experts and EP ranks, and the same
+  /// placement on every rank): each local-expert tensor of the parameters (fc1, fc2 and their
+  /// biases; with TP the rank's F shard) and of `also` (leading dimension E_local, the same
+  /// tensors in the same order on every rank) goes to the expert's new owner and local index,
+  /// an all-to-all over the EP group; then placement() is `to`. Expert e keeps its weights
+  /// (initialize() keys them by global id), so the layer computes what it did before, from other
+  /// ranks (without expert_dropout: dropout masks follow row positions). Collective over the loss
+  /// group: a buffer that cannot be allocated, a tensor that is not E_local experts' worth or is
+  /// given twice, or ranks that disagree on `to` or on the tensors' sizes are an error on every
+  /// rank before anything moves. A communicator error during the exchanges leaves the experts
+  /// partly moved: abort then, as after any communicator error inside the layer.
+  void move_experts(const ExpertPlacementMap& to, std::span<std::vector<T>* const> also = {}) {
+    std::vector<std::vector<T>*> tensors;
+    const ExpertPlacementMap& from = placement_;
+    const std::int64_t ep = from.ep(), El = from.local_experts(), me = ep_rank();
+    std::exception_ptr failed;
+    std::vector<T> send, recv;
+    std::uint64_t fingerprint = 0;  // of what the ranks must agree on: `to`, then the sizes
+    detail::keep_failure(failed, [&] {
+      SY_EXPECTS(to.num_experts() == from.num_experts() && to.ep() == ep,
+                 detail::concat("MoELayer::move_experts: a placement of ", to.num_experts(),
+                                " experts over ", to.ep(), " ranks for a layer of ",
+                                from.num_experts(), " over ", ep));
+      params_.for_each_expert_tensor([&](std::vector<T>& v) {
+        if (!v.empty()) tensors.push_back(&v);
+      });
+      for (std::vector<T>* v : also) {
+        SY_EXPECTS(v != nullptr, "MoELayer::move_experts: a null tensor");
+        SY_EXPECTS(std::find(tensors.begin(), tensors.end(), v) == tensors.end(),
+                   "MoELayer::move_experts: a tensor given twice (or one of the layer's own "
+                   "weights, which it moves itself)");
+        if (!v->empty()) tensors.push_back(v);
+      }
+      std::vector<std::uint64_t> shape(to.slots().begin(), to.slots().end());
+      std::size_t most = 0;
+      for (const std::vector<T>* v : tensors) {
+        SY_EXPECTS(v->size() % static_cast<std::size_t>(El) == 0,
+                   detail::concat("MoELayer::move_experts: a tensor of ", v->size(),
+                                  " elements is not ", El, " local experts' worth"));
+        most = std::max(most, v->size());
+        shape.push_back(v->size());
+      }
+      fingerprint = fnv1a64(std::string(reinterpret_cast<const char*>(shape.data()),
+                                        shape.size() * sizeof(std::uint64_t)));
+      send.resize(most);
+      recv.resize(most);
+    });
+    fail_together_in_group(failed, "MoELayer::move_experts");
+    agree_in_group(fingerprint, "placement and tensors of MoELayer::move_experts");
+    Comm& group = *comms_.expert_parallel;
+    std::vector<std::int64_t> send_counts(static_cast<std::size_t>(ep)),
+        recv_counts(static_cast<std::size_t>(ep)), cursor(static_cast<std::size_t>(ep));
+    for (std::vector<T>* t : tensors) {
+      std::vector<T>& v = *t;
+      const auto n = static_cast<std::int64_t>(v.size()) / El;
+      // To each rank q in turn, the experts of this rank that q holds next, by q's new index;
+      // from each rank p, the experts p held that this rank holds next, by this rank's new index.
+      std::fill(send_counts.begin(), send_counts.end(), 0);
+      std::fill(recv_counts.begin(), recv_counts.end(), 0);
+      std::int64_t sent = 0;
+      for (std::int64_t q = 0; q < ep; ++q)
+        for (std::int64_t j = 0; j < El; ++j) {
+          const std::int64_t e = to.expert(q, j);
+          if (from.owner(e) != me) continue;
+          std::copy_n(v.begin() + from.local_index(e) * n, n, send.begin() + sent);
+          sent += n;
+          send_counts[static_cast<std::size_t>(q)] += n;
+        }
+      for (std::int64_t j = 0; j < El; ++j)
+        recv_counts[static_cast<std::size_t>(from.owner(to.expert(me, j)))] += n;
+      group.all_to_all_v(send.data(), send_counts, recv.data(), recv_counts);
+      std::exclusive_scan(recv_counts.begin(), recv_counts.end(), cursor.begin(), std::int64_t{0});
+      for (std::int64_t j = 0; j < El; ++j) {
+        std::int64_t& c = cursor[static_cast<std::size_t>(from.owner(to.expert(me, j)))];
+        std::copy_n(recv.begin() + c, n, v.begin() + j * n);
+        c += n;
+      }
+    }
+    placement_ = to;
+  }
+
   /// Aux-loss-free balancing (REFERENCE §5): β update from the dispatched (post-drop) tokens per
   /// expert of a global batch, e.g. the kept_per_expert metric summed over its micro-batches.
   void update_expert_bias(std::span<const std::int64_t> dispatched_counts) {
@@ -712,6 +831,17 @@ class MoELayerCore {
     std::exception_ptr outcome;
     detail::keep_failure(outcome, [&] { dense_stage(detail::concat(where, ", dense group")); });
     fail_together(*comms_.tensor_parallel, outcome, detail::concat(where, ", TP group"));
+  }
+  // require_agreement over the loss group: the dense group, then the TP group (which first hears
+  // whether the dense group disagreed).
+  void agree_in_group(std::uint64_t fingerprint, const char* what) {
+    dense_then_tensor_parallel(
+        [&](const std::string& w) {
+          require_agreement(*comms_.dense_data_parallel, fingerprint, w);
+        },
+        what);
+    if (tensor_parallel())
+      require_agreement(*comms_.tensor_parallel, fingerprint, detail::concat(what, ", TP group"));
   }
   // fail_together over the loss group: a failure on any of its ranks is an error on all of them.
   void fail_together_in_group(const std::exception_ptr& failed, const char* where) {

@@ -3,8 +3,15 @@
 /// owner(e) as its local expert local_index(e). Slots number the experts rank by rank
 /// (slot = owner·E_local + local_index), so the rows a dispatch plan groups by slot are
 /// contiguous per destination rank, whatever the placement.
+///
+/// A placement starts as the config's expert_placement (contiguous or round_robin) and, with
+/// expert migration (enable_expert_migration, sharding_strategy Dynamic), may become any
+/// assignment of E_local experts to each rank: balanced() packs experts by load.
 
+#include <algorithm>
 #include <cstdint>
+#include <numeric>
+#include <span>
 #include <vector>
 
 #include "switchyard/config/config_types.hpp"
@@ -17,9 +24,16 @@ namespace switchyard {
 class ExpertPlacementMap {
  public:
   ExpertPlacementMap(std::int64_t num_experts, std::int64_t ep, ExpertPlacement placement)
-      : E_(num_experts), ep_(ep), placement_(placement) {
+      : E_(num_experts), ep_(ep) {
     SY_EXPECTS(ep >= 1 && num_experts >= 1 && num_experts % ep == 0,
                detail::concat(num_experts, " experts cannot be split over ", ep, " ranks"));
+    const std::int64_t El = local_experts();
+    std::vector<std::int64_t> experts(static_cast<std::size_t>(E_));
+    for (std::int64_t r = 0; r < ep_; ++r)
+      for (std::int64_t i = 0; i < El; ++i)
+        experts[static_cast<std::size_t>(r * El + i)] =
+            placement == ExpertPlacement::contiguous ? r * El + i : r + i * ep_;
+    set_slots(std::move(experts));
   }
   /// The placement a config describes: DataParallel sharding keeps every expert on every rank.
   explicit ExpertPlacementMap(const Config& c)
@@ -28,35 +42,116 @@ class ExpertPlacementMap {
                                ? 1
                                : c.expert_parallel_size,
                            c.expert_placement) {}
+  /// Any placement: expert_of_slot[r·E_local + i] is the global expert EP rank r holds as its
+  /// local expert i. Every expert exactly once (precondition_error naming the first that is
+  /// not).
+  ExpertPlacementMap(std::int64_t ep, std::vector<std::int64_t> expert_of_slot)
+      : E_(static_cast<std::int64_t>(expert_of_slot.size())), ep_(ep) {
+    SY_EXPECTS(ep >= 1 && E_ >= 1 && E_ % ep == 0,
+               detail::concat(E_, " experts cannot be split over ", ep, " ranks"));
+    set_slots(std::move(expert_of_slot));
+  }
 
   std::int64_t num_experts() const { return E_; }
   std::int64_t ep() const { return ep_; }
   std::int64_t local_experts() const { return E_ / ep_; }
-  std::int64_t owner(std::int64_t e) const {
-    return placement_ == ExpertPlacement::contiguous ? e / local_experts() : e % ep_;
-  }
-  std::int64_t local_index(std::int64_t e) const {
-    return placement_ == ExpertPlacement::contiguous ? e % local_experts() : e / ep_;
-  }
-  std::int64_t slot(std::int64_t e) const { return owner(e) * local_experts() + local_index(e); }
+  std::int64_t owner(std::int64_t e) const { return slot(e) / local_experts(); }
+  std::int64_t local_index(std::int64_t e) const { return slot(e) % local_experts(); }
+  std::int64_t slot(std::int64_t e) const { return slot_of_[static_cast<std::size_t>(e)]; }
   /// The global expert of EP rank `rank`'s local expert `i`.
   std::int64_t expert(std::int64_t rank, std::int64_t i) const {
-    return placement_ == ExpertPlacement::contiguous ? rank * local_experts() + i
-                                                     : rank + i * ep_;
+    return expert_of_slot(rank * local_experts() + i);
   }
   std::int64_t expert_of_slot(std::int64_t s) const {
-    return expert(s / local_experts(), s % local_experts());
+    return expert_of_slot_[static_cast<std::size_t>(s)];
   }
   /// Global experts of EP rank `rank`, by local index.
   std::vector<std::int64_t> experts_of(std::int64_t rank) const {
-    std::vector<std::int64_t> v;
-    for (std::int64_t i = 0; i < local_experts(); ++i) v.push_back(expert(rank, i));
-    return v;
+    const auto first = expert_of_slot_.begin() + rank * local_experts();
+    return {first, first + local_experts()};
+  }
+  /// The global expert of every slot (rank-major).
+  const std::vector<std::int64_t>& slots() const { return expert_of_slot_; }
+  friend bool operator==(const ExpertPlacementMap& a, const ExpertPlacementMap& b) {
+    return a.ep_ == b.ep_ && a.expert_of_slot_ == b.expert_of_slot_;
+  }
+
+  /// Tokens each EP rank's experts get for `load` (tokens per global expert, [E]).
+  std::vector<std::int64_t> rank_loads(std::span<const std::int64_t> load) const {
+    check_loads(load);
+    std::vector<std::int64_t> r(static_cast<std::size_t>(ep_), 0);
+    for (std::int64_t e = 0; e < E_; ++e)
+      r[static_cast<std::size_t>(owner(e))] += load[static_cast<std::size_t>(e)];
+    return r;
+  }
+  /// Imbalance of the EP ranks under `load`: the busiest rank's tokens over the mean, minus 1
+  /// (0: every rank gets the same; ep − 1: one rank gets everything). 0 without tokens.
+  double imbalance(std::span<const std::int64_t> load) const {
+    const std::vector<std::int64_t> r = rank_loads(load);
+    const std::int64_t total = std::accumulate(r.begin(), r.end(), std::int64_t{0});
+    if (total == 0) return 0;
+    const std::int64_t most = *std::max_element(r.begin(), r.end());
+    return static_cast<double>(most) * static_cast<double>(ep_) / static_cast<double>(total) - 1;
+  }
+
+  /// A placement of the same shape that balances `load` over the EP ranks: the experts, most
+  /// loaded first (ties: lower id), each to the rank with the fewest tokens so far among those
+  /// with a free slot (ties: lower rank), E_local per rank (greedy longest-processing-time
+  /// packing, as DeepSeek's EPLB balanced_packing); each rank's experts by ascending id.
+  /// Deterministic: the same loads give the same placement on every rank.
+  ExpertPlacementMap balanced(std::span<const std::int64_t> load) const {
+    check_loads(load);
+    const std::int64_t El = local_experts();
+    std::vector<std::int64_t> order(static_cast<std::size_t>(E_));
+    std::iota(order.begin(), order.end(), std::int64_t{0});
+    std::stable_sort(order.begin(), order.end(), [&](std::int64_t a, std::int64_t b) {
+      return load[static_cast<std::size_t>(a)] > load[static_cast<std::size_t>(b)];
+    });
+    std::vector<std::int64_t> tokens(static_cast<std::size_t>(ep_), 0);
+    std::vector<std::vector<std::int64_t>> held(static_cast<std::size_t>(ep_));
+    for (const std::int64_t e : order) {
+      std::int64_t best = -1;
+      for (std::int64_t r = 0; r < ep_; ++r) {
+        const auto ru = static_cast<std::size_t>(r);
+        if (static_cast<std::int64_t>(held[ru].size()) == El) continue;
+        if (best < 0 || tokens[ru] < tokens[static_cast<std::size_t>(best)]) best = r;
+      }
+      const auto bu = static_cast<std::size_t>(best);
+      held[bu].push_back(e);
+      tokens[bu] += load[static_cast<std::size_t>(e)];
+    }
+    std::vector<std::int64_t> slots;
+    slots.reserve(static_cast<std::size_t>(E_));
+    for (auto& h : held) {
+      std::sort(h.begin(), h.end());
+      slots.insert(slots.end(), h.begin(), h.end());
+    }
+    return ExpertPlacementMap(ep_, std::move(slots));
   }
 
  private:
+  void set_slots(std::vector<std::int64_t> expert_of_slot) {
+    slot_of_.assign(static_cast<std::size_t>(E_), -1);
+    for (std::size_t s = 0; s < expert_of_slot.size(); ++s) {
+      const std::int64_t e = expert_of_slot[s];
+      SY_EXPECTS(e >= 0 && e < E_ && slot_of_[static_cast<std::size_t>(e)] < 0,
+                 detail::concat("expert placement: slot ", s, " holds expert ", e,
+                                e >= 0 && e < E_ ? ", which another slot holds already"
+                                                 : detail::concat(", not one of the ", E_)));
+      slot_of_[static_cast<std::size_t>(e)] = static_cast<std::int64_t>(s);
+    }
+    expert_of_slot_ = std::move(expert_of_slot);
+  }
+  void check_loads(std::span<const std::int64_t> load) const {
+    SY_EXPECTS(static_cast<std::int64_t>(load.size()) == E_,
+               detail::concat("expert placement: ", load.size(), " loads for ", E_, " experts"));
+    for (std::size_t e = 0; e < load.size(); ++e)
+      SY_EXPECTS(load[e] >= 0,
+                 detail::concat("expert placement: expert ", e, " has load ", load[e]));
+  }
+
   std::int64_t E_, ep_;
-  ExpertPlacement placement_;
+  std::vector<std::int64_t> expert_of_slot_, slot_of_;
 };
 
 }  // namespace switchyard
