@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Plots the JSONL metrics of `switchyard train --metrics FILE`: the loss, the aux and z-losses,
-the dropped fraction, and the per-expert load of each MoE layer over the steps as a heat map.
+the dropped fraction, the load CV with the EP ranks' imbalance (and the steps after which
+experts migrated), and the per-expert load of each MoE layer over the steps as a heat map.
 
     python3 tools/plot_metrics.py build/quickstart.jsonl -o quickstart.png [--title TEXT]
 
@@ -43,8 +44,18 @@ def main():
     ax.set_title("dropped routes (%)")
     ax.set_xlabel("step")
     ax = axes[1][1]
-    ax.plot(steps, [r["load_cv"] for r in rows], color="tab:green")
-    ax.set_title("load CV (mean over MoE layers)")
+    ax.plot(steps, [r["load_cv"] for r in rows], color="tab:green", label="load CV of the experts")
+    title = "load CV (mean over MoE layers)"
+    if rows[0].get("rank_load_imbalance"):  # EP ranks' imbalance (expert migration acts on it)
+        ax.plot(steps, [sum(r["rank_load_imbalance"]) / len(r["rank_load_imbalance"])
+                        for r in rows], color="tab:purple", label="EP ranks' imbalance")
+        moved = [s for s, r in zip(steps, rows) if r.get("expert_migrations", 0) > 0]
+        if moved:
+            ax.plot(moved, [0] * len(moved), "|", color="black", markersize=8,
+                    label="experts migrated")
+        title = "load CV and EP-rank imbalance (layer mean)"
+        ax.legend()
+    ax.set_title(title)
     ax.set_xlabel("step")
     for layer in range(layers):
         ax = axes[2 + layer // 2][layer % 2]

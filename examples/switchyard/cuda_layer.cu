@@ -96,6 +96,9 @@ class block_impl final : public CudaMoEBlock {
   }
 
   void set_params(const MoEParams<float>& p) override { layer_->set_params(p, stream_); }
+  void set_placement(const std::vector<std::int64_t>& expert_of_slot) override {
+    layer_->set_placement(ExpertPlacementMap(layer_->placement().ep(), expert_of_slot), stream_);
+  }
 
   CudaForward forward(const std::vector<float>& x, index_t T, bool training, std::uint64_t seed,
                       std::uint32_t step, CudaGlobalAux* global_aux) override {

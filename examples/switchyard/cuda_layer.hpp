@@ -49,6 +49,9 @@ class CudaMoEBlock {
   virtual ~CudaMoEBlock() = default;
   /// Copies host weights (the shapes of make_layer's params for the same config) to the device.
   virtual void set_params(const MoEParams<float>& p) = 0;
+  /// The placement of those weights (ExpertPlacementMap::slots() of the host layer, after its
+  /// experts migrated): the device layer routes by it from now on. Collective like the layer.
+  virtual void set_placement(const std::vector<std::int64_t>& expert_of_slot) = 0;
   /// y for x [T][H] (host); `global_aux` is needed by global_aux_loss.
   virtual CudaForward forward(const std::vector<float>& x, index_t T, bool training,
                               std::uint64_t seed, std::uint32_t step,

@@ -130,8 +130,13 @@ int run_plan(const plan_options& o) {
     if (all.size() > max_groups) line += fmt::format("... ({} groups)", all.size());
     fmt::print("  {:<46} {}\n", g.label, line);
   }
-  fmt::print("experts ({} per EP rank, {}, sharding {}):\n", mem.local_experts,
-             enum_name(c.expert_placement), enum_name(c.sharding_strategy));
+  fmt::print("experts ({} per EP rank, {}, sharding {}{}):\n", mem.local_experts,
+             enum_name(c.expert_placement), enum_name(c.sharding_strategy),
+             c.migrates_experts()
+                 ? fmt::format("; the initial placement: experts migrate when the EP ranks' "
+                               "imbalance is above {}",
+                               c.migration_threshold)
+                 : std::string());
   for (std::size_t r = 0; r < experts.size() && r < max_groups; ++r)
     fmt::print("  ep rank {:<4} experts {}\n", r, compact(experts[r]));
   if (experts.size() > max_groups) fmt::print("  ... ({} EP ranks)\n", experts.size());

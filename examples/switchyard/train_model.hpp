@@ -13,7 +13,9 @@
 //
 // With expert migration (sharding_strategy Dynamic or enable_expert_migration) each MoE block's
 // experts, with their AdamW moments, move to the balanced placement of the step's kept tokens
-// after the optimizer step when the EP ranks' imbalance is above migration_threshold.
+// after the optimizer step when the EP ranks' imbalance is above migration_threshold (the host
+// layer moves them; with the CUDA backend the device layer then takes the new placement, and
+// the next step uploads the weights in it).
 
 #include <chrono>
 #include <cmath>
@@ -279,7 +281,13 @@ class Model {
         MoEParams<float>& p = b.moe->params();
         for (std::vector<float>* t : {&p.fc1, &p.fc2, &p.fc1_bias, &p.fc2_bias})
           for (std::vector<float>* v : opt_.state_of(t)) state.push_back(v);
-        if (b.moe->migrate_experts(st.kept[i], state)) ++m.expert_migrations;
+        if (b.moe->migrate_experts(st.kept[i], state)) {
+          ++m.expert_migrations;
+#if defined(SWITCHYARD_CLI_HAS_CUDA)
+          // The host layer keeps the master weights; the device layer routes by their placement.
+          if (b.gpu) b.gpu->set_placement(b.moe->placement().slots());
+#endif
+        }
       }
       const DispatchStats ds = dispatch_stats(st.routed[i], st.kept[i]);
       routes += ds.routes;

@@ -338,7 +338,8 @@ BOOST_AUTO_TEST_CASE(unbuilt_torsh_objects_are_rejected_not_ignored) {
 }
 
 BOOST_AUTO_TEST_CASE(shipped_example_configs_are_valid) {
-  for (const char* name : {"quickstart.json", "mixtral_8x7b_ep8.json", "deepseek_v3_like.json"}) {
+  for (const char* name :
+       {"quickstart.json", "mixtral_8x7b_ep8.json", "deepseek_v3_like.json", "migration.json"}) {
     BOOST_TEST_CONTEXT(name) {
       BOOST_CHECK_NO_THROW(sy::load_config_file(std::string(SY_EXAMPLE_CONFIG_DIR) + "/" + name));
     }

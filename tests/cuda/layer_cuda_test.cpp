@@ -223,6 +223,49 @@ BOOST_DATA_TEST_CASE(device_layer_matches_the_host_layer, boost::unit_test::data
     }
 }
 
+// Expert migration's move on the device: after move_experts() to another placement (on one GPU
+// a reordering of its experts, with NCCL of one rank through the all-to-all), the device layer
+// computes what the host layer computes after the same move, its weights are the host's in the
+// new order, bit for bit, and the caller's per-expert state went along.
+BOOST_AUTO_TEST_CASE(device_experts_moved_to_another_placement_match_the_host_layer) {
+  auto c = base(8, 2, true, sy::Activation::silu);
+  c.sharding_strategy = sy::ShardingStrategy::Dynamic;
+  c.add_bias_linear = true;
+  const std::vector<std::int64_t> slots{5, 0, 7, 2, 1, 3, 4, 6};
+  const index_t T = 48, H = c.hidden_size;
+  const auto x = normals(11, T * H), dy = normals(12, T * H);
+  sy::LocalComm one;
+  auto host = sy::make_layer<float, sy::LocalComm>(c, {&one, &one, &one});
+  host->initialize(13);
+  host->move_experts(sy::ExpertPlacementMap(1, slots));
+  auto fwd = host->forward(sy::matrix_view<const float>(x.data(), T, H),
+                           {.training = true, .seed = 13, .step = 2});
+  auto grads = host->make_grads();
+  const auto dx = host->backward(fwd.saved, sy::matrix_view<const float>(dy.data(), T, H), grads);
+  std::vector<sy::test::device_run_mode> modes{sy::test::device_run_mode::plain};
+  if (sy::test::device_framework_mode_available())
+    modes.push_back(sy::test::device_run_mode::framework);
+  for (const auto mode : modes) BOOST_TEST_CONTEXT("mode " << static_cast<int>(mode)) {
+      const auto dev = sy::test::device_layer_run(c, 13, x, T, dy, true, 2, mode, &slots);
+      BOOST_TEST(dev.params.fc1 == host->params().fc1);
+      BOOST_TEST(dev.params.fc2 == host->params().fc2);
+      BOOST_TEST(dev.params.fc1_bias == host->params().fc1_bias);
+      BOOST_TEST(dev.params.fc2_bias == host->params().fc2_bias);
+      BOOST_TEST(dev.metrics.tokens_per_expert == fwd.metrics.tokens_per_expert,
+                 boost::test_tools::per_element());
+      check_close(dev.y, fwd.y, "y");
+      check_close(dev.dx, dx, "dx");
+      check_close(dev.grads.fc1, grads.fc1, "d fc1");
+      check_close(dev.grads.fc2, grads.fc2, "d fc2");
+      check_close(dev.grads.fc2_bias, grads.fc2_bias, "d fc2_bias");
+      check_close(dev.grads.router_weight, grads.router_weight, "d router_weight");
+      BOOST_REQUIRE_EQUAL(dev.moved_state.size(), 24u);
+      for (std::size_t j = 0; j < 8; ++j)
+        for (std::size_t i = 0; i < 3; ++i)
+          BOOST_TEST(dev.moved_state[j * 3 + i] == static_cast<float>(10 * slots[j] + i));
+    }
+}
+
 BOOST_AUTO_TEST_CASE(device_layer_without_communicators_rejects_expert_parallelism) {
   sy::Config c = base(8, 2, true, sy::Activation::silu);
   c.expert_parallel_size = 2;

@@ -99,8 +99,23 @@ namespace {
 /// initialize(seed), forward, backward into zero gradients, everything back on the host.
 device_layer_out run_layer(DeviceMoELayerCore& layer, cudaStream_t stream, std::uint64_t seed,
                            const std::vector<float>& x, std::int64_t T,
-                           const std::vector<float>& dy, bool training, std::uint32_t step) {
+                           const std::vector<float>& dy, bool training, std::uint32_t step,
+                           const std::vector<std::int64_t>* expert_of_slot = nullptr) {
   layer.initialize(seed, stream);
+  std::vector<float> moved_state;
+  if (expert_of_slot) {
+    const ExpertPlacementMap& from = layer.placement();
+    const std::int64_t El = from.local_experts(), me = 0;  // one GPU (or one EP rank)
+    std::vector<float> state(static_cast<std::size_t>(El * 3));
+    for (std::int64_t j = 0; j < El; ++j)
+      for (std::int64_t i = 0; i < 3; ++i)
+        state[static_cast<std::size_t>(j * 3 + i)] =
+            static_cast<float>(10 * from.expert(me, j) + i);
+    device_buffer<float> d_state = to_device(state, stream);
+    const std::span<float> also[1] = {std::span<float>(d_state.data(), d_state.size())};
+    layer.move_experts(ExpertPlacementMap(from.ep(), *expert_of_slot), stream, also);
+    moved_state = d_state.download(stream);
+  }
   const device_buffer<float> dx_in = to_device(x, stream), ddy = to_device(dy, stream);
   device_buffer<double> count_sum(static_cast<std::size_t>(layer.config().num_experts));
   count_sum.zero(stream);
@@ -118,6 +133,7 @@ device_layer_out run_layer(DeviceMoELayerCore& layer, cudaStream_t stream, std::
   out.grads = layer.host_params();
   grads.download(out.grads, stream);
   out.metrics = fwd.metrics;
+  out.moved_state = std::move(moved_state);
   return out;
 }
 }  // namespace
@@ -133,11 +149,12 @@ bool device_framework_mode_available() {
 device_layer_out device_layer_run(const Config& cfg, std::uint64_t seed,
                                   const std::vector<float>& x, std::int64_t T,
                                   const std::vector<float>& dy, bool training, std::uint32_t step,
-                                  device_run_mode mode) {
+                                  device_run_mode mode,
+                                  const std::vector<std::int64_t>* expert_of_slot) {
   test_stream st;
   if (mode == device_run_mode::plain) {
     auto layer = make_device_layer(cfg, st.s);
-    return run_layer(*layer, st.s, seed, x, T, dy, training, step);
+    return run_layer(*layer, st.s, seed, x, T, dy, training, step, expert_of_slot);
   }
 #if defined(SWITCHYARD_HAS_NCCL)
   counting_memory memory;
@@ -146,7 +163,7 @@ device_layer_out device_layer_run(const Config& cfg, std::uint64_t seed,
   device_layer_out out;
   {
     auto layer = make_device_layer(cfg, st.s, {.comms = {&comm, &comm, &comm}, .memory = &memory});
-    out = run_layer(*layer, st.s, seed, x, T, dy, training, step);
+    out = run_layer(*layer, st.s, seed, x, T, dy, training, step, expert_of_slot);
   }
   SY_CUDA_TRY(cudaStreamSynchronize(st.s));
   out.allocations = memory.allocations;

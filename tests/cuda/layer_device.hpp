@@ -11,8 +11,9 @@
 
 namespace switchyard::test {
 
-/// One device layer run: make_device_layer(cfg), initialize(seed) or `params` when given, a
-/// forward of x [T][H] and a backward of dy [T][H] into zeroed gradients.
+/// One device layer run: make_device_layer(cfg), initialize(seed) or `params` when given, with
+/// `expert_of_slot` move_experts() to that placement, a forward of x [T][H] and a backward of
+/// dy [T][H] into zeroed gradients.
 struct device_layer_out {
   std::vector<float> y, dx;
   MoEParams<float> params;  ///< the weights the layer ran with
@@ -21,6 +22,9 @@ struct device_layer_out {
   /// With framework resources: the allocations the layer made from the framework's memory
   /// resource, and the bytes not given back once every returned buffer was destroyed.
   std::int64_t allocations = 0, bytes_outstanding = 0;
+  /// With `expert_of_slot`: a caller's state of 3 values per local expert (10·e + i for global
+  /// expert e, laid out for the initial placement) after move_experts took it along.
+  std::vector<float> moved_state;
 };
 
 /// plain: one GPU, default memory. framework: what a framework hands the layer, on one GPU:
@@ -34,7 +38,8 @@ bool device_framework_mode_available();
 device_layer_out device_layer_run(const Config& cfg, std::uint64_t seed,
                                   const std::vector<float>& x, std::int64_t T,
                                   const std::vector<float>& dy, bool training, std::uint32_t step,
-                                  device_run_mode mode = device_run_mode::plain);
+                                  device_run_mode mode = device_run_mode::plain,
+                                  const std::vector<std::int64_t>* expert_of_slot = nullptr);
 
 /// The same run through DeviceMoELayer<TopK<2, Softmax>, Capacity<DropByProbs>, GLU<SiLU>>
 /// (compile-time policies; cfg must select them), training, step 0.

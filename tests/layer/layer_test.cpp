@@ -278,6 +278,79 @@ BOOST_AUTO_TEST_CASE(gradient_compression_on_one_rank_rounds_every_gradient_to_b
     }
 }
 
+// Expert migration's move on one rank reorders the local experts (what the device layer does on
+// one GPU): the same y and dx as without the move, each expert's weights and gradients at its
+// new local index, and with migration enabled one EP rank never moves anything.
+BOOST_AUTO_TEST_CASE(experts_moved_on_one_rank_compute_what_they_computed) {
+  sy::LocalComm one;
+  auto c = small_config(8, 2, true, sy::Activation::silu, true);  // capacity dispatch
+  c.add_bias_linear = true;
+  c.sharding_strategy = sy::ShardingStrategy::Dynamic;
+  c.migration_threshold = 0.0;
+  const std::vector<std::int64_t> slots{5, 0, 7, 2, 1, 3, 4, 6};
+  const std::int64_t T = 16, H = c.hidden_size;
+  const auto x = random_vector(5, static_cast<std::size_t>(T * H));
+  const auto dy = random_vector(6, static_cast<std::size_t>(T * H));
+  const auto run = [&](bool move) {
+    auto layer = sy::make_layer<double>(c, sy::MoEComms<sy::LocalComm>{&one, &one, &one});
+    layer->initialize(9);
+    std::vector<double> state{0, 1, 2, 3, 4, 5, 6, 7};  // one value per expert
+    std::vector<std::vector<double>*> also{&state};
+    if (move) layer->move_experts(sy::ExpertPlacementMap(1, slots), also);
+    for (std::size_t j = 0; j < 8; ++j)
+      BOOST_REQUIRE(state[j] ==
+                    static_cast<double>(move ? slots[j] : static_cast<std::int64_t>(j)));
+    // Loads all on expert 0: with one EP rank there is nowhere to move.
+    std::vector<std::int64_t> load(8, 0);
+    load[0] = 100;
+    BOOST_TEST(!layer->migrate_experts(load, also));
+    auto fwd = layer->forward(sy::matrix_view<const double>(x.data(), T, H));
+    auto g = layer->make_grads();
+    auto dx = layer->backward(fwd.saved, sy::matrix_view<const double>(dy.data(), T, H), g);
+    return std::make_tuple(std::move(layer), std::move(fwd), std::move(g), std::move(dx));
+  };
+  auto [ref, rf, rg, rdx] = run(false);
+  auto [moved, mf, mg, mdx] = run(true);
+  BOOST_TEST(mf.y == rf.y, boost::test_tools::tolerance(1e-12) << boost::test_tools::per_element());
+  BOOST_TEST(mdx == rdx, boost::test_tools::tolerance(1e-12) << boost::test_tools::per_element());
+  BOOST_TEST(mf.metrics.tokens_per_expert == rf.metrics.tokens_per_expert,
+             boost::test_tools::per_element());
+  const std::size_t per = ref->params().fc1.size() / 8, per2 = ref->params().fc2_bias.size() / 8;
+  for (std::size_t j = 0; j < 8; ++j) {
+    const auto e = static_cast<std::size_t>(slots[j]);
+    for (std::size_t i = 0; i < per; ++i) {
+      BOOST_REQUIRE(moved->params().fc1[j * per + i] == ref->params().fc1[e * per + i]);
+      BOOST_REQUIRE(std::abs(mg.fc1[j * per + i] - rg.fc1[e * per + i]) <= 1e-12);
+    }
+    for (std::size_t i = 0; i < per2; ++i) {
+      BOOST_REQUIRE(moved->params().fc2_bias[j * per2 + i] == ref->params().fc2_bias[e * per2 + i]);
+      BOOST_REQUIRE(std::abs(mg.fc2_bias[j * per2 + i] - rg.fc2_bias[e * per2 + i]) <= 1e-12);
+    }
+  }
+  BOOST_TEST(mg.router_weight == rg.router_weight, boost::test_tools::tolerance(1e-12)
+                                                       << boost::test_tools::per_element());
+}
+
+BOOST_AUTO_TEST_CASE(a_saved_state_from_before_a_move_is_refused) {
+  sy::LocalComm one;
+  const auto c = small_config(4, 2, false, sy::Activation::gelu, false);
+  auto layer = sy::make_layer<double>(c, sy::MoEComms<sy::LocalComm>{&one, &one, &one});
+  layer->initialize(3);
+  const auto x = random_vector(7, 8 * 6), dy = random_vector(8, 8 * 6);
+  auto fwd = layer->forward(sy::matrix_view<const double>(x.data(), 8, 6));
+  layer->move_experts(sy::ExpertPlacementMap(1, {3, 1, 0, 2}));
+  auto g = layer->make_grads();
+  BOOST_CHECK_EXCEPTION(
+      layer->backward(fwd.saved, sy::matrix_view<const double>(dy.data(), 8, 6), g),
+      sy::precondition_error, [](const sy::precondition_error& e) {
+        return std::string(e.what()).find("the experts moved (move_experts) after this forward") !=
+               std::string::npos;
+      });
+  auto again = layer->forward(sy::matrix_view<const double>(x.data(), 8, 6));  // fine after it
+  BOOST_CHECK_NO_THROW(
+      layer->backward(again.saved, sy::matrix_view<const double>(dy.data(), 8, 6), g));
+}
+
 BOOST_AUTO_TEST_CASE(saved_state_is_consumed_once) {
   sy::LocalComm one;
   const auto c = small_config(4, 2, false, sy::Activation::relu, false);

@@ -177,6 +177,7 @@ struct DeviceMoESaved {
   device_buffer<std::byte> shared_workspace;
   expert_options expert_opts;
   bool used = false;
+  std::uint64_t placement_moves = 0;  ///< the layer's placement changes when forward ran
 
   const float* router_input() const { return x_router.empty() ? x.data() : x_router.data(); }
   /// The combine weights unpermute used: the router's probs unless renormalised.
@@ -303,18 +304,12 @@ class DeviceMoELayerCore {
         experts_->fc1_multiplier(), cfg_.add_bias_linear, stream,
         cfg_.shared_expert_intermediate_size.value_or(0), cfg_.shared_expert_gate);
     if (comms_.expert_parallel) {
-      std::vector<std::int32_t> slot_of(static_cast<std::size_t>(cfg_.num_experts));
-      for (std::size_t e = 0; e < slot_of.size(); ++e)
-        slot_of[e] = static_cast<std::int32_t>(placement_.slot(static_cast<std::int64_t>(e)));
+      const std::vector<std::int32_t> slot_of = slot_table(placement_);
       slot_of_ = device_buffer<std::int32_t>(slot_of.size());
       slot_of_.upload(slot_of.data(), stream);
     }
     SY_CUDA_TRY(cudaStreamSynchronize(stream));
-    if (comms_.any())
-      detail::require_agreement(comms_.dense_data_parallel->rank(),
-                                comms_.dense_data_parallel->size(),
-                                detail::host_gather_of(*comms_.dense_data_parallel, stream),
-                                detail::config_fingerprint(cfg_), "layer config");
+    agree(detail::config_fingerprint(cfg_), stream, "layer config");
   }
 
   /// Throws config_error unless these communicators run this config: tensor_parallel_size must
@@ -327,11 +322,6 @@ class DeviceMoELayerCore {
           "tensor_parallel_size: ", c.tensor_parallel_size,
           " (the CUDA layer does not split experts over tensor-parallel ranks yet: use 1, or "
           "the host layer, which has tensor-parallel experts)"));
-    if (c.migrates_experts())
-      throw config_error(
-          "enable_expert_migration / sharding_strategy Dynamic: the CUDA layer does not move "
-          "experts between ranks yet (its slots are fixed when it is made): turn migration off "
-          "(ModelParallel), or use the host layer, which migrates");
     if (!comms.any()) {
       if (c.expert_parallel_size != 1)
         throw config_error(detail::concat(
@@ -401,6 +391,7 @@ class DeviceMoELayerCore {
     DeviceMoESaved& s = out.saved;
     s.tokens = T;
     s.stream = stream;
+    s.placement_moves = placement_moves_;
     s.exchanged = comms_.expert_parallel != nullptr;
     const auto TH = static_cast<std::size_t>(T * H), Tk = static_cast<std::size_t>(T * k);
     DispatchOptions dopt;
@@ -691,6 +682,9 @@ class DeviceMoELayerCore {
     try {
       SY_EXPECTS(!s.used,
                  "DeviceMoELayer::backward: this forward's saved state was already consumed");
+      SY_EXPECTS(s.placement_moves == placement_moves_,
+                 "DeviceMoELayer::backward: the placement changed (move_experts, "
+                 "set_placement) after this forward: its saved rows belong to the old one");
       SY_EXPECTS(stream == s.stream,
                  "DeviceMoELayer::backward: run it on the stream of its forward (the saved "
                  "buffers are ordered on that stream)");
@@ -849,6 +843,148 @@ class DeviceMoELayerCore {
     });
   }
 
+  /// Expert migration (enable_expert_migration, sharding_strategy Dynamic), after an optimizer
+  /// step, on `stream`: as MoELayerCore::migrate_experts (the same decision,
+  /// migration_target), with `also` the caller's per-local-expert device tensors (leading
+  /// dimension E_local; e.g. optimizer moments). Returns whether the experts moved. Without
+  /// migration it returns false at once. Collective over the dense group (the loads must agree).
+  bool migrate_experts(std::span<const std::int64_t> load, cudaStream_t stream,
+                       std::span<const std::span<float>> also = {}) {
+    if (!cfg_.migrates_experts()) return false;
+    std::exception_ptr failed;
+    std::uint64_t fingerprint = 0;
+    std::optional<ExpertPlacementMap> next;
+    try {
+      SY_EXPECTS(static_cast<std::int64_t>(load.size()) == cfg_.num_experts,
+                 detail::concat("DeviceMoELayer::migrate_experts: ", load.size(), " loads for ",
+                                cfg_.num_experts, " experts"));
+      fingerprint = fnv1a64(std::string(reinterpret_cast<const char*>(load.data()),
+                                        load.size() * sizeof(std::int64_t)));
+      next = migration_target(placement_, load, cfg_.migration_threshold);
+    } catch (...) {
+      failed = std::current_exception();
+    }
+    fail_together(failed, stream, "DeviceMoELayer::migrate_experts");
+    agree(fingerprint, stream, "expert loads of DeviceMoELayer::migrate_experts");
+    if (!next) return false;
+    move_experts(*next, stream, also);
+    return true;
+  }
+
+  /// Moves the experts to placement `to`, on `stream`: as MoELayerCore::move_experts, for the
+  /// layer's fc1, fc2 and their biases and the device tensors of `also` (leading dimension
+  /// E_local), one all-to-all per tensor over the EP group (on one GPU, a reordering of its
+  /// experts). The buffers are allocated first and the dense group fails together on them; the
+  /// ranks must agree on `to` and on the tensors' sizes (comm_error on every rank otherwise).
+  /// Between steps: backward refuses a saved forward state from before a move.
+  void move_experts(const ExpertPlacementMap& to, cudaStream_t stream,
+                    std::span<const std::span<float>> also = {}) {
+    const ExpertPlacementMap& from = placement_;
+    const std::int64_t ep = from.ep(), El = from.local_experts();
+    const int me = comms_.expert_parallel ? comms_.expert_parallel->rank() : 0;
+    std::exception_ptr failed;
+    std::vector<std::span<float>> tensors;
+    device_buffer<float> send, recv;
+    std::uint64_t fingerprint = 0;
+    expert_move move;
+    std::vector<std::int64_t> send_counts, recv_counts;
+    std::vector<std::int32_t> slot_of;
+    device_buffer<std::int32_t> slots;
+    try {
+      SY_EXPECTS(to.num_experts() == from.num_experts() && to.ep() == ep,
+                 detail::concat("DeviceMoELayer::move_experts: a placement of ", to.num_experts(),
+                                " experts over ", to.ep(), " ranks for a layer of ",
+                                from.num_experts(), " over ", ep));
+      move = plan_expert_move(from, to, me);
+      send_counts.resize(static_cast<std::size_t>(ep));
+      recv_counts.resize(static_cast<std::size_t>(ep));
+      params_.for_each_expert_tensor([&](device_buffer<float>& v) {
+        if (!v.empty()) tensors.emplace_back(v.data(), v.size());
+      });
+      for (const std::span<float> v : also) {
+        for (const std::span<float> t : tensors)
+          SY_EXPECTS(
+              v.empty() || v.data() + v.size() <= t.data() || t.data() + t.size() <= v.data(),
+              "DeviceMoELayer::move_experts: tensors that overlap (one given twice, or "
+              "one of the layer's own weights, which it moves itself)");
+        if (!v.empty()) tensors.push_back(v);
+      }
+      std::vector<std::uint64_t> shape(to.slots().begin(), to.slots().end());
+      std::size_t most = 0;
+      for (const std::span<float> v : tensors) {
+        SY_EXPECTS(v.size() % static_cast<std::size_t>(El) == 0,
+                   detail::concat("DeviceMoELayer::move_experts: a tensor of ", v.size(),
+                                  " elements is not ", El, " local experts' worth"));
+        most = std::max(most, v.size());
+        shape.push_back(v.size());
+      }
+      fingerprint = fnv1a64(std::string(reinterpret_cast<const char*>(shape.data()),
+                                        shape.size() * sizeof(std::uint64_t)));
+      send = alloc<float>(most, stream);
+      recv = alloc<float>(most, stream);
+      slot_of = slot_table(to);
+      slots = device_buffer<std::int32_t>(slot_of.size());
+    } catch (...) {
+      failed = std::current_exception();
+    }
+    fail_together(failed, stream, "DeviceMoELayer::move_experts");
+    agree(fingerprint, stream, "placement and tensors of DeviceMoELayer::move_experts");
+    const auto copy = [&](float* dst, const float* src, std::int64_t n) {
+      SY_CUDA_TRY(cudaMemcpyAsync(dst, src, sizeof(float) * static_cast<std::size_t>(n),
+                                  cudaMemcpyDeviceToDevice, stream));
+    };
+    for (const std::span<float> t : tensors) {
+      const auto n = static_cast<std::int64_t>(t.size()) / El;
+      for (std::size_t i = 0; i < move.send_local.size(); ++i)
+        copy(send.data() + static_cast<std::int64_t>(i) * n, t.data() + move.send_local[i] * n, n);
+      for (std::int64_t p = 0; p < ep; ++p) {
+        const auto pu = static_cast<std::size_t>(p);
+        send_counts[pu] = move.send_chunks[pu] * n;
+        recv_counts[pu] = move.recv_chunks[pu] * n;
+      }
+      if (comms_.expert_parallel)
+        comms_.expert_parallel->all_to_all_v(send.data(), send_counts, recv.data(), recv_counts,
+                                             stream);
+      else  // one GPU: everything stays here
+        copy(recv.data(), send.data(), static_cast<std::int64_t>(move.send_local.size()) * n);
+      for (std::size_t i = 0; i < move.recv_local.size(); ++i)
+        copy(t.data() + move.recv_local[i] * n, recv.data() + static_cast<std::int64_t>(i) * n, n);
+    }
+    slots.upload(slot_of.data(), stream);
+    SY_CUDA_TRY(cudaStreamSynchronize(stream));  // the copies are done before the buffers go
+    slot_of_ = std::move(slots);
+    placement_ = to;
+    ++placement_moves_;
+  }
+
+  /// Declares that the expert weights set with set_params() are laid out for placement `to`
+  /// (e.g. uploaded from a host layer whose experts migrated): nothing moves, the layer only
+  /// routes by `to` from now on. Collective over the dense group: the ranks must agree on `to`.
+  void set_placement(const ExpertPlacementMap& to, cudaStream_t stream) {
+    std::exception_ptr failed;
+    std::vector<std::int32_t> slot_of;
+    device_buffer<std::int32_t> slots;
+    try {
+      SY_EXPECTS(to.num_experts() == placement_.num_experts() && to.ep() == placement_.ep(),
+                 detail::concat("DeviceMoELayer::set_placement: a placement of ", to.num_experts(),
+                                " experts over ", to.ep(), " ranks for a layer of ",
+                                placement_.num_experts(), " over ", placement_.ep()));
+      slot_of = slot_table(to);
+      slots = device_buffer<std::int32_t>(slot_of.size());
+    } catch (...) {
+      failed = std::current_exception();
+    }
+    fail_together(failed, stream, "DeviceMoELayer::set_placement");
+    agree(fnv1a64(std::string(reinterpret_cast<const char*>(to.slots().data()),
+                              to.slots().size() * sizeof(std::int64_t))),
+          stream, "placement of DeviceMoELayer::set_placement");
+    slots.upload(slot_of.data(), stream);
+    SY_CUDA_TRY(cudaStreamSynchronize(stream));
+    slot_of_ = std::move(slots);
+    placement_ = to;
+    ++placement_moves_;
+  }
+
   /// Aux-loss-free balancing (REFERENCE §5) from the kept_per_expert of a global batch.
   void update_expert_bias(std::span<const std::int64_t> counts, cudaStream_t stream) {
     router_->update_expert_bias(counts, stream);
@@ -906,6 +1042,21 @@ class DeviceMoELayerCore {
   template <class U>
   device_buffer<U> alloc(std::size_t n, cudaStream_t stream) const {
     return device_buffer<U>(n, *memory_, stream);
+  }
+
+  // With communicators, require_agreement over the dense group (synchronises); else nothing.
+  void agree(std::uint64_t fingerprint, cudaStream_t stream, const char* what) {
+    if (!comms_.any()) return;
+    DeviceCommunicator& dense = *comms_.dense_data_parallel;
+    detail::require_agreement(dense.rank(), dense.size(), detail::host_gather_of(dense, stream),
+                              fingerprint, what);
+  }
+  // Global expert -> placement slot, the table the dispatch kernels read.
+  static std::vector<std::int32_t> slot_table(const ExpertPlacementMap& p) {
+    std::vector<std::int32_t> slot_of(static_cast<std::size_t>(p.num_experts()));
+    for (std::size_t e = 0; e < slot_of.size(); ++e)
+      slot_of[e] = static_cast<std::int32_t>(p.slot(static_cast<std::int64_t>(e)));
+    return slot_of;
   }
 
   // With communicators, fail_together over the dense group (synchronises); else rethrows.
@@ -967,6 +1118,7 @@ class DeviceMoELayerCore {
   std::unique_ptr<detail::device_router_hooks> router_;
   std::unique_ptr<detail::device_expert_hooks> experts_;
   DeviceMoEParams params_;
+  std::uint64_t placement_moves_ = 0;    ///< placement changes so far (stale saved states fail)
   device_buffer<std::int32_t> slot_of_;  ///< expert -> placement slot [E]; empty on one GPU
   cuda_expert_resources res_;
 };

@@ -119,6 +119,7 @@ struct MoESaved {
   detail::cached_buffer shared_workspace;
   expert_options expert_opts;
   bool used = false;                ///< backward consumes the expert workspace once
+  std::uint64_t placement_moves = 0;  ///< the layer's moves when forward ran (move_experts)
 };
 
 /// What forward returns.
@@ -235,6 +236,7 @@ class MoELayerCore {
       if (router_sums_ && !router_sums_->empty())
         sum_zeros.resize(*std::max_element(router_sums_->begin(), router_sums_->end()));
       s.tokens = Tn;
+      s.placement_moves = placement_moves_;
       s.x.assign(x.data_handle(), x.data_handle() + Tn * H);
       out.y.resize(static_cast<std::size_t>(Tn * H));
       s.weights.resize(static_cast<std::size_t>(Tn * k));
@@ -392,6 +394,9 @@ class MoELayerCore {
     std::exception_ptr failed;
     detail::keep_failure(failed, [&] {
       SY_EXPECTS(!s.used, "MoELayer::backward: this forward's saved state was already consumed");
+      SY_EXPECTS(s.placement_moves == placement_moves_,
+                 "MoELayer::backward: the experts moved (move_experts) after this forward: its "
+                 "saved rows belong to the old placement");
       SY_EXPECTS(dy.extent(0) == Tn && dy.extent(1) == H,
                  detail::concat("MoELayer::backward: dy is [", dy.extent(0), "][", dy.extent(1),
                                 "], the forward had [", Tn, "][", H, "]"));
@@ -557,7 +562,7 @@ class MoELayerCore {
   /// migration it returns false at once, with no collective. Collective over the loss group
   /// (dense data-parallel, then TP): the loads must agree on every rank (comm_error on every
   /// rank when they differ), and a move is an all-to-all over the EP group. Call it between
-  /// steps: a saved forward state from before a move must not go to backward after it.
+  /// steps: backward refuses a saved forward state from before a move (precondition_error).
   bool migrate_experts(std::span<const std::int64_t> load,
                        std::span<std::vector<T>* const> also = {}) {
     if (!cfg_.migrates_experts()) return false;
@@ -572,14 +577,7 @@ class MoELayerCore {
                                 cfg_.num_experts, " experts"));
       fingerprint = fnv1a64(std::string(reinterpret_cast<const char*>(load.data()),
                                         load.size() * sizeof(std::int64_t)));
-      placement_.rank_loads(load);  // every load >= 0
-      if (placement_.ep() == 1 || !(placement_.imbalance(load) > cfg_.migration_threshold)) return;
-      ExpertPlacementMap balanced = placement_.balanced(load);
-      const auto busiest = [&](const ExpertPlacementMap& p) {
-        const std::vector<std::int64_t> r = p.rank_loads(load);
-        return *std::max_element(r.begin(), r.end());
-      };
-      if (busiest(balanced) < busiest(placement_)) next = std::move(balanced);
+      next = migration_target(placement_, load, cfg_.migration_threshold);
     });
     fail_together_in_group(failed, "MoELayer::migrate_experts");
     agree_in_group(fingerprint, "expert loads of MoELayer::migrate_experts");
@@ -606,11 +604,16 @@ class MoELayerCore {
     std::exception_ptr failed;
     std::vector<T> send, recv;
     std::uint64_t fingerprint = 0;  // of what the ranks must agree on: `to`, then the sizes
+    expert_move move;
+    std::vector<std::int64_t> send_counts, recv_counts;
     detail::keep_failure(failed, [&] {
       SY_EXPECTS(to.num_experts() == from.num_experts() && to.ep() == ep,
                  detail::concat("MoELayer::move_experts: a placement of ", to.num_experts(),
                                 " experts over ", to.ep(), " ranks for a layer of ",
                                 from.num_experts(), " over ", ep));
+      move = plan_expert_move(from, to, me);
+      send_counts.resize(static_cast<std::size_t>(ep));
+      recv_counts.resize(static_cast<std::size_t>(ep));
       params_.for_each_expert_tensor([&](std::vector<T>& v) {
         if (!v.empty()) tensors.push_back(&v);
       });
@@ -637,36 +640,24 @@ class MoELayerCore {
     });
     fail_together_in_group(failed, "MoELayer::move_experts");
     agree_in_group(fingerprint, "placement and tensors of MoELayer::move_experts");
-    Comm& group = *comms_.expert_parallel;
-    std::vector<std::int64_t> send_counts(static_cast<std::size_t>(ep)),
-        recv_counts(static_cast<std::size_t>(ep)), cursor(static_cast<std::size_t>(ep));
     for (std::vector<T>* t : tensors) {
       std::vector<T>& v = *t;
       const auto n = static_cast<std::int64_t>(v.size()) / El;
-      // To each rank q in turn, the experts of this rank that q holds next, by q's new index;
-      // from each rank p, the experts p held that this rank holds next, by this rank's new index.
-      std::fill(send_counts.begin(), send_counts.end(), 0);
-      std::fill(recv_counts.begin(), recv_counts.end(), 0);
-      std::int64_t sent = 0;
-      for (std::int64_t q = 0; q < ep; ++q)
-        for (std::int64_t j = 0; j < El; ++j) {
-          const std::int64_t e = to.expert(q, j);
-          if (from.owner(e) != me) continue;
-          std::copy_n(v.begin() + from.local_index(e) * n, n, send.begin() + sent);
-          sent += n;
-          send_counts[static_cast<std::size_t>(q)] += n;
-        }
-      for (std::int64_t j = 0; j < El; ++j)
-        recv_counts[static_cast<std::size_t>(from.owner(to.expert(me, j)))] += n;
-      group.all_to_all_v(send.data(), send_counts, recv.data(), recv_counts);
-      std::exclusive_scan(recv_counts.begin(), recv_counts.end(), cursor.begin(), std::int64_t{0});
-      for (std::int64_t j = 0; j < El; ++j) {
-        std::int64_t& c = cursor[static_cast<std::size_t>(from.owner(to.expert(me, j)))];
-        std::copy_n(recv.begin() + c, n, v.begin() + j * n);
-        c += n;
+      for (std::size_t i = 0; i < move.send_local.size(); ++i)
+        std::copy_n(v.begin() + move.send_local[i] * n, n,
+                    send.begin() + static_cast<std::int64_t>(i) * n);
+      for (std::int64_t p = 0; p < ep; ++p) {
+        const auto pu = static_cast<std::size_t>(p);
+        send_counts[pu] = move.send_chunks[pu] * n;
+        recv_counts[pu] = move.recv_chunks[pu] * n;
       }
+      comms_.expert_parallel->all_to_all_v(send.data(), send_counts, recv.data(), recv_counts);
+      for (std::size_t i = 0; i < move.recv_local.size(); ++i)
+        std::copy_n(recv.begin() + static_cast<std::int64_t>(i) * n, n,
+                    v.begin() + move.recv_local[i] * n);
     }
     placement_ = to;
+    ++placement_moves_;
   }
 
   /// Aux-loss-free balancing (REFERENCE §5): β update from the dispatched (post-drop) tokens per
@@ -987,6 +978,7 @@ class MoELayerCore {
   MoEComms<Comm> comms_;
   detail::expert_sync_clock sync_clock_;
   ExpertPlacementMap placement_;
+  std::uint64_t placement_moves_ = 0;  ///< move_experts calls so far (stale saved states fail)
   std::unique_ptr<detail::router_hooks<T>> router_;
   std::unique_ptr<detail::expert_hooks<T>> experts_;
   MoEParams<T> params_;

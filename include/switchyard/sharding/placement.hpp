@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <numeric>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -153,5 +154,61 @@ class ExpertPlacementMap {
   std::int64_t E_, ep_;
   std::vector<std::int64_t> expert_of_slot_, slot_of_;
 };
+
+/// Expert migration's decision (the host and device layers' migrate_experts): the placement to
+/// move to after a step with `load` tokens per global expert, or none. The experts move when
+/// the EP ranks' imbalance under `current` is above `threshold` and current.balanced(load) gives
+/// the busiest rank fewer tokens. Deterministic: the same loads give the same answer everywhere.
+inline std::optional<ExpertPlacementMap> migration_target(const ExpertPlacementMap& current,
+                                                          std::span<const std::int64_t> load,
+                                                          double threshold) {
+  const auto busiest = [&](const ExpertPlacementMap& p) {
+    const std::vector<std::int64_t> r = p.rank_loads(load);  // checks the loads
+    return *std::max_element(r.begin(), r.end());
+  };
+  const std::int64_t now = busiest(current);
+  if (current.ep() == 1 || !(current.imbalance(load) > threshold)) return std::nullopt;
+  ExpertPlacementMap next = current.balanced(load);
+  if (busiest(next) >= now) return std::nullopt;
+  return next;
+}
+
+/// The copies of a move from placement `from` to `to` on EP rank `me` (the host and device
+/// layers' move_experts), in chunks of one expert's share of a tensor whose leading dimension is
+/// the local expert: what `me` sends to each rank q in turn (the experts q holds next that `me`
+/// holds now, by q's new local index) and, in the order they arrive (by source rank, then by
+/// new local index), where the received chunks go.
+struct expert_move {
+  std::vector<std::int64_t> send_local;   ///< current local index of each chunk sent, in order
+  std::vector<std::int64_t> send_chunks;  ///< chunks sent to each rank [ep]
+  std::vector<std::int64_t> recv_local;   ///< new local index of each chunk received, in order
+  std::vector<std::int64_t> recv_chunks;  ///< chunks received from each rank [ep]
+};
+
+inline expert_move plan_expert_move(const ExpertPlacementMap& from, const ExpertPlacementMap& to,
+                                    std::int64_t me) {
+  SY_EXPECTS(
+      to.num_experts() == from.num_experts() && to.ep() == from.ep(),
+      detail::concat("expert move: a placement of ", to.num_experts(), " experts over ", to.ep(),
+                     " ranks for one of ", from.num_experts(), " over ", from.ep()));
+  const std::int64_t ep = from.ep(), El = from.local_experts();
+  expert_move m;
+  m.send_chunks.assign(static_cast<std::size_t>(ep), 0);
+  m.recv_chunks.assign(static_cast<std::size_t>(ep), 0);
+  for (std::int64_t q = 0; q < ep; ++q)
+    for (std::int64_t j = 0; j < El; ++j) {
+      const std::int64_t e = to.expert(q, j);
+      if (from.owner(e) != me) continue;
+      m.send_local.push_back(from.local_index(e));
+      ++m.send_chunks[static_cast<std::size_t>(q)];
+    }
+  for (std::int64_t p = 0; p < ep; ++p)
+    for (std::int64_t j = 0; j < El; ++j)
+      if (from.owner(to.expert(me, j)) == p) {
+        m.recv_local.push_back(j);
+        ++m.recv_chunks[static_cast<std::size_t>(p)];
+      }
+  return m;
+}
 
 }  // namespace switchyard
