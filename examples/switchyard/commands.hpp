@@ -5,6 +5,11 @@
 #include <CLI/CLI.hpp>
 
 #include <functional>
+#include <string>
+
+namespace switchyard {
+struct Config;
+}
 
 namespace switchyard::cli {
 
@@ -14,5 +19,9 @@ void add_plan_command(CLI::App& app, runner& run);
 void add_route_command(CLI::App& app, runner& run);
 void add_train_command(CLI::App& app, runner& run);
 void add_layer_command(CLI::App& app, runner& run);
+
+/// When the experts migrate, for plan's and train's text: "experts migrate when the EP ranks'
+/// imbalance is above t" and, with a load_balancing object, its schedule (plan_command.cpp).
+std::string migration_summary(const Config& c);
 
 }  // namespace switchyard::cli

@@ -6,9 +6,12 @@
 #include <boost/json.hpp>
 #include <fmt/core.h>
 
+#include <cmath>
 #include <cstdint>
 #include <optional>
+#include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "switchyard/config/json.hpp"
@@ -24,6 +27,7 @@ namespace json = boost::json;
 /// A dense row-major array read from JSON.
 struct dense {
   index_t rows = 0, cols = 0, depth = 1;  ///< [rows][cols] or [rows][cols][depth]
+  bool three_d = false;                    ///< read as [rows][cols][depth] (read_tensor3)
   std::vector<double> data;
 };
 
@@ -34,6 +38,21 @@ inline double read_number(const json::value& v, const std::string& where) {
   if (v.is_int64()) return static_cast<double>(v.get_int64());
   if (v.is_uint64()) return static_cast<double>(v.get_uint64());
   throw config_error(fmt::format("{} is {}, expected a number", where, detail::kind_of(v)));
+}
+
+/// `m` (read as `key`) when every value is finite. For the inputs that reach the results without
+/// the router's check of its logits (expert weights and biases, dy, grad_probs): an infinite
+/// value there would give results JSON cannot hold.
+inline dense finite_input(dense m, std::string_view key) {
+  for (std::size_t i = 0; i < m.data.size(); ++i) {
+    if (std::isfinite(m.data[i])) continue;
+    const auto n = static_cast<index_t>(i);
+    const std::string at = !m.three_d ? fmt::format("[{}][{}]", n / m.cols, n % m.cols)
+                                        : fmt::format("[{}][{}][{}]", n / (m.cols * m.depth),
+                                                      n / m.depth % m.cols, n % m.depth);
+    throw config_error(fmt::format("{}{} is {}, expected a finite number", key, at, m.data[i]));
+  }
+  return m;
 }
 
 /// Reads doc[key] as `rows` rows (rows < 0: any, at least one) of `cols` numbers (cols < 0: the
@@ -79,6 +98,7 @@ inline dense read_tensor3(const json::object& doc, const char* key, index_t n0, 
   t.rows = n0;
   t.cols = n1;
   t.depth = n2;
+  t.three_d = true;
   for (index_t i = 0; i < n0; ++i) {
     json::object one;
     one["m"] = v->get_array()[static_cast<std::size_t>(i)];
@@ -122,7 +142,13 @@ inline json::value optional_number(const std::optional<double>& v) {
 /// write 7.310585786300049E-1).
 inline void write_json(const json::value& v, std::string& s) {
   switch (v.kind()) {
-    case json::kind::double_: s += fmt::format("{}", v.get_double()); return;
+    case json::kind::double_:
+      // JSON has no infinity or NaN: an overflow in the results is an error, not a document.
+      if (!std::isfinite(v.get_double()))
+        throw std::runtime_error(fmt::format(
+            "a result is {} (an overflow in double): no JSON document for it", v.get_double()));
+      s += fmt::format("{}", v.get_double());
+      return;
     case json::kind::array: {
       s += '[';
       bool first = true;
@@ -253,7 +279,8 @@ inline json::object route_document(const json::value& doc) {
   }
   const index_t T = z.rows;
   std::optional<dense> grad_probs;
-  if (in.contains("grad_probs")) grad_probs = read_matrix(in, "grad_probs", T, E, "num_experts");
+  if (in.contains("grad_probs"))
+    grad_probs = finite_input(read_matrix(in, "grad_probs", T, E, "num_experts"), "grad_probs");
 
   GlobalAuxLoss global;
   RouteContext ctx;
@@ -347,8 +374,10 @@ inline json::object layer_document(const json::value& doc) {
   const dense wr = read_matrix(in, "router_weight", E, H, "hidden_size");
   const std::string fc1_shape = fmt::format("[{}][{}][{}]", E, F1, H);
   const std::string fc2_shape = fmt::format("[{}][{}][{}]", E, H, F);
-  const dense fc1 = read_tensor3(in, "fc1_weight", E, F1, H, fc1_shape.c_str());
-  const dense fc2 = read_tensor3(in, "fc2_weight", E, H, F, fc2_shape.c_str());
+  const dense fc1 =
+      finite_input(read_tensor3(in, "fc1_weight", E, F1, H, fc1_shape.c_str()), "fc1_weight");
+  const dense fc2 =
+      finite_input(read_tensor3(in, "fc2_weight", E, H, F, fc2_shape.c_str()), "fc2_weight");
   if (c.add_bias_linear != (in.contains("fc1_bias") && in.contains("fc2_bias")))
     throw config_error("fc1_bias and fc2_bias are given exactly when config.add_bias_linear is true");
   const index_t Fs = c.shared_expert_intermediate_size.value_or(0), Fs1 = c.gated ? 2 * Fs : Fs;
@@ -360,7 +389,7 @@ inline json::object layer_document(const json::value& doc) {
     throw config_error(
         "shared_gate_weight is given exactly when config.shared_expert_gate is true");
   std::optional<dense> dy;
-  if (in.contains("dy")) dy = read_matrix(in, "dy", T, H, "hidden_size");
+  if (in.contains("dy")) dy = finite_input(read_matrix(in, "dy", T, H, "hidden_size"), "dy");
 
   LocalComm one;
   auto layer = make_layer<double>(c, MoEComms<LocalComm>{&one, &one, &one});
@@ -369,16 +398,22 @@ inline json::object layer_document(const json::value& doc) {
   p.fc1 = fc1.data;
   p.fc2 = fc2.data;
   if (c.add_bias_linear) {
-    p.fc1_bias = read_matrix(in, "fc1_bias", E, F1, "fc1 rows").data;
-    p.fc2_bias = read_matrix(in, "fc2_bias", E, H, "hidden_size").data;
+    p.fc1_bias = finite_input(read_matrix(in, "fc1_bias", E, F1, "fc1 rows"), "fc1_bias").data;
+    p.fc2_bias = finite_input(read_matrix(in, "fc2_bias", E, H, "hidden_size"), "fc2_bias").data;
   }
   if (Fs > 0) {
-    p.shared_fc1 = read_matrix(in, "shared_fc1_weight", Fs1, H, "hidden_size").data;
+    p.shared_fc1 = finite_input(read_matrix(in, "shared_fc1_weight", Fs1, H, "hidden_size"),
+                                "shared_fc1_weight")
+                       .data;
     p.shared_fc2 =
-        read_matrix(in, "shared_fc2_weight", H, Fs, "shared_expert_intermediate_size").data;
+        finite_input(read_matrix(in, "shared_fc2_weight", H, Fs, "shared_expert_intermediate_size"),
+                     "shared_fc2_weight")
+            .data;
   }
   if (c.shared_expert_gate)
-    p.shared_gate = read_matrix(in, "shared_gate_weight", 1, H, "hidden_size").data;
+    p.shared_gate = finite_input(read_matrix(in, "shared_gate_weight", 1, H, "hidden_size"),
+                                 "shared_gate_weight")
+                        .data;
   ForwardOptions fo;
   fo.training = detail::read_flag(in, "training", true);
   fo.seed = detail::read_count(in, "seed", 0);

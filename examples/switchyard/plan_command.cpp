@@ -34,7 +34,10 @@ std::string compact(const std::vector<std::int64_t>& ids) {
   for (std::size_t i = 1; i < ids.size() && consecutive; ++i) consecutive = ids[i] == ids[i - 1] + 1;
   if (consecutive) return fmt::format("{}-{}", ids.front(), ids.back());
   std::string s;
-  for (std::size_t i = 0; i < ids.size(); ++i) s += (i ? "," : "") + std::to_string(ids[i]);
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    if (i) s += ',';
+    s += std::to_string(ids[i]);
+  }
   return s;
 }
 
@@ -130,13 +133,10 @@ int run_plan(const plan_options& o) {
     if (all.size() > max_groups) line += fmt::format("... ({} groups)", all.size());
     fmt::print("  {:<46} {}\n", g.label, line);
   }
-  fmt::print("experts ({} per EP rank, {}, sharding {}{}):\n", mem.local_experts,
-             enum_name(c.expert_placement), enum_name(c.sharding_strategy),
-             c.migrates_experts()
-                 ? fmt::format("; the initial placement: experts migrate when the EP ranks' "
-                               "imbalance is above {}",
-                               c.migration_threshold)
-                 : std::string());
+  fmt::print(
+      "experts ({} per EP rank, {}, sharding {}{}):\n", mem.local_experts,
+      enum_name(c.expert_placement), enum_name(c.sharding_strategy),
+      c.migrates_experts() ? "; the initial placement: " + migration_summary(c) : std::string());
   for (std::size_t r = 0; r < experts.size() && r < max_groups; ++r)
     fmt::print("  ep rank {:<4} experts {}\n", r, compact(experts[r]));
   if (experts.size() > max_groups) fmt::print("  ... ({} EP ranks)\n", experts.size());
@@ -167,6 +167,17 @@ int run_plan(const plan_options& o) {
 }
 
 }  // namespace
+
+std::string migration_summary(const Config& c) {
+  std::string s = fmt::format("experts migrate when the EP ranks' imbalance is above {}",
+                              c.migration_imbalance_threshold());
+  if (c.load_balancing.present)
+    s += fmt::format(
+        " (checked every {} step(s) on the loads smoothed by {}, at most {} experts moved per "
+        "check)",
+        c.migration_check_frequency(), c.migration_load_smoothing(), c.migration_move_limit());
+  return s;
+}
 
 void add_plan_command(CLI::App& app, runner& run) {
   auto opts = std::make_shared<plan_options>();

@@ -113,10 +113,7 @@ int train_loop(const Config& cfg, MoEComms<Comm> comms, const train_options& o, 
                           cfg.sync_frequency)
             : std::string(),
         cfg.gradient_compression ? ", gradients summed in bfloat16" : "",
-        cfg.migrates_experts()
-            ? fmt::format(", experts migrate when the EP ranks' imbalance is above {}",
-                          cfg.migration_threshold)
-            : std::string(),
+        cfg.migrates_experts() ? ", " + migration_summary(cfg) : std::string(),
         o.backend != "cuda" ? ""
         : nccl              ? ", MoE blocks on the GPU, tokens exchanged over NCCL"
                             : ", MoE blocks on the GPU");

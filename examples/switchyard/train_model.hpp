@@ -272,9 +272,10 @@ class Model {
         b.moe->update_expert_bias(st.kept[i]);
       }
       b.moe_grads.set_zero();
-      // Expert migration: the experts (and their AdamW moments) move to a placement that
-      // balances the step's kept tokens over the EP ranks, when the imbalance is above
-      // migration_threshold (the gradients are zero here: nothing else to move).
+      // Expert migration: the layer records the step's kept tokens and, at a check of its
+      // schedule (load_balancing), moves the experts (and their AdamW moments) to a placement
+      // that balances them over the EP ranks when the imbalance is above the threshold (the
+      // gradients are zero here: nothing else to move).
       m.rank_load_imbalance.push_back(b.moe->placement().imbalance(st.kept[i]));
       if (cfg_.migrates_experts()) {
         std::vector<std::vector<float>*> state;

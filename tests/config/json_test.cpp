@@ -36,6 +36,11 @@ sy::Config unusual_config() {
   c.sync_frequency = 7;
   c.gate_network.present = true;
   c.load_balancing.present = true;
+  c.load_balancing.enable_auto_balancing = false;
+  c.load_balancing.imbalance_threshold = 0.15;
+  c.load_balancing.check_frequency = 7;
+  c.load_balancing.max_concurrent_migrations = 3;
+  c.load_balancing.load_smoothing_factor = 0.25;
   c.migration.present = true;
   c.enable_expert_migration = true;
   c.migration_threshold = 0.45;
@@ -219,13 +224,50 @@ BOOST_AUTO_TEST_CASE(several_aux_losses_in_megatrons_list_form) {
   BOOST_TEST(mentions(p.problems,
                       "load_balancing_type: got [aux_loss, aux_loss] (a list in "
                       "load_balancing_type combines 1 to 3 aux losses"));
-  BOOST_TEST(
-      mentions(p.problems,
-               "load_balance_loss_coeff: got [0.01, -0.5] (load_balance_loss_coeff must be >= 0)"));
+  BOOST_TEST(mentions(p.problems,
+                      "load_balance_loss_coeff: got [0.01, -0.5] (load_balance_loss_coeff must be "
+                      "a finite number >= 0 (each entry))"));
   p = sy::parse_and_validate(R"({"semantics": "deepspeed", "pre_softmax": true,
       "router_z_loss_coeff": 0, "load_balancing_type": ["aux_loss", "seq_aux_loss"],
       "load_balance_loss_coeff": [0.01, 0.01]})");
   BOOST_TEST(mentions(p.problems, "semantics deepspeed has DeepSpeed's aux loss only"));
+}
+
+// torsh's load_balancing object: its fields (the rest at torsh's defaults), in the nested
+// dialect too; an unknown or mistyped key names the key inside the object.
+BOOST_AUTO_TEST_CASE(load_balancing_object_fields) {
+  auto p = sy::parse_and_validate(R"({"sharding_strategy": "Dynamic", "expert_parallel_size": 2,
+      "load_balancing": {"check_frequency": 10, "load_smoothing_factor": 0.5}})");
+  BOOST_TEST(p.problems.empty(), sy::join_problems(p.problems));
+  BOOST_TEST(p.config.load_balancing.present);
+  BOOST_TEST(p.config.load_balancing.check_frequency == 10);
+  BOOST_TEST(p.config.load_balancing.load_smoothing_factor == 0.5);
+  BOOST_TEST(p.config.load_balancing.imbalance_threshold == 0.3);
+  BOOST_TEST(p.config.load_balancing.max_concurrent_migrations == 2);
+  BOOST_TEST(p.config.load_balancing.enable_auto_balancing);
+  BOOST_TEST(sy::detail::field_text(p.config, "load_balancing") ==
+             "{enable_auto_balancing: true, imbalance_threshold: 0.3, check_frequency: 10, "
+             "max_concurrent_migrations: 2, load_smoothing_factor: 0.5}");
+  p = sy::parse_and_validate(R"({"distributed": {"sharding_strategy": "Dynamic",
+      "expert_parallel_size": 2}, "moe_optimization": {"load_balancing": {}}})");
+  BOOST_TEST(p.problems.empty(), sy::join_problems(p.problems));
+  BOOST_TEST((p.config.load_balancing == sy::load_balancing_object{.present = true}));
+  p = sy::parse_and_validate(R"({"sharding_strategy": "Dynamic", "expert_parallel_size": 2,
+      "load_balancing": {"check_frequncy": 10}})");
+  BOOST_TEST(mentions(p.problems,
+                      "load_balancing: check_frequncy: unknown key; did you mean "
+                      "\"check_frequency\"?"),
+             sy::join_problems(p.problems));
+  p = sy::parse_and_validate(R"({"sharding_strategy": "Dynamic", "expert_parallel_size": 2,
+      "load_balancing": {"max_concurrent_migrations": 2.5}})");
+  BOOST_TEST(mentions(p.problems, "load_balancing: max_concurrent_migrations: expected an integer"),
+             sy::join_problems(p.problems));
+  p = sy::parse_and_validate(R"({"load_balancing": {}})");
+  BOOST_TEST(mentions(p.problems, "load_balancing: an object with sharding_strategy ModelParallel"),
+             sy::join_problems(p.problems));
+  p = sy::parse_and_validate(R"({"load_balancing": true})");
+  BOOST_TEST(mentions(p.problems, "load_balancing: expected an object or null"),
+             sy::join_problems(p.problems));
 }
 
 BOOST_AUTO_TEST_CASE(boost_json_value_from_and_value_to) {

@@ -123,3 +123,83 @@ BOOST_AUTO_TEST_CASE(expert_placement_map_tables_loads_and_balanced_packing) {
   BOOST_CHECK_THROW(cont.imbalance(V{1, 2, 3}), sy::precondition_error);
   BOOST_CHECK_THROW(cont.balanced(V{1, 2, 3, 4, 5, 6, 7, -8}), sy::precondition_error);
 }
+
+// migration_target: the balanced packing when it moves few enough experts, else swaps from the
+// current placement; migration_schedule: smoothed loads, a check every check_frequency-th step.
+BOOST_AUTO_TEST_CASE(migration_target_limits_the_experts_moved_and_the_schedule_spaces_checks) {
+  using V = std::vector<std::int64_t>;
+  const V load{40, 30, 20, 10, 5, 5, 5, 5};
+  const sy::ExpertPlacementMap cont(8, 2, sy::ExpertPlacement::contiguous);  // 100 / 20 tokens
+  // No limit: the packing ({0,3,4,6} {1,2,5,7}, 60/60), which moves experts 1, 2, 4 and 6.
+  const auto full = sy::migration_target(cont, load, 0.3);
+  BOOST_REQUIRE(full.has_value());
+  BOOST_TEST((full->slots() == V{0, 3, 4, 6, 1, 2, 5, 7}));
+  BOOST_TEST(cont.experts_moved_to(*full) == 4);
+  BOOST_TEST((*sy::migration_target(cont, load, 0.3, 4) == *full));  // within the limit
+  // At most 2: one swap. The busiest rank's 40 for one of the other's 5s leaves 65/55 (40 for
+  // 5 is the best trade: 30, 20 or 10 leave 75, 85 or 95); a second swap (10 for 5: 60/60)
+  // would move 4 experts.
+  const auto two = sy::migration_target(cont, load, 0.3, 2);
+  BOOST_REQUIRE(two.has_value());
+  BOOST_TEST((two->slots() == V{4, 1, 2, 3, 0, 5, 6, 7}));
+  BOOST_TEST((two->rank_loads(load) == V{65, 55}));
+  BOOST_TEST(cont.experts_moved_to(*two) == 2);
+  // Under the threshold (imbalance 2/3), or nothing better: no move. Four experts of 10 over 3
+  // ranks of 2: some rank holds 20 whatever the placement.
+  BOOST_TEST(!sy::migration_target(cont, load, 0.7).has_value());
+  const sy::ExpertPlacementMap three(6, 3, sy::ExpertPlacement::contiguous);
+  BOOST_TEST(three.imbalance(V{10, 10, 10, 10, 0, 0}) == 0.5);
+  BOOST_TEST(!sy::migration_target(three, V{10, 10, 10, 10, 0, 0}, 0.1).has_value());
+  BOOST_TEST(!sy::migration_target(three, V{10, 10, 10, 10, 0, 0}, 0.1, 2).has_value());
+
+  // The schedule: a check every 3rd step on h <- 0.5 h + 0.5 load (h starts at step 1's loads),
+  // at most 2 experts moved.
+  sy::Config c;
+  c.num_experts = 8;
+  c.expert_parallel_size = 2;
+  c.sharding_strategy = sy::ShardingStrategy::Dynamic;
+  c.load_balancing.present = true;
+  c.load_balancing.check_frequency = 3;
+  c.load_balancing.load_smoothing_factor = 0.5;
+  BOOST_TEST(c.migrates_experts());
+  sy::migration_schedule s(c);
+  const V reversed{5, 5, 5, 5, 40, 30, 20, 10};
+  BOOST_TEST(!s.decide(cont, reversed).has_value());  // step 1: not a check
+  BOOST_TEST(!s.decide(cont, reversed).has_value());  // decide alone records nothing
+  BOOST_TEST(s.steps() == 0);
+  s.commit();
+  BOOST_TEST((s.smoothed_loads() == std::vector<double>{5, 5, 5, 5, 40, 30, 20, 10}));
+  BOOST_TEST(!s.decide(cont, load).has_value());  // step 2: rank loads 60/60 smoothed
+  s.commit();
+  BOOST_TEST(
+      (s.smoothed_loads() == std::vector<double>{22.5, 17.5, 12.5, 7.5, 22.5, 17.5, 12.5, 7.5}));
+  // Step 3, a check: h = 31.25 23.75 16.25 8.75 | 13.75 11.25 8.75 6.25 (80/40, imbalance 1/3).
+  // The packing would move 4 experts; the best swap, 31.25 for 11.25, leaves 60/60.
+  const auto moved = s.decide(cont, load);
+  BOOST_REQUIRE(moved.has_value());
+  BOOST_TEST((moved->slots() == V{5, 1, 2, 3, 4, 0, 6, 7}));
+  s.commit();
+  BOOST_TEST(s.steps() == 3);
+  BOOST_TEST((s.smoothed_loads() ==
+              std::vector<double>{31.25, 23.75, 16.25, 8.75, 13.75, 11.25, 8.75, 6.25}));
+  // Steps 4 and 5 are not checks, whatever the loads; step 6 is.
+  for (int step = 4; step <= 5; ++step) {
+    BOOST_TEST(!s.decide(cont, load).has_value());
+    s.commit();
+  }
+  BOOST_TEST(s.decide(cont, load).has_value());
+  s.commit();
+  // Loads that are not E counts >= 0 are errors, at a check or not (step 7 is not).
+  BOOST_CHECK_THROW(s.decide(cont, V{1, 2, 3}), sy::precondition_error);
+  BOOST_CHECK_THROW(s.decide(cont, V{1, 2, 3, 4, 5, 6, 7, -8}), sy::precondition_error);
+  s.commit();
+  s.commit();  // step 9: a check
+  BOOST_CHECK_THROW(s.decide(cont, V{1, 2, 3, 4, 5, 6, 7, -8}), sy::precondition_error);
+
+  // Without a load_balancing object: a check after every step, on that step's loads alone.
+  c.load_balancing = {};
+  sy::migration_schedule plain(c);
+  const auto now = plain.decide(cont, load);
+  BOOST_REQUIRE(now.has_value());
+  BOOST_TEST((*now == *full));
+}

@@ -1,6 +1,7 @@
 #include <boost/test/unit_test.hpp>
 
 #include <functional>
+#include <limits>
 #include <set>
 #include <string>
 #include <vector>
@@ -11,6 +12,15 @@
 namespace sy = switchyard;
 
 namespace {
+
+constexpr double inf = std::numeric_limits<double>::infinity();
+
+// Dynamic sharding over 2 EP ranks with torsh's default load_balancing object.
+void dynamic_balancing(sy::Config& c) {
+  c.expert_parallel_size = 2;
+  c.sharding_strategy = sy::ShardingStrategy::Dynamic;
+  c.load_balancing.present = true;
+}
 
 struct rule_case {
   std::string name;
@@ -97,6 +107,19 @@ std::vector<rule_case> rule_cases() {
        "got 0"},
       {"weight decay negative", [](sy::Config& c) { c.weight_decay = -0.1; },
        R::weight_decay_nonneg, "got -0.1"},
+      // Infinity passes a bare sign check (1e999 in a JSON file reads as infinity).
+      {"learning rate infinite", [](sy::Config& c) { c.learning_rate = inf; },
+       R::learning_rate_positive, "got inf"},
+      {"weight decay infinite", [](sy::Config& c) { c.weight_decay = inf; }, R::weight_decay_nonneg,
+       "got inf"},
+      {"aux coefficient infinite", [](sy::Config& c) { c.load_balance_loss_coeff = inf; },
+       R::aux_coeff_nonneg, "got inf"},
+      {"z coefficient infinite", [](sy::Config& c) { c.router_z_loss_coeff = inf; },
+       R::z_coeff_nonneg, "got inf"},
+      {"bias rate infinite", [](sy::Config& c) { c.expert_bias_update_rate = inf; },
+       R::bias_rate_nonneg, "got inf"},
+      {"scaling factor infinite", [](sy::Config& c) { c.topk_scaling_factor = inf; },
+       R::scaling_positive, "got inf"},
       {"dropout above one", [](sy::Config& c) { c.expert_dropout = 1.5; }, R::expert_dropout_range,
        "got 1.5"},
       {"migration threshold", [](sy::Config& c) { c.migration_threshold = -0.5; },
@@ -313,8 +336,41 @@ std::vector<rule_case> rule_cases() {
        R::memory_per_expert_positive, "got 0"},
       {"gate network", [](sy::Config& c) { c.gate_network.present = true; },
        R::gate_network_not_built, "got {...}"},
-      {"load balancing object", [](sy::Config& c) { c.load_balancing.present = true; },
-       R::load_balancing_object_not_built, "got {...}"},
+      {"load balancing object without migration",
+       [](sy::Config& c) { c.load_balancing.present = true; }, R::load_balancing_needs_migration,
+       "an object with sharding_strategy ModelParallel and enable_expert_migration false"},
+      {"load balancing threshold",
+       [](sy::Config& c) {
+         dynamic_balancing(c);
+         c.load_balancing.imbalance_threshold = 1.5;
+       },
+       R::load_balancing_threshold_range, "imbalance_threshold 1.5"},
+      {"load balancing check frequency",
+       [](sy::Config& c) {
+         dynamic_balancing(c);
+         c.load_balancing.check_frequency = 0;
+       },
+       R::load_balancing_check_frequency_positive, "check_frequency 0"},
+      {"load balancing one migration",
+       [](sy::Config& c) {
+         dynamic_balancing(c);
+         c.load_balancing.max_concurrent_migrations = 1;
+       },
+       R::load_balancing_migrations_range, "max_concurrent_migrations 1"},
+      {"load balancing smoothing",
+       [](sy::Config& c) {
+         dynamic_balancing(c);
+         c.load_balancing.load_smoothing_factor = 1;
+       },
+       R::load_balancing_smoothing_range, "load_smoothing_factor 1"},
+      {"two thresholds",
+       [](sy::Config& c) {
+         dynamic_balancing(c);
+         c.migration_threshold = 0.2;
+         c.load_balancing.imbalance_threshold = 0.1;
+       },
+       R::migration_threshold_twice,
+       "migration_threshold 0.2 and load_balancing.imbalance_threshold 0.1"},
       {"migration object", [](sy::Config& c) { c.migration.present = true; },
        R::migration_not_built, "got {...}"},
       {"migration threshold without migration", [](sy::Config& c) { c.migration_threshold = 0.5; },
@@ -375,6 +431,38 @@ BOOST_AUTO_TEST_CASE(expert_migration_configs_are_accepted) {
   c.sharding_strategy = sy::ShardingStrategy::ModelParallel;
   BOOST_TEST(!c.migrates_experts());
   BOOST_TEST(!sy::validate(c).empty());  // the threshold alone has no effect
+}
+
+// torsh's load_balancing object schedules migration: its defaults, its threshold (the same
+// migration_threshold too, or the default one), and enable_auto_balancing false (the experts
+// stay: migrates_experts() is false, and a migration_threshold would have no effect).
+BOOST_AUTO_TEST_CASE(load_balancing_objects_schedule_migration) {
+  sy::Config c;
+  dynamic_balancing(c);
+  BOOST_TEST(sy::validate(c).empty(), sy::join_problems(sy::validate(c)));
+  BOOST_TEST(c.migrates_experts());
+  BOOST_TEST(c.migration_imbalance_threshold() == 0.3);
+  BOOST_TEST(c.migration_check_frequency() == 50);
+  BOOST_TEST(c.migration_load_smoothing() == 0.9);
+  BOOST_TEST(c.migration_move_limit() == 2);
+  c.load_balancing.imbalance_threshold = 0.1;
+  BOOST_TEST(sy::validate(c).empty());
+  BOOST_TEST(c.migration_imbalance_threshold() == 0.1);
+  c.migration_threshold = 0.1;
+  BOOST_TEST(sy::validate(c).empty());
+  c.migration_threshold = 0.3;
+  c.load_balancing.enable_auto_balancing = false;
+  BOOST_TEST(sy::validate(c).empty());
+  BOOST_TEST(c.migration_requested());
+  BOOST_TEST(!c.migrates_experts());
+  c.migration_threshold = 0.1;
+  BOOST_TEST(!sy::rule_ok(c, sy::rule_id::migration_threshold_unused));
+  // Without the object: a check every step, on that step's loads, no limit.
+  sy::Config plain;
+  BOOST_TEST(plain.migration_check_frequency() == 1);
+  BOOST_TEST(plain.migration_load_smoothing() == 0.0);
+  BOOST_TEST(plain.migration_move_limit() == 0);
+  BOOST_TEST(plain.migration_imbalance_threshold() == 0.3);
 }
 
 BOOST_AUTO_TEST_CASE(every_rule_has_a_failing_config_with_its_message) {

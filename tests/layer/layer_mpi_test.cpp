@@ -504,6 +504,37 @@ BOOST_AUTO_TEST_CASE(migrate_experts_balances_the_ranks_and_carries_per_expert_s
   auto still = mpi_layer(fixed, groups);
   BOOST_TEST(!still->migrate_experts(skewed));
   BOOST_TEST((still->placement() == start));
+
+  // A load_balancing object: a check every 2nd step, on loads smoothed by 0.5, at most 2
+  // experts moved (swaps when the packing would move more).
+  auto scheduled = c;
+  scheduled.migration_threshold = 0.3;
+  scheduled.load_balancing.present = true;
+  scheduled.load_balancing.imbalance_threshold = 0.2;
+  scheduled.load_balancing.check_frequency = 2;
+  scheduled.load_balancing.load_smoothing_factor = 0.5;
+  scheduled.load_balancing.max_concurrent_migrations = 2;
+  auto paced = mpi_layer(scheduled, groups);
+  BOOST_TEST(!paced->migrate_experts(skewed));  // step 1: not a check
+  BOOST_TEST((paced->placement() == start));
+  // Step 2, a check, on h = 0.5 skewed + 0.5 skewed2.
+  std::vector<std::int64_t> skewed2 = skewed;
+  skewed2[0] += 20;
+  BOOST_TEST(paced->migrate_experts(skewed2));
+  std::vector<double> h(static_cast<std::size_t>(E));
+  for (std::size_t e = 0; e < h.size(); ++e)
+    h[e] = 0.5 * double(skewed[e]) + 0.5 * double(skewed2[e]);
+  BOOST_TEST((paced->migration().smoothed_loads() == h));
+  const auto expected = sy::migration_target(start, h, 0.2, 2);
+  BOOST_REQUIRE(expected.has_value());
+  BOOST_TEST((paced->placement() == *expected));
+  BOOST_TEST(start.experts_moved_to(paced->placement()) <= 2);
+  BOOST_TEST(!paced->migrate_experts(skewed));  // step 3: not a check
+  // enable_auto_balancing false: the experts stay, with no collective.
+  scheduled.load_balancing.enable_auto_balancing = false;
+  auto off = mpi_layer(scheduled, groups);
+  for (int step = 0; step < 2; ++step) BOOST_TEST(!off->migrate_experts(skewed));
+  BOOST_TEST((off->placement() == start));
 }
 
 // A gated shared expert beside the routed ones (GLU SiLU), EP over every rank, one rank with

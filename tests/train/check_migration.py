@@ -11,6 +11,8 @@ model trains as without migration:
   migration (to 1e-6 relative: an expert's rows reach another rank's GEMM calls in another
   split), the experts do move (threshold 0.02), and no more layers move after a step than
   were above the threshold in it;
+- EP 2 with torsh's load_balancing object (a check every 3rd step, loads smoothed by 0.5, at
+  most 2 experts moved per check): the same losses, and moves only at the checks;
 - threshold 1 over 2 ranks (an imbalance above it is impossible): nothing moves;
 - the shipped examples/configs/migration.json (16 experts over EP 4, threshold 0.1, no aux loss)
   over 100 steps: the EP ranks' mean imbalance is at most 0.6 of the same run without
@@ -67,6 +69,24 @@ def main():
         print(f"{name}: {migrations} layer migrations over {STEPS} steps, loss "
               f"{moving[-1]['loss']:.6f} vs {fixed[-1]['loss']:.6f} without; largest gap "
               f"{max(abs(a['loss'] - b['loss']) / b['loss'] for a, b in zip(moving, fixed)):.1e}")
+
+    # torsh's load_balancing object: a check every 3rd step, on loads smoothed by 0.5, at most
+    # 2 experts moved per check; the same losses as without migration.
+    common = dict(base, expert_parallel_size=2)
+    paced, text = run(mpiexec, exe, dict(common, sharding_strategy="Dynamic", load_balancing=dict(
+        imbalance_threshold=0.02, check_frequency=3, load_smoothing_factor=0.5,
+        max_concurrent_migrations=2)), 2, "np2_ep2_paced", work, steps=STEPS)
+    fixed, _ = run(mpiexec, exe, common, 2, "np2_ep2_fixed", work, steps=STEPS)
+    assert ("experts migrate when the EP ranks' imbalance is above 0.02 (checked every 3 "
+            "step(s) on the loads smoothed by 0.5, at most 2 experts moved per check)") in text, text
+    for a, b in zip(paced, fixed):
+        assert close(a["loss"], b["loss"], 1e-6), ("paced", a["step"], a["loss"], b["loss"])
+        assert a["step"] % 3 == 0 or a["expert_migrations"] == 0, ("paced", a)
+    migrations = sum(a["expert_migrations"] for a in paced)
+    assert migrations > 0, "paced: no expert moved"
+    print(f"np2_ep2 with load_balancing (every 3rd step, smoothing 0.5, at most 2 experts): "
+          f"{migrations} layer migrations, at steps "
+          f"{sorted({a['step'] for a in paced if a['expert_migrations']})}")
 
     rows, _ = run(mpiexec, exe, dict(base, expert_parallel_size=2, enable_expert_migration=True,
                                      migration_threshold=1.0), 2, "np2_threshold1", work,

@@ -23,6 +23,21 @@ struct unbuilt_object {
   friend constexpr bool operator==(const unbuilt_object&, const unbuilt_object&) = default;
 };
 
+/// torsh's LoadBalancingConfig (the `load_balancing` field): how expert migration rebalances
+/// (docs/config.md, docs/layer.md "Expert migration"). Valid only where the experts migrate;
+/// null (`present` false) keeps the plain schedule: a check after every step, from that step's
+/// loads, with no limit on the experts moved.
+struct load_balancing_object {
+  bool present = false;
+  bool enable_auto_balancing = true;           ///< false: the experts stay where they start
+  double imbalance_threshold = 0.3;            ///< migrate above this EP-rank imbalance, in [0, 1]
+  std::int64_t check_frequency = 50;           ///< a check every this many optimizer steps, >= 1
+  std::int64_t max_concurrent_migrations = 2;  ///< experts moved to another rank per check, >= 2
+  double load_smoothing_factor = 0.9;          ///< f of the loads' moving average, in [0, 1)
+  friend constexpr bool operator==(const load_balancing_object&,
+                                   const load_balancing_object&) = default;
+};
+
 /// A field that holds one value or, in Megatron-Core's list form, up to N of them:
 /// load_balancing_type and load_balance_loss_coeff name several aux losses at once, each with its
 /// own coefficient. Built from one value (so `c.load_balancing_type =
@@ -96,7 +111,7 @@ using opt_double = std::optional<double>;
   X(bool, enable_expert_sync, false, distributed)                                                  \
   X(std::int64_t, sync_frequency, 100, distributed)                                                \
   X(::switchyard::unbuilt_object, gate_network, {}, moe)                                           \
-  X(::switchyard::unbuilt_object, load_balancing, {}, balance)                                     \
+  X(::switchyard::load_balancing_object, load_balancing, {}, balance)                              \
   X(::switchyard::unbuilt_object, migration, {}, balance)                                          \
   X(bool, enable_expert_migration, false, balance)                                                 \
   X(double, migration_threshold, 0.3, balance)                                                     \
@@ -190,11 +205,31 @@ struct Config {
   constexpr std::int64_t micro_batches_per_step() const {
     return enable_gradient_accumulation ? gradient_accumulation_steps : 1;
   }
-  /// Whether the experts migrate between the EP ranks by load (enable_expert_migration, or
-  /// sharding_strategy Dynamic: ModelParallel placement that migrates; layer.md, "Expert
-  /// migration").
-  constexpr bool migrates_experts() const {
+  /// Whether expert migration is asked for: enable_expert_migration, or sharding_strategy
+  /// Dynamic (ModelParallel placement that migrates; layer.md, "Expert migration").
+  constexpr bool migration_requested() const {
     return enable_expert_migration || sharding_strategy == ShardingStrategy::Dynamic;
+  }
+  /// Whether the experts migrate between the EP ranks by load: asked for, and not turned off by
+  /// load_balancing.enable_auto_balancing.
+  constexpr bool migrates_experts() const {
+    return migration_requested() &&
+           (!load_balancing.present || load_balancing.enable_auto_balancing);
+  }
+  /// Expert migration's schedule (migration_schedule): the imbalance threshold
+  /// (load_balancing.imbalance_threshold, else migration_threshold), the steps between checks,
+  /// the smoothing factor of the loads and the most experts moved per check (0: no limit).
+  constexpr double migration_imbalance_threshold() const {
+    return load_balancing.present ? load_balancing.imbalance_threshold : migration_threshold;
+  }
+  constexpr std::int64_t migration_check_frequency() const {
+    return load_balancing.present ? load_balancing.check_frequency : 1;
+  }
+  constexpr double migration_load_smoothing() const {
+    return load_balancing.present ? load_balancing.load_smoothing_factor : 0.0;
+  }
+  constexpr std::int64_t migration_move_limit() const {
+    return load_balancing.present ? load_balancing.max_concurrent_migrations : 0;
   }
   /// Tokens on one rank in one micro-batch: batch_size_per_gpu × sequence_length.
   constexpr std::int64_t tokens_per_rank() const { return batch_size_per_gpu * sequence_length; }

@@ -20,6 +20,14 @@ inline std::string to_text(double v) {
 }
 inline std::string to_text(bool v) { return v ? "true" : "false"; }
 inline std::string to_text(const unbuilt_object& v) { return v.present ? "{...}" : "null"; }
+inline std::string to_text(const load_balancing_object& v) {
+  if (!v.present) return "null";
+  return "{enable_auto_balancing: " + to_text(v.enable_auto_balancing) +
+         ", imbalance_threshold: " + to_text(v.imbalance_threshold) +
+         ", check_frequency: " + std::to_string(v.check_frequency) +
+         ", max_concurrent_migrations: " + std::to_string(v.max_concurrent_migrations) +
+         ", load_smoothing_factor: " + to_text(v.load_smoothing_factor) + "}";
+}
 template <class E>
   requires std::is_enum_v<E>
 std::string to_text(E e) {

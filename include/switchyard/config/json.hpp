@@ -8,7 +8,9 @@
 #include <boost/json.hpp>
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <optional>
@@ -16,6 +18,7 @@
 #include <sstream>
 #include <string>
 #include <string_view>
+#include <system_error>
 #include <vector>
 
 #include "switchyard/config/config_types.hpp"
@@ -150,6 +153,41 @@ inline std::string read_value(const boost::json::value& v, unbuilt_object& out) 
   }
   return "expected an object or null, got " + kind_of(v);
 }
+/// torsh's LoadBalancingConfig: null, or an object of its fields (each optional, torsh's
+/// defaults for the rest); an unknown or mistyped key is an error naming it.
+inline std::string read_value(const boost::json::value& v, load_balancing_object& out) {
+  if (v.is_null()) {
+    out = {};
+    return {};
+  }
+  if (!v.is_object()) return "expected an object or null, got " + kind_of(v);
+  static constexpr std::array<std::string_view, 5> keys = {
+      "enable_auto_balancing", "imbalance_threshold", "check_frequency",
+      "max_concurrent_migrations", "load_smoothing_factor"};
+  load_balancing_object o;
+  o.present = true;
+  for (const auto& kv : v.get_object()) {
+    const std::string_view key = kv.key();
+    std::string err;
+    if (key == keys[0])
+      err = read_value(kv.value(), o.enable_auto_balancing);
+    else if (key == keys[1])
+      err = read_value(kv.value(), o.imbalance_threshold);
+    else if (key == keys[2])
+      err = read_value(kv.value(), o.check_frequency);
+    else if (key == keys[3])
+      err = read_value(kv.value(), o.max_concurrent_migrations);
+    else if (key == keys[4])
+      err = read_value(kv.value(), o.load_smoothing_factor);
+    else {
+      err = "unknown key";
+      if (auto near = closest(key, keys); !near.empty()) err += "; did you mean \"" + near + "\"?";
+    }
+    if (!err.empty()) return concat(key, ": ", err);
+  }
+  out = o;
+  return {};
+}
 /// An array of numbers (double) or of integers (std::int64_t); each entry read as one value.
 template <class T>
 requires(std::is_same_v<T, double> || std::is_same_v<T, std::int64_t>) std::string
@@ -250,6 +288,14 @@ inline boost::json::value write_value(double v) { return v; }
 inline boost::json::value write_value(bool v) { return v; }
 inline boost::json::value write_value(const unbuilt_object& v) {
   return v.present ? boost::json::value(boost::json::object{}) : boost::json::value(nullptr);
+}
+inline boost::json::value write_value(const load_balancing_object& v) {
+  if (!v.present) return nullptr;
+  return boost::json::object{{"enable_auto_balancing", v.enable_auto_balancing},
+                             {"imbalance_threshold", v.imbalance_threshold},
+                             {"check_frequency", v.check_frequency},
+                             {"max_concurrent_migrations", v.max_concurrent_migrations},
+                             {"load_smoothing_factor", v.load_smoothing_factor}};
 }
 /// A JSON array of the values of a range.
 template <class Range>
@@ -414,10 +460,15 @@ inline boost::json::value parse_json_text(std::string_view text, std::vector<pro
 
 /// Reads the text of a file; throws config_error when it cannot.
 inline std::string read_text_file(const std::string& file) {
+  std::error_code ec;
+  // An ifstream opens a directory and reads nothing: say what it is instead.
+  if (std::filesystem::is_directory(file, ec))
+    throw config_error("cannot open " + file + ": it is a directory, not a file");
   std::ifstream in(file, std::ios::binary);
   if (!in) throw config_error("cannot open " + file);
   std::ostringstream ss;
   ss << in.rdbuf();
+  if (in.bad()) throw config_error("cannot read " + file);
   return ss.str();
 }
 

@@ -32,7 +32,8 @@ namespace switchyard {
   X(capacity_factor_positive, capacity_factor,                                                     \
     "capacity_factor must be > 0 with capacity dispatch (only the tutel formula reads <= 0 as "    \
     "dropless)")                                                                                   \
-  X(aux_coeff_nonneg, load_balance_loss_coeff, "load_balance_loss_coeff must be >= 0")             \
+  X(aux_coeff_nonneg, load_balance_loss_coeff,                                                     \
+    "load_balance_loss_coeff must be a finite number >= 0 (each entry)")                           \
   X(balancing_list_aux_only, load_balancing_type,                                                  \
     "a list in load_balancing_type combines 1 to 3 aux losses: each entry aux_loss, seq_aux_loss " \
     "or "                                                                                          \
@@ -40,10 +41,11 @@ namespace switchyard {
   X(balance_coeffs_paired, load_balance_loss_coeff,                                                \
     "load_balance_loss_coeff must hold one coefficient per entry of load_balancing_type (a "       \
     "list pairs with a list of the same length)")                                                  \
-  X(z_coeff_nonneg, router_z_loss_coeff, "router_z_loss_coeff must be >= 0")                       \
-  X(bias_rate_nonneg, expert_bias_update_rate, "expert_bias_update_rate must be >= 0")             \
-  X(learning_rate_positive, learning_rate, "learning_rate must be > 0")                            \
-  X(weight_decay_nonneg, weight_decay, "weight_decay must be >= 0")                                \
+  X(z_coeff_nonneg, router_z_loss_coeff, "router_z_loss_coeff must be a finite number >= 0")       \
+  X(bias_rate_nonneg, expert_bias_update_rate,                                                     \
+    "expert_bias_update_rate must be a finite number >= 0")                                        \
+  X(learning_rate_positive, learning_rate, "learning_rate must be a finite number > 0")            \
+  X(weight_decay_nonneg, weight_decay, "weight_decay must be a finite number >= 0")                \
   X(expert_dropout_range, expert_dropout, "expert_dropout is a probability: it must be in [0, 1]") \
   X(migration_threshold_range, migration_threshold,                                                \
     "migration_threshold is a fraction: it must be in [0, 1]")                                     \
@@ -64,7 +66,7 @@ namespace switchyard {
   X(softmax_k1, num_experts_per_token,                                                             \
     "k = 1 with softmax top-k-first has a zero gradient: set pre_softmax true or use k >= 2")      \
   X(pre_softmax_needs_softmax, pre_softmax, "pre_softmax applies only to score_function softmax")  \
-  X(scaling_positive, topk_scaling_factor, "topk_scaling_factor must be > 0")                      \
+  X(scaling_positive, topk_scaling_factor, "topk_scaling_factor must be a finite number > 0")      \
   X(groups_pair, num_groups, "num_groups and group_topk must be given together")                   \
   X(groups_positive, num_groups, "num_groups and group_topk must be at least 1")                   \
   X(group_topk_le_groups, group_topk, "group_topk must not exceed num_groups")                     \
@@ -136,9 +138,21 @@ namespace switchyard {
   X(memory_per_expert_positive, memory_per_expert_mb, "memory_per_expert_mb must be at least 1")   \
   /* fields whose behaviour is not built yet: only their default is accepted */                    \
   X(gate_network_not_built, gate_network, "gate_network is not built yet: leave it null")          \
-  X(load_balancing_object_not_built, load_balancing,                                               \
-    "the load_balancing object (device rebalancing) is not built yet: leave it null; "             \
-    "load_balancing_type chooses the loss")                                                        \
+  X(load_balancing_needs_migration, load_balancing,                                                \
+    "the load_balancing object schedules expert migration (load_balancing_type chooses the "       \
+    "loss): set sharding_strategy Dynamic or enable_expert_migration, or leave it null")           \
+  X(load_balancing_threshold_range, load_balancing,                                                \
+    "load_balancing.imbalance_threshold is a fraction: it must be in [0, 1]")                      \
+  X(load_balancing_check_frequency_positive, load_balancing,                                       \
+    "load_balancing.check_frequency must be at least 1 (optimizer steps between checks)")          \
+  X(load_balancing_migrations_range, load_balancing,                                               \
+    "load_balancing.max_concurrent_migrations must be at least 2 (every EP rank keeps its number " \
+    "of experts, so a move trades experts between two ranks)")                                     \
+  X(load_balancing_smoothing_range, load_balancing,                                                \
+    "load_balancing.load_smoothing_factor must be in [0, 1) (the weight of the loads so far)")     \
+  X(migration_threshold_twice, migration_threshold,                                                \
+    "migration_threshold and load_balancing.imbalance_threshold differ: give the threshold once "  \
+    "(the object's wins; leave migration_threshold at 0.3)")                                       \
   X(migration_not_built, migration, "migration is not built yet: leave it null")                   \
   X(migration_threshold_unused, migration_threshold,                                               \
     "migration_threshold has no effect without expert migration (enable_expert_migration or "      \
@@ -151,8 +165,16 @@ enum class rule_id {
 #undef SY_DETAIL_RULE_ENUM
 };
 
+namespace detail {
+/// Neither infinite nor NaN (constexpr, unlike std::isfinite in C++20).
+constexpr bool finite(double x) {
+  return x - x == 0;
+}
+}  // namespace detail
+
 /// Whether Config `c` satisfies rule `r`. constexpr: usable in static_assert.
 constexpr bool rule_ok(const Config& c, rule_id r) {
+  using detail::finite;
   const std::int64_t E = c.num_experts;
   const std::int64_t k = c.num_experts_per_token;
   const bool sinkhorn = c.load_balancing_type == LoadBalancingType::sinkhorn;
@@ -181,7 +203,7 @@ constexpr bool rule_ok(const Config& c, rule_id r) {
       return !capacity || c.capacity_factor > 0 || c.capacity_formula == CapacityFormula::tutel;
     case rule_id::aux_coeff_nonneg:
       for (const double a : c.load_balance_loss_coeff)
-        if (!(a >= 0)) return false;
+        if (!(a >= 0) || !finite(a)) return false;
       return true;
     case rule_id::balancing_list_aux_only: {
       if (!c.load_balancing_type.is_list()) return true;
@@ -198,10 +220,12 @@ constexpr bool rule_ok(const Config& c, rule_id r) {
     }
     case rule_id::balance_coeffs_paired:
       return c.load_balance_loss_coeff.size() == c.load_balancing_type.size();
-    case rule_id::z_coeff_nonneg: return c.router_z_loss_coeff >= 0;
-    case rule_id::bias_rate_nonneg: return c.expert_bias_update_rate >= 0;
-    case rule_id::learning_rate_positive: return c.learning_rate > 0;
-    case rule_id::weight_decay_nonneg: return c.weight_decay >= 0;
+    case rule_id::z_coeff_nonneg:
+      return c.router_z_loss_coeff >= 0 && finite(c.router_z_loss_coeff);
+    case rule_id::bias_rate_nonneg:
+      return c.expert_bias_update_rate >= 0 && finite(c.expert_bias_update_rate);
+    case rule_id::learning_rate_positive: return c.learning_rate > 0 && finite(c.learning_rate);
+    case rule_id::weight_decay_nonneg: return c.weight_decay >= 0 && finite(c.weight_decay);
     case rule_id::expert_dropout_range: return c.expert_dropout >= 0 && c.expert_dropout <= 1;
     case rule_id::migration_threshold_range:
       return c.migration_threshold >= 0 && c.migration_threshold <= 1;
@@ -224,7 +248,9 @@ constexpr bool rule_ok(const Config& c, rule_id r) {
                !sinkhorn);
     case rule_id::pre_softmax_needs_softmax:
       return !c.pre_softmax || c.score_function == ScoreFunction::softmax;
-    case rule_id::scaling_positive: return !c.topk_scaling_factor || *c.topk_scaling_factor > 0;
+    case rule_id::scaling_positive:
+      return !c.topk_scaling_factor ||
+             (*c.topk_scaling_factor > 0 && finite(*c.topk_scaling_factor));
     case rule_id::groups_pair: return c.num_groups.has_value() == c.group_topk.has_value();
     case rule_id::groups_positive:
       return (!c.num_groups || *c.num_groups >= 1) && (!c.group_topk || *c.group_topk >= 1);
@@ -303,7 +329,20 @@ constexpr bool rule_ok(const Config& c, rule_id r) {
     case rule_id::sync_frequency_unused: return c.enable_expert_sync || c.sync_frequency == 100;
     case rule_id::memory_per_expert_positive: return c.memory_per_expert_mb >= 1;
     case rule_id::gate_network_not_built: return !c.gate_network.present;
-    case rule_id::load_balancing_object_not_built: return !c.load_balancing.present;
+    case rule_id::load_balancing_needs_migration:
+      return !c.load_balancing.present || c.migration_requested();
+    case rule_id::load_balancing_threshold_range:
+      return c.load_balancing.imbalance_threshold >= 0 && c.load_balancing.imbalance_threshold <= 1;
+    case rule_id::load_balancing_check_frequency_positive:
+      return c.load_balancing.check_frequency >= 1;
+    case rule_id::load_balancing_migrations_range:
+      return c.load_balancing.max_concurrent_migrations >= 2;
+    case rule_id::load_balancing_smoothing_range:
+      return c.load_balancing.load_smoothing_factor >= 0 &&
+             c.load_balancing.load_smoothing_factor < 1;
+    case rule_id::migration_threshold_twice:
+      return !c.load_balancing.present || c.migration_threshold == 0.3 ||
+             c.migration_threshold == c.load_balancing.imbalance_threshold;
     case rule_id::migration_not_built: return !c.migration.present;
     case rule_id::migration_threshold_unused:
       return c.migrates_experts() || c.migration_threshold == 0.3;

@@ -104,6 +104,21 @@ inline std::string rule_detail(const Config& c, rule_id r) {
                     c.load_balance_loss_coeff.size() == 1 ? " coefficient (" : " coefficients (",
                     to_text(c.load_balance_loss_coeff), ") for ", c.load_balancing_type.size(),
                     " load_balancing_type entries (", to_text(c.load_balancing_type), ")");
+    case rule_id::load_balancing_needs_migration:
+      return concat("an object with sharding_strategy ", to_text(c.sharding_strategy),
+                    " and enable_expert_migration false");
+    case rule_id::load_balancing_threshold_range:
+      return concat("imbalance_threshold ", to_text(c.load_balancing.imbalance_threshold));
+    case rule_id::load_balancing_check_frequency_positive:
+      return concat("check_frequency ", c.load_balancing.check_frequency);
+    case rule_id::load_balancing_migrations_range:
+      return concat("max_concurrent_migrations ", c.load_balancing.max_concurrent_migrations);
+    case rule_id::load_balancing_smoothing_range:
+      return concat("load_smoothing_factor ", to_text(c.load_balancing.load_smoothing_factor));
+    case rule_id::migration_threshold_twice:
+      return concat("migration_threshold ", to_text(c.migration_threshold),
+                    " and load_balancing.imbalance_threshold ",
+                    to_text(c.load_balancing.imbalance_threshold));
     case rule_id::dp_positive:
       if (!c.data_parallel_size && c.world_size)
         return concat("world_size ", *c.world_size, " leaves no room for data parallelism");

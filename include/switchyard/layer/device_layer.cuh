@@ -293,6 +293,7 @@ class DeviceMoELayerCore {
         comms_(resources.comms),
         memory_(resources.memory ? resources.memory : &default_device_memory()),
         placement_(cfg_),
+        migration_(cfg_),
         router_(std::move(router)),
         experts_(std::move(experts)) {
     if (router_->k() != cfg_.num_experts_per_token)
@@ -354,6 +355,8 @@ class DeviceMoELayerCore {
 
   const Config& config() const { return cfg_; }
   const ExpertPlacementMap& placement() const { return placement_; }
+  /// Expert migration's record of the steps so far (the smoothed loads; migrate_experts).
+  const migration_schedule& migration() const { return migration_; }
   int ep_rank() const { return comms_.expert_parallel ? comms_.expert_parallel->rank() : 0; }
   DeviceMoEParams& params() { return params_; }
   const DeviceMoEParams& params() const { return params_; }
@@ -844,8 +847,8 @@ class DeviceMoELayerCore {
   }
 
   /// Expert migration (enable_expert_migration, sharding_strategy Dynamic), after an optimizer
-  /// step, on `stream`: as MoELayerCore::migrate_experts (the same decision,
-  /// migration_target), with `also` the caller's per-local-expert device tensors (leading
+  /// step, on `stream`: as MoELayerCore::migrate_experts (the same schedule and decision,
+  /// migration_schedule), with `also` the caller's per-local-expert device tensors (leading
   /// dimension E_local; e.g. optimizer moments). Returns whether the experts moved. Without
   /// migration it returns false at once. Collective over the dense group (the loads must agree).
   bool migrate_experts(std::span<const std::int64_t> load, cudaStream_t stream,
@@ -855,17 +858,15 @@ class DeviceMoELayerCore {
     std::uint64_t fingerprint = 0;
     std::optional<ExpertPlacementMap> next;
     try {
-      SY_EXPECTS(static_cast<std::int64_t>(load.size()) == cfg_.num_experts,
-                 detail::concat("DeviceMoELayer::migrate_experts: ", load.size(), " loads for ",
-                                cfg_.num_experts, " experts"));
       fingerprint = fnv1a64(std::string(reinterpret_cast<const char*>(load.data()),
                                         load.size() * sizeof(std::int64_t)));
-      next = migration_target(placement_, load, cfg_.migration_threshold);
+      next = migration_.decide(placement_, load);
     } catch (...) {
       failed = std::current_exception();
     }
     fail_together(failed, stream, "DeviceMoELayer::migrate_experts");
     agree(fingerprint, stream, "expert loads of DeviceMoELayer::migrate_experts");
+    migration_.commit();
     if (!next) return false;
     move_experts(*next, stream, also);
     return true;
@@ -879,25 +880,18 @@ class DeviceMoELayerCore {
   /// Between steps: backward refuses a saved forward state from before a move.
   void move_experts(const ExpertPlacementMap& to, cudaStream_t stream,
                     std::span<const std::span<float>> also = {}) {
-    const ExpertPlacementMap& from = placement_;
-    const std::int64_t ep = from.ep(), El = from.local_experts();
+    const std::int64_t El = placement_.local_experts();
     const int me = comms_.expert_parallel ? comms_.expert_parallel->rank() : 0;
     std::exception_ptr failed;
     std::vector<std::span<float>> tensors;
     device_buffer<float> send, recv;
-    std::uint64_t fingerprint = 0;
+    expert_move_check check;  // what the ranks must agree on: `to`, then the sizes
     expert_move move;
     std::vector<std::int64_t> send_counts, recv_counts;
     std::vector<std::int32_t> slot_of;
     device_buffer<std::int32_t> slots;
     try {
-      SY_EXPECTS(to.num_experts() == from.num_experts() && to.ep() == ep,
-                 detail::concat("DeviceMoELayer::move_experts: a placement of ", to.num_experts(),
-                                " experts over ", to.ep(), " ranks for a layer of ",
-                                from.num_experts(), " over ", ep));
-      move = plan_expert_move(from, to, me);
-      send_counts.resize(static_cast<std::size_t>(ep));
-      recv_counts.resize(static_cast<std::size_t>(ep));
+      move = plan_expert_move(placement_, to, me);
       params_.for_each_expert_tensor([&](device_buffer<float>& v) {
         if (!v.empty()) tensors.emplace_back(v.data(), v.size());
       });
@@ -909,26 +903,18 @@ class DeviceMoELayerCore {
               "one of the layer's own weights, which it moves itself)");
         if (!v.empty()) tensors.push_back(v);
       }
-      std::vector<std::uint64_t> shape(to.slots().begin(), to.slots().end());
-      std::size_t most = 0;
-      for (const std::span<float> v : tensors) {
-        SY_EXPECTS(v.size() % static_cast<std::size_t>(El) == 0,
-                   detail::concat("DeviceMoELayer::move_experts: a tensor of ", v.size(),
-                                  " elements is not ", El, " local experts' worth"));
-        most = std::max(most, v.size());
-        shape.push_back(v.size());
-      }
-      fingerprint = fnv1a64(std::string(reinterpret_cast<const char*>(shape.data()),
-                                        shape.size() * sizeof(std::uint64_t)));
-      send = alloc<float>(most, stream);
-      recv = alloc<float>(most, stream);
+      std::vector<std::size_t> sizes;
+      for (const std::span<float> v : tensors) sizes.push_back(v.size());
+      check = check_expert_move(to, sizes, "DeviceMoELayer::move_experts");
+      send = alloc<float>(check.most, stream);
+      recv = alloc<float>(check.most, stream);
       slot_of = slot_table(to);
       slots = device_buffer<std::int32_t>(slot_of.size());
     } catch (...) {
       failed = std::current_exception();
     }
     fail_together(failed, stream, "DeviceMoELayer::move_experts");
-    agree(fingerprint, stream, "placement and tensors of DeviceMoELayer::move_experts");
+    agree(check.fingerprint, stream, "placement and tensors of DeviceMoELayer::move_experts");
     const auto copy = [&](float* dst, const float* src, std::int64_t n) {
       SY_CUDA_TRY(cudaMemcpyAsync(dst, src, sizeof(float) * static_cast<std::size_t>(n),
                                   cudaMemcpyDeviceToDevice, stream));
@@ -937,11 +923,7 @@ class DeviceMoELayerCore {
       const auto n = static_cast<std::int64_t>(t.size()) / El;
       for (std::size_t i = 0; i < move.send_local.size(); ++i)
         copy(send.data() + static_cast<std::int64_t>(i) * n, t.data() + move.send_local[i] * n, n);
-      for (std::int64_t p = 0; p < ep; ++p) {
-        const auto pu = static_cast<std::size_t>(p);
-        send_counts[pu] = move.send_chunks[pu] * n;
-        recv_counts[pu] = move.recv_chunks[pu] * n;
-      }
+      move.counts(n, send_counts, recv_counts);
       if (comms_.expert_parallel)
         comms_.expert_parallel->all_to_all_v(send.data(), send_counts, recv.data(), recv_counts,
                                              stream);
@@ -1115,6 +1097,7 @@ class DeviceMoELayerCore {
   detail::expert_sync_clock sync_clock_;
   device_memory_resource* memory_;
   ExpertPlacementMap placement_;
+  migration_schedule migration_;  ///< the loads seen and the checks' schedule (migrate_experts)
   std::unique_ptr<detail::device_router_hooks> router_;
   std::unique_ptr<detail::device_expert_hooks> experts_;
   DeviceMoEParams params_;

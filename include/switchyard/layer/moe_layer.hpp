@@ -147,6 +147,7 @@ class MoELayerCore {
       : cfg_(cfg),
         comms_(comms),
         placement_(cfg),
+        migration_(cfg),
         router_(std::move(router)),
         experts_(std::move(experts)) {
     require_valid(cfg_);
@@ -194,6 +195,8 @@ class MoELayerCore {
   MoEParams<T>& params() { return params_; }
   const MoEParams<T>& params() const { return params_; }
   const ExpertPlacementMap& placement() const { return placement_; }
+  /// Expert migration's record of the steps so far (the smoothed loads; migrate_experts).
+  const migration_schedule& migration() const { return migration_; }
   int ep_rank() const { return comms_.expert_parallel->rank(); }
   /// This rank's place in its TP group: it holds F columns [tp_rank·F/tp, (tp_rank+1)·F/tp).
   int tp_rank() const { return tensor_parallel() ? comms_.tensor_parallel->rank() : 0; }
@@ -555,9 +558,12 @@ class MoELayerCore {
   /// per global expert [E] (the same numbers on every rank: e.g. kept_per_expert summed over the
   /// step's micro-batches) and every other tensor the caller keeps per local expert (leading
   /// dimension E_local: optimizer state such as AdamW's moments; gradients unless they are
-  /// zero). When the EP ranks' imbalance under the current placement (the busiest rank's
-  /// tokens over the mean, minus 1) is above migration_threshold and the balanced placement
-  /// (ExpertPlacementMap::balanced) gives the busiest rank fewer tokens, the experts move there
+  /// zero). The step is recorded in the layer's migration_schedule (the config's load_balancing
+  /// object: loads smoothed over the steps, a check every check_frequency-th step; without one,
+  /// a check after every step from its loads). At a check, when the EP ranks' imbalance under the
+  /// current placement (the busiest rank's tokens over the mean, minus 1) is above the threshold
+  /// and a better placement exists (migration_target: the balanced packing, or swaps when that
+  /// would move more than max_concurrent_migrations experts), the experts move there
   /// (move_experts) and it returns true; otherwise nothing moves and it returns false. Without
   /// migration it returns false at once, with no collective. Collective over the loss group
   /// (dense data-parallel, then TP): the loads must agree on every rank (comm_error on every
@@ -572,15 +578,13 @@ class MoELayerCore {
     std::uint64_t fingerprint = 0;
     std::optional<ExpertPlacementMap> next;
     detail::keep_failure(failed, [&] {
-      SY_EXPECTS(static_cast<std::int64_t>(load.size()) == cfg_.num_experts,
-                 detail::concat("MoELayer::migrate_experts: ", load.size(), " loads for ",
-                                cfg_.num_experts, " experts"));
       fingerprint = fnv1a64(std::string(reinterpret_cast<const char*>(load.data()),
                                         load.size() * sizeof(std::int64_t)));
-      next = migration_target(placement_, load, cfg_.migration_threshold);
+      next = migration_.decide(placement_, load);
     });
     fail_together_in_group(failed, "MoELayer::migrate_experts");
     agree_in_group(fingerprint, "expert loads of MoELayer::migrate_experts");
+    migration_.commit();
     if (!next) return false;
     move_experts(*next, also);
     return true;
@@ -599,21 +603,14 @@ class MoELayerCore {
   /// partly moved: abort then, as after any communicator error inside the layer.
   void move_experts(const ExpertPlacementMap& to, std::span<std::vector<T>* const> also = {}) {
     std::vector<std::vector<T>*> tensors;
-    const ExpertPlacementMap& from = placement_;
-    const std::int64_t ep = from.ep(), El = from.local_experts(), me = ep_rank();
+    const std::int64_t El = placement_.local_experts();
     std::exception_ptr failed;
     std::vector<T> send, recv;
-    std::uint64_t fingerprint = 0;  // of what the ranks must agree on: `to`, then the sizes
+    expert_move_check check;  // what the ranks must agree on: `to`, then the sizes
     expert_move move;
     std::vector<std::int64_t> send_counts, recv_counts;
     detail::keep_failure(failed, [&] {
-      SY_EXPECTS(to.num_experts() == from.num_experts() && to.ep() == ep,
-                 detail::concat("MoELayer::move_experts: a placement of ", to.num_experts(),
-                                " experts over ", to.ep(), " ranks for a layer of ",
-                                from.num_experts(), " over ", ep));
-      move = plan_expert_move(from, to, me);
-      send_counts.resize(static_cast<std::size_t>(ep));
-      recv_counts.resize(static_cast<std::size_t>(ep));
+      move = plan_expert_move(placement_, to, ep_rank());
       params_.for_each_expert_tensor([&](std::vector<T>& v) {
         if (!v.empty()) tensors.push_back(&v);
       });
@@ -624,33 +621,21 @@ class MoELayerCore {
                    "weights, which it moves itself)");
         if (!v->empty()) tensors.push_back(v);
       }
-      std::vector<std::uint64_t> shape(to.slots().begin(), to.slots().end());
-      std::size_t most = 0;
-      for (const std::vector<T>* v : tensors) {
-        SY_EXPECTS(v->size() % static_cast<std::size_t>(El) == 0,
-                   detail::concat("MoELayer::move_experts: a tensor of ", v->size(),
-                                  " elements is not ", El, " local experts' worth"));
-        most = std::max(most, v->size());
-        shape.push_back(v->size());
-      }
-      fingerprint = fnv1a64(std::string(reinterpret_cast<const char*>(shape.data()),
-                                        shape.size() * sizeof(std::uint64_t)));
-      send.resize(most);
-      recv.resize(most);
+      std::vector<std::size_t> sizes;
+      for (const std::vector<T>* v : tensors) sizes.push_back(v->size());
+      check = check_expert_move(to, sizes, "MoELayer::move_experts");
+      send.resize(check.most);
+      recv.resize(check.most);
     });
     fail_together_in_group(failed, "MoELayer::move_experts");
-    agree_in_group(fingerprint, "placement and tensors of MoELayer::move_experts");
+    agree_in_group(check.fingerprint, "placement and tensors of MoELayer::move_experts");
     for (std::vector<T>* t : tensors) {
       std::vector<T>& v = *t;
       const auto n = static_cast<std::int64_t>(v.size()) / El;
       for (std::size_t i = 0; i < move.send_local.size(); ++i)
         std::copy_n(v.begin() + move.send_local[i] * n, n,
                     send.begin() + static_cast<std::int64_t>(i) * n);
-      for (std::int64_t p = 0; p < ep; ++p) {
-        const auto pu = static_cast<std::size_t>(p);
-        send_counts[pu] = move.send_chunks[pu] * n;
-        recv_counts[pu] = move.recv_chunks[pu] * n;
-      }
+      move.counts(n, send_counts, recv_counts);
       comms_.expert_parallel->all_to_all_v(send.data(), send_counts, recv.data(), recv_counts);
       for (std::size_t i = 0; i < move.recv_local.size(); ++i)
         std::copy_n(recv.begin() + static_cast<std::int64_t>(i) * n, n,
@@ -978,6 +963,7 @@ class MoELayerCore {
   MoEComms<Comm> comms_;
   detail::expert_sync_clock sync_clock_;
   ExpertPlacementMap placement_;
+  migration_schedule migration_;  ///< the loads seen and the checks' schedule (migrate_experts)
   std::uint64_t placement_moves_ = 0;  ///< move_experts calls so far (stale saved states fail)
   std::unique_ptr<detail::router_hooks<T>> router_;
   std::unique_ptr<detail::expert_hooks<T>> experts_;
