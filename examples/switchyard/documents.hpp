@@ -145,8 +145,10 @@ inline void write_json(const json::value& v, std::string& s) {
     case json::kind::double_:
       // JSON has no infinity or NaN: an overflow in the results is an error, not a document.
       if (!std::isfinite(v.get_double()))
-        throw std::runtime_error(fmt::format(
-            "a result is {} (an overflow in double): no JSON document for it", v.get_double()));
+        throw numeric_error(fmt::format(
+            "a result is {} (an overflow in double, or inf - inf after one): JSON has no "
+            "document for it",
+            v.get_double()));
       s += fmt::format("{}", v.get_double());
       return;
     case json::kind::array: {

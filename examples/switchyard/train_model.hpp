@@ -13,8 +13,9 @@
 //
 // With expert migration (sharding_strategy Dynamic or enable_expert_migration) each MoE block's
 // experts, with their AdamW moments, move to the balanced placement of the step's kept tokens
-// after the optimizer step when the EP ranks' imbalance is above migration_threshold (the host
-// layer moves them; with the CUDA backend the device layer then takes the new placement, and
+// after the optimizer step when the EP ranks' imbalance is above migration_threshold (with a
+// load_balancing object: at its checks, on its smoothed loads, at most its number of experts; the
+// host layer moves them; with the CUDA backend the device layer then takes the new placement, and
 // the next step uploads the weights in it).
 
 #include <chrono>

@@ -189,12 +189,21 @@ BOOST_AUTO_TEST_CASE(migration_target_limits_the_experts_moved_and_the_schedule_
   }
   BOOST_TEST(s.decide(cont, load).has_value());
   s.commit();
-  // Loads that are not E counts >= 0 are errors, at a check or not (step 7 is not).
+  // Loads that are not E counts >= 0 are errors, at a check or not (step 7 is not), and a
+  // failed decide() leaves nothing to commit.
   BOOST_CHECK_THROW(s.decide(cont, V{1, 2, 3}), sy::precondition_error);
   BOOST_CHECK_THROW(s.decide(cont, V{1, 2, 3, 4, 5, 6, 7, -8}), sy::precondition_error);
-  s.commit();
-  s.commit();  // step 9: a check
-  BOOST_CHECK_THROW(s.decide(cont, V{1, 2, 3, 4, 5, 6, 7, -8}), sy::precondition_error);
+  BOOST_CHECK_THROW(s.commit(), sy::precondition_error);
+  for (int step = 7; step <= 8; ++step) {
+    BOOST_TEST(!s.decide(cont, load).has_value());
+    s.commit();
+  }
+  BOOST_CHECK_THROW(s.decide(cont, V{1, 2, 3, 4, 5, 6, 7, -8}), sy::precondition_error);  // 9
+  // The fingerprint the ranks agree on covers the loads, the steps recorded and the decision.
+  const std::uint64_t at9 = (s.decide(cont, load), s.fingerprint());
+  BOOST_TEST(at9 != (s.decide(cont, reversed), s.fingerprint()));
+  sy::migration_schedule fresh(c);
+  BOOST_TEST(at9 != (fresh.decide(cont, load), fresh.fingerprint()));
 
   // Without a load_balancing object: a check after every step, on that step's loads alone.
   c.load_balancing = {};

@@ -363,6 +363,11 @@ std::vector<rule_case> rule_cases() {
          c.load_balancing.load_smoothing_factor = 1;
        },
        R::load_balancing_smoothing_range, "load_smoothing_factor 1"},
+      {"load balancing fields without the object",
+       [](sy::Config& c) { c.load_balancing.check_frequency = 10; },
+       R::load_balancing_fields_unused,
+       "fields {enable_auto_balancing: true, imbalance_threshold: 0.3, check_frequency: 10, "
+       "max_concurrent_migrations: 2, load_smoothing_factor: 0.9} with present false"},
       {"two thresholds",
        [](sy::Config& c) {
          dynamic_balancing(c);

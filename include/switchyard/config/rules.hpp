@@ -3,6 +3,7 @@
 /// (config/static_check.hpp) and at run time (config/validate.hpp), with the same sentence.
 
 #include <cstdint>
+#include <limits>
 
 #include "switchyard/config/config_types.hpp"
 
@@ -156,7 +157,11 @@ namespace switchyard {
   X(migration_not_built, migration, "migration is not built yet: leave it null")                   \
   X(migration_threshold_unused, migration_threshold,                                               \
     "migration_threshold has no effect without expert migration (enable_expert_migration or "      \
-    "sharding_strategy Dynamic): leave it at 0.3")
+    "sharding_strategy Dynamic, and load_balancing.enable_auto_balancing not false): leave it at " \
+    "0.3")                                                                                         \
+  X(load_balancing_fields_unused, load_balancing,                                                  \
+    "load_balancing's fields are set but the object is absent (present false): set present, or "   \
+    "leave them at torsh's defaults")
 
 /// Identifies one validation rule.
 enum class rule_id {
@@ -166,9 +171,11 @@ enum class rule_id {
 };
 
 namespace detail {
-/// Neither infinite nor NaN (constexpr, unlike std::isfinite in C++20).
+/// Neither infinite nor NaN (constexpr, unlike std::isfinite in C++20; no arithmetic on an
+/// infinity, which a constant expression may not evaluate).
 constexpr bool finite(double x) {
-  return x - x == 0;
+  return x == x && x <= std::numeric_limits<double>::max() &&
+         x >= std::numeric_limits<double>::lowest();
 }
 }  // namespace detail
 
@@ -346,6 +353,8 @@ constexpr bool rule_ok(const Config& c, rule_id r) {
     case rule_id::migration_not_built: return !c.migration.present;
     case rule_id::migration_threshold_unused:
       return c.migrates_experts() || c.migration_threshold == 0.3;
+    case rule_id::load_balancing_fields_unused:
+      return c.load_balancing.present || c.load_balancing == load_balancing_object{};
   }
   return false;
 }

@@ -107,6 +107,11 @@ inline std::string rule_detail(const Config& c, rule_id r) {
     case rule_id::load_balancing_needs_migration:
       return concat("an object with sharding_strategy ", to_text(c.sharding_strategy),
                     " and enable_expert_migration false");
+    case rule_id::load_balancing_fields_unused: {
+      load_balancing_object shown = c.load_balancing;
+      shown.present = true;
+      return concat("fields ", to_text(shown), " with present false");
+    }
     case rule_id::load_balancing_threshold_range:
       return concat("imbalance_threshold ", to_text(c.load_balancing.imbalance_threshold));
     case rule_id::load_balancing_check_frequency_positive:

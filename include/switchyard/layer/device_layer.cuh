@@ -858,18 +858,16 @@ class DeviceMoELayerCore {
     std::uint64_t fingerprint = 0;
     std::optional<ExpertPlacementMap> next;
     try {
-      fingerprint = fnv1a64(std::string(reinterpret_cast<const char*>(load.data()),
-                                        load.size() * sizeof(std::int64_t)));
       next = migration_.decide(placement_, load);
+      fingerprint = migration_.fingerprint();
     } catch (...) {
       failed = std::current_exception();
     }
     fail_together(failed, stream, "DeviceMoELayer::migrate_experts");
     agree(fingerprint, stream, "expert loads of DeviceMoELayer::migrate_experts");
+    if (next) move_experts(*next, stream, also);  // fails together: then no rank records it
     migration_.commit();
-    if (!next) return false;
-    move_experts(*next, stream, also);
-    return true;
+    return next.has_value();
   }
 
   /// Moves the experts to placement `to`, on `stream`: as MoELayerCore::move_experts, for the

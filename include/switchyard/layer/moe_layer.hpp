@@ -572,22 +572,21 @@ class MoELayerCore {
   bool migrate_experts(std::span<const std::int64_t> load,
                        std::span<std::vector<T>* const> also = {}) {
     if (!cfg_.migrates_experts()) return false;
-    // The decision comes from the loads alone, made in the local stage (whose failures, out of
-    // memory included, the group shares); once the loads agree, every rank made the same one.
+    // The decision comes from the loads and the schedule's record, made in the local stage
+    // (whose failures, out of memory included, the group shares); the ranks then agree on the
+    // loads, the steps recorded and the decision (a hash of the three) before anything moves.
     std::exception_ptr failed;
     std::uint64_t fingerprint = 0;
     std::optional<ExpertPlacementMap> next;
     detail::keep_failure(failed, [&] {
-      fingerprint = fnv1a64(std::string(reinterpret_cast<const char*>(load.data()),
-                                        load.size() * sizeof(std::int64_t)));
       next = migration_.decide(placement_, load);
+      fingerprint = migration_.fingerprint();
     });
     fail_together_in_group(failed, "MoELayer::migrate_experts");
     agree_in_group(fingerprint, "expert loads of MoELayer::migrate_experts");
+    if (next) move_experts(*next, also);  // fails together: then no rank records the step
     migration_.commit();
-    if (!next) return false;
-    move_experts(*next, also);
-    return true;
+    return next.has_value();
   }
 
   /// Moves the experts to placement `to` (the same number of experts and EP ranks, and the same

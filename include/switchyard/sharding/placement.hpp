@@ -259,19 +259,26 @@ inline std::optional<ExpertPlacementMap> migration_target(const ExpertPlacementM
 /// loads are smoothed, h ← f·h + (1 − f)·load (f = load_smoothing_factor; h starts as the first
 /// step's loads), and every check_frequency-th step is a check: migration_target(current, h,
 /// the imbalance threshold, max_concurrent_migrations). decide() computes and records nothing;
-/// commit() then records the step (the layers call it once the ranks agree on the loads).
+/// commit() then records the step decide() saw (the layers call it once the ranks agree on
+/// fingerprint() and any move is done, so a failed step can be retried).
 class migration_schedule {
  public:
   explicit migration_schedule(const Config& c)
       : every_(c.migration_check_frequency()),
         limit_(c.migration_move_limit()),
         smoothing_(c.migration_load_smoothing()),
-        threshold_(c.migration_imbalance_threshold()) {}
+        threshold_(c.migration_imbalance_threshold()) {
+    SY_EXPECTS(every_ >= 1 && limit_ >= 0 && smoothing_ >= 0 && smoothing_ < 1,
+               detail::concat("expert migration: check_frequency ", every_,
+                              ", max_concurrent_migrations ", limit_, " and load_smoothing_factor ",
+                              smoothing_, " (validate the config first)"));
+  }
 
   /// The placement to move to after a step with `load` tokens per global expert, or none (not a
   /// check, or nothing to gain). Throws precondition_error for loads that are not E counts >= 0.
   std::optional<ExpertPlacementMap> decide(const ExpertPlacementMap& current,
                                            std::span<const std::int64_t> load) {
+    decided_ = false;
     SY_EXPECTS(static_cast<std::int64_t>(load.size()) == current.num_experts(),
                detail::concat("expert migration: ", load.size(), " loads for ",
                               current.num_experts(), " experts"));
@@ -281,13 +288,25 @@ class migration_schedule {
       const auto now = static_cast<double>(load[e]);
       pending_[e] = steps_ == 0 ? now : smoothing_ * history_[e] + (1 - smoothing_) * now;
     }
-    if ((steps_ + 1) % every_ != 0) return std::nullopt;
-    return migration_target(current, pending_, threshold_, limit_);
+    std::optional<ExpertPlacementMap> next;
+    if ((steps_ + 1) % every_ == 0) next = migration_target(current, pending_, threshold_, limit_);
+    // What the ranks must agree on: the loads, the steps so far and the decision.
+    std::vector<std::int64_t> seen(load.begin(), load.end());
+    seen.push_back(steps_);
+    if (next) seen.insert(seen.end(), next->slots().begin(), next->slots().end());
+    fingerprint_ = fnv1a64(std::string(reinterpret_cast<const char*>(seen.data()),
+                                       seen.size() * sizeof(std::int64_t)));
+    decided_ = true;
+    return next;
   }
-  /// Records the step decide() saw.
-  void commit() noexcept {
+  /// Of the last decide(): a hash of its loads, the steps before it and its decision.
+  std::uint64_t fingerprint() const { return fingerprint_; }
+  /// Records the step the last decide() saw (precondition_error without one).
+  void commit() {
+    SY_EXPECTS(decided_, "expert migration: commit() without a decide() before it");
     history_.swap(pending_);
     ++steps_;
+    decided_ = false;
   }
   /// The smoothed loads h after the steps committed so far (empty before the first).
   const std::vector<double>& smoothed_loads() const { return history_; }
@@ -297,6 +316,8 @@ class migration_schedule {
   std::int64_t every_, limit_;
   double smoothing_, threshold_;
   std::int64_t steps_ = 0;
+  bool decided_ = false;
+  std::uint64_t fingerprint_ = 0;
   std::vector<double> history_, pending_;
 };
 
