@@ -5,6 +5,7 @@
 
 #include <cstdio>
 #include <exception>
+#include <new>
 
 #include "commands.hpp"
 #include "switchyard/core/error.hpp"
@@ -28,6 +29,12 @@ int main(int argc, char** argv) {
     return run();
   } catch (const switchyard::config_error& e) {
     fmt::print(stderr, "switchyard: invalid input\n{}\n", e.what());
+    return 1;
+  } catch (const std::bad_alloc& e) {
+    fmt::print(stderr,
+               "switchyard: error: out of memory ({}): the config's sizes need more memory than "
+               "this process can get (`switchyard plan CONFIG` estimates it per rank)\n",
+               e.what());
     return 1;
   } catch (const std::exception& e) {
     fmt::print(stderr, "switchyard: error: {}\n", e.what());

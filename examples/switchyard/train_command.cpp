@@ -3,10 +3,12 @@
 #include <fmt/core.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <memory>
+#include <stdexcept>
 #include <string>
 
 #include "commands.hpp"
@@ -119,6 +121,14 @@ int train_loop(const Config& cfg, MoEComms<Comm> comms, const train_options& o, 
                             : ", MoE blocks on the GPU");
   for (std::int64_t step = 1; step <= o.steps; ++step) {
     const train::StepMetrics m = model.step(step);
+    // The losses are global (the same on every rank): a diverged run stops here, on every rank,
+    // before a line or a metrics record with nan in it.
+    if (!std::isfinite(m.loss) || !std::isfinite(m.aux_loss) || !std::isfinite(m.z_loss))
+      throw numeric_error(
+          fmt::format("training diverged at step {}: loss {}, aux {}, z {} (learning_rate {}, "
+                      "load_balance_loss_coeff {}, router_z_loss_coeff {}: lower them)",
+                      step, m.loss, m.aux_loss, m.z_loss, cfg.learning_rate,
+                      detail::to_text(cfg.load_balance_loss_coeff), cfg.router_z_loss_coeff));
     if (!prints) continue;
     if (tty) fmt::print("\r\033[K");
     fmt::print(
@@ -137,7 +147,11 @@ int train_loop(const Config& cfg, MoEComms<Comm> comms, const train_options& o, 
                  std::string(static_cast<std::size_t>(width - done), '.'), step, o.steps);
       std::fflush(stdout);
     }
-    if (jsonl) jsonl << metrics_line(m) << '\n';
+    if (jsonl.is_open()) {
+      jsonl << metrics_line(m) << '\n';
+      jsonl.flush();
+      if (!jsonl) throw std::runtime_error("--metrics: cannot write to " + o.metrics);
+    }
   }
   if (tty) fmt::print("\n");
   return 0;

@@ -102,6 +102,30 @@ BOOST_AUTO_TEST_CASE(memory_estimate_with_capacity_bf16_and_pipeline_stages) {
   BOOST_TEST(m0.optimizer_state == m0.expert_parameters / 2 * 12);
 }
 
+// Without a pattern the MoE layers of a stage are counted without a loop (plan used to take
+// minutes for num_layers 1e11): the same counts as layer by layer, and a huge num_layers at once.
+BOOST_AUTO_TEST_CASE(moe_layers_on_stage_by_frequency_match_layer_by_layer) {
+  sy::Config c;
+  for (std::int64_t f = 1; f <= 5; ++f)
+    for (std::int64_t pp = 1; pp <= 4; ++pp)
+      for (std::int64_t layers = pp; layers <= 24; layers += pp) {
+        c.moe_layer_frequency = f;
+        c.pipeline_parallel_size = pp;
+        c.num_layers = layers;
+        for (std::int64_t s = 0; s < pp; ++s) {
+          std::int64_t n = 0;
+          for (std::int64_t i = s * (layers / pp); i < (s + 1) * (layers / pp); ++i)
+            n += c.is_moe_layer(i) ? 1 : 0;
+          BOOST_TEST(sy::moe_layers_on_stage(c, s) == n,
+                     "f " << f << " pp " << pp << " layers " << layers << " stage " << s);
+        }
+      }
+  c.moe_layer_frequency = 2;
+  c.pipeline_parallel_size = 1;
+  c.num_layers = 1'000'000'000'000'000'000;
+  BOOST_TEST(sy::moe_layers_on_stage(c, 0) == 500'000'000'000'000'000);
+}
+
 // DeepSeek-V3's layout: the first three layers dense (moe_layer_pattern), over 2 pipeline stages.
 BOOST_AUTO_TEST_CASE(memory_estimate_counts_the_moe_layers_of_a_pattern_per_stage) {
   sy::Config c;

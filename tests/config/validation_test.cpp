@@ -368,6 +368,24 @@ std::vector<rule_case> rule_cases() {
        R::load_balancing_fields_unused,
        "fields {enable_auto_balancing: true, imbalance_threshold: 0.3, check_frequency: 10, "
        "max_concurrent_migrations: 2, load_smoothing_factor: 0.9} with present false"},
+      // Sizes whose products wrap 64 bits (plan printed a negative token count, train trained on
+      // a wrapped one).
+      {"tokens overflow",
+       [](sy::Config& c) {
+         c.batch_size_per_gpu = 4'000'000'000;
+         c.sequence_length = 4'000'000'000;
+       },
+       R::tokens_fit,
+       "batch_size_per_gpu 4000000000 x sequence_length 4000000000 x 1 micro-batches"},
+      {"expert parameters overflow",
+       [](sy::Config& c) { c.ffn_hidden_size = 10'000'000'000'000'000; }, R::sizes_fit,
+       "ffn_hidden_size 10000000000000000 x hidden_size"},
+      {"routed rows overflow",
+       [](sy::Config& c) {
+         c.batch_size_per_gpu = 1'000'000'000;
+         c.num_layers = 1'000'000;
+       },
+       R::sizes_fit, "1024000000000 tokens x hidden_size 1024"},
       {"two thresholds",
        [](sy::Config& c) {
          dynamic_balancing(c);

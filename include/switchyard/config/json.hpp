@@ -469,7 +469,11 @@ inline std::string read_text_file(const std::string& file) {
   std::ostringstream ss;
   ss << in.rdbuf();
   if (in.bad()) throw config_error("cannot read " + file);
-  return ss.str();
+  std::string text = ss.str();
+  // A UTF-8 byte order mark (some Windows editors write one): not JSON, and RFC 8259 lets a
+  // parser ignore it.
+  if (text.rfind("\xEF\xBB\xBF", 0) == 0) text.erase(0, 3);
+  return text;
 }
 
 /// Parses and validates config JSON text: parse problems and broken rules together.

@@ -35,8 +35,15 @@ constexpr std::int64_t expert_parameter_count(const Config& c) {
 /// i % moe_layer_frequency == 0), and stage s holds layers [s·L/pp, (s+1)·L/pp).
 constexpr std::int64_t moe_layers_on_stage(const Config& c, std::int64_t stage) {
   const std::int64_t per_stage = c.num_layers / c.pipeline_parallel_size;
-  std::int64_t n = 0;
-  for (std::int64_t i = stage * per_stage; i < (stage + 1) * per_stage; ++i)
+  const std::int64_t lo = stage * per_stage, hi = (stage + 1) * per_stage;
+  if (c.moe_layer_pattern.empty()) {  // the multiples of the frequency in [lo, hi), no loop
+    const std::int64_t f = c.moe_layer_frequency;
+    if (f <= 0 || hi <= lo) return 0;
+    const auto below = [f](std::int64_t x) { return x <= 0 ? 0 : (x - 1) / f + 1; };
+    return below(hi) - below(lo);
+  }
+  std::int64_t n = 0;  // a pattern has num_layers entries
+  for (std::int64_t i = lo; i < hi; ++i)
     if (c.is_moe_layer(i)) ++n;
   return n;
 }

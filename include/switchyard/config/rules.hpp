@@ -128,6 +128,12 @@ namespace switchyard {
   X(layers_divisible_by_pp, pipeline_parallel_size,                                                \
     "num_layers must be a multiple of pipeline_parallel_size")                                     \
   X(batch_positive, batch_size_per_gpu, "batch_size_per_gpu must be at least 1")                   \
+  X(tokens_fit, batch_size_per_gpu,                                                                \
+    "the tokens of a step overflow 64-bit counts: lower batch_size_per_gpu, sequence_length or "   \
+    "gradient_accumulation_steps")                                                                 \
+  X(sizes_fit, hidden_size,                                                                        \
+    "the sizes' products overflow 64-bit counts (nothing this large can be allocated): lower "     \
+    "them")                                                                                        \
   X(sequence_positive, sequence_length, "sequence_length must be at least 1")                      \
   X(accumulation_steps_positive, gradient_accumulation_steps,                                      \
     "gradient_accumulation_steps must be at least 1")                                              \
@@ -177,11 +183,44 @@ constexpr bool finite(double x) {
   return x == x && x <= std::numeric_limits<double>::max() &&
          x >= std::numeric_limits<double>::lowest();
 }
+
+/// a·b when both are >= 0 and the product stays below 2^62 (room for the sums and byte factors
+/// that follow it), else -1 (also for an input of -1).
+constexpr std::int64_t product_within(std::int64_t a, std::int64_t b) {
+  constexpr std::int64_t limit = std::int64_t{1} << 62;
+  if (a < 0 || b < 0) return -1;
+  if (a != 0 && b > limit / a) return -1;
+  return a * b;
+}
+
+/// The config's size products (rules tokens_fit and sizes_fit), in order: 1 the tokens of a step
+/// on a rank (batch x sequence x micro-batches), 2 their routed rows' values over every layer
+/// (x hidden_size x k x num_layers), 3 their router scores over every layer (x num_experts x
+/// num_layers), 4 the experts' parameters (F x H x 2 or 3, x num_experts x num_layers); the
+/// last two with a factor 64 for bytes and copies. Returns the first that reaches 2^62, or 0
+/// (also when a size is below 1: other rules say so).
+constexpr int oversized_product(const Config& c) {
+  if (c.batch_size_per_gpu < 1 || c.sequence_length < 1 || c.hidden_size < 1 ||
+      c.ffn_hidden_size < 1 || c.num_experts < 1 || c.num_experts_per_token < 1 ||
+      c.num_layers < 1 || c.micro_batches_per_step() < 1)
+    return 0;
+  const auto mul = product_within;
+  const std::int64_t tokens =
+      mul(mul(c.batch_size_per_gpu, c.sequence_length), c.micro_batches_per_step());
+  if (tokens < 0) return 1;
+  if (mul(mul(mul(mul(tokens, c.hidden_size), c.num_experts_per_token), c.num_layers), 64) < 0)
+    return 2;
+  if (mul(mul(mul(tokens, c.num_experts), c.num_layers), 64) < 0) return 3;
+  const std::int64_t expert = mul(mul(c.ffn_hidden_size, c.hidden_size), c.gated ? 3 : 2);
+  if (mul(mul(mul(expert, c.num_experts), c.num_layers), 64) < 0) return 4;
+  return 0;
+}
 }  // namespace detail
 
 /// Whether Config `c` satisfies rule `r`. constexpr: usable in static_assert.
 constexpr bool rule_ok(const Config& c, rule_id r) {
   using detail::finite;
+  using detail::oversized_product;
   const std::int64_t E = c.num_experts;
   const std::int64_t k = c.num_experts_per_token;
   const bool sinkhorn = c.load_balancing_type == LoadBalancingType::sinkhorn;
@@ -328,6 +367,8 @@ constexpr bool rule_ok(const Config& c, rule_id r) {
     case rule_id::layers_divisible_by_pp:
       return c.pipeline_parallel_size < 1 || c.num_layers % c.pipeline_parallel_size == 0;
     case rule_id::batch_positive: return c.batch_size_per_gpu >= 1;
+    case rule_id::tokens_fit: return oversized_product(c) != 1;
+    case rule_id::sizes_fit: return oversized_product(c) < 2;
     case rule_id::sequence_positive: return c.sequence_length >= 1;
     case rule_id::accumulation_steps_positive: return c.gradient_accumulation_steps >= 1;
     case rule_id::accumulation_steps_unused:

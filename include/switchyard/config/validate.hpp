@@ -104,6 +104,35 @@ inline std::string rule_detail(const Config& c, rule_id r) {
                     c.load_balance_loss_coeff.size() == 1 ? " coefficient (" : " coefficients (",
                     to_text(c.load_balance_loss_coeff), ") for ", c.load_balancing_type.size(),
                     " load_balancing_type entries (", to_text(c.load_balancing_type), ")");
+    case rule_id::tokens_fit:
+    case rule_id::sizes_fit: {
+      const auto d = [](std::int64_t v) { return static_cast<double>(v); };
+      const double tokens =
+          d(c.batch_size_per_gpu) * d(c.sequence_length) * d(c.micro_batches_per_step());
+      const auto whole_tokens = [&] {  // only once product 1 is known to fit
+        return c.batch_size_per_gpu * c.sequence_length * c.micro_batches_per_step();
+      };
+      const int which = oversized_product(c);
+      if (which == 1)
+        return concat("batch_size_per_gpu ", c.batch_size_per_gpu, " x sequence_length ",
+                      c.sequence_length, " x ", c.micro_batches_per_step(),
+                      " micro-batches = ", to_text(tokens), " tokens");
+      if (which == 2)  // the tokens fit: product 1 did
+        return concat(
+            whole_tokens(), " tokens x hidden_size ", c.hidden_size, " x k ",
+            c.num_experts_per_token, " x num_layers ", c.num_layers,
+            " (the routed rows' values) = ",
+            to_text(tokens * d(c.hidden_size) * d(c.num_experts_per_token) * d(c.num_layers)));
+      if (which == 3)
+        return concat(
+            whole_tokens(), " tokens x num_experts ", c.num_experts, " x num_layers ", c.num_layers,
+            " (the router's scores) = ", to_text(tokens * d(c.num_experts) * d(c.num_layers)));
+      return concat(
+          "ffn_hidden_size ", c.ffn_hidden_size, " x hidden_size ", c.hidden_size,
+          " x num_experts ", c.num_experts, " x num_layers ", c.num_layers,
+          " (the experts' parameters) = ",
+          to_text(d(c.ffn_hidden_size) * d(c.hidden_size) * d(c.num_experts) * d(c.num_layers)));
+    }
     case rule_id::load_balancing_needs_migration:
       return concat("an object with sharding_strategy ", to_text(c.sharding_strategy),
                     " and enable_expert_migration false");
