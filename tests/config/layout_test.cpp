@@ -56,6 +56,63 @@ BOOST_AUTO_TEST_CASE(four_dimensional_layout_partitions_the_world) {
   BOOST_CHECK_THROW(l.coords(16), sy::precondition_error);
 }
 
+// Groups are enumerated from the coordinates a kind varies; here against their definition (the
+// ranks that share the other coordinates), over every layout up to 3 x 3 x 2 x 3.
+BOOST_AUTO_TEST_CASE(groups_equal_the_ranks_sharing_the_other_coordinates) {
+  const auto same = [](G kind, const sy::RankCoords& a, const sy::RankCoords& b) {
+    switch (kind) {
+      case G::expert_parallel: return a.tp == b.tp && a.dp == b.dp && a.pp == b.pp;
+      case G::data_parallel:
+      case G::expert_data_parallel: return a.tp == b.tp && a.ep == b.ep && a.pp == b.pp;
+      case G::dense_data_parallel: return a.tp == b.tp && a.pp == b.pp;
+      case G::tensor_parallel: return a.ep == b.ep && a.dp == b.dp && a.pp == b.pp;
+      case G::pipeline_parallel: return a.tp == b.tp && a.ep == b.ep && a.dp == b.dp;
+    }
+    return false;
+  };
+  int layouts = 0;
+  for (std::int64_t dp = 1; dp <= 3; ++dp)
+    for (std::int64_t ep = 1; ep <= 3; ++ep)
+      for (std::int64_t tp = 1; tp <= 2; ++tp)
+        for (std::int64_t pp = 1; pp <= 3; ++pp) {
+          const sy::Layout l(dp, ep, tp, pp);
+          ++layouts;
+          for (G kind : {G::expert_parallel, G::data_parallel, G::expert_data_parallel,
+                         G::dense_data_parallel, G::tensor_parallel, G::pipeline_parallel})
+            for (std::int64_t r = 0; r < l.world(); ++r) {
+              std::vector<std::int64_t> expected;
+              for (std::int64_t q = 0; q < l.world(); ++q)
+                if (same(kind, l.coords(r), l.coords(q))) expected.push_back(q);
+              BOOST_TEST(l.group(kind, r) == expected,
+                         "layout " << dp << "x" << ep << "x" << tp << "x" << pp << " rank " << r);
+            }
+        }
+  BOOST_TEST(layouts == 54);
+}
+
+// The largest layout (2^20 ranks) lists its groups in one pass over the world (a scan per group
+// took 2^40 steps and hung `plan`); beyond it a Layout is a precondition error naming the sizes.
+BOOST_AUTO_TEST_CASE(the_largest_layout_lists_its_groups_and_a_larger_one_is_an_error) {
+  const sy::Layout l(std::int64_t{1} << 17, 4, 2, 1);
+  BOOST_TEST(l.world() == sy::max_world_size);
+  const auto tp_groups = l.groups(G::tensor_parallel);
+  BOOST_TEST(tp_groups.size() == std::size_t{1} << 19);
+  BOOST_TEST((tp_groups.back() == std::vector<std::int64_t>{l.world() - 2, l.world() - 1}));
+  const auto dense = l.groups(G::dense_data_parallel);
+  BOOST_TEST(dense.size() == 2u);
+  BOOST_TEST(dense[1].size() == std::size_t{1} << 19);
+  BOOST_TEST(dense[1][1] == 3);
+  try {
+    const sy::Layout big(std::int64_t{1} << 62, 2, 1, 1);
+    BOOST_ERROR("no error");
+  } catch (const sy::precondition_error& e) {
+    BOOST_TEST(
+        std::string(e.what()).find("dp 4611686018427387904 x ep 2 x tp 1 x pp 1 = "
+                                   "9.22337e+18 ranks, more than the 1048576") != std::string::npos,
+        e.what());
+  }
+}
+
 BOOST_AUTO_TEST_CASE(expert_placement_contiguous_and_round_robin) {
   using V = std::vector<std::int64_t>;
   BOOST_TEST((sy::experts_of_ep_rank(8, 4, 1, sy::ExpertPlacement::contiguous) == V{2, 3}));

@@ -1,5 +1,9 @@
 #include <boost/test/unit_test.hpp>
 
+#include <cmath>
+#include <random>
+#include <string>
+
 #include "switchyard/config.hpp"
 
 namespace sy = switchyard;
@@ -164,4 +168,82 @@ BOOST_AUTO_TEST_CASE(memory_estimate_with_tensor_parallel_experts) {
   // Expert input rows grow 4x; fc1 and activation outputs (4x rows, F/4 columns) stay.
   const std::int64_t H = 64, b = 4;
   BOOST_TEST(four.activations - one.activations == one.moe_layers * 3 * 128 * H * b);
+}
+
+// memory_per_expert_mb is compared in whole MiB, rounded up: no overflow for a huge value (2^44
+// MiB wrapped to 0 bytes and said "EXCEEDS").
+BOOST_AUTO_TEST_CASE(fits_memory_per_expert_rounds_up_to_whole_mib_without_overflow) {
+  sy::Config c;
+  sy::MemoryEstimate m;
+  c.memory_per_expert_mb = 3;
+  m.per_expert = 3 * 1048576;
+  BOOST_TEST(m.fits_memory_per_expert(c));
+  m.per_expert += 1;
+  BOOST_TEST(!m.fits_memory_per_expert(c));
+  c.memory_per_expert_mb = std::int64_t{1} << 44;  // 2^64 bytes
+  m.per_expert = std::int64_t{1} << 60;
+  BOOST_TEST(m.fits_memory_per_expert(c));
+  c.memory_per_expert_mb = std::int64_t{1} << 30;
+  m.per_expert = std::int64_t{1} << 62;  // 2^42 MiB
+  BOOST_TEST(!m.fits_memory_per_expert(c));
+  c.memory_per_expert_mb = std::numeric_limits<std::int64_t>::max();
+  m.per_expert = std::numeric_limits<std::int64_t>::max();
+  BOOST_TEST(m.fits_memory_per_expert(c));
+  BOOST_CHECK_THROW((void)sy::moe_layers_on_stage(c, 1), sy::precondition_error);
+}
+
+// Property over random configs with sizes up to 2^40: whenever every rule holds, the memory
+// estimate's checked products and sums do not overflow (rules tokens_fit, sizes_fit,
+// capacity_fits and ranks_fit bound them), on the first and the last rank. Before these rules a
+// shared expert of 2^54, F 2^36 with 16384 x 1024 tokens or capacity_factor 1e12 with 2^20
+// experts passed validation and wrapped.
+BOOST_AUTO_TEST_CASE(every_valid_config_has_a_memory_estimate_without_overflow) {
+  std::mt19937_64 rng(20261207);
+  const auto pow2 = [&](int max_bits) {  // 2^u, u uniform in [0, max_bits]
+    return std::int64_t{1} << std::uniform_int_distribution<int>(0, max_bits)(rng);
+  };
+  const auto chance = [&](double p) { return std::uniform_real_distribution<>(0, 1)(rng) < p; };
+  int valid = 0, large = 0;
+  for (int trial = 0; trial < 50000; ++trial) {
+    sy::Config c;
+    c.num_experts = pow2(24);
+    c.num_experts_per_token = std::min<std::int64_t>(c.num_experts, pow2(4));
+    c.pre_softmax = c.num_experts_per_token == 1;
+    c.expert_parallel_size = std::min<std::int64_t>(c.num_experts, pow2(10));
+    c.data_parallel_size = pow2(12);
+    c.tensor_parallel_size = pow2(3);
+    c.pipeline_parallel_size = pow2(3);
+    c.hidden_size = pow2(40);
+    c.ffn_hidden_size = c.tensor_parallel_size * pow2(40);
+    c.num_layers = c.pipeline_parallel_size * pow2(30);
+    c.batch_size_per_gpu = pow2(40);
+    c.sequence_length = pow2(30);
+    c.gated = chance(0.5);
+    c.precision = chance(0.5) ? sy::Precision::bfloat16 : sy::Precision::float32;
+    c.optimizer = chance(0.5) ? sy::Optimizer::sgd : sy::Optimizer::adamw;
+    if (chance(0.3)) c.shared_expert_intermediate_size = c.tensor_parallel_size * pow2(50);
+    if (chance(0.5)) {
+      c.token_dispatch = sy::TokenDispatch::capacity;
+      c.capacity_factor = std::ldexp(1.0, std::uniform_int_distribution<int>(-4, 40)(rng));
+      c.min_capacity = chance(0.3) ? pow2(40) : 0;
+      c.capacity_formula =
+          static_cast<sy::CapacityFormula>(std::uniform_int_distribution<int>(0, 4)(rng));
+    }
+    if (!sy::validate(c).empty()) continue;
+    ++valid;
+    for (const std::int64_t rank : {std::int64_t{0}, c.world() - 1}) {
+      BOOST_TEST_CONTEXT("trial " << trial << " rank " << rank) {
+        sy::MemoryEstimate m;
+        BOOST_REQUIRE_NO_THROW(m = sy::estimate_memory(c, rank));
+        std::int64_t total = 0;
+        BOOST_REQUIRE_NO_THROW(total = m.total());
+        BOOST_TEST(m.activations > 0);
+        BOOST_TEST(total >= m.activations);
+        if (total > (std::int64_t{1} << 50)) ++large;
+      }
+    }
+  }
+  BOOST_TEST_MESSAGE(valid << " valid configs, " << large << " estimates above 2^50 bytes");
+  BOOST_TEST(valid >= 1000);
+  BOOST_TEST(large >= 500);
 }

@@ -385,7 +385,70 @@ std::vector<rule_case> rule_cases() {
          c.batch_size_per_gpu = 1'000'000'000;
          c.num_layers = 1'000'000;
        },
-       R::sizes_fit, "1024000000000 tokens x hidden_size 1024"},
+       R::sizes_fit,
+       "1024000000000 tokens x k 2 expert rows x hidden_size 1024 x tensor_parallel_size 1 x "
+       "num_layers 1000000 x 64 (bytes, copies) = 1.34e+23 (the routed rows' values)"},
+      // 65536 tokens x 2 x F 1e12 x 2 x 64 = 1.7e19, but the parameters 1e12 x 1024 x 2 x 8 x 64
+      // = 1.0e18 fit.
+      {"expert activations overflow",
+       [](sy::Config& c) {
+         c.batch_size_per_gpu = 64;
+         c.ffn_hidden_size = 1'000'000'000'000;
+       },
+       R::sizes_fit,
+       "65536 tokens x k 2 expert rows x ffn_hidden_size 1000000000000 x 2 x num_layers 1 x 64 "
+       "(bytes, copies) = 1.68e+19 (the experts' hidden activations)"},
+      {"shared expert overflow",
+       [](sy::Config& c) { c.shared_expert_intermediate_size = std::int64_t{1} << 54; },
+       R::sizes_fit,
+       "shared_expert_intermediate_size 18014398509481984 x (hidden_size 1024 + 1024 tokens) x 3 "
+       "x num_layers 1 x 64"},
+      // 2^20 experts with capacity 2002.95 each: 2.1e9 rows per layer, over 1e5 layers.
+      {"capacity rows overflow",
+       [](sy::Config& c) {
+         c.token_dispatch = sy::TokenDispatch::capacity;
+         c.capacity_factor = 1000;
+         c.num_experts = 1 << 20;
+         c.num_layers = 100'000;
+       },
+       R::sizes_fit,
+       "up to 2100248576 expert rows (num_experts 1048576 x about 2003 per expert, or 1024 tokens "
+       "x k 2) x hidden_size 1024"},
+      {"capacity beyond 2^30",
+       [](sy::Config& c) {
+         c.token_dispatch = sy::TokenDispatch::capacity;
+         c.capacity_factor = 1e12;
+       },
+       R::capacity_fits,
+       "1e+12 x k 2 x (1024 tokens / 8 experts + 1), or min_capacity 0: up to 258000000000001 "
+       "tokens per expert"},
+      {"infinite capacity factor",
+       [](sy::Config& c) {
+         c.token_dispatch = sy::TokenDispatch::capacity;
+         c.capacity_factor = inf;
+       },
+       R::capacity_fits, "inf x k 2"},
+      {"min capacity beyond 2^30",
+       [](sy::Config& c) {
+         c.token_dispatch = sy::TokenDispatch::capacity;
+         c.min_capacity = std::int64_t{1} << 40;
+       },
+       R::capacity_fits,
+       "1.25 x k 2 x (1024 tokens / 8 experts + 1), or min_capacity 1099511627776: up to "
+       "1099511627776 tokens per expert"},
+      {"too many ranks", [](sy::Config& c) { c.data_parallel_size = 1 << 30; }, R::ranks_fit,
+       "data_parallel_size 1073741824 x expert_parallel_size 1 x tensor_parallel_size 1 x "
+       "pipeline_parallel_size 1 = 1073741824 ranks"},
+      // The product wraps 64 bits: world_product leaves it to ranks_fit.
+      {"ranks product overflow",
+       [](sy::Config& c) {
+         c.world_size = 8;
+         c.data_parallel_size = std::int64_t{1} << 62;
+         c.expert_parallel_size = 2;
+       },
+       R::ranks_fit,
+       "world_size 8, data_parallel_size 4611686018427387904 x expert_parallel_size 2 x "
+       "tensor_parallel_size 1 x pipeline_parallel_size 1 = 9.22e+18 ranks"},
       {"two thresholds",
        [](sy::Config& c) {
          dynamic_balancing(c);
@@ -510,6 +573,55 @@ BOOST_AUTO_TEST_CASE(every_rule_has_a_failing_config_with_its_message) {
   SY_CONFIG_RULES(SY_COUNT_RULE)
 #undef SY_COUNT_RULE
   BOOST_TEST(covered.size() == n_rules);
+}
+
+// Products a rule would take of sizes its neighbours reject, or of huge sizes, stay defined (the
+// sanitizer build runs this): each config gets its own rules' messages, nothing more.
+BOOST_AUTO_TEST_CASE(rules_on_huge_or_negative_sizes_report_without_overflow) {
+  using R = sy::rule_id;
+  const auto broken = [](const sy::Config& c) {
+    std::set<R> out;
+#define SY_BROKEN_RULE(id, field, text) \
+  if (!sy::rule_ok(c, R::id)) out.insert(R::id);
+    SY_CONFIG_RULES(SY_BROKEN_RULE)
+#undef SY_BROKEN_RULE
+    return out;
+  };
+  sy::Config c;
+  c.world_size = 1;
+  c.tensor_parallel_size = -(std::int64_t{1} << 32);
+  c.pipeline_parallel_size = -(std::int64_t{1} << 32);
+  auto b = broken(c);
+  BOOST_TEST(b.count(R::tp_positive) == 1u);
+  BOOST_TEST(b.count(R::pp_positive) == 1u);
+  BOOST_TEST(b.count(R::world_product) == 0u);
+  BOOST_TEST(!sy::validate(c).empty());
+
+  c = sy::Config{};
+  c.num_experts = std::int64_t{1} << 40;
+  c.num_groups = 1;
+  c.group_topk = std::int64_t{1} << 40;  // group_topk x E = 2^80
+  b = broken(c);
+  BOOST_TEST(b.count(R::groups_hold_k) == 0u);
+  BOOST_TEST(b.count(R::group_topk_le_groups) == 1u);
+  c.group_topk = 1;
+  c.num_experts_per_token = 3;
+  c.num_groups = std::int64_t{1} << 39;  // 2 experts per group, one group: 2 < k
+  BOOST_TEST(broken(c).count(R::groups_hold_k) == 1u);
+  BOOST_TEST(sy::join_problems(sy::validate(c))
+                 .find("1 of 549755813888 groups hold 2 experts, "
+                       "fewer than k = 3") != std::string::npos);
+
+  // The capacity bound is per micro-batch: 1000 micro-batches of 4096 tokens with cf 1000 give
+  // ceil(4096 x 2 / 8 x 1000) = 1024000 per expert, far below 2^30.
+  c = sy::Config{};
+  c.sequence_length = 4096;
+  c.token_dispatch = sy::TokenDispatch::capacity;
+  c.capacity_factor = 1000;
+  c.enable_gradient_accumulation = true;
+  c.gradient_accumulation_steps = 1000;
+  BOOST_TEST(sy::validate(c).empty(), sy::join_problems(sy::validate(c)));
+  BOOST_TEST(*sy::capacity(c, c.tokens_per_rank()) == 1024000);
 }
 
 BOOST_AUTO_TEST_CASE(validation_returns_every_problem_at_once) {

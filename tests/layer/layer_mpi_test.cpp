@@ -953,23 +953,27 @@ BOOST_AUTO_TEST_CASE(a_capacity_too_large_for_one_rank_is_an_error_on_every_rank
   auto c = base_config();
   c.expert_parallel_size = world.size();
   c.token_dispatch = sy::TokenDispatch::capacity;
-  c.capacity_factor = 1e30;
+  // Valid for the config's one token per rank (rule capacity_fits: 1e8 x 2 x (1/8 + 1) + 1 per
+  // expert), but 128 tokens need ceil(128 x 2 / 8 x 1e8) = 3.2e9 > 2^31 - 1.
+  c.batch_size_per_gpu = 1;
+  c.sequence_length = 1;
+  c.capacity_factor = 1e8;
   auto groups = sy::make_mpi_groups(world, sy::Layout(c));
   auto layer = mpi_layer(c, groups);
   layer->initialize(3);
   const int busy = world.size() - 1;
-  const std::int64_t T = world.rank() == busy ? 4 : 0, H = c.hidden_size;
+  const std::int64_t T = world.rank() == busy ? 128 : 0, H = c.hidden_size;
   const std::vector<double> x = random_vector(7, static_cast<std::size_t>(T * H));
   if (world.rank() == busy) {
     BOOST_CHECK_EXCEPTION(layer->forward(sy::matrix_view<const double>(x.data(), T, H)),
                           sy::config_error, [&](const sy::config_error& e) {
-                            return has(e, "capacity_factor: 1e+30 gives a capacity of");
+                            return has(e, "capacity_factor: 1e+08 gives a capacity of");
                           });
   } else {
     BOOST_CHECK_EXCEPTION(layer->forward(sy::matrix_view<const double>(x.data(), T, H)),
                           sy::comm_error, [&](const sy::comm_error& e) {
                             return has(e, "MoELayer::forward: rank " + std::to_string(busy)) &&
-                                   has(e, "capacity_factor: 1e+30");
+                                   has(e, "capacity_factor: 1e+08");
                           });
   }
 }

@@ -7,13 +7,10 @@
 #include <optional>
 
 #include "switchyard/config/config_types.hpp"
+#include "switchyard/config/rules.hpp"
 #include "switchyard/core/error.hpp"
 
 namespace switchyard {
-
-/// The largest capacity per expert Switchyard computes with (rows are indexed in 32 bits on the
-/// device, and E·C·H must not overflow).
-inline constexpr std::int64_t max_expert_capacity = 2147483647;
 
 namespace detail {
 /// A formula's capacity, computed in floating point, as an integer: a config_error naming

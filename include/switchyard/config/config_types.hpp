@@ -182,9 +182,15 @@ struct Config {
   /// data_parallel_size as given, or derived from world_size / (ep·tp·pp), or 1.
   constexpr std::int64_t dp() const {
     if (data_parallel_size) return *data_parallel_size;
-    const std::int64_t inner = expert_parallel_size * tensor_parallel_size * pipeline_parallel_size;
-    if (world_size && inner > 0) return *world_size / inner;
-    return 1;
+    if (!world_size) return 1;
+    std::int64_t inner = 1;  // ep·tp·pp, without overflow: past the world there is no replica
+    for (const std::int64_t f :
+         {expert_parallel_size, tensor_parallel_size, pipeline_parallel_size}) {
+      if (f < 1) return 1;  // rules ep_positive, tp_positive, pp_positive say so
+      if (f > *world_size / inner) return 0;
+      inner *= f;
+    }
+    return *world_size / inner;
   }
   /// world_size as given, or dp·ep·tp·pp.
   constexpr std::int64_t world() const {

@@ -3,6 +3,7 @@
 
 #include <charconv>
 #include <cstdint>
+#include <cstdio>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -17,6 +18,14 @@ inline std::string to_text(double v) {
   char buf[32];
   const auto res = std::to_chars(buf, buf + sizeof buf, v);  // shortest round-trip form
   return std::string(buf, res.ptr);
+}
+/// A count computed in double (config/rules.hpp's size products): whole below 2^53, where a
+/// double is exact, else with three significant digits (1.6e+19).
+inline std::string count_text(double v) {
+  if (v >= 0 && v < 9007199254740992.0) return std::to_string(static_cast<std::int64_t>(v));
+  char buf[32];
+  const int n = std::snprintf(buf, sizeof buf, "%.3g", v);
+  return std::string(buf, n > 0 ? static_cast<std::size_t>(n) : 0);
 }
 inline std::string to_text(bool v) { return v ? "true" : "false"; }
 inline std::string to_text(const unbuilt_object& v) { return v.present ? "{...}" : "null"; }

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "switchyard/config/config_types.hpp"
+#include "switchyard/config/rules.hpp"
 #include "switchyard/core/error.hpp"
 
 namespace switchyard {
@@ -42,6 +43,12 @@ class Layout {
     SY_EXPECTS(dp >= 1 && ep >= 1 && tp >= 1 && pp >= 1,
                detail::concat("every parallel size must be >= 1, got dp ", dp, ", ep ", ep,
                               ", tp ", tp, ", pp ", pp));
+    // In double: the product of four int64 sizes may not fit one.
+    const double world = static_cast<double>(dp) * static_cast<double>(ep) *
+                         static_cast<double>(tp) * static_cast<double>(pp);
+    SY_EXPECTS(world <= static_cast<double>(max_world_size),
+               detail::concat("dp ", dp, " x ep ", ep, " x tp ", tp, " x pp ", pp, " = ", world,
+                              " ranks, more than the ", max_world_size, " a layout holds"));
   }
   /// The layout a validated config describes.
   explicit Layout(const Config& c)
@@ -69,17 +76,27 @@ class Layout {
   }
 
   /// Members of `rank`'s group of the given kind, in increasing rank order; the position of a
-  /// rank in this list is its rank inside the group.
+  /// rank in this list is its rank inside the group. The members share `rank`'s coordinates
+  /// except the ones the kind varies; they are enumerated directly (pp outermost, tp innermost,
+  /// which is increasing rank order), so the cost is the group's size.
   std::vector<std::int64_t> group(GroupKind kind, std::int64_t rank) const {
     const RankCoords me = coords(rank);
+    const Varied free = varied(kind);
+    const auto lo = [](bool varies, std::int64_t mine) { return varies ? 0 : mine; };
+    const auto hi = [](bool varies, std::int64_t mine, std::int64_t n) {
+      return varies ? n : mine + 1;
+    };
     std::vector<std::int64_t> members;
-    for (std::int64_t r = 0; r < world(); ++r) {
-      if (same_group(kind, me, coords(r))) members.push_back(r);
-    }
+    RankCoords c;
+    for (c.pp = lo(free.pp, me.pp); c.pp < hi(free.pp, me.pp, pp_); ++c.pp)
+      for (c.dp = lo(free.dp, me.dp); c.dp < hi(free.dp, me.dp, dp_); ++c.dp)
+        for (c.ep = lo(free.ep, me.ep); c.ep < hi(free.ep, me.ep, ep_); ++c.ep)
+          for (c.tp = lo(free.tp, me.tp); c.tp < hi(free.tp, me.tp, tp_); ++c.tp)
+            members.push_back(rank_of(c));
     return members;
   }
 
-  /// Every group of one kind, each listed once, ordered by their lowest rank.
+  /// Every group of one kind, each listed once, ordered by their lowest rank (cost: the world).
   std::vector<std::vector<std::int64_t>> groups(GroupKind kind) const {
     std::vector<std::vector<std::int64_t>> all;
     std::vector<bool> seen(static_cast<std::size_t>(world()), false);
@@ -96,16 +113,20 @@ class Layout {
     SY_EXPECTS(rank >= 0 && rank < world(),
                detail::concat("rank ", rank, " is outside the world of ", world(), " ranks"));
   }
-  static bool same_group(GroupKind kind, const RankCoords& a, const RankCoords& b) {
+  /// The coordinates that vary inside a group of one kind; its members share the others.
+  struct Varied {
+    bool tp = false, ep = false, dp = false, pp = false;
+  };
+  static Varied varied(GroupKind kind) {
     switch (kind) {
-      case GroupKind::expert_parallel: return a.tp == b.tp && a.dp == b.dp && a.pp == b.pp;
+      case GroupKind::expert_parallel: return {.ep = true};
       case GroupKind::data_parallel:
-      case GroupKind::expert_data_parallel: return a.tp == b.tp && a.ep == b.ep && a.pp == b.pp;
-      case GroupKind::dense_data_parallel: return a.tp == b.tp && a.pp == b.pp;
-      case GroupKind::tensor_parallel: return a.ep == b.ep && a.dp == b.dp && a.pp == b.pp;
-      case GroupKind::pipeline_parallel: return a.tp == b.tp && a.ep == b.ep && a.dp == b.dp;
+      case GroupKind::expert_data_parallel: return {.dp = true};
+      case GroupKind::dense_data_parallel: return {.ep = true, .dp = true};
+      case GroupKind::tensor_parallel: return {.tp = true};
+      case GroupKind::pipeline_parallel: return {.pp = true};
     }
-    return false;
+    return {};
   }
   std::int64_t dp_, ep_, tp_, pp_;
 };

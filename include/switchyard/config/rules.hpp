@@ -20,6 +20,9 @@ namespace switchyard {
   X(world_product, world_size,                                                                     \
     "world_size must equal data_parallel_size x expert_parallel_size x tensor_parallel_size x "    \
     "pipeline_parallel_size")                                                                      \
+  X(ranks_fit, world_size,                                                                         \
+    "the layout has more ranks than the 1048576 (2^20) a Switchyard layout holds: lower "          \
+    "data_parallel_size or world_size")                                                            \
   X(experts_divisible_by_ep, expert_parallel_size,                                                 \
     "num_experts must be a multiple of expert_parallel_size")                                      \
   X(data_parallel_sharding_ep1, sharding_strategy,                                                 \
@@ -98,6 +101,9 @@ namespace switchyard {
     "semantics deepspeed with k = 1 or 2 drops by position (DeepSpeed's top1gating and "           \
     "top2gating): set drop_policy position")                                                       \
   X(min_capacity_nonneg, min_capacity, "min_capacity must be >= 0")                                \
+  X(capacity_fits, capacity_factor,                                                                \
+    "the capacity per expert must stay below 2^30 tokens (Switchyard indexes rows in 32 bits): "   \
+    "lower capacity_factor or min_capacity")                                                       \
   X(max_batch_positive, max_expert_batch_size, "max_expert_batch_size must be at least 1")         \
   X(shared_expert_positive, shared_expert_intermediate_size,                                       \
     "shared_expert_intermediate_size must be at least 1 (leave it out for no shared expert)")      \
@@ -176,6 +182,14 @@ enum class rule_id {
 #undef SY_DETAIL_RULE_ENUM
 };
 
+/// The most ranks a layout holds (rule ranks_fit; Layout checks it too): 2^20, about ten times
+/// the largest training clusters. `plan --json` lists every process group of the layout.
+inline constexpr std::int64_t max_world_size = std::int64_t{1} << 20;
+
+/// The largest capacity per expert Switchyard computes with (rows are indexed in 32 bits on the
+/// device, and E·C·H must not overflow); rule capacity_fits keeps a config's capacity half below.
+inline constexpr std::int64_t max_expert_capacity = 2147483647;
+
 namespace detail {
 /// Neither infinite nor NaN (constexpr, unlike std::isfinite in C++20; no arithmetic on an
 /// infinity, which a constant expression may not evaluate).
@@ -184,35 +198,85 @@ constexpr bool finite(double x) {
          x >= std::numeric_limits<double>::lowest();
 }
 
-/// a·b when both are >= 0 and the product stays below 2^62 (room for the sums and byte factors
-/// that follow it), else -1 (also for an input of -1).
-constexpr std::int64_t product_within(std::int64_t a, std::int64_t b) {
-  constexpr std::int64_t limit = std::int64_t{1} << 62;
-  if (a < 0 || b < 0) return -1;
-  if (a != 0 && b > limit / a) return -1;
-  return a * b;
+/// The largest double below 2^63 that the size checks compare with: 2^62 leaves room for the
+/// sums that follow a product.
+inline constexpr double size_limit = 4611686018427387904.0;  // 2^62
+
+/// The size products that rules tokens_fit, sizes_fit and capacity_fits bound, computed in
+/// double: every factor is an int64 (below 2^63) or a finite factor capped at 2^63, so a product
+/// of a few of them is finite and a constant expression can evaluate it. Bytes and copies are a
+/// factor 64.
+struct size_products {
+  double tokens = 0;    ///< batch x sequence x micro-batches: the tokens of a step on a rank
+  double rows = 0;      ///< expert rows of one MoE layer on a rank (at most): tokens x k, or
+                        ///< with capacity dispatch up to num_experts x capacity if more
+  double capacity = 0;  ///< with capacity dispatch, the capacity per expert for the tokens of
+                        ///< a micro-batch (about, from above)
+  double routed = 0;    ///< rows x hidden_size x tensor_parallel_size x layers x 64
+  double scores = 0;    ///< tokens x num_experts x layers x 64 (router logits and scores)
+  double experts = 0;   ///< ffn x hidden x (2|3) x num_experts x layers x 64 (parameters)
+  double hidden = 0;    ///< rows x ffn x (2|3) x layers x 64 (the experts' fc1 outputs)
+  double shared = 0;    ///< shared size x (hidden + tokens) x 3 x layers x 64
+};
+
+/// data x expert x tensor x pipeline parallel sizes, in double (0 when one is below 1).
+constexpr double ranks_product(const Config& c) {
+  if (c.expert_parallel_size < 1 || c.tensor_parallel_size < 1 || c.pipeline_parallel_size < 1 ||
+      c.dp() < 1)
+    return 0;
+  return static_cast<double>(c.dp()) * static_cast<double>(c.expert_parallel_size) *
+         static_cast<double>(c.tensor_parallel_size) *
+         static_cast<double>(c.pipeline_parallel_size);
 }
 
-/// The config's size products (rules tokens_fit and sizes_fit), in order: 1 the tokens of a step
-/// on a rank (batch x sequence x micro-batches), 2 their routed rows' values over every layer
-/// (x hidden_size x k x num_layers), 3 their router scores over every layer (x num_experts x
-/// num_layers), 4 the experts' parameters (F x H x 2 or 3, x num_experts x num_layers); the
-/// last two with a factor 64 for bytes and copies. Returns the first that reaches 2^62, or 0
-/// (also when a size is below 1: other rules say so).
+/// Whether every size is at least 1 (else other rules report it, and no product is computed).
+constexpr bool sizes_positive(const Config& c) {
+  return c.batch_size_per_gpu >= 1 && c.sequence_length >= 1 && c.hidden_size >= 1 &&
+         c.ffn_hidden_size >= 1 && c.num_experts >= 1 && c.num_experts_per_token >= 1 &&
+         c.num_layers >= 1 && c.micro_batches_per_step() >= 1 && c.expert_parallel_size >= 1 &&
+         c.tensor_parallel_size >= 1 && c.pipeline_parallel_size >= 1 && c.dp() >= 1 &&
+         c.min_capacity >= 0 && c.shared_expert_intermediate_size.value_or(1) >= 1;
+}
+
+constexpr size_products size_products_of(const Config& c) {
+  size_products p;
+  const auto d = [](std::int64_t v) { return static_cast<double>(v); };
+  if (c.batch_size_per_gpu >= 1 && c.sequence_length >= 1 && c.micro_batches_per_step() >= 1)
+    p.tokens = d(c.batch_size_per_gpu) * d(c.sequence_length) * d(c.micro_batches_per_step());
+  if (!sizes_positive(c)) return p;
+  const double k = d(c.num_experts_per_token), E = d(c.num_experts), H = d(c.hidden_size);
+  const double F = d(c.ffn_hidden_size), L = d(c.num_layers), tp = d(c.tensor_parallel_size);
+  const double fc1 = c.gated ? 3 : 2;  // fc1 (F or 2F rows) and fc2 (F columns)
+  p.rows = p.tokens * k;
+  if (c.token_dispatch == TokenDispatch::capacity) {
+    // Every formula (config/capacity.hpp) gives at most about cf·k·(T/E + 1) + 1 per expert
+    // for the T = batch x sequence tokens of a micro-batch (megablocks: times ep; up to float32
+    // rounding), and at least min_capacity.
+    const double cap_limit = 9223372036854775808.0;  // 2^63: caps an infinite or huge factor
+    double cf = c.capacity_factor < 0 ? -c.capacity_factor : c.capacity_factor;
+    if (!(cf <= cap_limit)) cf = cap_limit;  // also NaN: a capacity beyond every limit
+    if (c.capacity_formula == CapacityFormula::megablocks) cf *= d(c.expert_parallel_size);
+    const double micro_batch = d(c.batch_size_per_gpu) * d(c.sequence_length);
+    const double per_expert = cf * k * (micro_batch / E + 1) + 1;
+    p.capacity = per_expert > d(c.min_capacity) ? per_expert : d(c.min_capacity);
+    if (E * p.capacity > p.rows) p.rows = E * p.capacity;
+  }
+  p.routed = p.rows * H * tp * L * 64;
+  p.scores = p.tokens * E * L * 64;
+  p.experts = F * H * fc1 * E * L * 64;
+  p.hidden = p.rows * F * fc1 * L * 64;
+  if (c.shared_expert_intermediate_size)
+    p.shared = d(*c.shared_expert_intermediate_size) * (H + p.tokens) * 3 * L * 64;
+  return p;
+}
+
+/// The first of sizes_fit's products that reaches size_limit: 1 routed, 2 scores, 3 experts,
+/// 4 hidden, 5 shared; 0 when none does.
 constexpr int oversized_product(const Config& c) {
-  if (c.batch_size_per_gpu < 1 || c.sequence_length < 1 || c.hidden_size < 1 ||
-      c.ffn_hidden_size < 1 || c.num_experts < 1 || c.num_experts_per_token < 1 ||
-      c.num_layers < 1 || c.micro_batches_per_step() < 1)
-    return 0;
-  const auto mul = product_within;
-  const std::int64_t tokens =
-      mul(mul(c.batch_size_per_gpu, c.sequence_length), c.micro_batches_per_step());
-  if (tokens < 0) return 1;
-  if (mul(mul(mul(mul(tokens, c.hidden_size), c.num_experts_per_token), c.num_layers), 64) < 0)
-    return 2;
-  if (mul(mul(mul(tokens, c.num_experts), c.num_layers), 64) < 0) return 3;
-  const std::int64_t expert = mul(mul(c.ffn_hidden_size, c.hidden_size), c.gated ? 3 : 2);
-  if (mul(mul(mul(expert, c.num_experts), c.num_layers), 64) < 0) return 4;
+  const size_products p = size_products_of(c);
+  const double in_order[] = {p.routed, p.scores, p.experts, p.hidden, p.shared};
+  for (int i = 0; i < 5; ++i)
+    if (in_order[i] >= size_limit) return i + 1;
   return 0;
 }
 }  // namespace detail
@@ -233,11 +297,17 @@ constexpr bool rule_ok(const Config& c, rule_id r) {
     case rule_id::tp_positive: return c.tensor_parallel_size >= 1;
     case rule_id::pp_positive: return c.pipeline_parallel_size >= 1;
     case rule_id::dp_positive: return c.dp() >= 1;
+    case rule_id::ranks_fit:
+      return detail::ranks_product(c) <= static_cast<double>(max_world_size) &&
+             (!c.world_size || *c.world_size <= max_world_size);
     case rule_id::world_product:
-      return !c.world_size || (c.dp() >= 1 && c.expert_parallel_size >= 1 &&
-                               *c.world_size == c.dp() * c.expert_parallel_size *
-                                                    c.tensor_parallel_size *
-                                                    c.pipeline_parallel_size);
+      if (!c.world_size) return true;
+      // A size below 1 (rules ep_positive, tp_positive, pp_positive, dp_positive) or a product
+      // beyond 2^62 (rule ranks_fit) is reported by its own rule; the product below then fits.
+      if (detail::ranks_product(c) == 0 || detail::ranks_product(c) >= detail::size_limit)
+        return true;
+      return *c.world_size ==
+             c.dp() * c.expert_parallel_size * c.tensor_parallel_size * c.pipeline_parallel_size;
     case rule_id::experts_divisible_by_ep:
       return c.expert_parallel_size < 1 || E % c.expert_parallel_size == 0;
     case rule_id::data_parallel_sharding_ep1:
@@ -304,9 +374,10 @@ constexpr bool rule_ok(const Config& c, rule_id r) {
       return !c.num_groups || !c.group_topk || *c.group_topk <= *c.num_groups;
     case rule_id::experts_divisible_by_groups:
       return !c.num_groups || *c.num_groups < 1 || E % *c.num_groups == 0;
-    case rule_id::groups_hold_k:
+    case rule_id::groups_hold_k:  // group_topk x E/num_groups >= k, without the product
       return !c.num_groups || !c.group_topk || *c.num_groups < 1 ||
-             *c.group_topk * (E / *c.num_groups) >= k;
+             (E / *c.num_groups > 0 &&
+              *c.group_topk >= (k + E / *c.num_groups - 1) / (E / *c.num_groups));
     case rule_id::balancing_disabled_conflict:
       return c.enable_load_balancing ||
              (c.load_balancing_type == LoadBalancingType::none && !c.enable_expert_bias);
@@ -327,6 +398,9 @@ constexpr bool rule_ok(const Config& c, rule_id r) {
     case rule_id::deepspeed_drop_position:
       return !deepspeed || !capacity || k > 2 || c.drop_policy == DropPolicy::position;
     case rule_id::min_capacity_nonneg: return c.min_capacity >= 0;
+    case rule_id::capacity_fits:
+      return !capacity ||
+             detail::size_products_of(c).capacity <= static_cast<double>(max_expert_capacity / 2);
     case rule_id::max_batch_positive:
       return !c.max_expert_batch_size || *c.max_expert_batch_size >= 1;
     case rule_id::shared_expert_positive:
@@ -367,8 +441,9 @@ constexpr bool rule_ok(const Config& c, rule_id r) {
     case rule_id::layers_divisible_by_pp:
       return c.pipeline_parallel_size < 1 || c.num_layers % c.pipeline_parallel_size == 0;
     case rule_id::batch_positive: return c.batch_size_per_gpu >= 1;
-    case rule_id::tokens_fit: return oversized_product(c) != 1;
-    case rule_id::sizes_fit: return oversized_product(c) < 2;
+    case rule_id::tokens_fit: return detail::size_products_of(c).tokens < detail::size_limit;
+    case rule_id::sizes_fit:  // reported only once the tokens fit
+      return detail::size_products_of(c).tokens >= detail::size_limit || oversized_product(c) == 0;
     case rule_id::sequence_positive: return c.sequence_length >= 1;
     case rule_id::accumulation_steps_positive: return c.gradient_accumulation_steps >= 1;
     case rule_id::accumulation_steps_unused:

@@ -2,6 +2,7 @@
 /// \file Run-time validation: every broken rule of config/rules.hpp, each reported at the JSON
 /// path where the user wrote the field (or would write it), with the values involved.
 
+#include <cmath>
 #include <map>
 #include <string>
 #include <string_view>
@@ -56,23 +57,25 @@ inline std::string rule_detail(const Config& c, rule_id r) {
       return concat(c.num_experts, " experts cannot be split over ", c.expert_parallel_size,
                     " ranks");
     case rule_id::world_product:
-      if (!c.data_parallel_size)
+      if (!c.data_parallel_size)  // products in double: ep x tp x pp may exceed the world
         return concat("world_size ", *c.world_size,
                       " is not a positive multiple of expert_parallel_size x tensor_parallel_size "
                       "x pipeline_parallel_size = ",
-                      c.expert_parallel_size * c.tensor_parallel_size * c.pipeline_parallel_size);
+                      count_text(static_cast<double>(c.expert_parallel_size) *
+                                 static_cast<double>(c.tensor_parallel_size) *
+                                 static_cast<double>(c.pipeline_parallel_size)));
       return concat("world_size ", *c.world_size, " but ", c.dp(), " x ", c.expert_parallel_size,
                     " x ", c.tensor_parallel_size, " x ", c.pipeline_parallel_size, " = ",
-                    c.dp() * c.expert_parallel_size * c.tensor_parallel_size *
-                        c.pipeline_parallel_size);
+                    count_text(ranks_product(c)));
     case rule_id::topk_range:
       return concat("k = ", c.num_experts_per_token, " with ", c.num_experts, " experts");
     case rule_id::experts_divisible_by_groups:
       return concat(c.num_experts, " experts cannot form ", *c.num_groups, " equal groups");
     case rule_id::groups_hold_k:
       return concat(*c.group_topk, " of ", *c.num_groups, " groups hold ",
-                    *c.group_topk * (c.num_experts / *c.num_groups), " experts, fewer than k = ",
-                    c.num_experts_per_token);
+                    count_text(static_cast<double>(*c.group_topk) *
+                               static_cast<double>(c.num_experts / *c.num_groups)),
+                    " experts, fewer than k = ", c.num_experts_per_token);
     case rule_id::expert_bias_length:
       return concat("expert_bias has ", c.expert_bias.size(), " entries for ", c.num_experts,
                     " experts");
@@ -105,34 +108,54 @@ inline std::string rule_detail(const Config& c, rule_id r) {
                     to_text(c.load_balance_loss_coeff), ") for ", c.load_balancing_type.size(),
                     " load_balancing_type entries (", to_text(c.load_balancing_type), ")");
     case rule_id::tokens_fit:
+      return concat("batch_size_per_gpu ", c.batch_size_per_gpu, " x sequence_length ",
+                    c.sequence_length, " x ", c.micro_batches_per_step(),
+                    " micro-batches = ", count_text(size_products_of(c).tokens), " tokens");
     case rule_id::sizes_fit: {
-      const auto d = [](std::int64_t v) { return static_cast<double>(v); };
-      const double tokens =
-          d(c.batch_size_per_gpu) * d(c.sequence_length) * d(c.micro_batches_per_step());
-      const auto whole_tokens = [&] {  // only once product 1 is known to fit
-        return c.batch_size_per_gpu * c.sequence_length * c.micro_batches_per_step();
-      };
-      const int which = oversized_product(c);
-      if (which == 1)
-        return concat("batch_size_per_gpu ", c.batch_size_per_gpu, " x sequence_length ",
-                      c.sequence_length, " x ", c.micro_batches_per_step(),
-                      " micro-batches = ", to_text(tokens), " tokens");
-      if (which == 2)  // the tokens fit: product 1 did
-        return concat(
-            whole_tokens(), " tokens x hidden_size ", c.hidden_size, " x k ",
-            c.num_experts_per_token, " x num_layers ", c.num_layers,
-            " (the routed rows' values) = ",
-            to_text(tokens * d(c.hidden_size) * d(c.num_experts_per_token) * d(c.num_layers)));
-      if (which == 3)
-        return concat(
-            whole_tokens(), " tokens x num_experts ", c.num_experts, " x num_layers ", c.num_layers,
-            " (the router's scores) = ", to_text(tokens * d(c.num_experts) * d(c.num_layers)));
-      return concat(
-          "ffn_hidden_size ", c.ffn_hidden_size, " x hidden_size ", c.hidden_size,
-          " x num_experts ", c.num_experts, " x num_layers ", c.num_layers,
-          " (the experts' parameters) = ",
-          to_text(d(c.ffn_hidden_size) * d(c.hidden_size) * d(c.num_experts) * d(c.num_layers)));
+      const size_products p = size_products_of(c);
+      const std::string tokens = concat(count_text(p.tokens), " tokens");
+      const std::string rows =
+          c.token_dispatch == TokenDispatch::capacity
+              ? concat("up to ", count_text(p.rows), " expert rows (num_experts ", c.num_experts,
+                       " x about ", count_text(std::ceil(p.capacity)), " per expert, or ", tokens,
+                       " x k ", c.num_experts_per_token, ")")
+              : concat(tokens, " x k ", c.num_experts_per_token, " expert rows");
+      const std::string layers = concat(" x num_layers ", c.num_layers, " x 64 (bytes, copies) = ");
+      switch (oversized_product(c)) {
+        case 1:
+          return concat(rows, " x hidden_size ", c.hidden_size, " x tensor_parallel_size ",
+                        c.tensor_parallel_size, layers, count_text(p.routed),
+                        " (the routed rows' values)");
+        case 2:
+          return concat(tokens, " x num_experts ", c.num_experts, layers, count_text(p.scores),
+                        " (the router's scores)");
+        case 3:
+          return concat("ffn_hidden_size ", c.ffn_hidden_size, " x hidden_size ", c.hidden_size,
+                        " x ", c.gated ? 3 : 2, " x num_experts ", c.num_experts, layers,
+                        count_text(p.experts), " (the experts' parameters)");
+        case 4:
+          return concat(rows, " x ffn_hidden_size ", c.ffn_hidden_size, " x ", c.gated ? 3 : 2,
+                        layers, count_text(p.hidden), " (the experts' hidden activations)");
+        default:
+          return concat("shared_expert_intermediate_size ",
+                        to_text(c.shared_expert_intermediate_size), " x (hidden_size ",
+                        c.hidden_size, " + ", tokens, ") x 3", layers, count_text(p.shared),
+                        " (the shared expert's parameters and activations)");
+      }
     }
+    case rule_id::ranks_fit:
+      return concat(c.world_size ? concat("world_size ", *c.world_size, ", ") : std::string(),
+                    "data_parallel_size ", c.dp(), " x expert_parallel_size ",
+                    c.expert_parallel_size, " x tensor_parallel_size ", c.tensor_parallel_size,
+                    " x pipeline_parallel_size ", c.pipeline_parallel_size, " = ",
+                    count_text(ranks_product(c)), " ranks");
+    case rule_id::capacity_fits:
+      return concat(c.capacity_factor, " x k ", c.num_experts_per_token, " x (",
+                    count_text(static_cast<double>(c.batch_size_per_gpu) *
+                               static_cast<double>(c.sequence_length)),
+                    " tokens / ", c.num_experts, " experts + 1), or min_capacity ", c.min_capacity,
+                    ": up to ", count_text(std::ceil(size_products_of(c).capacity)),
+                    " tokens per expert");
     case rule_id::load_balancing_needs_migration:
       return concat("an object with sharding_strategy ", to_text(c.sharding_strategy),
                     " and enable_expert_migration false");
