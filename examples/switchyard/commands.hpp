@@ -21,7 +21,8 @@ void add_train_command(CLI::App& app, runner& run);
 void add_layer_command(CLI::App& app, runner& run);
 
 /// When the experts migrate, for plan's and train's text: "experts migrate when the EP ranks'
-/// imbalance is above t" and, with a load_balancing object, its schedule (plan_command.cpp).
+/// imbalance is above t" (or, with the Periodic trigger, "at every check ...") and, with a
+/// load_balancing or migration object, its schedule (plan_command.cpp).
 std::string migration_summary(const Config& c);
 
 }  // namespace switchyard::cli

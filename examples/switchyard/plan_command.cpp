@@ -169,14 +169,25 @@ int run_plan(const plan_options& o) {
 }  // namespace
 
 std::string migration_summary(const Config& c) {
-  std::string s = fmt::format("experts migrate when the EP ranks' imbalance is above {}",
-                              c.migration_imbalance_threshold());
+  std::string s = c.migration_periodic()
+                      ? std::string(
+                            "experts migrate at every check where that lowers the busiest EP "
+                            "rank's load (Periodic trigger)")
+                      : fmt::format("experts migrate when the EP ranks' imbalance is above {}",
+                                    c.migration_imbalance_threshold());
+  if (!c.load_balancing.present && !c.migration.present) return s;
+  s += fmt::format(" (checked every {} step(s)", c.migration_check_frequency());
   if (c.load_balancing.present)
+    s += fmt::format(" on the loads smoothed by {}", c.migration_load_smoothing());
+  s += c.migration_move_limit() > 0
+           ? fmt::format(", at most {} experts moved per check", c.migration_move_limit())
+           : std::string(", as many experts moved per check as the balance needs");
+  if (c.migration.present)
     s += fmt::format(
-        " (checked every {} step(s) on the loads smoothed by {}, at most {} experts moved per "
-        "check)",
-        c.migration_check_frequency(), c.migration_load_smoothing(), c.migration_move_limit());
-  return s;
+        ", no move within {} step(s) of the last, experts at most {} EP rank(s) "
+        "from where they were",
+        c.migration_cooldown(), c.migration_max_distance());
+  return s + ")";
 }
 
 void add_plan_command(CLI::App& app, runner& run) {

@@ -11,7 +11,8 @@
 // every MoE block's weights once, before its micro-batches, and each micro-batch adds the
 // downloaded gradients to the host gradients after its backward.
 //
-// With expert migration (sharding_strategy Dynamic or enable_expert_migration) each MoE block's
+// With expert migration (sharding_strategy Dynamic, enable_expert_migration or a migration
+// object) each MoE block's
 // experts, with their AdamW moments, move to the balanced placement of the step's kept tokens
 // after the optimizer step when the EP ranks' imbalance is above migration_threshold (with a
 // load_balancing object: at its checks, on its smoothed loads, at most its number of experts; the

@@ -42,6 +42,11 @@ sy::Config unusual_config() {
   c.load_balancing.max_concurrent_migrations = 3;
   c.load_balancing.load_smoothing_factor = 0.25;
   c.migration.present = true;
+  c.migration.enable_migration = true;
+  c.migration.triggers = {sy::MigrationTrigger::Periodic, sy::MigrationTrigger::LoadImbalance};
+  c.migration.preferred_strategies = sy::MigrationStrategy::CompleteMigration;
+  c.migration.cooldown_period = 9;
+  c.migration.max_migration_distance = 3;
   c.enable_expert_migration = true;
   c.migration_threshold = 0.45;
   c.memory_per_expert_mb = 1024;
@@ -370,6 +375,52 @@ BOOST_AUTO_TEST_CASE(model_config_constants_accept_only_their_value) {
       R"(distributed_config.master_addr: the only supported value is "env://", got "10.0.0.1")"));
   p = sy::parse_and_validate(R"({"model_config": {"model_type": "dense"}})");
   BOOST_TEST(mentions(p.problems, "model_config.model_type"));
+}
+
+// torsh's ExpertMigrationConfig, as serde writes it (arrays of variant names).
+BOOST_AUTO_TEST_CASE(migration_object_fields) {
+  auto p = sy::parse_and_validate(R"({"expert_parallel_size": 2,
+      "migration": {"enable_migration": true, "triggers": ["Periodic"], "cooldown_period": 20}})");
+  BOOST_TEST(p.problems.empty(), sy::join_problems(p.problems));
+  const sy::migration_object& m = p.config.migration;
+  BOOST_TEST(m.present);
+  BOOST_TEST(m.enable_migration);
+  BOOST_TEST((m.triggers == sy::MigrationTrigger::Periodic));
+  BOOST_TEST((m.preferred_strategies == sy::MigrationStrategy::GradualMigration));
+  BOOST_TEST(m.cooldown_period == 20);
+  BOOST_TEST(m.max_migration_distance == 1);
+  BOOST_TEST(p.config.migration_requested());
+  BOOST_TEST(sy::detail::field_text(p.config, "migration") ==
+             "{enable_migration: true, triggers: [Periodic], preferred_strategies: "
+             "[GradualMigration], cooldown_period: 20, max_migration_distance: 1}");
+  // Written as torsh's serde would read it: the lists as arrays.
+  const auto flat = sy::to_json(p.config, sy::Dialect::flat);
+  BOOST_TEST(boost::json::serialize(flat.at("migration")) ==
+             R"({"enable_migration":true,"triggers":["Periodic"],"preferred_strategies":)"
+             R"(["GradualMigration"],"cooldown_period":20,"max_migration_distance":1})");
+  p = sy::parse_and_validate(R"({"distributed": {"expert_parallel_size": 2}, "moe_optimization":
+      {"migration": {"enable_migration": true, "preferred_strategies": ["CompleteMigration"]}}})");
+  BOOST_TEST(p.problems.empty(), sy::join_problems(p.problems));
+  BOOST_TEST(p.config.migration_move_limit() == 0);
+  p = sy::parse_and_validate(R"({"expert_parallel_size": 2,
+      "migration": {"enable_migration": true, "cooldown_perod": 5}})");
+  BOOST_TEST(mentions(p.problems,
+                      "migration: cooldown_perod: unknown key; did you mean \"cooldown_period\"?"),
+             sy::join_problems(p.problems));
+  p = sy::parse_and_validate(R"({"expert_parallel_size": 2,
+      "migration": {"enable_migration": true, "triggers": ["LoadImbalanced"]}})");
+  BOOST_TEST(mentions(p.problems, "migration: triggers: entry 0: "), sy::join_problems(p.problems));
+  p = sy::parse_and_validate(R"({"expert_parallel_size": 2,
+      "migration": {"enable_migration": true, "triggers": []}})");
+  BOOST_TEST(mentions(p.problems, "migration: triggers: expected 1 to 4 entries, got 0"),
+             sy::join_problems(p.problems));
+  p = sy::parse_and_validate(R"({"migration": {"enable_migration": "yes"}})");
+  BOOST_TEST(mentions(p.problems, "migration: enable_migration: expected true or false"),
+             sy::join_problems(p.problems));
+  // torsh's default object has enable_migration false: an object that would do nothing.
+  p = sy::parse_and_validate(R"({"expert_parallel_size": 2, "migration": {}})");
+  BOOST_TEST(mentions(p.problems, "migration: migration.enable_migration false in"),
+             sy::join_problems(p.problems));
 }
 
 BOOST_AUTO_TEST_CASE(unbuilt_torsh_objects_are_rejected_not_ignored) {

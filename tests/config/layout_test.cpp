@@ -1,6 +1,7 @@
 #include <boost/test/unit_test.hpp>
 
 #include <algorithm>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -179,6 +180,74 @@ BOOST_AUTO_TEST_CASE(expert_placement_map_tables_loads_and_balanced_packing) {
   BOOST_TEST(cont.imbalance(V(8, 0)) == 0.0);  // no tokens: balanced
   BOOST_CHECK_THROW(cont.imbalance(V{1, 2, 3}), sy::precondition_error);
   BOOST_CHECK_THROW(cont.balanced(V{1, 2, 3, 4, 5, 6, 7, -8}), sy::precondition_error);
+}
+
+// torsh's migration object: max_migration_distance keeps each expert within that many EP ranks of
+// where it was, cooldown_period spaces the moves, the Periodic trigger moves below the threshold.
+BOOST_AUTO_TEST_CASE(migration_object_bounds_the_distance_spaces_the_moves_and_periodic_moves) {
+  using V = std::vector<std::int64_t>;
+  // 8 experts over 4 ranks: {0,1} {2,3} {4,5} {6,7} hold 80, 20, 20 and 2 tokens.
+  const V load{40, 40, 10, 10, 10, 10, 1, 1};
+  const sy::ExpertPlacementMap four(8, 4, sy::ExpertPlacement::contiguous);
+  // The packing, {0,6} {1,7} {2,4} {3,5} (41/41/20/20), moves expert 6 three ranks and 7 two.
+  const auto packing = sy::migration_target(four, load, 0.3);
+  BOOST_REQUIRE(packing.has_value());
+  BOOST_TEST((packing->slots() == V{0, 6, 1, 7, 2, 4, 3, 5}));
+  BOOST_TEST((*sy::migration_target(four, load, 0.3, 0, 3) == *packing));  // 3 ranks: any
+  // One rank at most: rank 0 trades only with rank 1, one 40 for a 10 (50/50); then no trade
+  // of rank 0's or rank 1's stays within one rank and lowers the busiest.
+  const auto near = sy::migration_target(four, load, 0.3, 0, 1);
+  BOOST_REQUIRE(near.has_value());
+  BOOST_TEST((near->slots() == V{2, 1, 0, 3, 4, 5, 6, 7}));
+  BOOST_TEST((near->rank_loads(load) == V{50, 50, 20, 2}));
+  for (std::int64_t e = 0; e < 8; ++e)
+    BOOST_TEST(std::abs(near->owner(e) - four.owner(e)) <= 1, "expert " << e);
+  BOOST_TEST((*sy::migration_target(four, load, 0.3, 2, 1) == *near));
+
+  // The schedule with the object alone: a check every step, GradualMigration's 2 experts, a
+  // cooldown of 3 steps: a move at step 1, none in the 3 steps after (2, 3, 4), one at 5.
+  sy::Config c;
+  c.num_experts = 8;
+  c.expert_parallel_size = 2;
+  c.migration.present = true;
+  c.migration.enable_migration = true;
+  c.migration.cooldown_period = 3;
+  BOOST_REQUIRE(sy::validate(c).empty());
+  const sy::ExpertPlacementMap cont(8, 2, sy::ExpertPlacement::contiguous);
+  const V heavy{40, 30, 20, 10, 5, 5, 5, 5};
+  sy::migration_schedule s(c);
+  const auto first = s.decide(cont, heavy);
+  BOOST_REQUIRE(first.has_value());
+  BOOST_TEST((first->slots() == V{4, 1, 2, 3, 0, 5, 6, 7}));  // one swap: 2 experts
+  BOOST_TEST(s.last_move_step() == 0);                        // not before the commit
+  s.commit();
+  BOOST_TEST(s.last_move_step() == 1);
+  for (int step = 2; step <= 4; ++step) {
+    BOOST_TEST(!s.decide(cont, heavy).has_value(), "step " << step);
+    s.commit();
+  }
+  BOOST_TEST(s.decide(cont, heavy).has_value());  // step 5
+  s.commit();
+  BOOST_TEST(s.last_move_step() == 5);
+
+  // LoadImbalance: 42/38 (imbalance 0.05) is below 0.3, no move; Periodic: the swap of 12 for
+  // a 10 gives 40/40.
+  const V mild{12, 10, 10, 10, 10, 10, 10, 8};
+  c.migration.cooldown_period = 0;
+  BOOST_TEST(!sy::migration_schedule(c).decide(cont, mild).has_value());
+  c.migration.triggers = sy::MigrationTrigger::Periodic;
+  BOOST_REQUIRE(sy::validate(c).empty());
+  const auto periodic = sy::migration_schedule(c).decide(cont, mild);
+  BOOST_REQUIRE(periodic.has_value());
+  BOOST_TEST((periodic->slots() == V{4, 1, 2, 3, 0, 5, 6, 7}));
+  BOOST_TEST((periodic->rank_loads(mild) == V{40, 40}));
+  // CompleteMigration: the packing, 4 experts moved (on 2 ranks every distance is 1).
+  c.migration.triggers = sy::MigrationTrigger::LoadImbalance;
+  c.migration.preferred_strategies = sy::MigrationStrategy::CompleteMigration;
+  c.migration.max_migration_distance = 1;
+  const auto complete = sy::migration_schedule(c).decide(cont, heavy);
+  BOOST_REQUIRE(complete.has_value());
+  BOOST_TEST((complete->slots() == V{0, 3, 4, 6, 1, 2, 5, 7}));
 }
 
 // migration_target: the balanced packing when it moves few enough experts, else swaps from the

@@ -15,6 +15,13 @@ namespace {
 
 constexpr double inf = std::numeric_limits<double>::infinity();
 
+// Expert migration over 2 EP ranks asked for by torsh's migration object alone.
+void migrating(sy::Config& c) {
+  c.expert_parallel_size = 2;
+  c.migration.present = true;
+  c.migration.enable_migration = true;
+}
+
 // Dynamic sharding over 2 EP ranks with torsh's default load_balancing object.
 void dynamic_balancing(sy::Config& c) {
   c.expert_parallel_size = 2;
@@ -90,7 +97,17 @@ std::vector<rule_case> rule_cases() {
          c.sharding_strategy = sy::ShardingStrategy::DataParallel;
          c.enable_expert_migration = true;
        },
-       R::migration_needs_model_parallel, "got true"},
+       R::migration_needs_model_parallel,
+       "enable_expert_migration true with sharding_strategy DataParallel"},
+      {"migration object under data-parallel sharding",
+       [](sy::Config& c) {
+         c.sharding_strategy = sy::ShardingStrategy::DataParallel;
+         c.migration.present = true;
+         c.migration.enable_migration = true;
+       },
+       R::migration_needs_model_parallel,
+       "enable_expert_migration false and migration.enable_migration true with sharding_strategy "
+       "DataParallel"},
       {"capacity factor zero",
        [](sy::Config& c) {
          c.token_dispatch = sy::TokenDispatch::capacity;
@@ -457,8 +474,79 @@ std::vector<rule_case> rule_cases() {
        },
        R::migration_threshold_twice,
        "migration_threshold 0.2 and load_balancing.imbalance_threshold 0.1"},
-      {"migration object", [](sy::Config& c) { c.migration.present = true; },
-       R::migration_not_built, "got {...}"},
+      {"migration object switched off",
+       [](sy::Config& c) {
+         c.expert_parallel_size = 2;
+         c.migration.present = true;
+       },
+       R::migration_object_enabled,
+       "migration.enable_migration false in {enable_migration: false, triggers: [LoadImbalance], "
+       "preferred_strategies: [GradualMigration], cooldown_period: 100, max_migration_distance: "
+       "1}"},
+      {"migration object with auto-balancing off",
+       [](sy::Config& c) {
+         migrating(c);
+         c.load_balancing.present = true;
+         c.load_balancing.enable_auto_balancing = false;
+       },
+       R::migration_object_unused,
+       "got {enable_migration: true, triggers: [LoadImbalance], preferred_strategies: "
+       "[GradualMigration], cooldown_period: 100, max_migration_distance: 1}"},
+      {"memory pressure trigger",
+       [](sy::Config& c) {
+         migrating(c);
+         c.migration.triggers = {sy::MigrationTrigger::LoadImbalance,
+                                 sy::MigrationTrigger::MemoryPressure};
+       },
+       R::migration_triggers_built, "triggers [LoadImbalance, MemoryPressure]"},
+      {"hybrid strategy",
+       [](sy::Config& c) {
+         migrating(c);
+         c.migration.preferred_strategies = sy::MigrationStrategy::Hybrid;
+       },
+       R::migration_strategy_built, "preferred_strategies [Hybrid]"},
+      {"two strategies",
+       [](sy::Config& c) {
+         migrating(c);
+         c.migration.preferred_strategies = {sy::MigrationStrategy::GradualMigration,
+                                             sy::MigrationStrategy::CompleteMigration};
+       },
+       R::migration_strategy_built, "preferred_strategies [GradualMigration, CompleteMigration]"},
+      {"negative cooldown",
+       [](sy::Config& c) {
+         migrating(c);
+         c.migration.cooldown_period = -1;
+       },
+       R::migration_cooldown_nonneg, "cooldown_period -1"},
+      {"zero distance",
+       [](sy::Config& c) {
+         migrating(c);
+         c.migration.max_migration_distance = 0;
+       },
+       R::migration_distance_positive, "max_migration_distance 0"},
+      {"complete migration with a limit",
+       [](sy::Config& c) {
+         migrating(c);
+         c.migration.preferred_strategies = sy::MigrationStrategy::CompleteMigration;
+         c.load_balancing.present = true;
+         c.load_balancing.max_concurrent_migrations = 4;
+       },
+       R::migration_complete_limit,
+       "CompleteMigration with load_balancing.max_concurrent_migrations 4"},
+      {"periodic with a threshold",
+       [](sy::Config& c) {
+         migrating(c);
+         c.migration.triggers = sy::MigrationTrigger::Periodic;
+         c.load_balancing.present = true;
+         c.load_balancing.imbalance_threshold = 0.1;
+       },
+       R::migration_threshold_periodic,
+       "triggers [Periodic] with migration_threshold 0.3 and load_balancing.imbalance_threshold "
+       "0.1"},
+      {"migration fields without the object",
+       [](sy::Config& c) { c.migration.cooldown_period = 5; }, R::migration_fields_unused,
+       "fields {enable_migration: false, triggers: [LoadImbalance], preferred_strategies: "
+       "[GradualMigration], cooldown_period: 5, max_migration_distance: 1} with present false"},
       {"migration threshold without migration", [](sy::Config& c) { c.migration_threshold = 0.5; },
        R::migration_threshold_unused, "got 0.5"},
   };
@@ -543,8 +631,32 @@ BOOST_AUTO_TEST_CASE(load_balancing_objects_schedule_migration) {
   BOOST_TEST(!c.migrates_experts());
   c.migration_threshold = 0.1;
   BOOST_TEST(!sy::rule_ok(c, sy::rule_id::migration_threshold_unused));
+  // The migration object: GradualMigration moves torsh's 2 experts per check without a
+  // load_balancing object (its limit with one), CompleteMigration any number; Periodic makes
+  // the threshold 0; the cooldown and the distance come from it alone.
+  sy::Config m;
+  migrating(m);
+  BOOST_TEST(sy::validate(m).empty(), sy::join_problems(sy::validate(m)));
+  BOOST_TEST(m.migrates_experts());
+  BOOST_TEST(m.migration_move_limit() == 2);
+  BOOST_TEST(m.migration_check_frequency() == 1);
+  BOOST_TEST(m.migration_cooldown() == 100);
+  BOOST_TEST(m.migration_max_distance() == 1);
+  BOOST_TEST(m.migration_imbalance_threshold() == 0.3);
+  m.load_balancing.present = true;
+  m.load_balancing.max_concurrent_migrations = 5;
+  BOOST_TEST(m.migration_move_limit() == 5);
+  m.load_balancing.max_concurrent_migrations = 2;
+  m.migration.preferred_strategies = sy::MigrationStrategy::CompleteMigration;
+  BOOST_TEST(sy::validate(m).empty(), sy::join_problems(sy::validate(m)));
+  BOOST_TEST(m.migration_move_limit() == 0);
+  m.migration.triggers = {sy::MigrationTrigger::LoadImbalance, sy::MigrationTrigger::Periodic};
+  BOOST_TEST(sy::validate(m).empty(), sy::join_problems(sy::validate(m)));
+  BOOST_TEST(m.migration_imbalance_threshold() == 0.0);
   // Without the object: a check every step, on that step's loads, no limit.
   sy::Config plain;
+  BOOST_TEST(plain.migration_cooldown() == 0);
+  BOOST_TEST(plain.migration_max_distance() == 0);
   BOOST_TEST(plain.migration_check_frequency() == 1);
   BOOST_TEST(plain.migration_load_smoothing() == 0.0);
   BOOST_TEST(plain.migration_move_limit() == 0);

@@ -13,6 +13,9 @@ model trains as without migration:
   were above the threshold in it;
 - EP 2 with torsh's load_balancing object (a check every 3rd step, loads smoothed by 0.5, at
   most 2 experts moved per check): the same losses, and moves only at the checks;
+- EP 4 with torsh's migration object alone (ModelParallel sharding, one MoE block): the
+  Periodic trigger, a cooldown of 4 steps, experts at most 1 EP rank away: the same losses,
+  and no move in the 4 steps after a move;
 - threshold 1 over 2 ranks (an imbalance above it is impossible): nothing moves;
 - the shipped examples/configs/migration.json (16 experts over EP 4, threshold 0.1, no aux loss)
   over 100 steps: the EP ranks' mean imbalance is at most 0.6 of the same run without
@@ -87,6 +90,25 @@ def main():
     print(f"np2_ep2 with load_balancing (every 3rd step, smoothing 0.5, at most 2 experts): "
           f"{migrations} layer migrations, at steps "
           f"{sorted({a['step'] for a in paced if a['expert_migrations']})}")
+
+    # torsh's migration object alone asks for migration: Periodic, a cooldown of 4 steps, at
+    # most 1 EP rank away, GradualMigration's 2 experts per check.
+    common = dict(base, expert_parallel_size=4, num_layers=1)
+    spaced, text = run(mpiexec, exe, dict(common, migration=dict(
+        enable_migration=True, triggers=["Periodic"], cooldown_period=4,
+        max_migration_distance=1)), 4, "np4_ep4_migration_object", work, steps=STEPS)
+    fixed, _ = run(mpiexec, exe, common, 4, "np4_ep4_one_block_fixed", work, steps=STEPS)
+    assert ("experts migrate at every check where that lowers the busiest EP rank's load "
+            "(Periodic trigger) (checked every 1 step(s), at most 2 experts moved per check, no "
+            "move within 4 step(s) of the last, experts at most 1 EP rank(s) from where they "
+            "were)") in text, text
+    for a, b in zip(spaced, fixed):
+        assert close(a["loss"], b["loss"], 1e-6), ("object", a["step"], a["loss"], b["loss"])
+        assert a["tokens_per_expert"] == b["tokens_per_expert"], ("object", a["step"])
+    at = [a["step"] for a in spaced if a["expert_migrations"]]
+    assert at and all(later - earlier > 4 for earlier, later in zip(at, at[1:])), at
+    print(f"np4_ep4 with the migration object (Periodic, cooldown 4, distance 1): migrations at "
+          f"steps {at}")
 
     rows, _ = run(mpiexec, exe, dict(base, expert_parallel_size=2, enable_expert_migration=True,
                                      migration_threshold=1.0), 2, "np2_threshold1", work,

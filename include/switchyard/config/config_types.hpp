@@ -16,8 +16,8 @@
 
 namespace switchyard {
 
-/// A nested torsh object (gate_network, load_balancing, migration) whose behaviour Switchyard
-/// does not build: only its absence (JSON null) is valid; `present` records that one was given.
+/// A nested torsh object (gate_network) whose behaviour Switchyard does not build: only its absence
+/// (JSON null) is valid; `present` records that one was given.
 struct unbuilt_object {
   bool present = false;
   friend constexpr bool operator==(const unbuilt_object&, const unbuilt_object&) = default;
@@ -83,6 +83,21 @@ class one_or_more {
   std::size_t n_ = 1;
 };
 
+/// torsh's ExpertMigrationConfig (the `migration` field): what starts an expert migration and
+/// how far it goes (docs/config.md, docs/layer.md "Expert migration"). Present, it asks for
+/// migration (enable_migration must be true); its fields shape migration_schedule.
+struct migration_object {
+  bool present = false;
+  bool enable_migration = false;  ///< must be true when the object is given
+  /// LoadImbalance and/or Periodic (MemoryPressure, PerformanceDegradation: not built).
+  one_or_more<MigrationTrigger, 4> triggers = MigrationTrigger::LoadImbalance;
+  /// One entry: GradualMigration or CompleteMigration (LoadRedistribution, Hybrid: not built).
+  one_or_more<MigrationStrategy, 4> preferred_strategies = MigrationStrategy::GradualMigration;
+  std::int64_t cooldown_period = 100;       ///< optimizer steps after a move before the next, >= 0
+  std::int64_t max_migration_distance = 1;  ///< EP ranks an expert may move per check, >= 1
+  friend constexpr bool operator==(const migration_object&, const migration_object&) = default;
+};
+
 /// The aux losses Megatron-Core can combine (aux_loss, seq_aux_loss, global_aux_loss).
 inline constexpr std::size_t max_balance_losses = 3;
 using balancing_types = one_or_more<LoadBalancingType, max_balance_losses>;
@@ -112,7 +127,7 @@ using opt_double = std::optional<double>;
   X(std::int64_t, sync_frequency, 100, distributed)                                                \
   X(::switchyard::unbuilt_object, gate_network, {}, moe)                                           \
   X(::switchyard::load_balancing_object, load_balancing, {}, balance)                              \
-  X(::switchyard::unbuilt_object, migration, {}, balance)                                          \
+  X(::switchyard::migration_object, migration, {}, balance)                                        \
   X(bool, enable_expert_migration, false, balance)                                                 \
   X(double, migration_threshold, 0.3, balance)                                                     \
   X(std::int64_t, memory_per_expert_mb, 512, balance)                                              \
@@ -211,10 +226,17 @@ struct Config {
   constexpr std::int64_t micro_batches_per_step() const {
     return enable_gradient_accumulation ? gradient_accumulation_steps : 1;
   }
-  /// Whether expert migration is asked for: enable_expert_migration, or sharding_strategy
-  /// Dynamic (ModelParallel placement that migrates; layer.md, "Expert migration").
+  /// Whether expert migration is asked for: enable_expert_migration, sharding_strategy Dynamic
+  /// (ModelParallel placement that migrates; layer.md, "Expert migration") or a migration object
+  /// with enable_migration.
   constexpr bool migration_requested() const {
-    return enable_expert_migration || sharding_strategy == ShardingStrategy::Dynamic;
+    return enable_expert_migration || sharding_strategy == ShardingStrategy::Dynamic ||
+           (migration.present && migration.enable_migration);
+  }
+  /// Whether a migration object's Periodic trigger moves experts at every check, whatever the
+  /// imbalance (the threshold is then 0).
+  constexpr bool migration_periodic() const {
+    return migration.present && migration.triggers.contains(MigrationTrigger::Periodic);
   }
   /// Whether the experts migrate between the EP ranks by load: asked for, and not turned off by
   /// load_balancing.enable_auto_balancing.
@@ -226,6 +248,7 @@ struct Config {
   /// (load_balancing.imbalance_threshold, else migration_threshold), the steps between checks,
   /// the smoothing factor of the loads and the most experts moved per check (0: no limit).
   constexpr double migration_imbalance_threshold() const {
+    if (migration_periodic()) return 0.0;
     return load_balancing.present ? load_balancing.imbalance_threshold : migration_threshold;
   }
   constexpr std::int64_t migration_check_frequency() const {
@@ -234,8 +257,24 @@ struct Config {
   constexpr double migration_load_smoothing() const {
     return load_balancing.present ? load_balancing.load_smoothing_factor : 0.0;
   }
+  /// The migration object's CompleteMigration: no limit; its GradualMigration: the
+  /// load_balancing object's limit, or torsh's default 2 without one.
   constexpr std::int64_t migration_move_limit() const {
-    return load_balancing.present ? load_balancing.max_concurrent_migrations : 0;
+    if (migration.present &&
+        migration.preferred_strategies[0] == MigrationStrategy::CompleteMigration)
+      return 0;
+    if (load_balancing.present) return load_balancing.max_concurrent_migrations;
+    return migration.present ? load_balancing_object{}.max_concurrent_migrations : 0;
+  }
+  /// Optimizer steps after a move before the next may happen (the migration object's
+  /// cooldown_period; 0 without one).
+  constexpr std::int64_t migration_cooldown() const {
+    return migration.present ? migration.cooldown_period : 0;
+  }
+  /// The most EP ranks an expert moves away from its rank in one check (the migration object's
+  /// max_migration_distance; 0, any, without one).
+  constexpr std::int64_t migration_max_distance() const {
+    return migration.present ? migration.max_migration_distance : 0;
   }
   /// Tokens on one rank in one micro-batch: batch_size_per_gpu × sequence_length.
   constexpr std::int64_t tokens_per_rank() const { return batch_size_per_gpu * sequence_length; }

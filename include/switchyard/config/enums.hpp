@@ -20,6 +20,28 @@ struct enum_info<ShardingStrategy> {
   static constexpr std::array<std::string_view, 4> names = {"DataParallel", "ModelParallel", "Hybrid", "Dynamic"};
 };
 
+/// What starts an expert migration (torsh MigrationTrigger, the migration object's `triggers`).
+/// Built: LoadImbalance (a check moves experts when the EP ranks' imbalance is above the
+/// threshold) and Periodic (every check moves them when that lowers the busiest rank's load).
+enum class MigrationTrigger { LoadImbalance, MemoryPressure, PerformanceDegradation, Periodic };
+template <>
+struct enum_info<MigrationTrigger> {
+  static constexpr std::string_view type_name = "MigrationTrigger";
+  static constexpr std::array<std::string_view, 4> names = {"LoadImbalance", "MemoryPressure",
+                                                            "PerformanceDegradation", "Periodic"};
+};
+
+/// How experts move (torsh MigrationStrategy, the migration object's `preferred_strategies`).
+/// Built: GradualMigration (at most max_concurrent_migrations experts per check) and
+/// CompleteMigration (the balanced packing, any number of experts).
+enum class MigrationStrategy { GradualMigration, CompleteMigration, LoadRedistribution, Hybrid };
+template <>
+struct enum_info<MigrationStrategy> {
+  static constexpr std::string_view type_name = "MigrationStrategy";
+  static constexpr std::array<std::string_view, 4> names = {"GradualMigration", "CompleteMigration",
+                                                            "LoadRedistribution", "Hybrid"};
+};
+
 /// How expert weights are initialised (torsh ExpertInitStrategy).
 enum class InitStrategy { Xavier, Kaiming, Normal, Uniform, TruncatedNormal };
 template <>

@@ -62,6 +62,15 @@ std::string to_text(const one_or_more<T, N>& v) {
   return v.is_list() ? list_text(v) : to_text(v[0]);
 }
 
+inline std::string to_text(const migration_object& v) {
+  if (!v.present) return "null";
+  return "{enable_migration: " + to_text(v.enable_migration) +
+         ", triggers: " + list_text(v.triggers) +
+         ", preferred_strategies: " + list_text(v.preferred_strategies) +
+         ", cooldown_period: " + std::to_string(v.cooldown_period) +
+         ", max_migration_distance: " + std::to_string(v.max_migration_distance) + "}";
+}
+
 /// The value of the field named `field` as text; empty when there is no such field.
 inline std::string field_text(const Config& c, std::string_view field) {
 #define SY_DETAIL_FIELD_TEXT(type, name, def, section) \

@@ -153,33 +153,27 @@ inline std::string read_value(const boost::json::value& v, unbuilt_object& out) 
   }
   return "expected an object or null, got " + kind_of(v);
 }
-/// torsh's LoadBalancingConfig: null, or an object of its fields (each optional, torsh's
-/// defaults for the rest); an unknown or mistyped key is an error naming it.
-inline std::string read_value(const boost::json::value& v, load_balancing_object& out) {
+/// A torsh object (LoadBalancingConfig, ExpertMigrationConfig): null (absent), or an object whose
+/// keys are each optional (torsh's defaults for the rest); `read_field(o, i, value)` reads the
+/// value of keys[i] into o. An unknown or mistyped key is an error naming it.
+template <class Obj, std::size_t N, class ReadField>
+std::string read_torsh_object(const boost::json::value& v, Obj& out,
+                              const std::array<std::string_view, N>& keys, ReadField read_field) {
   if (v.is_null()) {
     out = {};
     return {};
   }
   if (!v.is_object()) return "expected an object or null, got " + kind_of(v);
-  static constexpr std::array<std::string_view, 5> keys = {
-      "enable_auto_balancing", "imbalance_threshold", "check_frequency",
-      "max_concurrent_migrations", "load_smoothing_factor"};
-  load_balancing_object o;
+  Obj o;
   o.present = true;
   for (const auto& kv : v.get_object()) {
     const std::string_view key = kv.key();
+    const auto i =
+        static_cast<std::size_t>(std::find(keys.begin(), keys.end(), key) - keys.begin());
     std::string err;
-    if (key == keys[0])
-      err = read_value(kv.value(), o.enable_auto_balancing);
-    else if (key == keys[1])
-      err = read_value(kv.value(), o.imbalance_threshold);
-    else if (key == keys[2])
-      err = read_value(kv.value(), o.check_frequency);
-    else if (key == keys[3])
-      err = read_value(kv.value(), o.max_concurrent_migrations);
-    else if (key == keys[4])
-      err = read_value(kv.value(), o.load_smoothing_factor);
-    else {
+    if (i < N) {
+      err = read_field(o, i, kv.value());
+    } else {
       err = "unknown key";
       if (auto near = closest(key, keys); !near.empty()) err += "; did you mean \"" + near + "\"?";
     }
@@ -187,6 +181,22 @@ inline std::string read_value(const boost::json::value& v, load_balancing_object
   }
   out = o;
   return {};
+}
+/// torsh's LoadBalancingConfig.
+inline std::string read_value(const boost::json::value& v, load_balancing_object& out) {
+  static constexpr std::array<std::string_view, 5> keys = {
+      "enable_auto_balancing", "imbalance_threshold", "check_frequency",
+      "max_concurrent_migrations", "load_smoothing_factor"};
+  return read_torsh_object(
+      v, out, keys, [](load_balancing_object& o, std::size_t i, const boost::json::value& x) {
+        switch (i) {
+          case 0: return read_value(x, o.enable_auto_balancing);
+          case 1: return read_value(x, o.imbalance_threshold);
+          case 2: return read_value(x, o.check_frequency);
+          case 3: return read_value(x, o.max_concurrent_migrations);
+          default: return read_value(x, o.load_smoothing_factor);
+        }
+      });
 }
 /// An array of numbers (double) or of integers (std::int64_t); each entry read as one value.
 template <class T>
@@ -270,6 +280,24 @@ inline std::string read_value(const boost::json::value& v, balancing_types& out)
   return {};
 }
 
+/// torsh's ExpertMigrationConfig (`triggers` and `preferred_strategies` are arrays, as serde
+/// writes them, or one name).
+inline std::string read_value(const boost::json::value& v, migration_object& out) {
+  static constexpr std::array<std::string_view, 5> keys = {
+      "enable_migration", "triggers", "preferred_strategies", "cooldown_period",
+      "max_migration_distance"};
+  return read_torsh_object(v, out, keys,
+                           [](migration_object& o, std::size_t i, const boost::json::value& x) {
+                             switch (i) {
+                               case 0: return read_value(x, o.enable_migration);
+                               case 1: return read_value(x, o.triggers);
+                               case 2: return read_value(x, o.preferred_strategies);
+                               case 3: return read_value(x, o.cooldown_period);
+                               default: return read_value(x, o.max_migration_distance);
+                             }
+                           });
+}
+
 inline std::string read_field(Config& c, std::string_view field, const boost::json::value& v) {
   if (field == "moe_layer_frequency" && v.is_array())  // Megatron's moe_layer_freq takes both
     return "expected an integer, got an array; a per-layer list of 1 (MoE) and 0 (dense) goes in "
@@ -323,6 +351,15 @@ boost::json::value write_array(const Range& r) {
 template <class T, std::size_t N>
 boost::json::value write_value(const one_or_more<T, N>& v) {
   return v.is_list() ? write_array(v) : write_value(v[0]);
+}
+
+inline boost::json::value write_value(const migration_object& v) {
+  if (!v.present) return nullptr;
+  return boost::json::object{{"enable_migration", v.enable_migration},
+                             {"triggers", write_array(v.triggers)},
+                             {"preferred_strategies", write_array(v.preferred_strategies)},
+                             {"cooldown_period", v.cooldown_period},
+                             {"max_migration_distance", v.max_migration_distance}};
 }
 
 inline void put_path(boost::json::object& root, std::string_view path, boost::json::value v) {

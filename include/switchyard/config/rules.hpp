@@ -153,7 +153,8 @@ namespace switchyard {
   X(gate_network_not_built, gate_network, "gate_network is not built yet: leave it null")          \
   X(load_balancing_needs_migration, load_balancing,                                                \
     "the load_balancing object schedules expert migration (load_balancing_type chooses the "       \
-    "loss): set sharding_strategy Dynamic or enable_expert_migration, or leave it null")           \
+    "loss): set sharding_strategy Dynamic, enable_expert_migration or a migration object, or "     \
+    "leave it null")                                                                               \
   X(load_balancing_threshold_range, load_balancing,                                                \
     "load_balancing.imbalance_threshold is a fraction: it must be in [0, 1]")                      \
   X(load_balancing_check_frequency_positive, load_balancing,                                       \
@@ -166,14 +167,43 @@ namespace switchyard {
   X(migration_threshold_twice, migration_threshold,                                                \
     "migration_threshold and load_balancing.imbalance_threshold differ: give the threshold once "  \
     "(the object's wins; leave migration_threshold at 0.3)")                                       \
-  X(migration_not_built, migration, "migration is not built yet: leave it null")                   \
+  X(migration_object_enabled, migration,                                                           \
+    "a migration object asks for expert migration: set migration.enable_migration true, or "       \
+    "leave migration null")                                                                        \
+  X(migration_object_unused, migration,                                                            \
+    "load_balancing.enable_auto_balancing false keeps the experts where they start, so the "       \
+    "migration object has no effect: leave migration null, or auto-balancing on")                  \
+  X(migration_triggers_built, migration,                                                           \
+    "migration.triggers: LoadImbalance and Periodic are built; MemoryPressure and "                \
+    "PerformanceDegradation are not (nothing here measures memory pressure or step time)")         \
+  X(migration_strategy_built, migration,                                                           \
+    "migration.preferred_strategies takes one strategy, GradualMigration (at most "                \
+    "max_concurrent_migrations experts per check) or CompleteMigration (any number: the "          \
+    "balanced packing within max_migration_distance); "                                            \
+    "LoadRedistribution and Hybrid are not built, and there is no fallback to list")               \
+  X(migration_cooldown_nonneg, migration,                                                          \
+    "migration.cooldown_period must be >= 0 (optimizer steps after a move before the next)")       \
+  X(migration_distance_positive, migration,                                                        \
+    "migration.max_migration_distance must be at least 1 (EP ranks an expert may move per "        \
+    "check)")                                                                                      \
+  X(migration_complete_limit, migration,                                                           \
+    "CompleteMigration moves as many experts as the balance needs: "                               \
+    "load_balancing.max_concurrent_migrations has no effect with it (leave it at 2, or use "       \
+    "GradualMigration)")                                                                           \
+  X(migration_threshold_periodic, migration_threshold,                                             \
+    "the Periodic trigger moves experts at every check whatever the imbalance: the threshold "     \
+    "has no effect (leave migration_threshold and load_balancing.imbalance_threshold at 0.3, or "  \
+    "use the LoadImbalance trigger alone)")                                                        \
   X(migration_threshold_unused, migration_threshold,                                               \
-    "migration_threshold has no effect without expert migration (enable_expert_migration or "      \
-    "sharding_strategy Dynamic, and load_balancing.enable_auto_balancing not false): leave it at " \
-    "0.3")                                                                                         \
+    "migration_threshold has no effect without expert migration (enable_expert_migration, "        \
+    "sharding_strategy Dynamic or a migration object, and load_balancing.enable_auto_balancing "   \
+    "not false): leave it at 0.3")                                                                 \
   X(load_balancing_fields_unused, load_balancing,                                                  \
     "load_balancing's fields are set but the object is absent (present false): set present, or "   \
-    "leave them at torsh's defaults")
+    "leave them at torsh's defaults")                                                              \
+  X(migration_fields_unused, migration,                                                            \
+    "migration's fields are set but the object is absent (present false): set present, or leave "  \
+    "them at torsh's defaults")
 
 /// Identifies one validation rule.
 enum class rule_id {
@@ -314,7 +344,7 @@ constexpr bool rule_ok(const Config& c, rule_id r) {
       return c.sharding_strategy != ShardingStrategy::DataParallel || c.expert_parallel_size == 1;
     case rule_id::hybrid_sharding_not_built: return c.sharding_strategy != ShardingStrategy::Hybrid;
     case rule_id::migration_needs_model_parallel:
-      return !c.enable_expert_migration || c.sharding_strategy != ShardingStrategy::DataParallel;
+      return !c.migration_requested() || c.sharding_strategy != ShardingStrategy::DataParallel;
     case rule_id::capacity_factor_positive:
       return !capacity || c.capacity_factor > 0 || c.capacity_formula == CapacityFormula::tutel;
     case rule_id::aux_coeff_nonneg:
@@ -466,7 +496,31 @@ constexpr bool rule_ok(const Config& c, rule_id r) {
     case rule_id::migration_threshold_twice:
       return !c.load_balancing.present || c.migration_threshold == 0.3 ||
              c.migration_threshold == c.load_balancing.imbalance_threshold;
-    case rule_id::migration_not_built: return !c.migration.present;
+    case rule_id::migration_object_enabled:
+      return !c.migration.present || c.migration.enable_migration;
+    case rule_id::migration_object_unused:
+      return !c.migration.present || !c.load_balancing.present ||
+             c.load_balancing.enable_auto_balancing;
+    case rule_id::migration_triggers_built:
+      return !c.migration.triggers.contains(MigrationTrigger::MemoryPressure) &&
+             !c.migration.triggers.contains(MigrationTrigger::PerformanceDegradation);
+    case rule_id::migration_strategy_built:
+      return c.migration.preferred_strategies.size() == 1 &&
+             (c.migration.preferred_strategies[0] == MigrationStrategy::GradualMigration ||
+              c.migration.preferred_strategies[0] == MigrationStrategy::CompleteMigration);
+    case rule_id::migration_cooldown_nonneg: return c.migration.cooldown_period >= 0;
+    case rule_id::migration_distance_positive: return c.migration.max_migration_distance >= 1;
+    case rule_id::migration_complete_limit:
+      return !c.migration.present || !c.load_balancing.present ||
+             c.migration.preferred_strategies[0] != MigrationStrategy::CompleteMigration ||
+             c.load_balancing.max_concurrent_migrations ==
+                 load_balancing_object{}.max_concurrent_migrations;
+    case rule_id::migration_threshold_periodic:
+      return !c.migration_periodic() ||
+             (c.migration_threshold == 0.3 &&
+              (!c.load_balancing.present || c.load_balancing.imbalance_threshold == 0.3));
+    case rule_id::migration_fields_unused:
+      return c.migration.present || c.migration == migration_object{};
     case rule_id::migration_threshold_unused:
       return c.migrates_experts() || c.migration_threshold == 0.3;
     case rule_id::load_balancing_fields_unused:

@@ -159,6 +159,36 @@ inline std::string rule_detail(const Config& c, rule_id r) {
     case rule_id::load_balancing_needs_migration:
       return concat("an object with sharding_strategy ", to_text(c.sharding_strategy),
                     " and enable_expert_migration false");
+    case rule_id::migration_needs_model_parallel:
+      return concat("enable_expert_migration ", to_text(c.enable_expert_migration),
+                    c.migration.present && c.migration.enable_migration
+                        ? " and migration.enable_migration true"
+                        : "",
+                    " with sharding_strategy DataParallel");
+    case rule_id::migration_fields_unused: {
+      migration_object shown = c.migration;
+      shown.present = true;
+      return concat("fields ", to_text(shown), " with present false");
+    }
+    case rule_id::migration_object_enabled:
+      return concat("migration.enable_migration false in ", to_text(c.migration));
+    case rule_id::migration_triggers_built:
+      return concat("triggers ", list_text(c.migration.triggers));
+    case rule_id::migration_strategy_built:
+      return concat("preferred_strategies ", list_text(c.migration.preferred_strategies));
+    case rule_id::migration_cooldown_nonneg:
+      return concat("cooldown_period ", c.migration.cooldown_period);
+    case rule_id::migration_distance_positive:
+      return concat("max_migration_distance ", c.migration.max_migration_distance);
+    case rule_id::migration_complete_limit:
+      return concat("CompleteMigration with load_balancing.max_concurrent_migrations ",
+                    c.load_balancing.max_concurrent_migrations);
+    case rule_id::migration_threshold_periodic:
+      return concat("triggers ", list_text(c.migration.triggers), " with migration_threshold ",
+                    to_text(c.migration_threshold),
+                    c.load_balancing.present ? concat(" and load_balancing.imbalance_threshold ",
+                                                      to_text(c.load_balancing.imbalance_threshold))
+                                             : std::string());
     case rule_id::load_balancing_fields_unused: {
       load_balancing_object shown = c.load_balancing;
       shown.present = true;

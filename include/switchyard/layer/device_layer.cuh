@@ -846,7 +846,8 @@ class DeviceMoELayerCore {
     });
   }
 
-  /// Expert migration (enable_expert_migration, sharding_strategy Dynamic), after an optimizer
+  /// Expert migration (enable_expert_migration, sharding_strategy Dynamic, a migration object),
+  /// after an optimizer
   /// step, on `stream`: as MoELayerCore::migrate_experts (the same schedule and decision,
   /// migration_schedule), with `also` the caller's per-local-expert device tensors (leading
   /// dimension E_local; e.g. optimizer moments). Returns whether the experts moved. Without

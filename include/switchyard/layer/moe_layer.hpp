@@ -553,7 +553,8 @@ class MoELayerCore {
     });
   }
 
-  /// Expert migration (enable_expert_migration, or sharding_strategy Dynamic; docs/layer.md,
+  /// Expert migration (enable_expert_migration, sharding_strategy Dynamic or a migration
+  /// object; docs/layer.md,
   /// "Expert migration"): call after each optimizer step on every rank, with the step's tokens
   /// per global expert [E] (the same numbers on every rank: e.g. kept_per_expert summed over the
   /// step's micro-batches) and every other tensor the caller keeps per local expert (leading

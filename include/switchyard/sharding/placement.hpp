@@ -5,7 +5,8 @@
 /// contiguous per destination rank, whatever the placement.
 ///
 /// A placement starts as the config's expert_placement (contiguous or round_robin) and, with
-/// expert migration (enable_expert_migration, sharding_strategy Dynamic), may become any
+/// expert migration (enable_expert_migration, sharding_strategy Dynamic, a migration object), may
+/// become any
 /// assignment of E_local experts to each rank: balanced() packs experts by load.
 
 #include <algorithm>
@@ -189,19 +190,28 @@ class ExpertPlacementMap {
 /// (a rank's experts stay E_local), each trading an expert of the busiest rank for a lighter one
 /// of another rank: the pair that leaves the larger of the two ranks' loads smallest, while that
 /// is below the busiest rank's load and no more than `limit` experts sit away from their ranks in
-/// `current`. Deterministic: the same loads give the same answer everywhere.
+/// `current`. With `distance` > 0 no expert ends more than `distance` EP ranks away from its rank
+/// in `current` (the packing is taken only when it keeps to that, and each swap must).
+/// Deterministic: the same loads give the same answer everywhere.
 inline std::optional<ExpertPlacementMap> migration_target(const ExpertPlacementMap& current,
                                                           std::span<const double> load,
-                                                          double threshold,
-                                                          std::int64_t limit = 0) {
+                                                          double threshold, std::int64_t limit = 0,
+                                                          std::int64_t distance = 0) {
   const auto busiest = [&](const ExpertPlacementMap& p) {
     const std::vector<double> r = p.rank_loads(load);  // checks the loads
     return *std::max_element(r.begin(), r.end());
   };
   const double now = busiest(current);
   if (current.ep() == 1 || !(current.imbalance(load) > threshold)) return std::nullopt;
+  const auto near = [&](std::int64_t expert, std::int64_t rank) {  // within distance of home
+    const std::int64_t d = rank - current.owner(expert);
+    return distance <= 0 || (d < 0 ? -d : d) <= distance;
+  };
   std::optional<ExpertPlacementMap> next = current.balanced(load);
-  if (limit > 0 && current.experts_moved_to(*next) > limit) {
+  bool packing = limit <= 0 || current.experts_moved_to(*next) <= limit;
+  for (std::int64_t e = 0; packing && e < current.num_experts(); ++e)
+    packing = near(e, next->owner(e));
+  if (!packing) {
     const std::int64_t El = current.local_experts(), ep = current.ep();
     std::vector<std::int64_t> slots = current.slots();
     std::vector<double> ranks = current.rank_loads(load);
@@ -224,10 +234,13 @@ inline std::optional<ExpertPlacementMap> migration_target(const ExpertPlacementM
         for (std::int64_t t = 0; t < ep * El; ++t) {
           const std::int64_t r = t / El;
           if (r == b || !(at(s) > at(t))) continue;
+          if (!near(slots[static_cast<std::size_t>(s)], r) ||
+              !near(slots[static_cast<std::size_t>(t)], b))
+            continue;
           const double lr = ranks[static_cast<std::size_t>(r)];
           const double larger = std::max(lb - at(s) + at(t), lr + at(s) - at(t));
           const std::int64_t m = moved - away(s, b) - away(t, r) + away(s, r) + away(t, b);
-          if (larger < best && m <= limit) {
+          if (larger < best && (limit <= 0 || m <= limit)) {
             best = larger;
             bs = s;
             bt = t;
@@ -248,17 +261,19 @@ inline std::optional<ExpertPlacementMap> migration_target(const ExpertPlacementM
 }
 inline std::optional<ExpertPlacementMap> migration_target(const ExpertPlacementMap& current,
                                                           std::span<const std::int64_t> load,
-                                                          double threshold,
-                                                          std::int64_t limit = 0) {
+                                                          double threshold, std::int64_t limit = 0,
+                                                          std::int64_t distance = 0) {
   const std::vector<double> l(load.begin(), load.end());
-  return migration_target(current, l, threshold, limit);
+  return migration_target(current, l, threshold, limit, distance);
 }
 
 /// Expert migration's schedule (the config's load_balancing object; without one: a check after
 /// every step, from that step's loads, with no limit on the experts moved). After each step the
 /// loads are smoothed, h ← f·h + (1 − f)·load (f = load_smoothing_factor; h starts as the first
 /// step's loads), and every check_frequency-th step is a check: migration_target(current, h,
-/// the imbalance threshold, max_concurrent_migrations). decide() computes and records nothing;
+/// the imbalance threshold, max_concurrent_migrations, max_migration_distance), skipped in the
+/// cooldown_period steps after a move (the migration object; Config's
+/// migration_* accessors give each number). decide() computes and records nothing;
 /// commit() then records the step decide() saw (the layers call it once the ranks agree on
 /// fingerprint() and any move is done, so a failed step can be retried).
 class migration_schedule {
@@ -267,11 +282,15 @@ class migration_schedule {
       : every_(c.migration_check_frequency()),
         limit_(c.migration_move_limit()),
         smoothing_(c.migration_load_smoothing()),
-        threshold_(c.migration_imbalance_threshold()) {
-    SY_EXPECTS(every_ >= 1 && limit_ >= 0 && smoothing_ >= 0 && smoothing_ < 1,
-               detail::concat("expert migration: check_frequency ", every_,
-                              ", max_concurrent_migrations ", limit_, " and load_smoothing_factor ",
-                              smoothing_, " (validate the config first)"));
+        threshold_(c.migration_imbalance_threshold()),
+        cooldown_(c.migration_cooldown()),
+        distance_(c.migration_max_distance()) {
+    SY_EXPECTS(every_ >= 1 && limit_ >= 0 && smoothing_ >= 0 && smoothing_ < 1 && cooldown_ >= 0 &&
+                   distance_ >= 0,
+               detail::concat(
+                   "expert migration: check_frequency ", every_, ", max_concurrent_migrations ",
+                   limit_, ", load_smoothing_factor ", smoothing_, ", cooldown_period ", cooldown_,
+                   " and max_migration_distance ", distance_, " (validate the config first)"));
   }
 
   /// The placement to move to after a step with `load` tokens per global expert, or none (not a
@@ -289,10 +308,15 @@ class migration_schedule {
       pending_[e] = steps_ == 0 ? now : smoothing_ * history_[e] + (1 - smoothing_) * now;
     }
     std::optional<ExpertPlacementMap> next;
-    if ((steps_ + 1) % every_ == 0) next = migration_target(current, pending_, threshold_, limit_);
-    // What the ranks must agree on: the loads, the steps so far and the decision.
+    const std::int64_t step = steps_ + 1;  // 1-based, as train prints it
+    const bool cooled = last_move_ == 0 || step - last_move_ > cooldown_;
+    if (step % every_ == 0 && cooled)
+      next = migration_target(current, pending_, threshold_, limit_, distance_);
+    moving_ = next.has_value();
+    // What the ranks must agree on: the loads, the steps so far, the last move and the decision.
     std::vector<std::int64_t> seen(load.begin(), load.end());
     seen.push_back(steps_);
+    seen.push_back(last_move_);
     if (next) seen.insert(seen.end(), next->slots().begin(), next->slots().end());
     fingerprint_ = fnv1a64(std::string(reinterpret_cast<const char*>(seen.data()),
                                        seen.size() * sizeof(std::int64_t)));
@@ -306,17 +330,21 @@ class migration_schedule {
     SY_EXPECTS(decided_, "expert migration: commit() without a decide() before it");
     history_.swap(pending_);
     ++steps_;
+    if (moving_) last_move_ = steps_;
     decided_ = false;
   }
   /// The smoothed loads h after the steps committed so far (empty before the first).
   const std::vector<double>& smoothed_loads() const { return history_; }
   std::int64_t steps() const { return steps_; }
+  /// The (1-based) step of the last committed move, 0 before any.
+  std::int64_t last_move_step() const { return last_move_; }
 
  private:
   std::int64_t every_, limit_;
   double smoothing_, threshold_;
-  std::int64_t steps_ = 0;
-  bool decided_ = false;
+  std::int64_t cooldown_, distance_;
+  std::int64_t steps_ = 0, last_move_ = 0;
+  bool decided_ = false, moving_ = false;
   std::uint64_t fingerprint_ = 0;
   std::vector<double> history_, pending_;
 };
