@@ -213,13 +213,17 @@ inline Config document_config(const json::object& in) {
   return parsed.config;
 }
 
-inline std::uint64_t read_count(const json::object& in, const char* key, std::uint64_t def) {
+/// A whole number from 0 to `max`; the error echoes a number it refuses ("seed: ..., got -1").
+inline std::uint64_t read_count(const json::object& in, const char* key, std::uint64_t def,
+                                std::uint64_t max = UINT64_MAX) {
   const json::value* v = in.if_contains(key);
   if (!v) return def;
-  if (v->is_int64() && v->get_int64() >= 0) return static_cast<std::uint64_t>(v->get_int64());
-  if (v->is_uint64()) return v->get_uint64();
-  throw config_error(fmt::format("{}: expected a non-negative integer, got {}", key,
-                                 switchyard::detail::kind_of(*v)));
+  if (v->is_int64() && v->get_int64() >= 0 && static_cast<std::uint64_t>(v->get_int64()) <= max)
+    return static_cast<std::uint64_t>(v->get_int64());
+  if (v->is_uint64() && v->get_uint64() <= max) return v->get_uint64();
+  throw config_error(
+      fmt::format("{}: expected a whole number from 0 to {}, got {}", key, max,
+                  v->is_number() ? json::serialize(*v) : switchyard::detail::kind_of(*v)));
 }
 
 inline bool read_flag(const json::object& in, const char* key, bool def) {
@@ -262,7 +266,7 @@ inline json::object route_document(const json::value& doc) {
       JitterParams j;
       j.eps = *c.input_jitter_eps;
       j.seed = detail::read_count(in, "seed", 0);
-      j.step = static_cast<std::uint32_t>(detail::read_count(in, "step", 0));
+      j.step = static_cast<std::uint32_t>(detail::read_count(in, "step", 0, UINT32_MAX));
       apply_input_jitter(exec::Host{}, matrix_view<double>(x.data.data(), x.rows, x.cols), j);
     }
     z.rows = x.rows;
@@ -419,7 +423,7 @@ inline json::object layer_document(const json::value& doc) {
   ForwardOptions fo;
   fo.training = detail::read_flag(in, "training", true);
   fo.seed = detail::read_count(in, "seed", 0);
-  fo.step = static_cast<std::uint32_t>(detail::read_count(in, "step", 0));
+  fo.step = static_cast<std::uint32_t>(detail::read_count(in, "step", 0, UINT32_MAX));
   GlobalAuxLoss global;
   fo.global_aux = &global;
   auto fwd = layer->forward(matrix_view<const double>(x.data.data(), T, H), fo);

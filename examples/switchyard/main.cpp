@@ -5,7 +5,9 @@
 
 #include <cstdio>
 #include <exception>
+#include <functional>
 #include <new>
+#include <string>
 
 #include "commands.hpp"
 #include "switchyard/core/error.hpp"
@@ -20,6 +22,20 @@ int main(int argc, char** argv) {
   switchyard::cli::add_route_command(app, run);
   switchyard::cli::add_train_command(app, run);
   switchyard::cli::add_layer_command(app, run);
+  // CLI11 answers an unknown first word with "A subcommand is required": name it instead.
+  bool known = false;
+  std::string names;
+  const CLI::App& commands = app;
+  for (const CLI::App* sub : commands.get_subcommands(std::function<bool(const CLI::App*)>{})) {
+    known = known || (argc > 1 && sub->check_name(argv[1]));
+    if (!names.empty()) names += ", ";
+    names += sub->get_name();
+  }
+  if (argc > 1 && argv[1][0] != '-' && !known) {
+    fmt::print(stderr, "switchyard: unknown command \"{}\" (the commands: {}; see --help)\n",
+               argv[1], names);
+    return 106;
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -128,8 +128,12 @@ int run_plan(const plan_options& o) {
   for (const auto& g : group_kinds) {
     const auto all = layout.groups(g.kind);
     std::string line;
-    for (std::size_t i = 0; i < all.size() && i < max_groups; ++i)
-      line += "{" + compact(all[i]) + "} ";
+    for (std::size_t i = 0; i < all.size() && i < max_groups; ++i) {
+      // Appended piece by piece: GCC 12 warns (-Wrestrict) on "{" + std::string here.
+      line += '{';
+      line += compact(all[i]);
+      line += "} ";
+    }
     if (all.size() > max_groups) line += fmt::format("... ({} groups)", all.size());
     fmt::print("  {:<46} {}\n", g.label, line);
   }
@@ -197,7 +201,8 @@ void add_plan_command(CLI::App& app, runner& run) {
   cmd->add_option("config", opts->file, "config JSON (flat, nested or model_config dialect)")
       ->required();
   cmd->add_flag("--json", opts->json, "print the plan as one JSON object");
-  cmd->add_option("--rank", opts->rank, "the rank whose memory is estimated (default 0)");
+  cmd->add_option("--rank", opts->rank, "the rank whose memory is estimated (default 0)")
+      ->check(whole_number<std::int64_t>(0, INT64_MAX));
   cmd->callback([opts, &run] { run = [opts] { return run_plan(*opts); }; });
 }
 

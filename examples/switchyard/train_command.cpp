@@ -65,6 +65,12 @@ std::string metrics_line(const train::StepMetrics& m) {
   return boost::json::serialize(o);
 }
 
+bool launched_by_mpirun() {
+  for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS"})
+    if (std::getenv(v)) return true;
+  return false;
+}
+
 // Trains on communicator type Comm; only the rank that `prints` writes output.
 // `nccl`: the GPU MoE blocks use NCCL communicators of the groups of `comms`.
 template <class Comm>
@@ -97,7 +103,9 @@ int train_loop(const Config& cfg, MoEComms<Comm> comms, const train_options& o, 
     jsonl.open(o.metrics);
     if (!jsonl) throw config_error("--metrics: cannot write " + o.metrics);
   }
-  const bool tty = prints && isatty(fileno(stdout));
+  // The progress bar only on a terminal; mpirun hands each rank a pseudo-terminal whatever its
+  // own stdout is, so under mpirun there is none.
+  const bool tty = prints && isatty(fileno(stdout)) && !launched_by_mpirun();
   if (prints)
     fmt::print(
         "training {} MoE-or-dense blocks (H {}, F {}, E {}, k {}{}) on {} rank(s), {} tokens "
@@ -157,12 +165,6 @@ int train_loop(const Config& cfg, MoEComms<Comm> comms, const train_options& o, 
   return 0;
 }
 
-bool launched_by_mpirun() {
-  for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS"})
-    if (std::getenv(v)) return true;
-  return false;
-}
-
 // --backend cuda: a visible GPU, in a build that has the CUDA layer.
 void check_cuda_backend() {
 #if defined(SWITCHYARD_CLI_HAS_CUDA)
@@ -179,7 +181,6 @@ int run_train(const train_options& o) {
   if (o.backend != "host" && o.backend != "cuda")
     throw config_error("--backend must be host or cuda, got " + o.backend);
   if (o.backend == "cuda") check_cuda_backend();
-  if (o.steps < 1) throw config_error("--steps must be at least 1");
   ParsedConfig parsed = parse_and_validate(read_text_file(o.file), o.file);
   if (!parsed.problems.empty()) throw config_error(join_problems(parsed.problems));
   Config cfg = parsed.config;
@@ -278,12 +279,15 @@ void add_train_command(CLI::App& app, runner& run) {
       "the MoE blocks on GPUs with --backend cuda, one GPU per process)");
   cmd->add_option("config", opts->file, "config JSON (flat, nested or model_config dialect)")
       ->required();
-  cmd->add_option("--steps", opts->steps, "optimizer steps (default 100)");
+  cmd->add_option("--steps", opts->steps, "optimizer steps (default 100)")
+      ->check(whole_number<std::int64_t>(1, INT64_MAX));
   cmd->add_option("--backend", opts->backend,
                   "host (default) or cuda (MoE blocks on the GPU; under mpirun one GPU per "
                   "process, tokens exchanged over NCCL)");
-  cmd->add_option("--seed", opts->seed, "seed of weights, data and teacher (default 1234)");
-  cmd->add_option("--metrics", opts->metrics, "write one JSON object per step to this file");
+  cmd->add_option("--seed", opts->seed, "seed of weights, data and teacher (default 1234)")
+      ->check(whole_number<std::uint64_t>(0, UINT64_MAX));
+  cmd->add_option("--metrics", opts->metrics, "write one JSON object per step to this file")
+      ->check(non_empty());
   cmd->callback([opts, &run] { run = [opts] { return run_train(*opts); }; });
 }
 

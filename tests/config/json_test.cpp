@@ -231,7 +231,7 @@ BOOST_AUTO_TEST_CASE(several_aux_losses_in_megatrons_list_form) {
                       "load_balancing_type combines 1 to 3 aux losses"));
   BOOST_TEST(mentions(p.problems,
                       "load_balance_loss_coeff: got [0.01, -0.5] (load_balance_loss_coeff must be "
-                      "a finite number >= 0 (each entry))"));
+                      "a number >= 0 that float32 holds, at most 3.4e38 (each entry))"));
   p = sy::parse_and_validate(R"({"semantics": "deepspeed", "pre_softmax": true,
       "router_z_loss_coeff": 0, "load_balancing_type": ["aux_loss", "seq_aux_loss"],
       "load_balance_loss_coeff": [0.01, 0.01]})");
@@ -365,6 +365,26 @@ BOOST_AUTO_TEST_CASE(syntax_errors_and_wrong_roots_are_reported) {
   p = sy::parse_and_validate(std::string(200, '[') + std::string(200, ']'));
   BOOST_TEST(mentions(p.problems, "invalid JSON"));
   BOOST_CHECK_THROW(sy::load_config_file(data("does_not_exist.json")), sy::config_error);
+}
+
+BOOST_AUTO_TEST_CASE(a_key_given_twice_is_reported_with_its_path) {
+  // Boost.JSON's DOM would keep the second value without a word.
+  auto p = sy::parse_and_validate(R"({"num_experts": 8, "num_experts_per_token": 2,
+                                      "num_experts": 16})");
+  BOOST_TEST(p.problems.size() == 1u);
+  BOOST_TEST(p.problems[0].path == "num_experts");
+  BOOST_TEST(mentions(p.problems, "config: num_experts: the key \"num_experts\" is given twice"));
+  // Nested objects and arrays give the path; equal keys in different objects are fine, and a key
+  // written with an escape is the same key.
+  std::vector<sy::problem> problems;
+  sy::parse_json_text(R"({"a": {"k": 1}, "b": [{"k": 1}, {"k": 2, "x": [], "\u006B": 3}]})",
+                      problems);
+  BOOST_TEST(problems.size() == 1u);
+  BOOST_TEST(problems.at(0).path == "b[1].k");
+  problems.clear();
+  const auto v = sy::parse_json_text(R"({"a": {"k": 1}, "b": [{"k": 1}, {"k": 2}]})", problems);
+  BOOST_TEST(problems.empty());
+  BOOST_TEST(v.at("b").at(1).at("k").as_int64() == 2);
 }
 
 BOOST_AUTO_TEST_CASE(model_config_constants_accept_only_their_value) {

@@ -1,5 +1,6 @@
 #include <boost/test/unit_test.hpp>
 
+#include <cmath>
 #include <functional>
 #include <limits>
 #include <set>
@@ -105,9 +106,8 @@ std::vector<rule_case> rule_cases() {
          c.migration.present = true;
          c.migration.enable_migration = true;
        },
-       R::migration_needs_model_parallel,
-       "enable_expert_migration false and migration.enable_migration true with sharding_strategy "
-       "DataParallel"},
+       R::migration_object_needs_model_parallel,
+       "migration.enable_migration true with sharding_strategy DataParallel"},
       {"capacity factor zero",
        [](sy::Config& c) {
          c.token_dispatch = sy::TokenDispatch::capacity;
@@ -137,6 +137,23 @@ std::vector<rule_case> rule_cases() {
        R::bias_rate_nonneg, "got inf"},
       {"scaling factor infinite", [](sy::Config& c) { c.topk_scaling_factor = inf; },
        R::scaling_positive, "got inf"},
+      // Finite in double but not in float32, where the GPU keeps them.
+      {"aux coefficient beyond float", [](sy::Config& c) { c.load_balance_loss_coeff = 1e39; },
+       R::aux_coeff_nonneg, "got 1e+39"},
+      {"z coefficient beyond float", [](sy::Config& c) { c.router_z_loss_coeff = 1e300; },
+       R::z_coeff_nonneg, "got 1e+300"},
+      {"bias rate beyond float", [](sy::Config& c) { c.expert_bias_update_rate = 1e308; },
+       R::bias_rate_nonneg, "got 1e+308"},
+      {"scaling factor beyond float", [](sy::Config& c) { c.topk_scaling_factor = 3.5e38; },
+       R::scaling_positive, "got 3.5e+38"},
+      {"expert bias beyond float",
+       [](sy::Config& c) {
+         c.score_function = sy::ScoreFunction::sigmoid;
+         c.enable_expert_bias = true;
+         c.expert_bias.assign(static_cast<std::size_t>(c.num_experts), 0.0);
+         c.expert_bias[3] = -1e39;
+       },
+       R::expert_bias_fits_float, "entry 3 is -1e+39"},
       {"dropout above one", [](sy::Config& c) { c.expert_dropout = 1.5; }, R::expert_dropout_range,
        "got 1.5"},
       {"migration threshold", [](sy::Config& c) { c.migration_threshold = -0.5; },
@@ -734,6 +751,43 @@ BOOST_AUTO_TEST_CASE(rules_on_huge_or_negative_sizes_report_without_overflow) {
   c.gradient_accumulation_steps = 1000;
   BOOST_TEST(sy::validate(c).empty(), sy::join_problems(sy::validate(c)));
   BOOST_TEST(*sy::capacity(c, c.tokens_per_rank()) == 1024000);
+}
+
+BOOST_AUTO_TEST_CASE(float32_range_is_the_limit_of_device_values) {
+  // float32's largest value passes; the next double above it does not.
+  const double top = static_cast<double>(std::numeric_limits<float>::max());
+  const double above = std::nextafter(top, std::numeric_limits<double>::infinity());
+  for (const double v : {top, above}) {
+    sy::Config c;
+    c.router_z_loss_coeff = v;
+    c.load_balance_loss_coeff = v;
+    c.expert_bias_update_rate = v;
+    c.topk_scaling_factor = v;
+    c.score_function = sy::ScoreFunction::sigmoid;
+    c.enable_expert_bias = true;
+    c.expert_bias.assign(static_cast<std::size_t>(c.num_experts), -v);
+    const bool fits = v == top;
+    BOOST_TEST(sy::rule_ok(c, sy::rule_id::z_coeff_nonneg) == fits);
+    BOOST_TEST(sy::rule_ok(c, sy::rule_id::aux_coeff_nonneg) == fits);
+    BOOST_TEST(sy::rule_ok(c, sy::rule_id::bias_rate_nonneg) == fits);
+    BOOST_TEST(sy::rule_ok(c, sy::rule_id::scaling_positive) == fits);
+    BOOST_TEST(sy::rule_ok(c, sy::rule_id::expert_bias_fits_float) == fits);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(migration_problems_name_what_asked_for_migration) {
+  // Each request is reported at its own path: the flag, the object, or both.
+  sy::Config c;
+  c.sharding_strategy = sy::ShardingStrategy::DataParallel;
+  c.enable_expert_migration = true;
+  c.migration.present = true;
+  c.migration.enable_migration = true;
+  const auto problems = sy::validate(c);
+  BOOST_TEST(has_problem(problems, "enable_expert_migration", "enable_expert_migration true"));
+  BOOST_TEST(has_problem(problems, "migration", "migration.enable_migration true"));
+  c.enable_expert_migration = false;
+  BOOST_TEST(sy::rule_ok(c, sy::rule_id::migration_needs_model_parallel));
+  BOOST_TEST(!sy::rule_ok(c, sy::rule_id::migration_object_needs_model_parallel));
 }
 
 BOOST_AUTO_TEST_CASE(validation_returns_every_problem_at_once) {

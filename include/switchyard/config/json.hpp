@@ -6,6 +6,7 @@
 /// Link target switchyard::json. docs/config.md lists where each field lives in each dialect.
 
 #include <boost/json.hpp>
+#include <boost/json/basic_parser_impl.hpp>
 
 #include <algorithm>
 #include <array>
@@ -469,7 +470,92 @@ inline ParsedConfig parse_config(const boost::json::value& doc) {
   return out;
 }
 
-/// Parses JSON text; a syntax error becomes a problem naming the line and column.
+namespace detail {
+
+/// A boost::json::basic_parser handler that builds nothing and finds the first object key given
+/// twice, with its path ("moe.num_experts", "layers[2].x"). Boost.JSON's DOM keeps the last of
+/// two equal keys without a word; serde, which reads torsh's config, refuses them.
+struct duplicate_key_finder {
+  static constexpr std::size_t max_array_size = static_cast<std::size_t>(-1);
+  static constexpr std::size_t max_object_size = static_cast<std::size_t>(-1);
+  static constexpr std::size_t max_string_size = static_cast<std::size_t>(-1);
+  static constexpr std::size_t max_key_size = static_cast<std::size_t>(-1);
+  using ec_t = boost::system::error_code;
+  using sv = boost::json::string_view;
+
+  struct level {
+    bool object = false;
+    std::set<std::string, std::less<>> keys;  // an object's keys so far
+    std::string key;                          // an object's current key
+    std::size_t values = 0;                   // an array's values so far
+  };
+  std::vector<level> open;  // the containers entered, outermost first
+  std::string key;          // the key being read
+  std::string duplicate;    // the first key given twice; empty when none
+  std::string path;         // where it is
+
+  std::string where() const {
+    std::string p;
+    for (const level& l : open) {
+      if (!l.object) {
+        p += concat("[", l.values - 1, "]");
+        continue;
+      }
+      if (!p.empty()) p += '.';
+      p += l.key;
+    }
+    return p;
+  }
+  bool value() {
+    if (!open.empty() && !open.back().object) ++open.back().values;
+    return true;
+  }
+  bool begin(bool object) {
+    value();
+    open.emplace_back().object = object;
+    return true;
+  }
+  bool end() {
+    open.pop_back();
+    return true;
+  }
+  bool on_document_begin(ec_t&) { return true; }
+  bool on_document_end(ec_t&) { return true; }
+  bool on_array_begin(ec_t&) { return begin(false); }
+  bool on_array_end(std::size_t, ec_t&) { return end(); }
+  bool on_object_begin(ec_t&) { return begin(true); }
+  bool on_object_end(std::size_t, ec_t&) { return end(); }
+  bool on_string_part(sv, std::size_t, ec_t&) { return true; }
+  bool on_string(sv, std::size_t, ec_t&) { return value(); }
+  bool on_key_part(sv s, std::size_t, ec_t&) {
+    key.append(s.data(), s.size());
+    return true;
+  }
+  bool on_key(sv s, std::size_t, ec_t&) {
+    key.append(s.data(), s.size());
+    level& l = open.back();
+    l.key = key;
+    if (!l.keys.insert(key).second && duplicate.empty()) {
+      duplicate = key;
+      path = where();
+    }
+    key.clear();
+    return true;
+  }
+  bool on_number_part(sv, ec_t&) { return true; }
+  bool on_int64(std::int64_t, sv, ec_t&) { return value(); }
+  bool on_uint64(std::uint64_t, sv, ec_t&) { return value(); }
+  bool on_double(double, sv, ec_t&) { return value(); }
+  bool on_bool(bool, ec_t&) { return value(); }
+  bool on_null(ec_t&) { return value(); }
+  bool on_comment_part(sv, ec_t&) { return true; }
+  bool on_comment(sv, ec_t&) { return true; }
+};
+
+}  // namespace detail
+
+/// Parses JSON text; a syntax error becomes a problem naming the line and column, a key given
+/// twice in one object a problem naming its path.
 inline boost::json::value parse_json_text(std::string_view text, std::vector<problem>& problems,
                                           std::string_view what = "document") {
   boost::json::parse_options opts;
@@ -490,6 +576,17 @@ inline boost::json::value parse_json_text(std::string_view text, std::vector<pro
     }
     problems.push_back(problem{"$", detail::concat(what, ": invalid JSON at line ", line,
                                                    ", column ", col, ": ", ec.message())});
+    return nullptr;
+  }
+  // The text is valid JSON: a second pass looks for a key given twice.
+  boost::json::basic_parser<detail::duplicate_key_finder> keys(opts);
+  keys.write_some(false, text.data(), text.size(), ec);
+  const detail::duplicate_key_finder& found = keys.handler();
+  if (!ec && !found.duplicate.empty()) {
+    problems.push_back(
+        problem{found.path, detail::concat(what, ": ", found.path, ": the key \"", found.duplicate,
+                                           "\" is given twice in one object (which value is "
+                                           "meant?)")});
     return nullptr;
   }
   return p.release();

@@ -33,11 +33,16 @@ namespace switchyard {
   X(migration_needs_model_parallel, enable_expert_migration,                                       \
     "expert migration moves experts between the ranks of the EP group, and DataParallel sharding " \
     "keeps every expert on every rank: use ModelParallel or Dynamic sharding")                     \
+  X(migration_object_needs_model_parallel, migration,                                              \
+    "the migration object asks for expert migration, which moves experts between the ranks of "    \
+    "the EP group, and DataParallel sharding keeps every expert on every rank: use ModelParallel " \
+    "or Dynamic sharding")                                                                         \
   X(capacity_factor_positive, capacity_factor,                                                     \
     "capacity_factor must be > 0 with capacity dispatch (only the tutel formula reads <= 0 as "    \
     "dropless)")                                                                                   \
   X(aux_coeff_nonneg, load_balance_loss_coeff,                                                     \
-    "load_balance_loss_coeff must be a finite number >= 0 (each entry)")                           \
+    "load_balance_loss_coeff must be a number >= 0 that float32 holds, at most 3.4e38 (each "      \
+    "entry)")                                                                                      \
   X(balancing_list_aux_only, load_balancing_type,                                                  \
     "a list in load_balancing_type combines 1 to 3 aux losses: each entry aux_loss, seq_aux_loss " \
     "or "                                                                                          \
@@ -45,9 +50,10 @@ namespace switchyard {
   X(balance_coeffs_paired, load_balance_loss_coeff,                                                \
     "load_balance_loss_coeff must hold one coefficient per entry of load_balancing_type (a "       \
     "list pairs with a list of the same length)")                                                  \
-  X(z_coeff_nonneg, router_z_loss_coeff, "router_z_loss_coeff must be a finite number >= 0")       \
+  X(z_coeff_nonneg, router_z_loss_coeff,                                                           \
+    "router_z_loss_coeff must be a number >= 0 that float32 holds, at most 3.4e38")                \
   X(bias_rate_nonneg, expert_bias_update_rate,                                                     \
-    "expert_bias_update_rate must be a finite number >= 0")                                        \
+    "expert_bias_update_rate must be a number >= 0 that float32 holds, at most 3.4e38")            \
   X(learning_rate_positive, learning_rate, "learning_rate must be a finite number > 0")            \
   X(weight_decay_nonneg, weight_decay, "weight_decay must be a finite number >= 0")                \
   X(expert_dropout_range, expert_dropout, "expert_dropout is a probability: it must be in [0, 1]") \
@@ -67,10 +73,14 @@ namespace switchyard {
   X(expert_bias_length, expert_bias, "expert_bias must be empty or have num_experts entries")      \
   X(expert_bias_without_enable, expert_bias,                                                       \
     "expert_bias is given but enable_expert_bias is false")                                        \
+  X(expert_bias_fits_float, expert_bias,                                                           \
+    "expert_bias entries must be numbers that float32 holds, at most 3.4e38 in magnitude (the "    \
+    "GPU routes in float32)")                                                                      \
   X(softmax_k1, num_experts_per_token,                                                             \
     "k = 1 with softmax top-k-first has a zero gradient: set pre_softmax true or use k >= 2")      \
   X(pre_softmax_needs_softmax, pre_softmax, "pre_softmax applies only to score_function softmax")  \
-  X(scaling_positive, topk_scaling_factor, "topk_scaling_factor must be a finite number > 0")      \
+  X(scaling_positive, topk_scaling_factor,                                                         \
+    "topk_scaling_factor must be a number > 0 that float32 holds, at most 3.4e38")                 \
   X(groups_pair, num_groups, "num_groups and group_topk must be given together")                   \
   X(groups_positive, num_groups, "num_groups and group_topk must be at least 1")                   \
   X(group_topk_le_groups, group_topk, "group_topk must not exceed num_groups")                     \
@@ -228,6 +238,13 @@ constexpr bool finite(double x) {
          x >= std::numeric_limits<double>::lowest();
 }
 
+/// A number that converts to a finite float: the values that the GPU routes and weighs with
+/// (loss coefficients, the bias and its rate, the scaling factor) live there in float32.
+constexpr bool fits_float(double x) {
+  return finite(x) && x <= static_cast<double>(std::numeric_limits<float>::max()) &&
+         x >= -static_cast<double>(std::numeric_limits<float>::max());
+}
+
 /// The largest double below 2^63 that the size checks compare with: 2^62 leaves room for the
 /// sums that follow a product.
 inline constexpr double size_limit = 4611686018427387904.0;  // 2^62
@@ -314,6 +331,7 @@ constexpr int oversized_product(const Config& c) {
 /// Whether Config `c` satisfies rule `r`. constexpr: usable in static_assert.
 constexpr bool rule_ok(const Config& c, rule_id r) {
   using detail::finite;
+  using detail::fits_float;
   using detail::oversized_product;
   const std::int64_t E = c.num_experts;
   const std::int64_t k = c.num_experts_per_token;
@@ -344,12 +362,15 @@ constexpr bool rule_ok(const Config& c, rule_id r) {
       return c.sharding_strategy != ShardingStrategy::DataParallel || c.expert_parallel_size == 1;
     case rule_id::hybrid_sharding_not_built: return c.sharding_strategy != ShardingStrategy::Hybrid;
     case rule_id::migration_needs_model_parallel:
-      return !c.migration_requested() || c.sharding_strategy != ShardingStrategy::DataParallel;
+      return !c.enable_expert_migration || c.sharding_strategy != ShardingStrategy::DataParallel;
+    case rule_id::migration_object_needs_model_parallel:
+      return !(c.migration.present && c.migration.enable_migration) ||
+             c.sharding_strategy != ShardingStrategy::DataParallel;
     case rule_id::capacity_factor_positive:
       return !capacity || c.capacity_factor > 0 || c.capacity_formula == CapacityFormula::tutel;
     case rule_id::aux_coeff_nonneg:
       for (const double a : c.load_balance_loss_coeff)
-        if (!(a >= 0) || !finite(a)) return false;
+        if (!(a >= 0) || !fits_float(a)) return false;
       return true;
     case rule_id::balancing_list_aux_only: {
       if (!c.load_balancing_type.is_list()) return true;
@@ -367,9 +388,9 @@ constexpr bool rule_ok(const Config& c, rule_id r) {
     case rule_id::balance_coeffs_paired:
       return c.load_balance_loss_coeff.size() == c.load_balancing_type.size();
     case rule_id::z_coeff_nonneg:
-      return c.router_z_loss_coeff >= 0 && finite(c.router_z_loss_coeff);
+      return c.router_z_loss_coeff >= 0 && fits_float(c.router_z_loss_coeff);
     case rule_id::bias_rate_nonneg:
-      return c.expert_bias_update_rate >= 0 && finite(c.expert_bias_update_rate);
+      return c.expert_bias_update_rate >= 0 && fits_float(c.expert_bias_update_rate);
     case rule_id::learning_rate_positive: return c.learning_rate > 0 && finite(c.learning_rate);
     case rule_id::weight_decay_nonneg: return c.weight_decay >= 0 && finite(c.weight_decay);
     case rule_id::expert_dropout_range: return c.expert_dropout >= 0 && c.expert_dropout <= 1;
@@ -389,6 +410,10 @@ constexpr bool rule_ok(const Config& c, rule_id r) {
       return c.expert_bias.empty() || static_cast<std::int64_t>(c.expert_bias.size()) == E;
     case rule_id::expert_bias_without_enable:
       return c.expert_bias.empty() || c.enable_expert_bias;
+    case rule_id::expert_bias_fits_float:
+      for (const double b : c.expert_bias)
+        if (!fits_float(b)) return false;
+      return true;
     case rule_id::softmax_k1:
       return !(k == 1 && c.score_function == ScoreFunction::softmax && !c.pre_softmax &&
                !sinkhorn);
@@ -396,7 +421,7 @@ constexpr bool rule_ok(const Config& c, rule_id r) {
       return !c.pre_softmax || c.score_function == ScoreFunction::softmax;
     case rule_id::scaling_positive:
       return !c.topk_scaling_factor ||
-             (*c.topk_scaling_factor > 0 && finite(*c.topk_scaling_factor));
+             (*c.topk_scaling_factor > 0 && fits_float(*c.topk_scaling_factor));
     case rule_id::groups_pair: return c.num_groups.has_value() == c.group_topk.has_value();
     case rule_id::groups_positive:
       return (!c.num_groups || *c.num_groups >= 1) && (!c.group_topk || *c.group_topk >= 1);

@@ -52,6 +52,7 @@ namespace detail {
 /// What is wrong, with the values involved, for rules whose sentence alone would not say.
 inline std::string rule_detail(const Config& c, rule_id r) {
   using detail::concat;
+  using detail::fits_float;
   switch (r) {
     case rule_id::experts_divisible_by_ep:
       return concat(c.num_experts, " experts cannot be split over ", c.expert_parallel_size,
@@ -160,11 +161,14 @@ inline std::string rule_detail(const Config& c, rule_id r) {
       return concat("an object with sharding_strategy ", to_text(c.sharding_strategy),
                     " and enable_expert_migration false");
     case rule_id::migration_needs_model_parallel:
-      return concat("enable_expert_migration ", to_text(c.enable_expert_migration),
-                    c.migration.present && c.migration.enable_migration
-                        ? " and migration.enable_migration true"
-                        : "",
-                    " with sharding_strategy DataParallel");
+      return "enable_expert_migration true with sharding_strategy DataParallel";
+    case rule_id::migration_object_needs_model_parallel:
+      return "migration.enable_migration true with sharding_strategy DataParallel";
+    case rule_id::expert_bias_fits_float:
+      for (std::size_t i = 0; i < c.expert_bias.size(); ++i)
+        if (!fits_float(c.expert_bias[i]))
+          return concat("entry ", i, " is ", to_text(c.expert_bias[i]));
+      return {};
     case rule_id::migration_fields_unused: {
       migration_object shown = c.migration;
       shown.present = true;
