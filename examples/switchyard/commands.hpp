@@ -24,18 +24,23 @@ void add_train_command(CLI::App& app, runner& run);
 void add_layer_command(CLI::App& app, runner& run);
 
 /// Checks an integer option's text before CLI11 converts it: CLI11 2.1 reads "" as 0, clamps a
-/// number beyond the type to its largest value and wraps "-1" into an unsigned one. The error
-/// names the range and echoes the text ("--seed: expected a whole number from 0 to ..., got -1").
+/// number beyond the type to its largest value, wraps "-1" into an unsigned one and reads a
+/// leading zero as octal ("010" is 8). Decimal digits with an optional '+' pass and are rewritten
+/// in canonical form ("010" is 10) for CLI11 to convert; the error names the range and echoes
+/// the text ("--seed: expected a whole number from 0 to ..., got "-1"").
 template <class Int>
 CLI::Validator whole_number(Int lo, Int hi) {
   const std::string range = fmt::format("a whole number from {} to {}", lo, hi);
   return CLI::Validator(
       [lo, hi, range](std::string& text) -> std::string {
         Int v{};
+        const char* begin = text.data() + (text.starts_with('+') ? 1 : 0);
         const char* end = text.data() + text.size();
-        const auto [at, ec] = std::from_chars(text.data(), end, v);
-        if (text.empty() || ec != std::errc{} || at != end || v < lo || v > hi)
+        const auto [at, ec] = std::from_chars(begin, end, v);
+        const bool sign_twice = begin != text.data() && begin != end && *begin == '-';
+        if (begin == end || sign_twice || ec != std::errc{} || at != end || v < lo || v > hi)
           return fmt::format("expected {}, got \"{}\"", range, text);
+        text = fmt::format("{}", v);
         return {};
       },
       range);

@@ -213,7 +213,8 @@ inline Config document_config(const json::object& in) {
   return parsed.config;
 }
 
-/// A whole number from 0 to `max`; the error echoes a number it refuses ("seed: ..., got -1").
+/// A whole number from 0 to `max` (5.0 counts as 5, as in configs); the error echoes a number
+/// it refuses ("seed: ..., got -1").
 inline std::uint64_t read_count(const json::object& in, const char* key, std::uint64_t def,
                                 std::uint64_t max = UINT64_MAX) {
   const json::value* v = in.if_contains(key);
@@ -221,9 +222,16 @@ inline std::uint64_t read_count(const json::object& in, const char* key, std::ui
   if (v->is_int64() && v->get_int64() >= 0 && static_cast<std::uint64_t>(v->get_int64()) <= max)
     return static_cast<std::uint64_t>(v->get_int64());
   if (v->is_uint64() && v->get_uint64() <= max) return v->get_uint64();
-  throw config_error(
-      fmt::format("{}: expected a whole number from 0 to {}, got {}", key, max,
-                  v->is_number() ? json::serialize(*v) : switchyard::detail::kind_of(*v)));
+  if (v->is_double()) {
+    const double d = v->get_double();
+    // Range first: converting an out-of-range double to an integer is undefined behaviour.
+    if (d >= 0 && d <= static_cast<double>(max) && d < 18446744073709551616.0 && d == std::floor(d))
+      return static_cast<std::uint64_t>(d);
+  }
+  throw config_error(fmt::format("{}: expected a whole number from 0 to {}, got {}", key, max,
+                                 v->is_double()   ? fmt::format("{}", v->get_double())
+                                 : v->is_number() ? json::serialize(*v)
+                                                  : switchyard::detail::kind_of(*v)));
 }
 
 inline bool read_flag(const json::object& in, const char* key, bool def) {

@@ -382,6 +382,10 @@ BOOST_AUTO_TEST_CASE(a_key_given_twice_is_reported_with_its_path) {
   BOOST_TEST(problems.size() == 1u);
   BOOST_TEST(problems.at(0).path == "b[1].k");
   problems.clear();
+  sy::parse_json_text(R"({"": 1, "": 2})", problems);  // the empty key too, with a visible path
+  BOOST_TEST(problems.size() == 1u);
+  BOOST_TEST(problems.at(0).path == "\"\"");
+  problems.clear();
   const auto v = sy::parse_json_text(R"({"a": {"k": 1}, "b": [{"k": 1}, {"k": 2}]})", problems);
   BOOST_TEST(problems.empty());
   BOOST_TEST(v.at("b").at(1).at("k").as_int64() == 2);

@@ -754,10 +754,13 @@ BOOST_AUTO_TEST_CASE(rules_on_huge_or_negative_sizes_report_without_overflow) {
 }
 
 BOOST_AUTO_TEST_CASE(float32_range_is_the_limit_of_device_values) {
-  // float32's largest value passes; the next double above it does not.
+  // float32's largest value passes, and so does 3.4028235e38 (numpy's print of it), which rounds
+  // to it; the halfway point to the next power of two rounds to infinity and fails.
   const double top = static_cast<double>(std::numeric_limits<float>::max());
-  const double above = std::nextafter(top, std::numeric_limits<double>::infinity());
-  for (const double v : {top, above}) {
+  const double halfway = top + 0x1p103;
+  BOOST_TEST(std::isfinite(static_cast<float>(3.4028235e38)));
+  BOOST_TEST(std::isfinite(static_cast<float>(std::nextafter(halfway, 0.0))));
+  for (const double v : {top, 3.4028235e38, std::nextafter(halfway, 0.0), halfway, 3.5e38}) {
     sy::Config c;
     c.router_z_loss_coeff = v;
     c.load_balance_loss_coeff = v;
@@ -766,7 +769,7 @@ BOOST_AUTO_TEST_CASE(float32_range_is_the_limit_of_device_values) {
     c.score_function = sy::ScoreFunction::sigmoid;
     c.enable_expert_bias = true;
     c.expert_bias.assign(static_cast<std::size_t>(c.num_experts), -v);
-    const bool fits = v == top;
+    const bool fits = v < halfway;
     BOOST_TEST(sy::rule_ok(c, sy::rule_id::z_coeff_nonneg) == fits);
     BOOST_TEST(sy::rule_ok(c, sy::rule_id::aux_coeff_nonneg) == fits);
     BOOST_TEST(sy::rule_ok(c, sy::rule_id::bias_rate_nonneg) == fits);

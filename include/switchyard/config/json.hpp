@@ -491,7 +491,8 @@ struct duplicate_key_finder {
   };
   std::vector<level> open;  // the containers entered, outermost first
   std::string key;          // the key being read
-  std::string duplicate;    // the first key given twice; empty when none
+  bool found = false;       // whether a key was given twice
+  std::string duplicate;    // the first key given twice
   std::string path;         // where it is
 
   std::string where() const {
@@ -502,7 +503,7 @@ struct duplicate_key_finder {
         continue;
       }
       if (!p.empty()) p += '.';
-      p += l.key;
+      p += l.key.empty() ? "\"\"" : l.key;  // the empty key, as the config reader writes it
     }
     return p;
   }
@@ -535,7 +536,8 @@ struct duplicate_key_finder {
     key.append(s.data(), s.size());
     level& l = open.back();
     l.key = key;
-    if (!l.keys.insert(key).second && duplicate.empty()) {
+    if (!l.keys.insert(key).second && !found) {
+      found = true;
       duplicate = key;
       path = where();
     }
@@ -582,7 +584,7 @@ inline boost::json::value parse_json_text(std::string_view text, std::vector<pro
   boost::json::basic_parser<detail::duplicate_key_finder> keys(opts);
   keys.write_some(false, text.data(), text.size(), ec);
   const detail::duplicate_key_finder& found = keys.handler();
-  if (!ec && !found.duplicate.empty()) {
+  if (!ec && found.found) {
     problems.push_back(
         problem{found.path, detail::concat(what, ": ", found.path, ": the key \"", found.duplicate,
                                            "\" is given twice in one object (which value is "

@@ -238,11 +238,13 @@ constexpr bool finite(double x) {
          x >= std::numeric_limits<double>::lowest();
 }
 
-/// A number that converts to a finite float: the values that the GPU routes and weighs with
-/// (loss coefficients, the bias and its rate, the scaling factor) live there in float32.
+/// A number that rounds to a finite float: the values that the GPU routes and weighs with (loss
+/// coefficients, the bias and its rate, the scaling factor) live there in float32. Below float's
+/// largest value plus half its last unit (2^103), 3.4028235677973366e38: 3.4028235e38, as numpy
+/// prints float32's maximum, rounds to it; the halfway point rounds (to even) to infinity.
 constexpr bool fits_float(double x) {
-  return finite(x) && x <= static_cast<double>(std::numeric_limits<float>::max()) &&
-         x >= -static_cast<double>(std::numeric_limits<float>::max());
+  constexpr double limit = static_cast<double>(std::numeric_limits<float>::max()) + 0x1p103;
+  return finite(x) && x < limit && x > -limit;
 }
 
 /// The largest double below 2^63 that the size checks compare with: 2^62 leaves room for the
