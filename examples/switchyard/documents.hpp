@@ -392,10 +392,15 @@ inline json::object layer_document(const json::value& doc) {
       finite_input(read_tensor3(in, "fc1_weight", E, F1, H, fc1_shape.c_str()), "fc1_weight");
   const dense fc2 =
       finite_input(read_tensor3(in, "fc2_weight", E, H, F, fc2_shape.c_str()), "fc2_weight");
-  if (c.add_bias_linear != (in.contains("fc1_bias") && in.contains("fc2_bias")))
+  // Both or neither of each pair, as the config says: an array the layer would not read is an
+  // error, not ignored.
+  const auto given = [&in](const char* a, const char* b, bool wanted) {
+    return wanted ? in.contains(a) && in.contains(b) : !in.contains(a) && !in.contains(b);
+  };
+  if (!given("fc1_bias", "fc2_bias", c.add_bias_linear))
     throw config_error("fc1_bias and fc2_bias are given exactly when config.add_bias_linear is true");
   const index_t Fs = c.shared_expert_intermediate_size.value_or(0), Fs1 = c.gated ? 2 * Fs : Fs;
-  if ((Fs > 0) != (in.contains("shared_fc1_weight") && in.contains("shared_fc2_weight")))
+  if (!given("shared_fc1_weight", "shared_fc2_weight", Fs > 0))
     throw config_error(
         "shared_fc1_weight and shared_fc2_weight are given exactly when "
         "config.shared_expert_intermediate_size is set");

@@ -202,7 +202,7 @@ void add_plan_command(CLI::App& app, runner& run) {
       ->required();
   cmd->add_flag("--json", opts->json, "print the plan as one JSON object");
   cmd->add_option("--rank", opts->rank, "the rank whose memory is estimated (default 0)")
-      ->check(whole_number<std::int64_t>(0, INT64_MAX));
+      ->transform(whole_number<std::int64_t>(0, INT64_MAX));
   cmd->callback([opts, &run] { run = [opts] { return run_plan(*opts); }; });
 }
 

@@ -6,12 +6,14 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <stdexcept>
 #include <string>
 
 #include "commands.hpp"
+#include "documents.hpp"
 #include "switchyard/config/json.hpp"
 #include "train_model.hpp"
 #if defined(SWITCHYARD_CLI_HAS_CUDA)
@@ -62,7 +64,15 @@ std::string metrics_line(const train::StepMetrics& m) {
   o["seconds"] = m.seconds;
   o["tokens_per_expert"] = nested_counts(m.tokens_per_expert);
   o["kept_per_expert"] = nested_counts(m.kept_per_expert);
-  return boost::json::serialize(o);
+  std::string line;  // numbers in their shortest form, as route's and layer's documents
+  write_json(o, line);
+  return line;
+}
+
+// A loss for the step line: six decimals, or six significant digits in exponent form when it
+// is large (a loss of 1e70 printed with %f is 71 digits).
+std::string loss_text(double v) {
+  return std::fabs(v) < 1e6 ? fmt::format("{:.6f}", v) : fmt::format("{:.6e}", v);
 }
 
 bool launched_by_mpirun() {
@@ -127,24 +137,34 @@ int train_loop(const Config& cfg, MoEComms<Comm> comms, const train_options& o, 
         o.backend != "cuda" ? ""
         : nccl              ? ", MoE blocks on the GPU, tokens exchanged over NCCL"
                             : ", MoE blocks on the GPU");
+  const auto diverged = [&cfg](std::int64_t step, const std::string& what) {
+    return numeric_error(fmt::format(
+        "training diverged at step {}: {} (learning_rate {}, load_balance_loss_coeff {}, "
+        "router_z_loss_coeff {}{}: lower them)",
+        step, what, cfg.learning_rate, switchyard::detail::to_text(cfg.load_balance_loss_coeff),
+        cfg.router_z_loss_coeff,
+        cfg.topk_scaling_factor ? fmt::format(", topk_scaling_factor {}", *cfg.topk_scaling_factor)
+                                : std::string()));
+  };
   for (std::int64_t step = 1; step <= o.steps; ++step) {
-    const train::StepMetrics m = model.step(step);
+    train::StepMetrics m;
+    try {
+      m = model.step(step);
+    } catch (const numeric_error& e) {  // weights gone non-finite: NaN logits in a router
+      throw diverged(step, e.what());
+    }
     // The losses are global (the same on every rank): a diverged run stops here, on every rank,
     // before a line or a metrics record with nan in it.
     if (!std::isfinite(m.loss) || !std::isfinite(m.aux_loss) || !std::isfinite(m.z_loss))
-      throw numeric_error(
-          fmt::format("training diverged at step {}: loss {}, aux {}, z {} (learning_rate {}, "
-                      "load_balance_loss_coeff {}, router_z_loss_coeff {}: lower them)",
-                      step, m.loss, m.aux_loss, m.z_loss, cfg.learning_rate,
-                      detail::to_text(cfg.load_balance_loss_coeff), cfg.router_z_loss_coeff));
+      throw diverged(step, fmt::format("loss {}, aux {}, z {}", m.loss, m.aux_loss, m.z_loss));
     if (!prints) continue;
     if (tty) fmt::print("\r\033[K");
     fmt::print(
-        "step {:>5}  loss {:.6f}  aux {}  z {}  dropped {:5.2f}%  load_cv {:.4f}  "
+        "step {:>5}  loss {}  aux {}  z {}  dropped {:5.2f}%  load_cv {:.4f}  "
         "tokens/s {:.0f}{}\n",
-        step, m.loss, m.has_aux ? fmt::format("{:.6f}", m.aux_loss) : std::string("-"),
-        m.has_z ? fmt::format("{:.6f}", m.z_loss) : std::string("-"), 100.0 * m.dropped_fraction,
-        m.load_cv, m.tokens_per_second,
+        step, loss_text(m.loss), m.has_aux ? loss_text(m.aux_loss) : std::string("-"),
+        m.has_z ? loss_text(m.z_loss) : std::string("-"), 100.0 * m.dropped_fraction, m.load_cv,
+        m.tokens_per_second,
         m.expert_migrations > 0
             ? fmt::format("  experts migrated in {} layer(s)", m.expert_migrations)
             : std::string());
@@ -184,6 +204,18 @@ int run_train(const train_options& o) {
   ParsedConfig parsed = parse_and_validate(read_text_file(o.file), o.file);
   if (!parsed.problems.empty()) throw config_error(join_problems(parsed.problems));
   Config cfg = parsed.config;
+  // Every rank trains all num_layers blocks on its own tokens: no stage holds a part of the
+  // model, so pipeline stages would be copies that differ only in their data.
+  if (cfg.pipeline_parallel_size != 1)
+    throw config_error(fmt::format(
+        "{}: {}: switchyard train runs no pipeline schedule (every rank trains all num_layers "
+        "blocks); set it to 1 (plan and the layer take pipeline stages)",
+        parsed.paths.at("pipeline_parallel_size"), cfg.pipeline_parallel_size));
+  if (!o.metrics.empty()) {
+    std::error_code same_ec;
+    if (std::filesystem::equivalent(o.metrics, o.file, same_ec))
+      throw config_error("--metrics " + o.metrics + " is the config file: it would be overwritten");
+  }
   if (cfg.precision != Precision::float32)
     throw config_error(fmt::format("{}: {}: the {} backend trains in float32",
                                    parsed.paths.at("precision"), enum_name(cfg.precision),
@@ -280,12 +312,12 @@ void add_train_command(CLI::App& app, runner& run) {
   cmd->add_option("config", opts->file, "config JSON (flat, nested or model_config dialect)")
       ->required();
   cmd->add_option("--steps", opts->steps, "optimizer steps (default 100)")
-      ->check(whole_number<std::int64_t>(1, INT64_MAX));
+      ->transform(whole_number<std::int64_t>(1, INT64_MAX));
   cmd->add_option("--backend", opts->backend,
                   "host (default) or cuda (MoE blocks on the GPU; under mpirun one GPU per "
                   "process, tokens exchanged over NCCL)");
   cmd->add_option("--seed", opts->seed, "seed of weights, data and teacher (default 1234)")
-      ->check(whole_number<std::uint64_t>(0, UINT64_MAX));
+      ->transform(whole_number<std::uint64_t>(0, UINT64_MAX));
   cmd->add_option("--metrics", opts->metrics, "write one JSON object per step to this file")
       ->check(non_empty());
   cmd->callback([opts, &run] { run = [opts] { return run_train(*opts); }; });

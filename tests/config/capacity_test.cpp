@@ -35,8 +35,12 @@ BOOST_AUTO_TEST_CASE(tutel_and_megablocks) {
   // tutel: k · int(cf · ceil(T/E)) = 2 · int(1.25 · 13) = 2 · 16 = 32.
   BOOST_TEST(sy::capacity_for(F::tutel, 100, 8, 2, 1.25, 1, 0).value() == 32);
   BOOST_TEST(!sy::capacity_for(F::tutel, 100, 8, 2, 0.0, 1, 0).has_value());
-  BOOST_TEST(!sy::capacity_for(F::tutel, 100, 8, 2, -1.5, 1, 0).has_value());
-  BOOST_TEST(sy::tutel_dynamic_bound(100, 8, 2, -1.5) == 38);  // 2 · int(19.5)
+  // Tutel's bounded dynamic capacity (cf < 0) is not built: an error, not cf = 0's dropless run.
+  BOOST_CHECK_EXCEPTION((void)sy::capacity_for(F::tutel, 100, 8, 2, -1.5, 1, 0), sy::config_error,
+                        [](const sy::config_error& e) {
+                          return std::string(e.what()).starts_with(
+                              "capacity_factor: -1.5 (tutel's bounded dynamic capacity");
+                        });
   // megablocks: int(cf · k · T · ep / E) = int(1.25 · 2 · 100 · 2 / 8) = 62.
   BOOST_TEST(sy::capacity_for(F::megablocks, 100, 8, 2, 1.25, 2, 0).value() == 62);
 }
@@ -104,7 +108,6 @@ BOOST_AUTO_TEST_CASE(a_capacity_beyond_the_largest_is_a_config_error_naming_capa
       }
     }
   }
-  BOOST_CHECK_THROW((void)sy::tutel_dynamic_bound(6, 4, 2, -1e300), sy::config_error);
   // T·k / E = 1: the factor is the capacity, up to 2^31 - 1 and not beyond.
   BOOST_TEST(sy::capacity_for(F::megatron, 4, 8, 2, 2147483647.0, 1, 0).value() ==
              sy::max_expert_capacity);

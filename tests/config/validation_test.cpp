@@ -114,6 +114,15 @@ std::vector<rule_case> rule_cases() {
          c.capacity_factor = 0;
        },
        R::capacity_factor_positive, "got 0"},
+      {"too many experts", [](sy::Config& c) { c.num_experts = (std::int64_t{1} << 24) + 1; },
+       R::experts_fit, "got 16777217"},
+      {"tutel's bounded dynamic capacity",
+       [](sy::Config& c) {
+         c.token_dispatch = sy::TokenDispatch::capacity;
+         c.capacity_formula = sy::CapacityFormula::tutel;
+         c.capacity_factor = -1.5;
+       },
+       R::capacity_factor_positive, "got -1.5"},
       {"aux negative", [](sy::Config& c) { c.load_balance_loss_coeff = -0.1; }, R::aux_coeff_nonneg,
        "got -0.1"},
       {"z negative", [](sy::Config& c) { c.router_z_loss_coeff = -1; }, R::z_coeff_nonneg,
@@ -201,7 +210,18 @@ std::vector<rule_case> rule_cases() {
          c.load_balance_loss_coeff = 0;
          c.score_function = sy::ScoreFunction::sigmoid;
        },
-       R::sinkhorn_plain, "got sigmoid"},
+       R::sinkhorn_plain, "load_balancing_type sinkhorn with score_function sigmoid"},
+      {"sinkhorn with pre_softmax and groups",  // the detail names what is set, not "softmax"
+       [](sy::Config& c) {
+         c.load_balancing_type = sy::LoadBalancingType::sinkhorn;
+         c.load_balance_loss_coeff = 0;
+         c.pre_softmax = true;
+         c.num_groups = 2;
+         c.group_topk = 1;
+         c.num_experts_per_token = 1;
+       },
+       R::sinkhorn_plain,
+       "load_balancing_type sinkhorn with pre_softmax true, num_groups 2, group_topk 1"},
       {"bias with softmax", [](sy::Config& c) { c.enable_expert_bias = true; },
        R::expert_bias_needs_sigmoid, "got true"},
       {"bias length",

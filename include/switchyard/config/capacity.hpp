@@ -26,8 +26,9 @@ inline std::int64_t capacity_value(double v, double cf, std::int64_t tokens) {
 }  // namespace detail
 
 /// Capacity for `tokens` tokens on one rank with the given formula. std::nullopt when the formula
-/// makes the capacity depend on the routing (tutel with capacity_factor <= 0: dropless, the
-/// capacity is the largest count, bounded by tutel_dynamic_bound() when capacity_factor < 0).
+/// makes the capacity depend on the routing (tutel with capacity_factor 0: dynamic, the largest
+/// count, so nothing is dropped). Tutel's bounded dynamic capacity (capacity_factor < 0) is not
+/// built: a config_error, as rule capacity_factor_positive says.
 /// min_capacity is applied to every formula (C = max(C, min_capacity)).
 inline std::optional<std::int64_t> capacity_for(CapacityFormula formula, std::int64_t tokens,
                                                 std::int64_t experts, std::int64_t k, double cf,
@@ -50,7 +51,12 @@ inline std::optional<std::int64_t> capacity_for(CapacityFormula formula, std::in
       break;
     }
     case CapacityFormula::tutel: {
-      if (cf <= 0) return std::nullopt;
+      if (cf == 0) return std::nullopt;
+      if (!(cf > 0))
+        throw config_error(
+            detail::concat("capacity_factor: ", cf,
+                           " (tutel's bounded dynamic capacity, capacity_factor < 0) is not "
+                           "built: use 0 (dynamic, dropless) or a factor > 0"));
       const std::int64_t per_expert = (tokens + experts - 1) / experts;
       c = detail::capacity_value(
           static_cast<double>(k) * std::trunc(cf * static_cast<double>(per_expert)), cf, tokens);
@@ -75,14 +81,6 @@ inline std::optional<std::int64_t> capacity_for(CapacityFormula formula, std::in
         "min_capacity: ", min_capacity,
         " is more than the largest capacity Switchyard computes with (", max_expert_capacity, ")"));
   return c < min_capacity ? min_capacity : c;
-}
-
-/// Upper bound of tutel's dynamic capacity when capacity_factor < 0: k·int(−cf·ceil(T/E)).
-inline std::int64_t tutel_dynamic_bound(std::int64_t tokens, std::int64_t experts, std::int64_t k,
-                                        double cf) {
-  const std::int64_t per_expert = (tokens + experts - 1) / experts;
-  return detail::capacity_value(
-      static_cast<double>(k) * std::trunc(-cf * static_cast<double>(per_expert)), cf, tokens);
 }
 
 /// The config's capacity for `tokens` tokens on one rank, or std::nullopt when dispatch is

@@ -10,7 +10,9 @@
 
 #include <algorithm>
 #include <array>
+#include <cerrno>
 #include <cstdint>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -594,18 +596,40 @@ inline boost::json::value parse_json_text(std::string_view text, std::vector<pro
   return p.release();
 }
 
-/// Reads the text of a file; throws config_error when it cannot.
+/// The most bytes read_text_file reads: far above any config or `route`/`layer` document, and
+/// an end for an endless stream (a pipe that does not close).
+inline constexpr std::size_t max_text_bytes = std::size_t{1} << 30;
+
+/// Reads the text of a file; throws config_error when it cannot (with the system's reason), when
+/// it holds a NUL byte (JSON text has none: a binary file, or a device such as /dev/zero, is
+/// refused at its first block instead of being read without end) or more than max_text_bytes.
 inline std::string read_text_file(const std::string& file) {
+  if (file.empty()) throw config_error("cannot open a file with an empty path");
   std::error_code ec;
   // An ifstream opens a directory and reads nothing: say what it is instead.
   if (std::filesystem::is_directory(file, ec))
     throw config_error("cannot open " + file + ": it is a directory, not a file");
+  errno = 0;
   std::ifstream in(file, std::ios::binary);
-  if (!in) throw config_error("cannot open " + file);
-  std::ostringstream ss;
-  ss << in.rdbuf();
+  if (!in)
+    throw config_error(detail::concat(
+        "cannot open ", file, errno != 0 ? detail::concat(": ", std::strerror(errno)) : ""));
+  std::string text;
+  std::vector<char> block(std::size_t{1} << 16);
+  while (in) {
+    in.read(block.data(), static_cast<std::streamsize>(block.size()));
+    const auto n = static_cast<std::size_t>(in.gcount());
+    const std::string_view part(block.data(), n);
+    if (const std::size_t nul = part.find('\0'); nul != std::string_view::npos)
+      throw config_error(detail::concat(file, ": not JSON text: a NUL byte at offset ",
+                                        text.size() + nul, " (a binary file or a device?)"));
+    if (text.size() + n > max_text_bytes)
+      throw config_error(detail::concat(file, ": more than ", max_text_bytes >> 20,
+                                        " MiB, larger than any config or document Switchyard "
+                                        "reads"));
+    text.append(part);
+  }
   if (in.bad()) throw config_error("cannot read " + file);
-  std::string text = ss.str();
   // A UTF-8 byte order mark (some Windows editors write one): not JSON, and RFC 8259 lets a
   // parser ignore it.
   if (text.rfind("\xEF\xBB\xBF", 0) == 0) text.erase(0, 3);

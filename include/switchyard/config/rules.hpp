@@ -12,6 +12,9 @@ namespace switchyard {
 // X(id, field, sentence): `field` is the field whose JSON path a problem is reported at.
 #define SY_CONFIG_RULES(X)                                                                         \
   X(num_experts_positive, num_experts, "num_experts must be at least 1")                           \
+  X(experts_fit, num_experts,                                                                      \
+    "num_experts must be at most 16777216 (2^24): expert ids are 32-bit in the dispatch and "      \
+    "every per-expert table (placement, counts, the router's scores) grows with it")               \
   X(topk_range, num_experts_per_token, "num_experts_per_token must be between 1 and num_experts")  \
   X(ep_positive, expert_parallel_size, "expert_parallel_size must be at least 1")                  \
   X(tp_positive, tensor_parallel_size, "tensor_parallel_size must be at least 1")                  \
@@ -38,8 +41,8 @@ namespace switchyard {
     "the EP group, and DataParallel sharding keeps every expert on every rank: use ModelParallel " \
     "or Dynamic sharding")                                                                         \
   X(capacity_factor_positive, capacity_factor,                                                     \
-    "capacity_factor must be > 0 with capacity dispatch (only the tutel formula reads <= 0 as "    \
-    "dropless)")                                                                                   \
+    "capacity_factor must be > 0 with capacity dispatch (the tutel formula also takes 0: "         \
+    "dynamic, dropless; tutel's bounded dynamic capacity, < 0, is not built)")                     \
   X(aux_coeff_nonneg, load_balance_loss_coeff,                                                     \
     "load_balance_loss_coeff must be a number >= 0 that float32 holds, at most 3.4e38 (each "      \
     "entry)")                                                                                      \
@@ -230,6 +233,10 @@ inline constexpr std::int64_t max_world_size = std::int64_t{1} << 20;
 /// device, and E·C·H must not overflow); rule capacity_fits keeps a config's capacity half below.
 inline constexpr std::int64_t max_expert_capacity = 2147483647;
 
+/// The most experts a config may have (rule experts_fit): expert ids and slots are int32 in the
+/// dispatch, and plan lists per-expert tables.
+inline constexpr std::int64_t max_experts = std::int64_t{1} << 24;
+
 namespace detail {
 /// Neither infinite nor NaN (constexpr, unlike std::isfinite in C++20; no arithmetic on an
 /// infinity, which a constant expression may not evaluate).
@@ -342,6 +349,7 @@ constexpr bool rule_ok(const Config& c, rule_id r) {
   const bool deepspeed = c.semantics == Semantics::deepspeed;
   switch (r) {
     case rule_id::num_experts_positive: return E >= 1;
+    case rule_id::experts_fit: return E <= max_experts;
     case rule_id::topk_range: return k >= 1 && k <= E;
     case rule_id::ep_positive: return c.expert_parallel_size >= 1;
     case rule_id::tp_positive: return c.tensor_parallel_size >= 1;
@@ -369,7 +377,8 @@ constexpr bool rule_ok(const Config& c, rule_id r) {
       return !(c.migration.present && c.migration.enable_migration) ||
              c.sharding_strategy != ShardingStrategy::DataParallel;
     case rule_id::capacity_factor_positive:
-      return !capacity || c.capacity_factor > 0 || c.capacity_formula == CapacityFormula::tutel;
+      return !capacity || c.capacity_factor > 0 ||
+             (c.capacity_factor == 0 && c.capacity_formula == CapacityFormula::tutel);
     case rule_id::aux_coeff_nonneg:
       for (const double a : c.load_balance_loss_coeff)
         if (!(a >= 0) || !fits_float(a)) return false;

@@ -68,6 +68,22 @@ inline std::string rule_detail(const Config& c, rule_id r) {
       return concat("world_size ", *c.world_size, " but ", c.dp(), " x ", c.expert_parallel_size,
                     " x ", c.tensor_parallel_size, " x ", c.pipeline_parallel_size, " = ",
                     count_text(ranks_product(c)));
+    case rule_id::sinkhorn_plain: {  // what is set beside sinkhorn
+      std::string set;
+      const auto add = [&set](const std::string& what) {
+        if (!set.empty()) set += ", ";
+        set += what;
+      };
+      if (c.score_function != ScoreFunction::softmax)
+        add(concat("score_function ", to_text(c.score_function)));
+      if (c.pre_softmax) add("pre_softmax true");
+      if (c.num_groups) add(concat("num_groups ", *c.num_groups));
+      if (c.group_topk) add(concat("group_topk ", *c.group_topk));
+      if (c.enable_expert_bias) add("enable_expert_bias true");
+      if (c.topk_scaling_factor)
+        add(concat("topk_scaling_factor ", to_text(*c.topk_scaling_factor)));
+      return concat("load_balancing_type sinkhorn with ", set);
+    }
     case rule_id::topk_range:
       return concat("k = ", c.num_experts_per_token, " with ", c.num_experts, " experts");
     case rule_id::experts_divisible_by_groups:
