@@ -37,8 +37,9 @@ CLI::Validator whole_number(Int lo, Int hi) {
         const char* begin = text.data() + (text.starts_with('+') ? 1 : 0);
         const char* end = text.data() + text.size();
         const auto [at, ec] = std::from_chars(begin, end, v);
-        const bool sign_twice = begin != text.data() && begin != end && *begin == '-';
-        if (begin == end || sign_twice || ec != std::errc{} || at != end || v < lo || v > hi)
+        // A '-' only where a negative number is in range ("-0" is not a count).
+        const bool minus = begin != end && *begin == '-' && (begin != text.data() || lo >= 0);
+        if (begin == end || minus || ec != std::errc{} || at != end || v < lo || v > hi)
           return fmt::format("expected {}, got \"{}\"", range, text);
         text = fmt::format("{}", v);
         return {};

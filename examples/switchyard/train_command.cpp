@@ -209,7 +209,7 @@ int run_train(const train_options& o) {
   if (cfg.pipeline_parallel_size != 1)
     throw config_error(fmt::format(
         "{}: {}: switchyard train runs no pipeline schedule (every rank trains all num_layers "
-        "blocks); set it to 1 (plan and the layer take pipeline stages)",
+        "blocks); set it to 1 (plan and the library's MoELayer take pipeline stages)",
         parsed.paths.at("pipeline_parallel_size"), cfg.pipeline_parallel_size));
   if (!o.metrics.empty()) {
     std::error_code same_ec;
