@@ -77,7 +77,10 @@ inline dense read_matrix(const json::object& doc, const char* key, index_t rows,
     const json::array& row = a[r].get_array();
     const auto width = static_cast<index_t>(row.size());
     if (cols < 0) cols = width;
-    if (width != cols || width == 0)
+    if (width == 0)
+      throw config_error(fmt::format("{} row {} is empty, expected {} ({})", key, r,
+                                     cols > 0 ? fmt::format("{} numbers", cols) : "numbers", what));
+    if (width != cols)
       throw config_error(fmt::format("{} row {} has {} numbers, expected {} ({})", key, r, width,
                                      cols, what));
     for (std::size_t c = 0; c < row.size(); ++c)
@@ -219,19 +222,12 @@ inline std::uint64_t read_count(const json::object& in, const char* key, std::ui
                                 std::uint64_t max = UINT64_MAX) {
   const json::value* v = in.if_contains(key);
   if (!v) return def;
-  if (v->is_int64() && v->get_int64() >= 0 && static_cast<std::uint64_t>(v->get_int64()) <= max)
-    return static_cast<std::uint64_t>(v->get_int64());
-  if (v->is_uint64() && v->get_uint64() <= max) return v->get_uint64();
-  if (v->is_double()) {
-    const double d = v->get_double();
-    // Range first: converting an out-of-range double to an integer is undefined behaviour.
-    if (d >= 0 && d <= static_cast<double>(max) && d < 18446744073709551616.0 && d == std::floor(d))
-      return static_cast<std::uint64_t>(d);
-  }
-  throw config_error(fmt::format("{}: expected a whole number from 0 to {}, got {}", key, max,
-                                 v->is_double()   ? fmt::format("{}", v->get_double())
-                                 : v->is_number() ? json::serialize(*v)
-                                                  : switchyard::detail::kind_of(*v)));
+  std::uint64_t out = 0;
+  if (std::string got = switchyard::detail::read_whole(*v, out, std::uint64_t{0}, max);
+      !got.empty())
+    throw config_error(
+        fmt::format("{}: expected a whole number from 0 to {}, got {}", key, max, got));
+  return out;
 }
 
 inline bool read_flag(const json::object& in, const char* key, bool def) {

@@ -36,6 +36,14 @@ int main(int argc, char** argv) {
                argv[1], names);
     return 106;
   }
+  // ... and the same to an unknown option before the command.
+  if (argc > 1 && argv[1][0] == '-' && commands.get_option_no_throw(argv[1]) == nullptr) {
+    fmt::print(stderr,
+               "switchyard: unknown option \"{}\" (before the command: --help, --version; a "
+               "command's options follow it, as in switchyard train --help)\n",
+               argv[1]);
+    return 109;
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -90,13 +90,13 @@ int train_loop(const Config& cfg, MoEComms<Comm> comms, const train_options& o, 
   // silently repeat tokens or draws.
   const std::int64_t n = cfg.micro_batches_per_step();
   const auto micro = static_cast<double>(n);
-  const double keys = micro * static_cast<double>(cfg.world() / cfg.pipeline_parallel_size) *
-                      static_cast<double>(cfg.tokens_per_rank());
+  const double keys =
+      micro * static_cast<double>(cfg.world()) * static_cast<double>(cfg.tokens_per_rank());
   if (keys > 4294967296.0)
     throw config_error(fmt::format(
         "the synthetic data keys its tokens with 32 bits: {} micro-batches x {} token ranks x {} "
         "tokens per rank is {:.4g} tokens per step, above 2^32",
-        n, cfg.world() / cfg.pipeline_parallel_size, cfg.tokens_per_rank(), keys));
+        n, cfg.world(), cfg.tokens_per_rank(), keys));
   if (micro * static_cast<double>(o.steps) > 4294967295.0)
     throw config_error(
         fmt::format("--steps {} x {} micro-batches is above 2^32 - 1 micro-batches "
@@ -198,8 +198,6 @@ void check_cuda_backend() {
 }
 
 int run_train(const train_options& o) {
-  if (o.backend != "host" && o.backend != "cuda")
-    throw config_error("--backend must be host or cuda, got " + o.backend);
   if (o.backend == "cuda") check_cuda_backend();
   ParsedConfig parsed = parse_and_validate(read_text_file(o.file), o.file);
   if (!parsed.problems.empty()) throw config_error(join_problems(parsed.problems));
@@ -257,12 +255,12 @@ int run_train(const train_options& o) {
     MpiComm world;
     // DP fills the processes when the config leaves world_size and data_parallel_size out.
     if (!cfg.world_size && !cfg.data_parallel_size) {
-      const std::int64_t inner =
-          cfg.expert_parallel_size * cfg.tensor_parallel_size * cfg.pipeline_parallel_size;
+      const std::int64_t inner = cfg.expert_parallel_size * cfg.tensor_parallel_size;
       if (world.size() % inner != 0)
-        throw config_error(fmt::format("mpirun started {} processes, not a multiple of "
-                                       "expert_parallel_size x tp x pp = {}",
-                                       world.size(), inner));
+        throw config_error(
+            fmt::format("mpirun started {} processes, not a multiple of "
+                        "expert_parallel_size x tensor_parallel_size = {}",
+                        world.size(), inner));
       cfg.data_parallel_size = world.size() / inner;
     }
     require_valid(cfg, &parsed.paths);
@@ -315,7 +313,8 @@ void add_train_command(CLI::App& app, runner& run) {
       ->transform(whole_number<std::int64_t>(1, INT64_MAX));
   cmd->add_option("--backend", opts->backend,
                   "host (default) or cuda (MoE blocks on the GPU; under mpirun one GPU per "
-                  "process, tokens exchanged over NCCL)");
+                  "process, tokens exchanged over NCCL)")
+      ->check(CLI::IsMember({"host", "cuda"}));
   cmd->add_option("--seed", opts->seed, "seed of weights, data and teacher (default 1234)")
       ->transform(whole_number<std::uint64_t>(0, UINT64_MAX));
   cmd->add_option("--metrics", opts->metrics, "write one JSON object per step to this file")

@@ -1,5 +1,6 @@
 #include <boost/test/unit_test.hpp>
 
+#include <cmath>
 #include <string>
 
 #include "switchyard/config.hpp"
@@ -120,6 +121,13 @@ BOOST_AUTO_TEST_CASE(a_capacity_beyond_the_largest_is_a_config_error_naming_capa
       });
   BOOST_CHECK_THROW((void)sy::capacity_for(F::megablocks, 4, 8, 2, -1e300, 1, 0),
                     sy::config_error);  // not validated: a negative capacity is an error too
+  // A factor that is not a number is named as such by every formula (tutel's said "< 0").
+  for (const F f : {F::megatron, F::deepspeed, F::tutel, F::megablocks, F::torsh})
+    for (const double cf : {std::nan(""), HUGE_VAL})
+      BOOST_CHECK_EXCEPTION((void)sy::capacity_for(f, 4, 8, 2, cf, 1, 0), sy::config_error,
+                            [](const sy::config_error& e) {
+                              return std::string(e.what()).ends_with(" is not a finite number");
+                            });
   sy::Config c;
   c.token_dispatch = sy::TokenDispatch::capacity;
   c.capacity_factor = 1e30;

@@ -321,6 +321,48 @@ BOOST_AUTO_TEST_CASE(wrong_types_and_bad_enum_names_are_reported) {
   p = sy::parse_and_validate(R"({"num_experts": 16.0})");
   BOOST_TEST(p.problems.empty());
   BOOST_TEST(p.config.num_experts == 16);
+  // Beyond int64 the refused value is named.
+  p = sy::parse_and_validate(R"({"num_experts": 18446744073709551615})");
+  BOOST_TEST(mentions(p.problems, "num_experts: integer too large, got 18446744073709551615"));
+}
+
+BOOST_AUTO_TEST_CASE(whole_numbers_are_read_within_their_range) {
+  namespace json = boost::json;
+  using sy::detail::read_whole;
+  std::int64_t i = 7;
+  std::uint64_t u = 7;
+  // Integers of either JSON kind, and doubles with no fraction.
+  BOOST_TEST(read_whole(json::value(-5), i, INT64_MIN, INT64_MAX).empty());
+  BOOST_TEST(i == -5);
+  BOOST_TEST(read_whole(json::value(UINT64_MAX), u, std::uint64_t{0}, UINT64_MAX).empty());
+  BOOST_TEST(u == UINT64_MAX);
+  BOOST_TEST(read_whole(json::value(5.0), u, std::uint64_t{0}, UINT64_MAX).empty());
+  BOOST_TEST(u == 5u);
+  BOOST_TEST(read_whole(json::value(-0.0), u, std::uint64_t{0}, UINT64_MAX).empty());
+  BOOST_TEST(u == 0u);
+  BOOST_TEST(read_whole(json::value(-9223372036854775808.0), i, INT64_MIN, INT64_MAX).empty());
+  BOOST_TEST(i == INT64_MIN);
+  BOOST_TEST(read_whole(json::value(18446744073709549568.0), u, std::uint64_t{0}, UINT64_MAX)
+                 .empty());  // the largest double below 2^64
+  BOOST_TEST(u == 18446744073709549568u);
+  // Refused: what the value is, and the output left alone.
+  u = 7;
+  BOOST_TEST(read_whole(json::value(-1), u, std::uint64_t{0}, UINT64_MAX) == "-1");
+  BOOST_TEST(read_whole(json::value(4294967296), u, std::uint64_t{0}, std::uint64_t{UINT32_MAX}) ==
+             "4294967296");
+  BOOST_TEST(read_whole(json::value(UINT64_MAX), i, INT64_MIN, INT64_MAX) ==
+             "18446744073709551615");
+  BOOST_TEST(read_whole(json::value(2.5), u, std::uint64_t{0}, UINT64_MAX) == "2.5");
+  BOOST_TEST(read_whole(json::value(-1.0), u, std::uint64_t{0}, UINT64_MAX) == "-1");
+  BOOST_TEST(read_whole(json::value(18446744073709551616.0), u, std::uint64_t{0}, UINT64_MAX) ==
+             "1.8446744073709552e+19");  // 2^64: the conversion would be undefined
+  BOOST_TEST(read_whole(json::value(9223372036854775808.0), i, INT64_MIN, INT64_MAX) ==
+             "9.223372036854776e+18");  // 2^63
+  BOOST_TEST(read_whole(json::value(3.0), u, std::uint64_t{4}, UINT64_MAX) == "3");
+  BOOST_TEST(read_whole(json::value("5"), u, std::uint64_t{0}, UINT64_MAX) == "a string");
+  BOOST_TEST(read_whole(json::value(nullptr), i, INT64_MIN, INT64_MAX) == "null");
+  BOOST_TEST(u == 7u);
+  BOOST_TEST(i == INT64_MIN);
 }
 
 // Megatron-Core's moe_layer_freq list form (e.g. DeepSeek-V3's first three layers dense).

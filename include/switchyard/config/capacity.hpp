@@ -33,6 +33,8 @@ inline std::int64_t capacity_value(double v, double cf, std::int64_t tokens) {
 inline std::optional<std::int64_t> capacity_for(CapacityFormula formula, std::int64_t tokens,
                                                 std::int64_t experts, std::int64_t k, double cf,
                                                 std::int64_t ep, std::int64_t min_capacity) {
+  if (!std::isfinite(cf))
+    throw config_error(detail::concat("capacity_factor: ", cf, " is not a finite number"));
   std::int64_t c = 0;
   switch (formula) {
     case CapacityFormula::megatron:
@@ -52,7 +54,7 @@ inline std::optional<std::int64_t> capacity_for(CapacityFormula formula, std::in
     }
     case CapacityFormula::tutel: {
       if (cf == 0) return std::nullopt;
-      if (!(cf > 0))
+      if (cf < 0)
         throw config_error(
             detail::concat("capacity_factor: ", cf,
                            " (tutel's bounded dynamic capacity, capacity_factor < 0) is not "

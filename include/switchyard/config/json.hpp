@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <array>
 #include <cerrno>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
@@ -22,6 +23,8 @@
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "switchyard/config/config_types.hpp"
@@ -114,26 +117,34 @@ inline std::string kind_of(const boost::json::value& v) {
 
 // ---- reading one value; each returns an error text, empty when it worked --------------------
 
+/// Reads a whole number from lo to hi: a JSON integer or a double with no fraction (5.0 counts
+/// as 5, as configs written by Python may have it). Empty when it worked; otherwise what the
+/// value is instead, for the caller's message: the number ("2.5", "-1", "18446744073709551615")
+/// or its kind ("a string").
+template <class Int>
+std::string read_whole(const boost::json::value& v, Int& out, Int lo, Int hi) {
+  static_assert(std::is_same_v<Int, std::int64_t> || std::is_same_v<Int, std::uint64_t>);
+  const auto take = [&](auto x) -> std::string {
+    if (std::cmp_less(x, lo) || std::cmp_greater(x, hi)) return std::to_string(x);
+    out = static_cast<Int>(x);
+    return {};
+  };
+  if (v.is_int64()) return take(v.get_int64());
+  if (v.is_uint64()) return take(v.get_uint64());
+  if (!v.is_double()) return kind_of(v);
+  const double d = v.get_double();
+  // Range first: converting an out-of-range double to an integer is undefined behaviour. The
+  // bounds are Int's range, -2^63 <= d < 2^63 or 0 <= d < 2^64, exact in double.
+  constexpr double below = std::is_signed_v<Int> ? -9223372036854775808.0 : 0.0;
+  constexpr double above = std::is_signed_v<Int> ? 9223372036854775808.0 : 18446744073709551616.0;
+  if (d >= below && d < above && d == std::floor(d) && take(static_cast<Int>(d)).empty()) return {};
+  return to_text(d);
+}
+
 inline std::string read_value(const boost::json::value& v, std::int64_t& out) {
-  if (v.is_int64()) {
-    out = v.get_int64();
-    return {};
-  }
-  if (v.is_uint64()) {
-    if (v.get_uint64() > static_cast<std::uint64_t>(INT64_MAX)) return "integer too large";
-    out = static_cast<std::int64_t>(v.get_uint64());
-    return {};
-  }
-  if (v.is_double()) {
-    const double d = v.get_double();
-    // Range first: converting an out-of-range double to an integer is undefined behaviour.
-    if (d > -9.2e18 && d < 9.2e18 && d == static_cast<double>(static_cast<std::int64_t>(d))) {
-      out = static_cast<std::int64_t>(d);
-      return {};
-    }
-    return "expected an integer, got " + to_text(d);
-  }
-  return "expected an integer, got " + kind_of(v);
+  std::string got = read_whole(v, out, INT64_MIN, INT64_MAX);
+  if (got.empty()) return got;
+  return (v.is_uint64() ? "integer too large, got " : "expected an integer, got ") + got;
 }
 inline std::string read_value(const boost::json::value& v, double& out) {
   if (!v.is_number()) return "expected a number, got " + kind_of(v);
