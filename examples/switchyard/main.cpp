@@ -37,7 +37,10 @@ int main(int argc, char** argv) {
     return 106;
   }
   // ... and the same to an unknown option before the command.
-  if (argc > 1 && argv[1][0] == '-' && commands.get_option_no_throw(argv[1]) == nullptr) {
+  // (--name=value names --name; "--" is left to CLI11.)
+  const std::string first = argc > 1 ? argv[1] : "";
+  if (first.starts_with('-') && first != "--" &&
+      commands.get_option_no_throw(first.substr(0, first.find('='))) == nullptr) {
     fmt::print(stderr,
                "switchyard: unknown option \"{}\" (before the command: --help, --version; a "
                "command's options follow it, as in switchyard train --help)\n",

@@ -388,18 +388,46 @@ inline void put_path(boost::json::object& root, std::string_view path, boost::js
   (*obj)[path.substr(start)] = std::move(v);
 }
 
+/// The top-level key that decides a document's dialect ("model_config", "model", ...); empty for
+/// the flat dialect.
+inline std::string_view dialect_marker(const boost::json::object& o) {
+  for (const char* k : {"model_config", "distributed_config", "training_config", "model",
+                        "training", "distributed", "moe_optimization"})
+    if (o.contains(k)) return k;
+  return {};
+}
 inline Dialect detect_dialect(const boost::json::object& o) {
-  for (const char* k : {"model_config", "distributed_config", "training_config"})
-    if (o.contains(k)) return Dialect::model_config;
-  for (const char* k : {"model", "training", "distributed", "moe_optimization"})
-    if (o.contains(k)) return Dialect::nested;
-  return Dialect::flat;
+  const std::string_view marker = dialect_marker(o);
+  if (marker.empty()) return Dialect::flat;
+  return marker.ends_with("_config") ? Dialect::model_config : Dialect::nested;
+}
+
+/// Where `path` is a key of a dialect other than `d`: "the flat dialect's key" or "a section of
+/// the nested dialect", and the field it holds (empty for a section); nullopt when no other
+/// dialect has it.
+inline std::optional<std::pair<std::string, std::string>> other_dialects_key(
+    Dialect d, const std::string& path) {
+  // Built once: a file of many unknown keys (the fuzzers make them) asks for each.
+  static const std::array<std::vector<dialect_entry>, 3> tables{
+      dialect_entries(Dialect::flat), dialect_entries(Dialect::nested),
+      dialect_entries(Dialect::model_config)};
+  for (const Dialect other : {Dialect::flat, Dialect::nested, Dialect::model_config}) {
+    if (other == d) continue;
+    for (const auto& e : tables[static_cast<std::size_t>(other)]) {
+      if (e.path == path)
+        return std::pair{concat("the ", enum_name(other), " dialect's key"), e.field};
+      if (e.path.size() > path.size() && e.path.starts_with(path) && e.path[path.size()] == '.')
+        return std::pair{concat("a section of the ", enum_name(other), " dialect"), std::string()};
+    }
+  }
+  return std::nullopt;
 }
 
 struct dialect_reader {
   std::map<std::string, const dialect_entry*, std::less<>> leaves;
   std::set<std::string, std::less<>> sections;
   ParsedConfig* out;
+  std::string_view marker;  ///< the key that chose the dialect (empty: flat)
 
   void walk(const boost::json::object& obj, const std::string& prefix) {
     for (const auto& kv : obj) {
@@ -415,7 +443,7 @@ struct dialect_reader {
         else
           add(path, "expected an object, got " + kind_of(kv.value()));
       } else {
-        add(path, unknown_message(key, prefix));
+        add(path, unknown_message(key, prefix, path));
       }
     }
   }
@@ -428,7 +456,19 @@ struct dialect_reader {
     }
     if (std::string err = read_field(out->config, e.field, v); !err.empty()) add(e.path, err);
   }
-  std::string unknown_message(const std::string& key, const std::string& prefix) const {
+  std::string unknown_message(const std::string& key, const std::string& prefix,
+                              const std::string& path) const {
+    // A file that mixes dialects: say which one it is read in, and why.
+    if (auto other = other_dialects_key(out->dialect, path)) {
+      // (A flat file meets none: a key of another dialect at its top is a marker of that one.)
+      std::string msg = concat("unknown key: the file is read in the ", enum_name(out->dialect),
+                               " dialect (it has \"", marker, "\")");
+      if (!other->second.empty()) {
+        for (const auto& [here, e] : leaves)
+          if (e->field == other->second) msg += ", where this field is " + here;
+      }
+      return concat(msg, "; \"", path, "\" is ", other->first, " (a file uses one dialect)");
+    }
     std::vector<std::string> siblings;
     const std::string p = prefix.empty() ? "" : prefix + ".";
     auto consider = [&](const std::string& full) {
@@ -473,6 +513,7 @@ inline ParsedConfig parse_config(const boost::json::value& doc) {
   const auto entries = detail::dialect_entries(out.dialect);
   detail::dialect_reader reader;
   reader.out = &out;
+  reader.marker = detail::dialect_marker(root);
   for (const auto& e : entries) {
     reader.leaves[e.path] = &e;
     for (std::size_t dot = e.path.find('.'); dot != std::string::npos;
