@@ -55,10 +55,16 @@ BOOST_AUTO_TEST_CASE(a_batch_of_gemms_gives_each_gemms_own_bits) {
     index_t m, n, k;
     bool ta, tb;
   };
-  const std::vector<shape> shapes = {{24, 512, 300, false, true}, {0, 8, 5, false, true},
-                                     {300, 1030, 7, true, false}, {5, 3, 0, false, false},
-                                     {1, 1, 1, true, true},       {257, 9, 513, false, false},
-                                     {6, 0, 4, true, false}};
+  const std::vector<shape> shapes = {
+      {24, 512, 300, false, true},
+      {0, 8, 5, false, true},
+      {300, 1030, 7, true, false},
+      {5, 3, 0, false, false},
+      {1, 1, 1, true, true},
+      {257, 9, 513, false, false},
+      {6, 0, 4, true, false},
+      // past a tile's rows and columns (1024 × 2048): 2 × 2 tiles
+      {sy::detail::blas_m_block + 76, sy::detail::blas_n_block + 52, 9, false, true}};
   const auto saved = sy::exec::min_parallel_work;
   for (const bool blas : {true, false})
     for (const std::int64_t threshold : {std::int64_t{1}, saved}) {

@@ -95,14 +95,18 @@ void gemm_loops(bool trans_a, bool trans_b, index_t m, index_t n, index_t k, T a
 /// order (beta = 1 after the first), so that no library splits k by its thread count. Whole-k
 /// calls pack each operand once instead of once per block and do not re-read C per block:
 /// SwiGLU experts forward+backward at T 4096 were 5-7 % faster on one thread (bench_experts,
-/// 2026-12-01).
+/// 2026-12-01). Tiles of 1024 × 2048 instead of 256 × 1024 (2026-12-08): OpenBLAS packs each
+/// operand once per call, so small tiles re-pack the shared one; at the mixtral bench shape
+/// (1024 rows per expert, H 1024, F 3584) the six expert GEMMs took 519 ms per expert in tiles
+/// of 1024 × 2048 and 595 ms in 256 × 1024 (one thread, Intel Xeon, OpenBLAS 0.3.21). The tiles
+/// of a batch run in a dynamic schedule: the experts' GEMMs differ in size.
 #if defined(SWITCHYARD_HAS_CBLAS) && defined(OPENBLAS_VERSION)
 inline constexpr index_t blas_k_block = index_t{1} << 40;
 #else
 inline constexpr index_t blas_k_block = 256;
 #endif
-inline constexpr index_t blas_m_block = 256;
-inline constexpr index_t blas_n_block = 1024;
+inline constexpr index_t blas_m_block = 1024;
+inline constexpr index_t blas_n_block = 2048;
 
 #if defined(SWITCHYARD_HAS_CBLAS) && defined(OPENBLAS_VERSION)
 /// While alive, OpenBLAS computes each call on the calling thread; the previous thread count is
@@ -191,7 +195,7 @@ void row_major_gemms(bool use_cblas, std::span<const gemm_call<T>> calls) {
   if (total == 0) return;
   [[maybe_unused]] const blas_single_thread one_thread;
   const auto cost = static_cast<std::int64_t>(flops / static_cast<double>(total)) + 1;
-  exec::parallel_for(total, cost, [&](index_t item) {
+  exec::parallel_for_dynamic(total, cost, [&](index_t item) {
     const auto i = static_cast<std::size_t>(std::upper_bound(first.begin(), first.end(), item) -
                                             first.begin() - 1);
     if (blas[i]) {

@@ -39,6 +39,16 @@ void parallel_for(std::int64_t n, std::int64_t cost_per_item, F&& body) {
   for (std::int64_t i = 0; i < n; ++i) body(i);
 }
 
+/// As parallel_for, but each thread takes the next item when it is done with one (dynamic
+/// schedule): for few, large items of unequal cost (the tiles of a grouped GEMM). Which thread
+/// computes an item changes from run to run; what it computes does not.
+template <class F>
+void parallel_for_dynamic(std::int64_t n, std::int64_t cost_per_item, F&& body) {
+  [[maybe_unused]] const bool par = n > 1 && n * cost_per_item >= min_parallel_work;
+  SY_OMP_PRAGMA(omp parallel for schedule(dynamic, 1) if (par))
+  for (std::int64_t i = 0; i < n; ++i) body(i);
+}
+
 /// Fixed chunks of items for partial results (histograms, partial sums): the chunking depends
 /// on n only, never on the thread count, and callers combine the chunks in chunk order.
 struct chunking {
