@@ -35,6 +35,22 @@ BOOST_AUTO_TEST_CASE_TEMPLATE(derivative_matches_finite_differences, A, activati
   }
 }
 
+// value_and_derivative (SiLU's shares σ(x); the others call both) gives the bits of value() and
+// derivative(), in float and double, over a range that reaches exp's overflow.
+BOOST_AUTO_TEST_CASE_TEMPLATE(value_and_derivative_give_the_same_bits, A, activations) {
+  for (double x = -120.0; x <= 120.0; x += 0.0371) {
+    double v = 0, d = 0;
+    sy::value_and_derivative<A>(x, v, d);
+    BOOST_TEST(v == A::value(x));
+    BOOST_TEST(d == A::derivative(x));
+    const auto xf = static_cast<float>(x);
+    float vf = 0, df = 0;
+    sy::value_and_derivative<A>(xf, vf, df);
+    BOOST_TEST(vf == A::value(xf));
+    BOOST_TEST(df == A::derivative(xf));
+  }
+}
+
 BOOST_AUTO_TEST_CASE(large_inputs_stay_finite) {
   BOOST_TEST(sy::SiLU::value(-1000.0) == 0.0, boost::test_tools::tolerance(1e-300));
   BOOST_TEST(sy::SiLU::value(1000.0) == 1000.0);

@@ -87,6 +87,14 @@ struct SiLU {
     const T s = math::sigmoid(x);
     return s * (T(1) + x * (T(1) - s));
   }
+  /// value and derivative from one σ(x), the bits of the two above (a GLU's backward needs both;
+  /// the compiler cannot share the exp itself, since exp may set errno).
+  template <class T>
+  SY_HD static void value_and_derivative(T x, T& value, T& derivative) {
+    const T s = math::sigmoid(x);
+    value = x * s;
+    derivative = s * (T(1) + x * (T(1) - s));
+  }
 };
 
 /// An activation: a stateless type with value and derivative in float and double, and the config
@@ -99,6 +107,18 @@ concept ActivationFunction = std::is_empty_v<A> && requires(float f, double d) {
   { A::value(d) } -> std::same_as<double>;
   { A::derivative(d) } -> std::same_as<double>;
 };
+
+/// Activation A's value and derivative at x: through A::value_and_derivative when A has one (it
+/// shares work between the two and gives the same bits), else value() and derivative().
+template <ActivationFunction A, class T>
+SY_HD inline void value_and_derivative(T x, T& value, T& derivative) {
+  if constexpr (requires { A::value_and_derivative(x, value, derivative); }) {
+    A::value_and_derivative(x, value, derivative);
+  } else {
+    value = A::value(x);
+    derivative = A::derivative(x);
+  }
+}
 
 static_assert(ActivationFunction<GeLU>);
 static_assert(ActivationFunction<GeLUTanh>);

@@ -27,8 +27,10 @@ template <ExpertPolicy P, class C>
 SY_HD inline void hidden_grad(C da, C g, C l, C& dg, C& dl) {
   using A = typename P::activation;
   if constexpr (P::gated) {
-    dg = da * l * A::derivative(g);
-    dl = da * A::value(g);
+    C value{}, derivative{};
+    value_and_derivative<A>(g, value, derivative);
+    dg = da * l * derivative;
+    dl = da * value;
   } else {
     (void)l;
     dg = da * A::derivative(g);
